@@ -1,0 +1,130 @@
+"""The engine: models + rewards in, :class:`~tqstar.state.Response` objects out, for any method.
+
+``Engine(sft, baseline, reward, baseline_reward).generate(prompts, params)`` checks the method against what
+was given (before decoding anything), formats each prompt for each model, decodes in batches and scores the
+finished responses with the target reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from .decoder import decode
+from .errors import ConfigError, VocabularyMismatchError
+from .lm.base import LanguageModel
+from .params import DecodeParams
+from .reward import Reward
+from .state import Models, PromptState, Response
+from .trajectory import decode_trajectory
+from .value import ESTIMATORS
+
+
+class Engine:
+    """Decoding-time alignment over one SFT model, an optional baseline and the rewards.
+
+    Args:
+        sft: the reference (SFT) model that proposes candidates.
+        baseline: the aligned model whose rollouts estimate Q* (``tq-direct``, ``tq-indirect``) or that is
+            decoded itself (``baseline``); it must share the SFT model's vocabulary.
+        reward: the target reward.
+        baseline_reward: the reward the baseline was aligned to (``tq-indirect``).
+    """
+
+    def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
+                 baseline_reward: Reward | None = None) -> None:
+        if baseline is not None:
+            check_same_vocabulary(sft, baseline)
+        self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward)
+
+    def check(self, params: DecodeParams) -> None:
+        """Raise :class:`ConfigError` if ``params`` cannot run with the models and rewards given."""
+        m = self.models
+        needs = {
+            "baseline": params.uses_baseline,
+            "reward": params.needs_reward,
+            "baseline_reward": params.method == "tq-indirect",
+        }
+        flags = {"baseline": "--baseline", "reward": "--reward", "baseline_reward": "--baseline-reward"}
+        for what, needed in needs.items():
+            if needed and getattr(m, what) is None:
+                raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with {flags[what]}")
+        if params.is_token_level:
+            m.sft.check_k(params.k)
+
+    def generate(self, prompts: Sequence[str], params: DecodeParams, *, batch_size: int = 8,
+                 truncate_prompt: bool = False, progress: bool = True) -> list[Response]:
+        """Decode ``prompts`` with ``params``; returns one :class:`Response` per prompt, in order."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise ConfigError("no prompts given; pass at least one prompt")
+        if batch_size < 1:
+            raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
+        self.check(params)
+        states = [self._state(p, params, truncate_prompt) for p in prompts]  # every prompt checked up front
+        responses: list[Response] = []
+        bar = tqdm(total=len(states), desc="prompts", unit="prompt", disable=not progress or len(states) <= batch_size)
+        for start in range(0, len(states), batch_size):
+            batch = states[start:start + batch_size]
+            if params.is_token_level:
+                decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
+            else:
+                decode_trajectory(self.models, batch, params)
+            responses.extend(self._response(s, params) for s in batch)
+            bar.update(len(batch))
+        bar.close()
+        return responses
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _state(self, prompt: str, params: DecodeParams, truncate_prompt: bool) -> PromptState:
+        budget = params.max_new_tokens + (params.rollout_len if params.rolls_out else 0)
+        ids = {}
+        for role in ["sft", "baseline"] if params.uses_baseline else ["sft"]:
+            lm = self.models.lm(role)
+            role_ids = lm.encode_prompt(prompt)
+            if truncate_prompt and lm.max_context is not None and len(role_ids) + budget > lm.max_context:
+                role_ids = role_ids[-max(1, lm.max_context - budget):]
+            lm.check_fits(role_ids, budget, prompt)
+            ids[role] = role_ids
+        return PromptState(prompt=prompt, prompt_ids=ids, trace=[] if params.trace else None)
+
+    def _response(self, state: PromptState, params: DecodeParams) -> Response:
+        reward = self.models.reward
+        value = reward.score([state.prompt], [state.text])[0] if reward is not None else None
+        token_level = params.is_token_level
+        return Response(
+            prompt=state.prompt,
+            method=params.method,
+            text=state.text,
+            token_ids=list(state.response),
+            finish_reason=state.finish_reason or "length",
+            reward=value,
+            kl=sum(state.kl) if token_level else None,
+            kl_bound=sum(state.kl_bound) if token_level and state.kl_bound else None,
+            kl_per_step=list(state.kl),
+            accounting=state.accounting,
+            trace=state.trace,
+        )
+
+
+def check_same_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> None:
+    """Raise :class:`VocabularyMismatchError` unless the two models share a vocabulary."""
+    same = sft.vocab_size == baseline.vocab_size
+    vocab_a, vocab_b = _vocab(sft), _vocab(baseline)
+    if same and vocab_a is not None and vocab_b is not None:
+        same = vocab_a == vocab_b
+    if not same:
+        size_a = len(vocab_a) if vocab_a is not None else sft.vocab_size
+        size_b = len(vocab_b) if vocab_b is not None else baseline.vocab_size
+        raise VocabularyMismatchError(
+            f"SFT model {sft.name} ({size_a} tokens, {sft.vocab_size} logits) and baseline {baseline.name}"
+            f" ({size_b} tokens, {baseline.vocab_size} logits) have different vocabularies; TQ* needs a baseline"
+            " that shares the SFT model's tokenizer"
+        )
+
+
+def _vocab(lm: LanguageModel) -> dict | None:
+    tokenizer = getattr(lm, "tokenizer", None)
+    return tokenizer.get_vocab() if tokenizer is not None else None

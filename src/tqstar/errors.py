@@ -1,0 +1,51 @@
+"""The exceptions tqstar raises.
+
+Every error a user can act on is one sentence that names the offending value and the fix::
+
+    TQStarError
+    ├── ConfigError        (also a ValueError)  a parameter or spec is invalid; raised before models load
+    ├── ModelLoadError                         a model path/id cannot be loaded, or two models do not fit
+    │   └── VocabularyMismatchError            SFT and baseline vocabularies differ
+    ├── PromptTooLongError (also a ValueError)  a prompt does not fit the model's context
+    └── RewardError                            a reward returned NaN/inf, or the wrong number of values
+
+Internal invariants are plain ``assert`` statements, never these classes.
+"""
+
+from __future__ import annotations
+
+
+class TQStarError(Exception):
+    """Base class of every error tqstar raises on purpose."""
+
+
+class ConfigError(TQStarError, ValueError):
+    """A parameter, method name or spec is invalid."""
+
+
+class ModelLoadError(TQStarError):
+    """A model or tokenizer could not be loaded, or loaded models do not fit together."""
+
+
+class VocabularyMismatchError(ModelLoadError):
+    """The SFT and baseline models do not share a vocabulary."""
+
+
+class PromptTooLongError(TQStarError, ValueError):
+    """A prompt plus the generation budget exceeds a model's context window."""
+
+
+class RewardError(TQStarError):
+    """A reward returned a value that cannot be used (NaN, inf, or the wrong count)."""
+
+
+def require(condition: bool, message: str, error: type[TQStarError] = ConfigError) -> None:
+    """Raise ``error(message)`` unless ``condition`` holds (for user-facing checks)."""
+    if not condition:
+        raise error(message)
+
+
+def preview(text: str, width: int = 60) -> str:
+    """``text`` on one line, cut to ``width`` characters, quoted: for naming a text in a message."""
+    text = text.replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")

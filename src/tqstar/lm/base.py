@@ -1,0 +1,141 @@
+"""The language-model protocol every backend implements.
+
+The protocol is *stateless*: token-id sequences in, numbers or continuations out, so that a remote server
+can implement it. Backends may cache internally (the ``transformers`` backend keeps the KV cache of the
+sequences it saw last and reuses the longest matching prefix), but a call's result never depends on what
+was called before.
+
+A backend implements two abstract methods, :meth:`LanguageModel.next_logprobs` and
+:meth:`LanguageModel.vocab_size`-style metadata; :meth:`LanguageModel.rollout` has a correct, slow default
+built on ``next_logprobs`` that a backend overrides for speed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, PromptTooLongError, preview
+
+TokenIds = Sequence[int]
+
+
+@dataclass
+class StepOutput:
+    """Next-token log-probabilities for a batch of sequences.
+
+    Attributes:
+        logprobs: ``(B, V)`` float32 log-probabilities, normalised over the full vocabulary.
+        forward_tokens: per sequence, how many tokens the backend ran through the model for it.
+    """
+
+    logprobs: torch.Tensor
+    forward_tokens: list[int]
+
+
+@dataclass
+class RolloutOutput:
+    """Continuations of a batch of prefixes.
+
+    Attributes:
+        tokens: per prefix, the generated token ids (ending with an EOS id if one was produced).
+        forward_tokens: per prefix, how many tokens the backend ran through the model for it.
+    """
+
+    tokens: list[list[int]]
+    forward_tokens: list[int]
+
+
+class LanguageModel(ABC):
+    """A causal language model seen as token ids in, next-token log-probs or continuations out.
+
+    Attributes a backend sets: ``name`` (for messages), ``vocab_size``, ``eos_token_ids`` and
+    ``max_context`` (``None`` when unbounded).
+    """
+
+    name: str
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    max_context: int | None = None
+
+    # ---- text <-> ids -----------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The token ids that start a response to ``prompt`` (chat template, system prompt applied)."""
+
+    @abstractmethod
+    def decode(self, ids: TokenIds) -> str:
+        """Response text of ``ids`` (special tokens such as EOS dropped)."""
+
+    # ---- numbers ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def next_logprobs(self, seqs: Sequence[TokenIds]) -> StepOutput:
+        """Log π(· | seq) over the full vocabulary for every sequence in ``seqs``."""
+
+    def rollout(
+        self,
+        prefixes: Sequence[TokenIds],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> RolloutOutput:
+        """Continue every prefix for up to ``max_new_tokens`` tokens or until EOS.
+
+        ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature) with a
+        generator seeded by ``seed``. This default calls :meth:`next_logprobs` once per token on the whole
+        batch; backends override it with something faster that returns the same tokens.
+        """
+        generator = _generator(seed)
+        seqs = [list(p) for p in prefixes]
+        out: list[list[int]] = [[] for _ in seqs]
+        cost = [0] * len(seqs)
+        alive = list(range(len(seqs)))
+        for _ in range(max_new_tokens):
+            if not alive:
+                break
+            step = self.next_logprobs([seqs[i] for i in alive])
+            chosen = sample_tokens(step.logprobs, temperature, generator)
+            still = []
+            for row, i in enumerate(alive):
+                token = int(chosen[row])
+                cost[i] += step.forward_tokens[row]
+                seqs[i].append(token)
+                out[i].append(token)
+                if token not in self.eos_token_ids:
+                    still.append(i)
+            alive = still
+        return RolloutOutput(tokens=out, forward_tokens=cost)
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    def check_fits(self, prompt_ids: TokenIds, budget: int, prompt: str) -> None:
+        """Raise :class:`PromptTooLongError` if ``prompt_ids`` plus ``budget`` new tokens exceed the context."""
+        if self.max_context is not None and len(prompt_ids) + budget > self.max_context:
+            raise PromptTooLongError(
+                f"prompt {preview(prompt)} is {len(prompt_ids)} tokens and needs {budget} more for generation,"
+                f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens /"
+                " rollout_len, or pass truncate_prompt=True (--truncate-prompt) to keep its last tokens"
+            )
+
+    def check_k(self, k: int) -> None:
+        if k > self.vocab_size:
+            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}")
+
+
+def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy (``temperature`` 0) or sampled next tokens for ``(B, V)`` log-probs or logits; returns ``(B,)``."""
+    if temperature == 0:
+        return logprobs.argmax(dim=-1)
+    probs = torch.softmax(logprobs.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed) % (2**63))
+    return generator
+

@@ -1,0 +1,138 @@
+"""Frozen, validated decoding parameters.
+
+Every field is checked in ``__post_init__`` and never rewritten; an invalid value raises
+:class:`~tqstar.errors.ConfigError` reading "`<param>` must be <constraint>, got <value>" before any model
+is loaded. Checks that need the loaded models (``k`` against the vocabulary, the method against the models
+and rewards that were given) run in :meth:`tqstar.engine.Engine.check`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+#: Token-level methods: score(z) = log π_sft(z|s) + α·Q̂(s, z) over the top-k of π_sft.
+TOKEN_METHODS = ("tq-direct", "tq-indirect", "cd", "args", "none")
+#: Trajectory-level methods: plain decoding of one model, or best-of-N.
+TRAJECTORY_METHODS = ("sft", "baseline", "bon")
+METHODS = TOKEN_METHODS + TRAJECTORY_METHODS
+
+
+def _fail(name: str, constraint: str, value: object) -> None:
+    raise ConfigError(f"`{name}` must be {constraint}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    """Parameters of one decoding method.
+
+    Attributes:
+        method: one of ``tq-direct`` (baseline rollouts scored by the target reward), ``tq-indirect``
+            (the same, importance-weighted by ``exp((r - r_BL)/β)``), ``cd`` (rollouts of the SFT model),
+            ``args`` (reward of the partial text), ``none`` (Q̂ = 0: top-k SFT decoding), ``sft`` / ``baseline``
+            (plain decoding of that model over its full vocabulary), ``bon`` (best of ``bon_n`` samples).
+        k: number of SFT top-k candidates scored per step (token-level methods).
+        alpha: weight of Q̂ in the score ``log π_sft + α·Q̂``; 0 decodes the SFT model.
+        n_rollouts: rollouts per candidate (N); with N = 1 ``tq-indirect`` reduces to ``tq-direct``.
+        rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
+            partial text it is.
+        rollout_temperature: 0 for greedy rollouts, > 0 to sample them.
+        beta: KL strength β of the baseline's alignment (``tq-indirect`` only).
+        temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
+        max_new_tokens: response budget.
+        stop: stop strings; the response is cut before the first one found.
+        seed: seed of every random choice (candidate sampling, rollouts, best-of-N samples).
+        bon_n: samples drawn by ``bon``.
+        bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
+        trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
+    """
+
+    method: str = "tq-direct"
+    k: int = 10
+    alpha: float = 1.0
+    n_rollouts: int = 1
+    rollout_len: int = 20
+    rollout_temperature: float = 0.0
+    beta: float = 1.0
+    temperature: float = 0.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+    bon_n: int = 4
+    bon_policy: str = "sft"
+    trace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            _fail("method", "one of " + ", ".join(METHODS), self.method)
+        for name in ("k", "n_rollouts", "rollout_len", "max_new_tokens", "bon_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _fail(name, "an integer >= 1", value)
+        for name in ("alpha", "rollout_temperature", "temperature"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                _fail(name, "a finite number >= 0", value)
+        if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta <= 0:
+            _fail("beta", "a finite number > 0", self.beta)
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            _fail("stop", "a tuple of non-empty strings", self.stop)
+        if self.bon_policy not in ("sft", "baseline"):
+            _fail("bon_policy", "'sft' or 'baseline'", self.bon_policy)
+        if self.n_rollouts > 1 and self.rollout_temperature == 0 and self.method in ("tq-direct", "tq-indirect", "cd"):
+            raise ConfigError(
+                f"`n_rollouts` = {self.n_rollouts} with greedy rollouts gives {self.n_rollouts} identical rollouts;"
+                " set `rollout_temperature` > 0 or use n_rollouts = 1"
+            )
+        if self.method == "bon" and self.temperature == 0:
+            raise ConfigError(
+                "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            _fail("seed", "an integer", self.seed)
+
+    @property
+    def is_token_level(self) -> bool:
+        return self.method in TOKEN_METHODS
+
+    @property
+    def uses_baseline(self) -> bool:
+        """Whether the method runs the baseline model."""
+        return self.method in ("tq-direct", "tq-indirect", "baseline") or (
+            self.method == "bon" and self.bon_policy == "baseline")
+
+    @property
+    def needs_reward(self) -> bool:
+        """Whether the method itself calls the target reward (every method is *scored* by it when given)."""
+        return self.method in ("tq-direct", "tq-indirect", "cd", "args", "bon")
+
+    @property
+    def rolls_out(self) -> bool:
+        """Whether each step rolls candidates out (so the context must also fit ``rollout_len``)."""
+        return self.method in ("tq-direct", "tq-indirect", "cd")
+
+    def replace(self, **changes: object) -> DecodeParams:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DecodeParams:
+        """Build from a mapping (a YAML section), rejecting unknown keys by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown decoding parameter `{unknown[0]}`; valid ones are " + ", ".join(sorted(names))
+            )
+        values = dict(values)
+        if "stop" in values and values["stop"] is not None:
+            stop = values["stop"]
+            values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,300 @@
+"""Rewards: ``score(prompts, responses) -> floats`` on *text*.
+
+A reward model may use its own tokenizer and its own input format, so rewards see text, never token ids.
+Backends: a ``transformers`` sequence-classification model from a path (:class:`TransformersReward`), a Python
+callable given as ``module:function`` (:class:`CallableReward`), a weighted sum (:class:`WeightedReward`),
+and two offline built-ins (``sentiment``: VADER compound in [-1, 1]; ``harmless``: 1 - P(profane) in [0, 1];
+``pip install 'tqstar[rewards]'``).
+
+A reward may declare its range ``[R_min, R_max]``; the decoder reports the per-token KL bound with it.
+Every value is checked: a NaN or inf raises :class:`~tqstar.errors.RewardError` naming the text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, ModelLoadError, RewardError, preview
+
+Range = tuple[float, float]
+
+
+class Reward(ABC):
+    """Scores (prompt, response) text pairs. Subclasses implement :meth:`_score`."""
+
+    name: str = "reward"
+    range: Range | None = None
+
+    @abstractmethod
+    def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
+        """One float per pair."""
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """Score ``responses`` to ``prompts`` (equal-length lists); raises :class:`RewardError` on NaN/inf."""
+        prompts, responses = list(prompts), list(responses)
+        assert len(prompts) == len(responses), "prompts and responses must pair up"
+        if not responses:
+            return []
+        values = [float(v) for v in self._score(prompts, responses)]
+        if len(values) != len(responses):
+            raise RewardError(
+                f"reward {self.name} returned {len(values)} values for {len(responses)} texts; it must return one"
+                " float per (prompt, response) pair"
+            )
+        for value, text in zip(values, responses):
+            if not math.isfinite(value):
+                raise RewardError(
+                    f"reward {self.name} returned {value} for the response {preview(text)}; make the reward"
+                    " return finite numbers for every text"
+                )
+        return values
+
+
+class CallableReward(Reward):
+    """A Python function ``fn(prompts, responses) -> list[float]`` as a reward."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], *, name: str | None = None,
+                 range: Range | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "callable")
+        self.range = range if range is not None else getattr(fn, "reward_range", None)
+
+    def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
+        return self.fn(prompts, responses)
+
+
+class WeightedReward(Reward):
+    """Σ_i w_i · r_i: a multi-objective target. Its range is derived when every part declares one."""
+
+    def __init__(self, parts: Sequence[tuple[float, Reward]]) -> None:
+        if not parts:
+            raise ConfigError("a weighted reward needs at least one (weight, reward) part")
+        self.parts = list(parts)
+        self.name = " + ".join(f"{w:g}*{r.name}" for w, r in self.parts)
+        if all(r.range is not None for _, r in self.parts):
+            lo = sum(min(w * r.range[0], w * r.range[1]) for w, r in self.parts)  # type: ignore[index]
+            hi = sum(max(w * r.range[0], w * r.range[1]) for w, r in self.parts)  # type: ignore[index]
+            self.range = (lo, hi)
+
+    def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for weight, reward in self.parts:
+            for i, value in enumerate(reward.score(prompts, responses)):
+                total[i] += weight * value
+        return total
+
+
+class TransformersReward(Reward):
+    """A ``transformers`` sequence-classification reward model, with its own tokenizer and input format.
+
+    Args:
+        path: model directory (or hub id when a hub is reachable).
+        format: how a (prompt, response) pair becomes the model's input. ``None`` uses the tokenizer's chat
+            template (user + assistant turns) when it has one, else ``"{prompt}\\n{response}"``; a string with
+            ``{prompt}`` and ``{response}`` fields, e.g. ``"Human: {prompt}\\n\\nAssistant: {response}"``.
+        truncate: cut inputs longer than the model's limit (from the left, keeping the response's end).
+            Without it, an over-long input is an error.
+        sigmoid: report ``sigmoid(logit)`` in (0, 1) instead of the logit (its range is then known).
+        label: which output logit is the reward when the head has more than one.
+        range: declared ``(R_min, R_max)`` of the raw output, if known.
+    """
+
+    def __init__(self, path: str, *, format: str | None = None, truncate: bool = False, sigmoid: bool = False,
+                 label: int | None = None, range: Range | None = None, batch_size: int = 16,
+                 device: str = "cpu", dtype: str = "float32", name: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .lm.hf import DTYPES, _check_model_path
+
+        _check_model_path(str(path))
+        if format is not None and ("{response}" not in format):
+            raise ConfigError(f"reward `format` must contain {{response}}, got {format!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype])
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load a reward model from {str(path)!r} ({exc}); give a directory of an"
+                                 " AutoModelForSequenceClassification model with its tokenizer") from exc
+        self.model.to(device).eval()
+        labels = self.model.config.num_labels
+        if label is None and labels != 1:
+            raise ConfigError(f"reward model {path} has {labels} output labels; pass `label` to pick the reward")
+        self.label = 0 if label is None else label
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.format, self.truncate, self.sigmoid = format, truncate, sigmoid
+        self.batch_size, self.device, self._torch = batch_size, device, torch
+        self.max_length = min(
+            getattr(self.model.config, "max_position_embeddings", None) or 10**9,
+            self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**9 else 10**9,
+        )
+        self.name = name or str(path)
+        self.range = (0.0, 1.0) if sigmoid else range
+
+    def _text(self, prompt: str, response: str) -> str:
+        if self.format is not None:
+            return self.format.format(prompt=prompt, response=response)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+            )
+        return f"{prompt}\n{response}"
+
+    def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        torch = self._torch
+        texts = [self._text(p, r) for p, r in zip(prompts, responses)]
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
+            ids = [self.tokenizer(t, add_special_tokens=self.format is not None or not self.tokenizer.chat_template)["input_ids"] for t in chunk]
+            for i, seq in enumerate(ids):
+                if len(seq) > self.max_length:
+                    if not self.truncate:
+                        raise RewardError(
+                            f"reward model input {preview(chunk[i])} is {len(seq)} tokens, over the"
+                            f" {self.max_length}-token limit of {self.name}; pass truncate=True (--reward-truncate)"
+                            " to keep its last tokens, or shorten the generation"
+                        )
+                    ids[i] = seq[-self.max_length:]
+            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                logits = self.model(**batch).logits[:, self.label].float()
+            if self.sigmoid:
+                logits = torch.sigmoid(logits)
+            out.extend(logits.cpu().tolist())
+        return out
+
+
+# ---- built-ins --------------------------------------------------------------------------------------------
+def _sentiment() -> Reward:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as exc:
+        raise ConfigError("the `sentiment` reward needs vaderSentiment; pip install 'tqstar[rewards]'") from exc
+    analyzer = SentimentIntensityAnalyzer()
+
+    def sentiment(prompts: list[str], responses: list[str]) -> list[float]:
+        return [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+    return CallableReward(sentiment, name="sentiment", range=(-1.0, 1.0))
+
+
+def _harmless() -> Reward:
+    try:
+        from profanity_check import predict_prob
+    except ImportError as exc:
+        raise ConfigError("the `harmless` reward needs alt-profanity-check; pip install 'tqstar[rewards]'") from exc
+
+    def harmless(prompts: list[str], responses: list[str]) -> list[float]:
+        return (1.0 - predict_prob(list(responses))).tolist()
+
+    return CallableReward(harmless, name="harmless", range=(0.0, 1.0))
+
+
+BUILTIN_REWARDS: dict[str, Callable[[], Reward]] = {"sentiment": _sentiment, "harmless": _harmless}
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """How to build a reward: ``spec`` plus options for a reward-model directory.
+
+    ``spec`` is one of: a built-in name (``sentiment``, ``harmless``); ``module:function``; a reward-model
+    directory (optionally prefixed ``hf:``); or a weighted sum such as ``0.7*sentiment + 0.3*harmless`` (each
+    term ``WEIGHT*SPEC``). The options apply to reward-model directories.
+    """
+
+    spec: str
+    format: str | None = None
+    truncate: bool = False
+    sigmoid: bool = False
+    label: int | None = None
+    range: Range | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, str) or not self.spec.strip():
+            raise ConfigError(f"reward spec must be a non-empty string, got {self.spec!r}")
+        if self.range is not None and not (len(self.range) == 2 and self.range[0] < self.range[1]):
+            raise ConfigError(f"reward `range` must be (R_min, R_max) with R_min < R_max, got {self.range!r}")
+        for term in self.terms():
+            _check_term(term[1])
+
+    def terms(self) -> list[tuple[float, str]]:
+        """``[(weight, spec), ...]``; a single spec is ``[(1.0, spec)]``."""
+        spec = self.spec.strip()
+        if "*" not in spec:
+            return [(1.0, spec.removeprefix("hf:"))]
+        terms = []
+        for part in spec.split("+"):
+            match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*\*\s*(\S.*?)\s*", part)
+            if not match:
+                raise ConfigError(f"reward term {part.strip()!r} in {spec!r} must read WEIGHT*SPEC, e.g. 0.7*sentiment")
+            try:
+                weight = float(match.group(1))
+            except ValueError as exc:
+                raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a number") from exc
+            terms.append((weight, match.group(2).removeprefix("hf:")))
+        return terms
+
+    def load(self) -> Reward:
+        parts = [(w, self._load_one(s)) for w, s in self.terms()]
+        if len(parts) == 1 and parts[0][0] == 1.0:
+            return parts[0][1]
+        return WeightedReward(parts)
+
+    def _load_one(self, spec: str) -> Reward:
+        if spec in BUILTIN_REWARDS:
+            return BUILTIN_REWARDS[spec]()
+        if Path(spec).expanduser().is_dir():
+            return TransformersReward(str(Path(spec).expanduser()), format=self.format, truncate=self.truncate,
+                                      sigmoid=self.sigmoid, label=self.label, range=self.range,
+                                      device=self.device, dtype=self.dtype)
+        return CallableReward(_import_callable(spec), range=self.range)
+
+
+def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
+    """Build a :class:`Reward` from a spec string, a :class:`RewardSpec` or an existing reward."""
+    if spec is None or isinstance(spec, Reward):
+        return spec
+    if isinstance(spec, str):
+        spec = RewardSpec(spec, **options)  # type: ignore[arg-type]
+    return spec.load()
+
+
+def _check_term(spec: str) -> None:
+    """Fail early (before any model loads) on a spec that cannot resolve."""
+    if spec in BUILTIN_REWARDS or Path(spec).expanduser().is_dir():
+        return
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        _import_callable(spec)
+        return
+    raise ConfigError(
+        f"reward spec {spec!r} does not resolve; give a built-in ({', '.join(BUILTIN_REWARDS)}), module:function,"
+        " an existing reward-model directory, or a weighted sum like 0.7*sentiment+0.3*harmless"
+    )
+
+
+def _import_callable(spec: str) -> Callable:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"reward spec {spec!r} does not resolve: cannot import module {module_name!r} ({exc});"
+                          " check the module is on PYTHONPATH") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"reward spec {spec!r} does not resolve: module {module_name!r} has no function {attr!r};"
+                          " give module:function of a function (prompts, responses) -> floats")
+    return fn
+
