@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random models built inside the tests (no download), one torch thread."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory):
+    """Directories of the tiny ``sft``, ``baseline`` and ``reward`` models (built once per session)."""
+    from tqstar.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture()
+def sft(tiny_paths):
+    from tqstar.lm.hf import TransformersLM
+
+    return TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft")
+
+
+@pytest.fixture()
+def baseline(tiny_paths):
+    from tqstar.lm.hf import TransformersLM
+
+    return TransformersLM.from_pretrained(tiny_paths["baseline"], name="tiny-baseline")
+
+
+def vowel_share(prompts, responses):
+    """A toy reward in [0, 1]: the share of vowels among the response's letters."""
+    out = []
+    for text in responses:
+        letters = [c for c in text.lower() if c.isalpha()]
+        out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
+    return out
+
+
+vowel_share.reward_range = (0.0, 1.0)
