@@ -7,7 +7,7 @@ finished responses with the target reward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -54,8 +54,13 @@ class Engine:
             m.sft.check_k(params.k)
 
     def generate(self, prompts: Sequence[str], params: DecodeParams, *, batch_size: int = 8,
-                 truncate_prompt: bool = False, progress: bool = True) -> list[Response]:
-        """Decode ``prompts`` with ``params``; returns one :class:`Response` per prompt, in order."""
+                 truncate_prompt: bool = False, progress: bool = True,
+                 on_response: Callable[[Response], None] | None = None) -> list[Response]:
+        """Decode ``prompts`` with ``params``; returns one :class:`Response` per prompt, in order.
+
+        Prompts decode ``batch_size`` at a time, each stopping on its own; ``on_response`` is called with each
+        response as soon as its batch is done (so a caller can save finished work before the rest runs).
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
@@ -72,7 +77,10 @@ class Engine:
                 decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
             else:
                 decode_trajectory(self.models, batch, params)
-            responses.extend(self._response(s, params) for s in batch)
+            for state in batch:
+                responses.append(self._response(state, params))
+                if on_response is not None:
+                    on_response(responses[-1])
             bar.update(len(batch))
         bar.close()
         return responses

@@ -1,0 +1,183 @@
+"""Configuration of a run: models, rewards, decoding parameters and prompts, from a YAML file and/or flags.
+
+Everything is validated here, before any model loads: the decoding parameters, that reward specs resolve
+and that model paths exist. ``RunConfig.build()`` then loads the models and returns an
+:class:`~tqstar.engine.Engine`.
+
+YAML layout (every key optional; command-line flags override the file)::
+
+    sft: path/to/sft                 # or {path, dtype, device, chat_template, system_prompt}
+    baseline: path/to/dpo_model      # same forms
+    reward: sentiment                # or {spec, format, truncate, sigmoid, label, range}
+    baseline_reward: harmless        # tq-indirect only
+    decode: {method: tq-direct, k: 10, alpha: 1.0, n_rollouts: 1, rollout_len: 20, max_new_tokens: 64}
+    prompts: ["How do I make tea?"]
+    prompts_file: prompts.txt        # one prompt per line, or JSONL with a "prompt" field
+    batch_size: 8
+    truncate_prompt: false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .lm.hf import DTYPES, TransformersLM, _check_model_path
+from .params import DecodeParams
+from .reward import RewardSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A causal LM to load: path (or hub id), dtype, device and prompt formatting."""
+
+    path: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    chat_template: bool | str = True
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _check_model_path(self.path)
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> ModelSpec | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            return cls(**_known(value, cls, what))
+        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole ``tqstar generate`` run. ``sft=None`` means the built-in tiny models and ``sentiment`` reward."""
+
+    sft: ModelSpec | None = None
+    baseline: ModelSpec | None = None
+    reward: RewardSpec | None = None
+    baseline_reward: RewardSpec | None = None
+    decode: DecodeParams = field(default_factory=DecodeParams)
+    prompts: tuple[str, ...] = ()
+    batch_size: int = 8
+    truncate_prompt: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build and validate from a mapping (a YAML file merged with flags)."""
+        data = dict(data)
+        prompts = list(data.pop("prompts", None) or [])
+        prompts_file = data.pop("prompts_file", None)
+        if prompts_file:
+            prompts.extend(read_prompts(prompts_file))
+        known = _known(data, cls, "config")
+        return cls(
+            sft=ModelSpec.parse(known.get("sft"), "sft"),
+            baseline=ModelSpec.parse(known.get("baseline"), "baseline"),
+            reward=_reward_spec(known.get("reward"), "reward"),
+            baseline_reward=_reward_spec(known.get("baseline_reward"), "baseline_reward"),
+            decode=DecodeParams.from_dict(known.get("decode") or {}),
+            prompts=tuple(prompts),
+            batch_size=known.get("batch_size", 8),
+            truncate_prompt=bool(known.get("truncate_prompt", False)),
+        )
+
+    def build(self):
+        """Load the models and rewards; returns an :class:`~tqstar.engine.Engine`."""
+        from .engine import Engine
+
+        loaded: dict[tuple, TransformersLM] = {}
+
+        def load(spec: ModelSpec | None, name: str) -> TransformersLM | None:
+            if spec is None:
+                return None
+            key = (spec.path, spec.dtype, spec.device)
+            if key in loaded:  # same weights, maybe another prompt format: share them
+                return loaded[key].with_prompt_format(chat_template=spec.chat_template,
+                                                      system_prompt=spec.system_prompt, name=name)
+            lm = TransformersLM.from_pretrained(spec.path, dtype=spec.dtype, device=spec.device,
+                                                chat_template=spec.chat_template, system_prompt=spec.system_prompt,
+                                                name=name)
+            loaded[key] = lm
+            return lm
+
+        sft_spec, baseline_spec, reward_spec = self.sft, self.baseline, self.reward
+        if sft_spec is None:
+            from .tiny import build_tiny_models, default_tiny_dir
+
+            paths = build_tiny_models(default_tiny_dir())
+            sft_spec = ModelSpec(str(paths["sft"]), chat_template=False)
+            baseline_spec = baseline_spec or ModelSpec(str(paths["baseline"]), chat_template=False)
+            reward_spec = reward_spec or RewardSpec("sentiment")
+        sft = load(sft_spec, f"sft ({sft_spec.path})")
+        baseline = load(baseline_spec, f"baseline ({baseline_spec.path})") if baseline_spec else None
+        reward = reward_spec.load() if reward_spec else None
+        baseline_reward = self.baseline_reward.load() if self.baseline_reward else None
+        engine = Engine(sft, baseline, reward, baseline_reward)
+        engine.check(self.decode)
+        return engine
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; give the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({exc}); fix its syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
+    """Prompts from a text file (one per line) or a JSONL file (the ``field`` of each row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts file {str(path)!r} does not exist; give a text or JSONL file")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        row = json.loads(line)
+        if field not in row:
+            raise ConfigError(f"line {number} of {str(path)!r} has no {field!r} field; name the prompt column")
+        prompts.append(str(row[field]))
+    return prompts
+
+
+def _reward_spec(value: Any, what: str) -> RewardSpec | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return RewardSpec(value)
+    if isinstance(value, dict):
+        values = _known(value, RewardSpec, what)
+        if values.get("range") is not None:
+            values["range"] = tuple(values["range"])
+        return RewardSpec(**values)
+    raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {value!r}")
+
+
+def _known(values: dict[str, Any], cls: type, what: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)} | ({"prompts_file"} if cls is RunConfig else set())
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key `{unknown[0]}` in {what}; valid keys are {', '.join(sorted(names))}")
+    return {k: v for k, v in values.items() if v is not None}
