@@ -156,9 +156,9 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import format_report, testbed_report
+    from .testbed import format_report, exact_report
 
-    rows = testbed_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
+    rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                           horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
                           temperature=args.temperature, seed=args.seed)
     print(f"exact testbed: {args.instances} random instances, vocab {args.vocab_size}, horizon {args.horizon},"

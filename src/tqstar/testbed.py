@@ -140,7 +140,7 @@ def method_values(sft: TabularLM, baseline: TabularLM, r: RewardFn) -> dict[str,
 
 
 # ---- the report -----------------------------------------------------------------------------------------------
-def testbed_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
+def exact_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
                    vocab_size: int = 4, horizon: int = 4, beta_baseline: float = 0.2, k: int | None = None,
                    temperature: float = 1.0, seed: int = 0) -> list[dict]:
     """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of TQ* direct (baseline = ρ*_r at β_BL), CD and ARGS, averaged over

@@ -1,0 +1,387 @@
+"""The :class:`~tqstar.lm.base.LanguageModel` contract, checked on every backend, plus transformers specifics.
+
+``check_language_model(lm, prompts)`` is backend-agnostic: it only uses the protocol (``encode_prompt``,
+``decode``, ``next_logprobs``, ``rollout``, ``eos_token_ids``, ``vocab_size``, ``max_context``). A new backend
+joins by adding a factory to :data:`BACKENDS` that returns the backend and a variant of it whose next token is
+always one EOS id.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
+from tqstar.lm.base import LanguageModel, StepOutput
+from tqstar.lm.hf import TransformersLM
+
+PROMPTS = [
+    "the cat sat on the mat",
+    "how do i make a cup of tea?",
+    "thank you",
+    "we can learn a lot from books, from friends and from the mistakes we make along the way",
+]
+ATOL = 1e-5
+ROLLOUT_LEN = 8
+
+
+# ---- the generic contract ---------------------------------------------------------------------------------
+def _prefixes(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
+    """Encoded prompts of different lengths, plus a 1-token prefix and a duplicate (shared-stem) prefix."""
+    ids = [lm.encode_prompt(p) for p in prompts]
+    return ids + [ids[0][:1], list(ids[0])]
+
+
+def _naive_rollout_cost(prefixes: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> int:
+    """Tokens a backend without any cache runs: the whole sequence once per generated token."""
+    return sum(len(p) + i for p, out in zip(prefixes, tokens) for i in range(len(out)))
+
+
+def _check_metadata(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    assert isinstance(lm.vocab_size, int) and lm.vocab_size > 0
+    assert isinstance(lm.eos_token_ids, frozenset) and lm.eos_token_ids
+    assert all(isinstance(e, int) and 0 <= e < lm.vocab_size for e in lm.eos_token_ids)
+    for prompt in prompts:
+        ids = lm.encode_prompt(prompt)
+        assert isinstance(ids, list) and ids, prompt
+        assert all(isinstance(i, int) and 0 <= i < lm.vocab_size for i in ids), prompt
+    if lm.max_context is None:  # an unbounded model never refuses a prompt
+        lm.check_fits([0] * 10_000, 10_000, "long")
+
+
+def _check_normalised(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    seqs = _prefixes(lm, prompts)
+    step = lm.next_logprobs(seqs)
+    assert isinstance(step, StepOutput)
+    assert step.logprobs.shape == (len(seqs), lm.vocab_size)
+    assert step.logprobs.dtype == torch.float32
+    assert not torch.isnan(step.logprobs).any()
+    assert (step.logprobs <= ATOL).all()
+    torch.testing.assert_close(torch.logsumexp(step.logprobs, dim=-1), torch.zeros(len(seqs)), atol=ATOL, rtol=0)
+    assert len(step.forward_tokens) == len(seqs)
+    assert all(0 <= n <= len(s) for n, s in zip(step.forward_tokens, seqs)), step.forward_tokens
+
+
+def _check_batch_equals_singles(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    seqs = _prefixes(lm, prompts)
+    # Singles first, so that a caching backend cannot answer the batch (or the singles) from the other.
+    singles = [lm.next_logprobs([s]).logprobs[0] for s in seqs]
+    batch = lm.next_logprobs(seqs).logprobs
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batch[i], single, atol=ATOL, rtol=0, msg=f"sequence {i} (length {len(seqs[i])})")
+    # The same sequences again in another order (a caching backend now gathers its stored rows).
+    order = list(reversed(range(len(seqs))))
+    again = lm.next_logprobs([seqs[i] for i in order]).logprobs
+    for row, i in enumerate(order):
+        torch.testing.assert_close(again[row], singles[i], atol=ATOL, rtol=0, msg=f"sequence {i}, reordered")
+
+
+def _check_greedy_rollout_batch_equals_singles(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    prefixes = _prefixes(lm, prompts)
+    singles = [lm.rollout([p], ROLLOUT_LEN).tokens[0] for p in prefixes]
+    batch = lm.rollout(prefixes, ROLLOUT_LEN)
+    assert batch.tokens == singles
+    assert lm.rollout(prefixes, ROLLOUT_LEN).tokens == singles  # repeatable (and cache-independent)
+
+
+def _check_rollouts_stop_at_eos(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    prefixes = _prefixes(lm, prompts)
+    outputs = [lm.rollout(prefixes, ROLLOUT_LEN)]
+    outputs += [lm.rollout(prefixes, ROLLOUT_LEN, temperature=2.0, seed=seed) for seed in range(3)]
+    for out in outputs:
+        assert len(out.tokens) == len(prefixes)
+        for tokens in out.tokens:
+            assert all(isinstance(t, int) and 0 <= t < lm.vocab_size for t in tokens)
+            assert 1 <= len(tokens) <= ROLLOUT_LEN
+            ends = [j for j, t in enumerate(tokens) if t in lm.eos_token_ids]
+            if ends:
+                assert ends[0] == len(tokens) - 1, f"continuation {tokens} goes on after EOS"
+            else:
+                assert len(tokens) == ROLLOUT_LEN, f"continuation {tokens} stopped early without EOS"
+
+
+def _check_seeded_sampling(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    prefixes = _prefixes(lm, prompts)
+    first = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=123).tokens
+    assert lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=123).tokens == first
+    others = [lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=seed).tokens for seed in range(5)]
+    assert any(o != first for o in others), "five other seeds all sampled the same continuations"
+    unseeded = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=None).tokens
+    assert len(unseeded) == len(prefixes)
+
+
+def _check_forward_tokens(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    prefixes = _prefixes(lm, prompts)
+    for temperature, seed in ((0.0, None), (1.5, 7)):
+        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        assert len(out.forward_tokens) == len(prefixes)
+        assert all(n >= 1 for n in out.forward_tokens), out.forward_tokens
+        assert sum(out.forward_tokens) <= _naive_rollout_cost(prefixes, out.tokens), out.forward_tokens
+    assert lm.rollout([], ROLLOUT_LEN).tokens == []
+
+
+def _check_decode(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    eos = min(lm.eos_token_ids)
+    for tokens in lm.rollout(_prefixes(lm, prompts), ROLLOUT_LEN).tokens:
+        body = [t for t in tokens if t not in lm.eos_token_ids]
+        text = lm.decode(body)
+        assert isinstance(text, str)
+        assert lm.decode(body + [eos]) == text, "decode must drop the EOS token"
+
+
+CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
+    _check_metadata,
+    _check_normalised,
+    _check_batch_equals_singles,
+    _check_greedy_rollout_batch_equals_singles,
+    _check_rollouts_stop_at_eos,
+    _check_seeded_sampling,
+    _check_forward_tokens,
+    _check_decode,
+]
+
+
+def check_language_model(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    """Assert that ``lm`` honours the :class:`LanguageModel` contract on ``prompts`` (at least two)."""
+    for check in CHECKS:
+        check(lm, prompts)
+
+
+def check_eos_forced(lm: LanguageModel, eos: int, prompts: Sequence[str]) -> None:
+    """``lm`` puts (almost) all mass on ``eos``: every rollout, greedy or sampled, is exactly ``[eos]``."""
+    prefixes = _prefixes(lm, prompts)
+    step = lm.next_logprobs(prefixes)
+    assert (step.logprobs.argmax(dim=-1) == eos).all()
+    for temperature, seed in ((0.0, None), (1.0, 0)):
+        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        assert out.tokens == [[eos]] * len(prefixes)
+        assert all(n >= 1 for n in out.forward_tokens)
+
+
+# ---- backends -----------------------------------------------------------------------------------------------
+class ProtocolDefaultLM(LanguageModel):
+    """A backend that implements only the abstract methods (delegating to another), so the base class's
+    default :meth:`LanguageModel.rollout` is what runs."""
+
+    def __init__(self, inner: LanguageModel) -> None:
+        self.inner = inner
+        self.name = f"default-rollout({inner.name})"
+        self.vocab_size = inner.vocab_size
+        self.eos_token_ids = inner.eos_token_ids
+        self.max_context = inner.max_context
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.inner.encode_prompt(prompt)
+
+    def decode(self, ids) -> str:
+        return self.inner.decode(ids)
+
+    def next_logprobs(self, seqs) -> StepOutput:
+        return self.inner.next_logprobs(seqs)
+
+
+EOS_ID = 2  # the tiny models' EOS
+
+
+def _eos_forcing_model(model):
+    """A copy of ``model`` whose lm_head puts all mass on :data:`EOS_ID` (zero weights, a large EOS bias)."""
+    model = copy.deepcopy(model)
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[EOS_ID] = 50.0
+    model.lm_head = head
+    return model.eval()
+
+
+def _transformers(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
+    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft")
+    eos_lm = TransformersLM(_eos_forcing_model(lm.model), lm.tokenizer, name="tiny-eos")
+    return lm, eos_lm, EOS_ID
+
+
+def _protocol_default(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
+    lm, eos_lm, eos = _transformers(tiny_paths)
+    return ProtocolDefaultLM(lm), ProtocolDefaultLM(eos_lm), eos
+
+
+#: name -> factory(tiny_paths) returning (backend, EOS-forcing variant, the forced EOS id).
+BACKENDS: dict[str, Callable] = {
+    "transformers": _transformers,
+    "protocol-default": _protocol_default,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tiny_paths):
+    return BACKENDS[request.param](tiny_paths)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
+def test_contract(backend, check):
+    lm, _, _ = backend
+    check(lm, PROMPTS)
+
+
+def test_check_language_model_on_raw_text_prompts(sft):
+    check_language_model(sft.with_prompt_format(chat_template=False), PROMPTS)
+
+
+def test_rollout_stops_at_forced_eos(backend):
+    _, eos_lm, eos = backend
+    assert eos in eos_lm.eos_token_ids
+    check_eos_forced(eos_lm, eos, PROMPTS)
+
+
+def test_default_rollout_equals_transformers_rollout(sft):
+    """The base class's slow rollout and the cached override return the same tokens, greedy and seeded."""
+    reference = ProtocolDefaultLM(TransformersLM(sft.model, sft.tokenizer))
+    prefixes = _prefixes(sft, PROMPTS)
+    for temperature, seed in ((0.0, None), (1.5, 3)):
+        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed).tokens
+        assert sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed).tokens == expected
+
+
+# ---- transformers: the prefix KV cache ----------------------------------------------------------------------
+def _fresh(lm: TransformersLM) -> TransformersLM:
+    return TransformersLM(lm.model, lm.tokenizer)
+
+
+def test_cache_extension_matches_fresh_backend(sft):
+    seqs = [sft.encode_prompt(p) for p in PROMPTS[:3]]
+    first = sft.next_logprobs(seqs)
+    assert first.forward_tokens == [len(s) for s in seqs]
+    for step, suffixes in enumerate(([[], [17], [17, 59, 70]], [[23, 17], [], [48]])):
+        seqs = [s + x for s, x in zip(seqs, suffixes)]
+        cached = sft.next_logprobs(seqs)
+        assert cached.forward_tokens == [len(x) for x in suffixes], f"step {step}: the cache was not used"
+        fresh = _fresh(sft).next_logprobs(seqs)
+        assert fresh.forward_tokens == [len(s) for s in seqs]
+        torch.testing.assert_close(cached.logprobs, fresh.logprobs, atol=ATOL, rtol=0)
+
+
+def test_cache_expands_one_row_to_many_candidates(sft):
+    prefix = sft.encode_prompt(PROMPTS[0])
+    top = sft.next_logprobs([prefix]).logprobs[0].topk(5).indices.tolist()
+    candidates = [prefix + [z] for z in top]
+    cached = sft.next_logprobs(candidates)
+    assert cached.forward_tokens == [1] * len(candidates)
+    torch.testing.assert_close(cached.logprobs, _fresh(sft).next_logprobs(candidates).logprobs, atol=ATOL, rtol=0)
+
+
+def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
+    prefix = sft.encode_prompt(PROMPTS[1])
+    top = sft.next_logprobs([prefix]).logprobs[0].topk(4).indices.tolist()
+    candidates = [prefix + [z] for z in top]  # their stem is the stored prefix
+    cached = sft.rollout(candidates, ROLLOUT_LEN)
+    assert cached.forward_tokens == [len(t) for t in cached.tokens], "the stored stem was re-encoded"
+    fresh = _fresh(sft).rollout(candidates, ROLLOUT_LEN)
+    assert cached.tokens == fresh.tokens
+    # A fresh backend encodes the shared stem once, charged to the first candidate.
+    assert fresh.forward_tokens == [len(prefix) + len(fresh.tokens[0])] + [len(t) for t in fresh.tokens[1:]]
+    # One committed token later, the new stems extend the stored ones by two tokens.
+    chosen = candidates[0]
+    longer = [chosen + [z] for z in top]
+    cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11)
+    assert cached.forward_tokens[0] == 2 + len(cached.tokens[0])
+    assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11).tokens
+
+
+def test_reset_cache_does_not_change_results(sft):
+    seqs = [sft.encode_prompt(p) for p in PROMPTS[:2]]
+    before = sft.next_logprobs(seqs)
+    sft.reset_cache()
+    after = sft.next_logprobs(seqs)
+    assert after.forward_tokens == [len(s) for s in seqs]
+    torch.testing.assert_close(before.logprobs, after.logprobs, atol=ATOL, rtol=0)
+
+
+# ---- transformers: prompt formats ---------------------------------------------------------------------------
+def test_chat_template_with_system_prompt(sft):
+    lm = TransformersLM(sft.model, sft.tokenizer, chat_template=True, system_prompt="please be kind")
+    ids = lm.encode_prompt("the cat sat")
+    text = sft.tokenizer.decode(ids)
+    assert text.split() == ["<|system|>", "please", "be", "kind", "<|user|>", "the", "cat", "sat", "<|assistant|>"]
+    assert "please be kind" in lm.decode(ids)
+    no_system = TransformersLM(sft.model, sft.tokenizer, chat_template=True).encode_prompt("the cat sat")
+    assert sft.tokenizer.decode(no_system).split() == ["<|user|>", "the", "cat", "sat", "<|assistant|>"]
+
+
+def test_raw_text_prompt(sft):
+    lm = TransformersLM(sft.model, sft.tokenizer, chat_template=False)
+    ids = lm.encode_prompt("the cat sat")
+    assert ids == sft.tokenizer("the cat sat")["input_ids"]
+    assert lm.decode(ids) == "the cat sat"
+    special = {sft.tokenizer.convert_tokens_to_ids(t) for t in ("<|system|>", "<|user|>", "<|assistant|>")}
+    assert not special & set(ids)
+    with_system = TransformersLM(sft.model, sft.tokenizer, chat_template=False, system_prompt="please be kind")
+    assert with_system.decode(with_system.encode_prompt("the cat sat")) == "please be kind the cat sat"
+
+
+def test_chat_template_string_overrides_tokenizer_template(sft):
+    lm = TransformersLM(sft.model, sft.tokenizer, chat_template="{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    assert lm.encode_prompt("the cat sat") == sft.tokenizer("the cat sat")["input_ids"]
+
+
+def test_with_prompt_format_shares_weights_not_cache(sft):
+    sibling = sft.with_prompt_format(chat_template=False, system_prompt="please be kind", name="prompted")
+    assert sibling.model is sft.model
+    assert sibling.tokenizer is sft.tokenizer
+    assert sibling.name == "prompted"
+    assert sibling.encode_prompt("thank you") != sft.encode_prompt("thank you")
+    mine = sft.encode_prompt(PROMPTS[0])
+    sft.next_logprobs([mine])
+    assert sibling._rows is None
+    theirs = sibling.encode_prompt(PROMPTS[2])
+    assert sibling.next_logprobs([theirs]).forward_tokens == [len(theirs)]
+    assert sft._rows is not None and sft._rows.tokens == [tuple(mine)]
+    assert sft.next_logprobs([mine]).forward_tokens == [0]  # its own cache survived the sibling's call
+
+
+# ---- transformers: loading and context errors ---------------------------------------------------------------
+def test_missing_model_path_raises_model_load_error(tmp_path):
+    path = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="does not exist") as info:
+        TransformersLM.from_pretrained(path)
+    assert str(path) in str(info.value)
+
+
+def test_directory_without_config_raises_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="has no config.json") as info:
+        TransformersLM.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_unloadable_directory_raises_model_load_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="cannot load a causal LM") as info:
+        TransformersLM.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_unknown_dtype_raises_config_error(tiny_paths):
+    with pytest.raises(ConfigError, match=r"^`dtype` must be one of float32, float16, bfloat16, got 'float8'$"):
+        TransformersLM.from_pretrained(tiny_paths["sft"], dtype="float8")
+
+
+def test_prompt_too_long(sft):
+    assert sft.max_context == 512
+    sft.check_fits([5] * 500, 12, "fits exactly")
+    with pytest.raises(PromptTooLongError) as info:
+        sft.check_fits([5] * 500, 20, "the cat sat")
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    for part in ("'the cat sat'", "is 500 tokens", "needs 20 more", "512-token context of tiny-sft", "truncate_prompt"):
+        assert part in message, (part, message)
+
+
+def test_empty_sequences_are_refused(sft):
+    with pytest.raises(ConfigError, match="non-empty"):
+        sft.next_logprobs([[5], []])
+    with pytest.raises(ConfigError, match="non-empty"):
+        sft.rollout([[]], ROLLOUT_LEN)

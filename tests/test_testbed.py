@@ -1,0 +1,204 @@
+"""The exact testbed: properties of TQ*, CD and ARGS checked against enumeration, not against our outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tqstar.decoder import decision_logprobs, step_kl
+from tqstar.engine import Engine
+from tqstar.lm.tabular import EOS, TabularLM, prefixes
+from tqstar.params import DecodeParams
+from tqstar.testbed import (
+    TabularReward,
+    completions,
+    decoding_policy,
+    expected_reward,
+    format_report,
+    method_values,
+    optimal_policy,
+    q_value,
+    random_reward,
+    exact_report,
+    trajectory_kl,
+)
+from tqstar.value import indirect_q
+
+V, H = 4, 3
+
+
+@pytest.fixture(params=[0, 1, 2])
+def instance(request):
+    seed = request.param
+    sft = TabularLM.random(V, H, seed=seed)
+    return sft, random_reward(V, H, seed=seed), random_reward(V, H, seed=seed + 100)
+
+
+def _trajectory_prob(lm: TabularLM, y) -> float:
+    return math.prod(lm.probs(y[:i])[y[i]].item() for i in range(len(y)))
+
+
+def test_completions_are_a_distribution(instance):
+    sft, _, _ = instance
+    assert sum(p for _, p in completions(sft)) == pytest.approx(1.0, abs=1e-12)
+    assert all(y[-1] == EOS and len(y) <= H + 1 for y, _ in completions(sft))
+
+
+def test_optimal_policy_is_the_tilted_trajectory_distribution(instance):
+    sft, r, _ = instance
+    beta = 0.3
+    opt = optimal_policy(sft, r, beta)
+    tilted = {y: p * math.exp(r(y) / beta) for y, p in completions(sft)}
+    z = sum(tilted.values())
+    for y, weight in tilted.items():
+        assert _trajectory_prob(opt, y) == pytest.approx(weight / z, rel=1e-9, abs=1e-12)
+
+
+def test_alpha_zero_decoding_policy_is_the_sft_policy(instance):
+    sft, r, _ = instance
+    for q in method_values(sft, sft, r).values():
+        policy = decoding_policy(sft, q, alpha=0.0, k=V, temperature=1.0)
+        for prefix in prefixes(V, H):
+            torch.testing.assert_close(policy.probs(prefix), sft.probs(prefix), rtol=0, atol=1e-12)
+        assert trajectory_kl(policy, sft) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_alpha_zero_engine_samples_from_the_sft_policy(instance):
+    sft, r, _ = instance
+    engine = Engine(sft, sft, TabularReward(r, sft))
+    params = DecodeParams(method="tq-direct", k=V, alpha=0.0, temperature=1.0, max_new_tokens=H + 1,
+                          rollout_len=H + 1, trace=True, seed=3)
+    for response in engine.generate(["x"] * 4, params, progress=False):
+        for row in response.trace:
+            prefix = tuple(response.token_ids[:row["step"]])
+            expected = sft.probs(prefix)[row["candidates"]]
+            torch.testing.assert_close(torch.tensor(row["p_dec"], dtype=torch.float64), expected, atol=1e-6, rtol=0)
+        assert response.kl == pytest.approx(0.0, abs=1e-5)
+
+
+def test_direct_equals_cd_when_the_baseline_is_the_sft_model(instance):
+    sft, r, _ = instance
+    engine = Engine(sft, sft, TabularReward(r, sft))
+    base = dict(k=3, alpha=4.0, n_rollouts=8, rollout_temperature=1.0, rollout_len=H + 1, trace=True, seed=5,
+                max_new_tokens=H + 1)
+    direct = engine.generate(["x", "x"], DecodeParams(method="tq-direct", **base), progress=False)
+    cd = engine.generate(["x", "x"], DecodeParams(method="cd", **base), progress=False)
+    for a, b in zip(direct, cd):
+        assert a.token_ids == b.token_ids
+        assert [row["q"] for row in a.trace] == [row["q"] for row in b.trace]
+
+
+@pytest.mark.parametrize("method", ["tq-direct", "cd"])
+def test_rollout_estimates_converge_to_the_exact_q(method):
+    sft = TabularLM.random(V, H, seed=11)
+    r = random_reward(V, H, seed=11)
+    baseline = optimal_policy(sft, r, beta=0.3)
+    engine = Engine(sft, baseline, TabularReward(r, sft))
+    params = DecodeParams(method=method, k=V, alpha=1.0, n_rollouts=600, rollout_temperature=1.0,
+                          rollout_len=H + 1, max_new_tokens=2, trace=True, seed=1)
+    policy = baseline if method == "tq-direct" else sft
+    (response,) = engine.generate(["x"], params, progress=False)
+    for row in response.trace:
+        prefix = tuple(response.token_ids[:row["step"]])
+        exact = [q_value(policy, r, prefix, z) for z in row["candidates"]]
+        # rewards lie in [0, 1]: the standard error of a 600-sample mean is at most 0.02
+        assert row["q"] == pytest.approx(exact, abs=0.08)
+
+
+def test_indirect_weights_recover_the_target_optimum_exactly(instance):
+    sft, r, r_bl = instance
+    beta = 0.5
+    baseline = optimal_policy(sft, r_bl, beta)  # aligned to r_BL, not to the target r
+    target = optimal_policy(sft, r, beta)
+    for prefix in prefixes(V, H):
+        for z in range(1, V):
+            start = prefix + (z,)
+            ys = list(completions(baseline, start))
+            rr = torch.tensor([r(start + y) for y, _ in ys], dtype=torch.float64)
+            rb = torch.tensor([r_bl(start + y) for y, _ in ys], dtype=torch.float64)
+            log_mass = torch.tensor([math.log(p) for _, p in ys], dtype=torch.float64)
+            assert indirect_q(rr, rb, beta, log_mass).item() == pytest.approx(q_value(target, r, prefix, z), abs=1e-9)
+
+
+def test_indirect_estimator_converges_to_the_target_optimum():
+    sft = TabularLM.random(V, H, seed=21)
+    r, r_bl = random_reward(V, H, seed=21), random_reward(V, H, seed=121)
+    beta = 0.5
+    baseline = optimal_policy(sft, r_bl, beta)
+    target = optimal_policy(sft, r, beta)
+    engine = Engine(sft, baseline, TabularReward(r, sft), TabularReward(r_bl, sft))
+    params = DecodeParams(method="tq-indirect", k=V, beta=beta, n_rollouts=800, rollout_temperature=1.0,
+                          rollout_len=H + 1, max_new_tokens=1, trace=True, seed=2)
+    (response,) = engine.generate(["x"], params, progress=False)
+    row = response.trace[0]
+    exact = [q_value(target, r, (), z) for z in row["candidates"]]
+    assert row["q"] == pytest.approx(exact, abs=0.08)
+
+
+def test_indirect_with_one_rollout_is_direct():
+    r = torch.tensor([[0.3], [0.9]])
+    r_bl = torch.tensor([[5.0], [-2.0]])
+    assert indirect_q(r, r_bl, beta=0.1).tolist() == pytest.approx(r.squeeze(-1).tolist())
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("alpha", [0.5, 3.0, 20.0])
+def test_softmax_score_kl_never_exceeds_the_bound(instance, k, alpha):
+    sft, r, _ = instance
+    for q in method_values(sft, optimal_policy(sft, r, 0.3), r).values():
+        for prefix in prefixes(V, H):
+            top_lp, cand = sft.probs(prefix).log().topk(k)
+            scores = top_lp + alpha * torch.tensor([q(prefix, z) for z in cand.tolist()], dtype=torch.float64)
+            kl = step_kl(decision_logprobs(scores[None], 1.0), top_lp[None]).item()
+            bound = alpha * (1.0 - 0.0) - torch.logsumexp(top_lp, 0).item()
+            assert kl <= bound + 1e-9
+
+
+def test_engine_reports_kl_within_the_bound_when_sampling():
+    sft = TabularLM.random(V, H, seed=4)
+    r = random_reward(V, H, seed=4)
+    engine = Engine(sft, optimal_policy(sft, r, 0.3), TabularReward(r, sft))
+    params = DecodeParams(method="tq-direct", k=2, alpha=5.0, temperature=1.0, rollout_len=H + 1,
+                          max_new_tokens=H + 1, seed=0)
+    for response in engine.generate(["x"] * 6, params, progress=False):
+        assert len(response.kl_per_step) == len(response.token_ids)
+        assert 0 <= response.kl <= response.kl_bound + 1e-6
+
+
+def test_engine_kl_matches_the_exact_decoding_policy_kl():
+    """Sampling at T = 1 with α = 0 and top-k: each step's KL is exactly log(1/π_sft(top-k))."""
+    sft = TabularLM.random(V, H, seed=8)
+    r = random_reward(V, H, seed=8)
+    engine = Engine(sft, sft, TabularReward(r, sft))
+    params = DecodeParams(method="none", k=2, alpha=0.0, temperature=1.0, max_new_tokens=H + 1, seed=0)
+    (response,) = engine.generate(["x"], params, progress=False)
+    for t, kl in enumerate(response.kl_per_step):
+        top = sft.probs(tuple(response.token_ids[:t])).topk(2).values.sum().item()
+        assert kl == pytest.approx(-math.log(top), abs=1e-5)
+
+
+def test_decoded_text_ends_at_eos_on_the_tabular_model(instance):
+    sft, r, _ = instance
+    engine = Engine(sft, sft, TabularReward(r, sft))
+    for response in engine.generate(["x"] * 3, DecodeParams(method="args", k=V, max_new_tokens=10), progress=False):
+        assert response.finish_reason == "eos" and response.token_ids[-1] == EOS
+        assert response.reward == pytest.approx(r(tuple(response.token_ids)))
+
+
+def test_report_has_every_method_and_is_exact_at_reference_points():
+    rows = exact_report(instances=2, alphas=(1.0, 5.0), vocab_size=3, horizon=3, beta_baseline=0.2)
+    methods = {(row["method"], row["alpha"]) for row in rows}
+    for alpha in (1.0, 5.0):
+        assert {("tq-direct", alpha), ("cd", alpha), ("args", alpha), ("optimal(β=1/α)", alpha)} <= methods
+    by = {(row["method"], row["alpha"]): row for row in rows}
+    assert by[("sft", 0.0)]["kl"] == 0.0
+    # ρ*_r at β = 1/α with α = 5 is the baseline (β_BL = 0.2) itself
+    assert by[("optimal(β=1/α)", 5.0)]["reward"] == pytest.approx(by[("baseline", 0.0)]["reward"], abs=1e-12)
+    assert "tq-direct" in format_report(rows)
+
+
+def test_expected_reward_of_the_optimum_beats_sft(instance):
+    sft, r, _ = instance
+    assert expected_reward(optimal_policy(sft, r, 0.1), r) >= expected_reward(sft, r) - 1e-12
