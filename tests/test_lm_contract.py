@@ -30,14 +30,24 @@ ROLLOUT_LEN = 8
 
 # ---- the generic contract ---------------------------------------------------------------------------------
 def _prefixes(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
-    """Encoded prompts of different lengths, plus a 1-token prefix and a duplicate (shared-stem) prefix."""
-    ids = [lm.encode_prompt(p) for p in prompts]
-    return ids + [ids[0][:1], list(ids[0])]
+    """Sequences of different lengths, some sharing a stem: each encoded prompt ``p`` (when non-empty), ``p``
+    plus one of two different tokens, ``p`` plus three tokens, and a one-token sequence.
+
+    The added tokens are the three highest non-EOS ids, so this works for a backend whose prompts encode to
+    nothing (a tabular model with one context)."""
+    extra = [t for t in range(lm.vocab_size - 1, -1, -1) if t not in lm.eos_token_ids][:3]
+    seqs = []
+    for prompt in prompts:
+        ids = list(lm.encode_prompt(prompt))
+        for tail in ([], extra[:1], extra[1:2], extra):
+            if ids or tail:
+                seqs.append(ids + tail)
+    return seqs + [seqs[0][:1]]
 
 
 def _naive_rollout_cost(prefixes: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> int:
-    """Tokens a backend without any cache runs: the whole sequence once per generated token."""
-    return sum(len(p) + i for p, out in zip(prefixes, tokens) for i in range(len(out)))
+    """Tokens a backend without any cache runs: the whole sequence (at least one token) per generated token."""
+    return sum(max(1, len(p) + i) for p, out in zip(prefixes, tokens) for i in range(len(out)))
 
 
 def _check_metadata(lm: LanguageModel, prompts: Sequence[str]) -> None:
@@ -46,7 +56,7 @@ def _check_metadata(lm: LanguageModel, prompts: Sequence[str]) -> None:
     assert all(isinstance(e, int) and 0 <= e < lm.vocab_size for e in lm.eos_token_ids)
     for prompt in prompts:
         ids = lm.encode_prompt(prompt)
-        assert isinstance(ids, list) and ids, prompt
+        assert isinstance(ids, list), prompt
         assert all(isinstance(i, int) and 0 <= i < lm.vocab_size for i in ids), prompt
     if lm.max_context is None:  # an unbounded model never refuses a prompt
         lm.check_fits([0] * 10_000, 10_000, "long")
@@ -163,10 +173,11 @@ def check_eos_forced(lm: LanguageModel, eos: int, prompts: Sequence[str]) -> Non
 
 # ---- backends -----------------------------------------------------------------------------------------------
 class ProtocolDefaultLM(LanguageModel):
-    """A backend that implements only the abstract methods (delegating to another), so the base class's
-    default :meth:`LanguageModel.rollout` is what runs."""
+    """A backend without a cache that implements only the abstract methods (delegating to a transformers
+    backend whose cache it clears before every call), so the base class's default :meth:`LanguageModel.rollout`
+    is what runs, and every call costs the naive token count."""
 
-    def __init__(self, inner: LanguageModel) -> None:
+    def __init__(self, inner: TransformersLM) -> None:
         self.inner = inner
         self.name = f"default-rollout({inner.name})"
         self.vocab_size = inner.vocab_size
@@ -180,6 +191,7 @@ class ProtocolDefaultLM(LanguageModel):
         return self.inner.decode(ids)
 
     def next_logprobs(self, seqs) -> StepOutput:
+        self.inner.reset_cache()
         return self.inner.next_logprobs(seqs)
 
 
@@ -243,8 +255,11 @@ def test_default_rollout_equals_transformers_rollout(sft):
     reference = ProtocolDefaultLM(TransformersLM(sft.model, sft.tokenizer))
     prefixes = _prefixes(sft, PROMPTS)
     for temperature, seed in ((0.0, None), (1.5, 3)):
-        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed).tokens
-        assert sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed).tokens == expected
+        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        assert sum(expected.forward_tokens) == _naive_rollout_cost(prefixes, expected.tokens)
+        got = sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        assert got.tokens == expected.tokens
+        assert sum(got.forward_tokens) < sum(expected.forward_tokens)
 
 
 # ---- transformers: the prefix KV cache ----------------------------------------------------------------------
@@ -284,11 +299,11 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     assert cached.tokens == fresh.tokens
     # A fresh backend encodes the shared stem once, charged to the first candidate.
     assert fresh.forward_tokens == [len(prefix) + len(fresh.tokens[0])] + [len(t) for t in fresh.tokens[1:]]
-    # One committed token later, the new stems extend the stored ones by two tokens.
+    # One committed token later, the new stem (prefix + chosen token) extends the stored stem by one token.
     chosen = candidates[0]
     longer = [chosen + [z] for z in top]
     cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11)
-    assert cached.forward_tokens[0] == 2 + len(cached.tokens[0])
+    assert cached.forward_tokens == [1 + len(cached.tokens[0])] + [len(t) for t in cached.tokens[1:]]
     assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11).tokens
 
 

@@ -1,0 +1,46 @@
+"""tqstar: Transfer Q* decoding-time alignment and its peers (ARGS, CD, best-of-N) under one engine."""
+
+from __future__ import annotations
+
+from .engine import Engine
+from .errors import (
+    ConfigError,
+    ModelLoadError,
+    PromptTooLongError,
+    RewardError,
+    TQStarError,
+    VocabularyMismatchError,
+)
+from .lm.base import LanguageModel, RolloutOutput, StepOutput
+from .lm.hf import TransformersLM
+from .lm.tabular import TabularLM
+from .params import METHODS, DecodeParams
+from .reward import CallableReward, Reward, RewardSpec, TransformersReward, WeightedReward, load_reward
+from .state import Accounting, Response
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Accounting",
+    "CallableReward",
+    "ConfigError",
+    "DecodeParams",
+    "Engine",
+    "LanguageModel",
+    "METHODS",
+    "ModelLoadError",
+    "PromptTooLongError",
+    "Response",
+    "Reward",
+    "RewardError",
+    "RewardSpec",
+    "RolloutOutput",
+    "StepOutput",
+    "TQStarError",
+    "TabularLM",
+    "TransformersLM",
+    "TransformersReward",
+    "VocabularyMismatchError",
+    "WeightedReward",
+    "load_reward",
+]

@@ -1,0 +1,104 @@
+"""The command line: generate (flags, YAML, JSONL out, trace), testbed, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tqstar.cli import main
+
+
+@pytest.fixture(autouse=True)
+def tiny_cache(tmp_path_factory, monkeypatch, tiny_paths):
+    # the built-in default builds its tiny models under $TQSTAR_CACHE/tiny; reuse the session's copies
+    root = tiny_paths["sft"].parent.parent
+    (root / "tiny").mkdir(exist_ok=True)
+    for role, path in tiny_paths.items():
+        link = root / "tiny" / role
+        if not link.exists():
+            link.symlink_to(path)
+    monkeypatch.setenv("TQSTAR_CACHE", str(root))
+
+
+def test_generate_on_the_built_in_default_writes_jsonl(tmp_path, capsys):
+    pytest.importorskip("vaderSentiment")
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", "--prompt", "How do I make tea?", "--prompt", "The food was", "--max-new-tokens", "4",
+                 "--k", "3", "--rollout-len", "3", "--output", str(out), "--no-progress"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["How do I make tea?", "The food was"]
+    assert all(r["method"] == "tq-direct" and len(r["token_ids"]) == 4 and -1 <= r["reward"] <= 1 for r in rows)
+    assert rows[0]["accounting"]["rollouts"] > 0
+    assert "built-in tiny random models" in capsys.readouterr().err
+
+
+def test_generate_text_with_trace(tiny_paths, capsys):
+    code = main(["generate", "--sft", str(tiny_paths["sft"]), "--method", "none", "--prompt", "Hi",
+                 "--max-new-tokens", "2", "--k", "3", "--trace", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "### [none] Hi" in out and "logp_sft" in out
+    assert out.count("*") == 2  # one chosen candidate per step
+
+
+def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"sft: {{path: {tiny_paths['sft']}, chat_template: false}}\n"
+        f"baseline: {tiny_paths['baseline']}\n"
+        "reward: conftest:vowel_share\n"
+        "decode: {method: cd, k: 3, rollout_len: 2, max_new_tokens: 3}\n"
+        "prompts: [first prompt, second prompt]\n"
+    )
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("from the file\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["generate", "--config", str(config), "--method", "args", "--prompts-file", str(prompts),
+                 "-o", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["from the file"] and rows[0]["method"] == "args"
+    assert len(rows[0]["token_ids"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, cd, args, none, sft, baseline, bon, got 'magic'"),
+        (["--k", "0"], "`k` must be an integer >= 1, got 0"),
+        (["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
+        (["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
+        (["--n-rollouts", "0"], "`n_rollouts` must be an integer >= 1, got 0"),
+        (["--rollout-len", "0"], "`rollout_len` must be an integer >= 1, got 0"),
+        (["--reward", "nonsense"], "reward spec 'nonsense' does not resolve"),
+        (["--reward", "no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'"),
+        (["--sft", "/no/such/model"], "model path '/no/such/model' does not exist"),
+        (["--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
+        (["--prompts-file", "/no/such.txt"], "prompts file '/no/such.txt' does not exist"),
+    ],
+)
+def test_bad_input_is_one_sentence_on_stderr(argv, message, capsys):
+    argv = ["generate", "--prompt", "x", "--no-progress", *argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("tqstar: error: ") and err.count("\n") == 1
+
+
+def test_no_prompts(capsys):
+    assert main(["generate", "--no-progress"]) == 2
+    assert "no prompts given" in capsys.readouterr().err
+
+
+def test_unknown_yaml_key(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("decode: {methd: cd}\n")
+    assert main(["generate", "--config", str(config), "--prompt", "x"]) == 2
+    assert "unknown decoding parameter `methd`" in capsys.readouterr().err
+
+
+def test_testbed_prints_the_exact_table(capsys):
+    assert main(["testbed", "--instances", "2", "--alphas", "1", "5", "--vocab-size", "3", "--horizon", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "exact testbed" in out
+    for method in ("tq-direct", "cd", "args", "sft", "baseline"):
+        assert method in out

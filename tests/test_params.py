@@ -1,0 +1,133 @@
+"""DecodeParams: every invalid value raises ConfigError with one exact vLLM-style sentence."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from tqstar.errors import ConfigError
+from tqstar.params import METHODS, DecodeParams
+
+BAD = [
+    ({"method": "best"},
+     "`method` must be one of tq-direct, tq-indirect, cd, args, none, sft, baseline, bon, got 'best'"),
+    ({"k": 0}, "`k` must be an integer >= 1, got 0"),
+    ({"k": -1}, "`k` must be an integer >= 1, got -1"),
+    ({"k": 1.5}, "`k` must be an integer >= 1, got 1.5"),
+    ({"k": True}, "`k` must be an integer >= 1, got True"),
+    ({"alpha": -0.1}, "`alpha` must be a finite number >= 0, got -0.1"),
+    ({"alpha": math.nan}, "`alpha` must be a finite number >= 0, got nan"),
+    ({"alpha": math.inf}, "`alpha` must be a finite number >= 0, got inf"),
+    ({"alpha": "1"}, "`alpha` must be a finite number >= 0, got '1'"),
+    ({"n_rollouts": 0}, "`n_rollouts` must be an integer >= 1, got 0"),
+    ({"rollout_len": 0}, "`rollout_len` must be an integer >= 1, got 0"),
+    ({"rollout_temperature": -0.5}, "`rollout_temperature` must be a finite number >= 0, got -0.5"),
+    ({"beta": 0}, "`beta` must be a finite number > 0, got 0"),
+    ({"beta": -1}, "`beta` must be a finite number > 0, got -1"),
+    ({"temperature": -1}, "`temperature` must be a finite number >= 0, got -1"),
+    ({"max_new_tokens": 0}, "`max_new_tokens` must be an integer >= 1, got 0"),
+    ({"bon_n": 0}, "`bon_n` must be an integer >= 1, got 0"),
+    ({"stop": ("",)}, "`stop` must be a tuple of non-empty strings, got ('',)"),
+    ({"stop": ("ok", 3)}, "`stop` must be a tuple of non-empty strings, got ('ok', 3)"),
+    ({"bon_policy": "x"}, "`bon_policy` must be 'sft' or 'baseline', got 'x'"),
+    ({"seed": 1.5}, "`seed` must be an integer, got 1.5"),
+    ({"method": "tq-direct", "n_rollouts": 4},
+     "`n_rollouts` = 4 with greedy rollouts gives 4 identical rollouts; set `rollout_temperature` > 0 or use"
+     " n_rollouts = 1"),
+    ({"method": "tq-indirect", "n_rollouts": 2},
+     "`n_rollouts` = 2 with greedy rollouts gives 2 identical rollouts; set `rollout_temperature` > 0 or use"
+     " n_rollouts = 1"),
+    ({"method": "bon", "temperature": 0},
+     "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD, ids=[repr(v) for v, _ in BAD])
+def test_invalid_params_raise_one_exact_sentence(values, message):
+    with pytest.raises(ConfigError) as info:
+        DecodeParams(**values)
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(("values", "message"), BAD, ids=[repr(v) for v, _ in BAD])
+def test_from_dict_and_replace_validate_too(values, message):
+    with pytest.raises(ConfigError) as info:
+        DecodeParams.from_dict(values)
+    assert str(info.value) == message
+    with pytest.raises(ConfigError):
+        DecodeParams().replace(**values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"method": "tq-direct", "n_rollouts": 4, "rollout_temperature": 0.7},
+        {"method": "args", "n_rollouts": 4},  # args does not roll out
+        {"method": "bon", "temperature": 1.0, "bon_policy": "baseline"},
+        {"alpha": 0, "beta": 0.1, "temperature": 0.5, "k": 1, "stop": ("\n\n", "###")},
+    ]
+    + [{"method": m, "temperature": 1.0} for m in METHODS],
+)
+def test_valid_params(values):
+    params = DecodeParams(**values)
+    for name, value in values.items():
+        assert getattr(params, name) == value
+
+
+def test_from_dict_rejects_unknown_key():
+    with pytest.raises(ConfigError) as info:
+        DecodeParams.from_dict({"k": 3, "top_k": 5})
+    assert str(info.value) == (
+        "unknown decoding parameter `top_k`; valid ones are alpha, beta, bon_n, bon_policy, k, max_new_tokens,"
+        " method, n_rollouts, rollout_len, rollout_temperature, seed, stop, temperature, trace"
+    )
+
+
+def test_from_dict_stop_string_becomes_tuple():
+    assert DecodeParams.from_dict({"stop": "###"}).stop == ("###",)
+    assert DecodeParams.from_dict({"stop": ["a", "b"]}).stop == ("a", "b")
+    assert DecodeParams.from_dict({"stop": None}).stop == ()
+
+
+def test_from_dict_drops_none_and_keeps_values():
+    params = DecodeParams.from_dict({"method": "cd", "k": 4, "alpha": None, "seed": 7})
+    assert params == DecodeParams(method="cd", k=4, seed=7)
+    assert params.alpha == DecodeParams().alpha
+
+
+def test_params_are_frozen():
+    params = DecodeParams()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.k = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.method = "cd"  # type: ignore[misc]
+    changed = params.replace(k=3)
+    assert (params.k, changed.k) == (10, 3)
+    assert hash(params) == hash(DecodeParams())
+
+
+@pytest.mark.parametrize(
+    ("method", "token_level", "baseline", "reward", "rolls_out"),
+    [
+        ("tq-direct", True, True, True, True),
+        ("tq-indirect", True, True, True, True),
+        ("cd", True, False, True, True),
+        ("args", True, False, True, False),
+        ("none", True, False, False, False),
+        ("sft", False, False, False, False),
+        ("baseline", False, True, False, False),
+        ("bon", False, False, True, False),
+    ],
+)
+def test_method_properties(method, token_level, baseline, reward, rolls_out):
+    params = DecodeParams(method=method, temperature=1.0)
+    assert params.is_token_level is token_level
+    assert params.uses_baseline is baseline
+    assert params.needs_reward is reward
+    assert params.rolls_out is rolls_out
+    if method == "bon":
+        assert params.replace(bon_policy="baseline").uses_baseline
