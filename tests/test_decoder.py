@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import vowel_share
 
 from tqstar.engine import Engine
 from tqstar.errors import ConfigError, PromptTooLongError, RewardError, VocabularyMismatchError
 from tqstar.lm.hf import TransformersLM
 from tqstar.params import DecodeParams
 from tqstar.reward import CallableReward
-
-from conftest import vowel_share
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 SHORT = dict(k=4, alpha=2.0, rollout_len=5, max_new_tokens=6)

@@ -17,6 +17,7 @@ import torch
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
 from tqstar.lm.base import LanguageModel, StepOutput
 from tqstar.lm.hf import TransformersLM
+from tqstar.lm.tabular import TabularLM
 
 PROMPTS = [
     "the cat sat on the mat",
@@ -223,9 +224,14 @@ def _protocol_default(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
 
 
 #: name -> factory(tiny_paths) returning (backend, EOS-forcing variant, the forced EOS id).
+def _tabular(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
+    return TabularLM.random(5, 4, seed=0), TabularLM.random(5, 4, seed=0, eos_weight=1e9), 0
+
+
 BACKENDS: dict[str, Callable] = {
     "transformers": _transformers,
     "protocol-default": _protocol_default,
+    "tabular": _tabular,
 }
 
 
@@ -307,6 +313,17 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11).tokens
 
 
+def test_cache_falls_back_to_prefill(sft):
+    """Sequences that do not all extend a stored row are encoded from scratch (and duplicates are fine)."""
+    a, b = (sft.encode_prompt(p) for p in PROMPTS[:2])
+    sft.next_logprobs([a + [17, 20], b + [30]])
+    seqs = [a, b, a]  # shorter than every stored row
+    step = sft.next_logprobs(seqs)
+    assert step.forward_tokens == [len(s) for s in seqs]
+    torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(seqs).logprobs, atol=ATOL, rtol=0)
+    torch.testing.assert_close(step.logprobs[0], step.logprobs[2], atol=0, rtol=0)
+
+
 def test_reset_cache_does_not_change_results(sft):
     seqs = [sft.encode_prompt(p) for p in PROMPTS[:2]]
     before = sft.next_logprobs(seqs)
@@ -336,6 +353,13 @@ def test_raw_text_prompt(sft):
     assert not special & set(ids)
     with_system = TransformersLM(sft.model, sft.tokenizer, chat_template=False, system_prompt="please be kind")
     assert with_system.decode(with_system.encode_prompt("the cat sat")) == "please be kind the cat sat"
+
+
+def test_chat_template_falls_back_to_raw_text_without_a_template(sft):
+    tokenizer = copy.deepcopy(sft.tokenizer)
+    tokenizer.chat_template = None
+    lm = TransformersLM(sft.model, tokenizer, chat_template=True)
+    assert lm.encode_prompt("the cat sat") == sft.tokenizer("the cat sat")["input_ids"]
 
 
 def test_chat_template_string_overrides_tokenizer_template(sft):

@@ -87,6 +87,20 @@ def test_wrong_count_raises_reward_error():
     )
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda prompts, responses: [None] * len(responses),
+        lambda prompts, responses: ["high"] * len(responses),
+        lambda prompts, responses: 1.0,
+    ],
+    ids=["none", "string", "scalar"],
+)
+def test_non_numeric_reward_raises_reward_error(fn):
+    with pytest.raises(RewardError, match="reward bad returned"):
+        CallableReward(fn, name="bad").score(["p"], ["the offending response"])
+
+
 # ---- WeightedReward -------------------------------------------------------------------------------------------
 def test_weighted_reward_values_and_range():
     a = CallableReward(_ranged(_constant(0.5), (-1.0, 1.0)), name="a")
@@ -118,6 +132,11 @@ def test_weighted_reward_needs_parts():
 
 
 # ---- RewardSpec -----------------------------------------------------------------------------------------------
+def test_spec_terms_with_minus_and_exponents():
+    assert RewardSpec("0.5*sentiment - 0.2*harmless").terms() == [(0.5, "sentiment"), (-0.2, "harmless")]
+    assert RewardSpec("1e+3*sentiment+2E-1*harmless").terms() == [(1000.0, "sentiment"), (0.2, "harmless")]
+
+
 def test_spec_weighted_terms():
     spec = RewardSpec("0.7*sentiment + 0.3*harmless")
     assert spec.terms() == [(0.7, "sentiment"), (0.3, "harmless")]

@@ -15,13 +15,13 @@ from tqstar.testbed import (
     TabularReward,
     completions,
     decoding_policy,
+    exact_report,
     expected_reward,
     format_report,
     method_values,
     optimal_policy,
     q_value,
     random_reward,
-    exact_report,
     trajectory_kl,
 )
 from tqstar.value import indirect_q

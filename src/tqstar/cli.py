@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from .errors import TQStarError
@@ -156,7 +155,7 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import format_report, exact_report
+    from .testbed import exact_report, format_report
 
     rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                           horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,

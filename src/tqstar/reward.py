@@ -41,18 +41,29 @@ class Reward(ABC):
         assert len(prompts) == len(responses), "prompts and responses must pair up"
         if not responses:
             return []
-        values = [float(v) for v in self._score(prompts, responses)]
-        if len(values) != len(responses):
+        raw = self._score(prompts, responses)
+        try:
+            raw = list(raw)
+        except TypeError:
+            raise RewardError(f"reward {self.name} returned {raw!r}, not a list; it must return one float per"
+                              " (prompt, response) pair") from None
+        if len(raw) != len(responses):
             raise RewardError(
-                f"reward {self.name} returned {len(values)} values for {len(responses)} texts; it must return one"
+                f"reward {self.name} returned {len(raw)} values for {len(responses)} texts; it must return one"
                 " float per (prompt, response) pair"
             )
-        for value, text in zip(values, responses):
-            if not math.isfinite(value):
+        values = []
+        for value, text in zip(raw, responses):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                value = math.nan if value is None or isinstance(value, str) else value
+            if not isinstance(value, float) or not math.isfinite(value):
                 raise RewardError(
-                    f"reward {self.name} returned {value} for the response {preview(text)}; make the reward"
+                    f"reward {self.name} returned {value!r} for the response {preview(text)}; make the reward"
                     " return finite numbers for every text"
                 )
+            values.append(value)
         return values
 
 
@@ -236,12 +247,15 @@ class RewardSpec:
         if "*" not in spec:
             return [(1.0, spec.removeprefix("hf:"))]
         terms = []
-        for part in spec.split("+"):
-            match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*\*\s*(\S.*?)\s*", part)
+        # terms are joined by "+" (not an exponent's) or by " -" before a number: "0.7*a - 0.2*b", "1e+3*a"
+        pieces = re.split(r"((?<!\d[eE])\+|(?<=[^\s+*])\s+-(?=\s*[\d.]))", spec)
+        signs = [1.0] + [-1.0 if sep.strip() == "-" else 1.0 for sep in pieces[1::2]]
+        for sign, part in zip(signs, pieces[0::2]):
+            match = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*\*\s*(\S.*?)\s*", part)
             if not match:
                 raise ConfigError(f"reward term {part.strip()!r} in {spec!r} must read WEIGHT*SPEC, e.g. 0.7*sentiment")
             try:
-                weight = float(match.group(1))
+                weight = sign * float(match.group(1))
             except ValueError as exc:
                 raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a number") from exc
             terms.append((weight, match.group(2).removeprefix("hf:")))
