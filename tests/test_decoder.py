@@ -220,3 +220,12 @@ def test_on_response_sees_each_response_as_its_batch_finishes(engine):
     engine.generate(PROMPTS, DecodeParams(method="none", **SHORT), batch_size=2, progress=False,
                     on_response=lambda r: seen.append(r.prompt))
     assert seen == PROMPTS
+
+
+def test_rollout_seed_is_separate_from_the_choice_seed(engine):
+    params = DecodeParams(method="tq-direct", n_rollouts=2, rollout_temperature=1.0, trace=True, **SHORT)
+    a = engine.generate(PROMPTS[:1], params.replace(rollout_seed=7), progress=False)[0]
+    b = engine.generate(PROMPTS[:1], params.replace(rollout_seed=7, seed=9), progress=False)[0]
+    c = engine.generate(PROMPTS[:1], params.replace(rollout_seed=8), progress=False)[0]
+    assert a.trace[0]["q"] == b.trace[0]["q"]  # greedy choice: only the rollout seed matters
+    assert a.trace[0]["q"] != c.trace[0]["q"]

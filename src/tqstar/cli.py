@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import TQStarError
 
-DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta",
+DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "rollout_seed", "beta",
                 "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
 
 
@@ -199,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--n-rollouts", type=int, help="rollouts per candidate, N (1)")
     dec.add_argument("--rollout-len", type=int, help="rollout length in tokens, L (20)")
     dec.add_argument("--rollout-temperature", type=float, help="0 = greedy rollouts (0)")
+    dec.add_argument("--rollout-seed", type=int, help="seed of the rollouts (default: --seed)")
     dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect (1.0)")
     dec.add_argument("--temperature", type=float, help="0 = greedy choice, else sample softmax(score/T) (0)")
     dec.add_argument("--max-new-tokens", type=int, help="response budget (64)")

@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .lm.hf import DTYPES, TransformersLM, _check_model_path
+from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_model
 from .params import DecodeParams
 from .reward import RewardSpec
 
@@ -44,7 +45,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        _check_model_path(self.path)
+        if self.path in BUILTIN_MODELS:
+            package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
+        else:
+            _check_model_path(self.path)
 
     @classmethod
     def parse(cls, value: Any, what: str) -> ModelSpec | None:
@@ -107,7 +111,7 @@ class RunConfig:
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
                                                       system_prompt=spec.system_prompt, name=name)
-            lm = TransformersLM.from_pretrained(spec.path, dtype=spec.dtype, device=spec.device,
+            lm = TransformersLM.from_pretrained(resolve_model(spec.path), dtype=spec.dtype, device=spec.device,
                                                 chat_template=spec.chat_template, system_prompt=spec.system_prompt,
                                                 name=name)
             loaded[key] = lm

@@ -40,6 +40,7 @@ class DecodeParams:
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
             partial text it is.
         rollout_temperature: 0 for greedy rollouts, > 0 to sample them.
+        rollout_seed: seed of the rollouts' sampling (defaults to ``seed``); step t uses a seed derived from it.
         beta: KL strength β of the baseline's alignment (``tq-indirect`` only).
         temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
         max_new_tokens: response budget.
@@ -56,6 +57,7 @@ class DecodeParams:
     n_rollouts: int = 1
     rollout_len: int = 20
     rollout_temperature: float = 0.0
+    rollout_seed: int | None = None
     beta: float = 1.0
     temperature: float = 0.0
     max_new_tokens: int = 64
@@ -93,6 +95,15 @@ class DecodeParams:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             _fail("seed", "an integer", self.seed)
+        if self.rollout_seed is not None and (isinstance(self.rollout_seed, bool) or not isinstance(self.rollout_seed, int)):
+            _fail("rollout_seed", "an integer or None", self.rollout_seed)
+        if not isinstance(self.trace, bool):
+            _fail("trace", "True or False", self.trace)
+
+    def step_seed(self, step: int) -> int:
+        """The rollout seed of decoding step ``step``."""
+        base = self.seed if self.rollout_seed is None else self.rollout_seed
+        return base * 1_000_003 + step
 
     @property
     def is_token_level(self) -> bool:

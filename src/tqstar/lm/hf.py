@@ -129,13 +129,16 @@ class TransformersLM(LanguageModel):
 
     def with_prompt_format(self, *, chat_template: bool | str | None = None, system_prompt: str | None = None,
                            name: str | None = None) -> TransformersLM:
-        """A sibling that shares the weights but formats prompts differently (its own prefix cache)."""
+        """A sibling that shares the weights but formats prompts differently (its own prefix cache).
+
+        ``None`` keeps this model's setting; ``system_prompt=""`` removes the system prompt.
+        """
         return TransformersLM(
             self.model,
             self.tokenizer,
             name=name or self.name,
             chat_template=self.chat_template if chat_template is None else chat_template,
-            system_prompt=system_prompt,
+            system_prompt=self.system_prompt if system_prompt is None else (system_prompt or None),
         )
 
     # ---- text <-> ids -----------------------------------------------------------------------------------

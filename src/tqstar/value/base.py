@@ -40,7 +40,7 @@ def rollout_texts(models: Models, role: str, states: list[PromptState], candidat
                     prefixes.append(state.seq(role) + [z])
                     owners.append(b)
     out = policy.rollout(prefixes, params.rollout_len, params.rollout_temperature,
-                         seed=params.seed * 1_000_003 + step)
+                         seed=params.step_seed(step))
     continuations = iter(out.tokens)
     for b, tokens, cost in zip(owners, out.tokens, out.forward_tokens):
         acct = states[b].accounting

