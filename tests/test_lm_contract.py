@@ -313,15 +313,28 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11).tokens
 
 
-def test_cache_falls_back_to_prefill(sft):
-    """Sequences that do not all extend a stored row are encoded from scratch (and duplicates are fine)."""
+def test_cache_reuses_the_longest_common_prefix_of_longer_rows(sft):
+    """Sequences shorter than the stored rows reuse their common prefix and re-run only their last token."""
     a, b = (sft.encode_prompt(p) for p in PROMPTS[:2])
     sft.next_logprobs([a + [17, 20], b + [30]])
-    seqs = [a, b, a]  # shorter than every stored row
+    seqs = [a, b, a]  # prefixes of the stored rows
     step = sft.next_logprobs(seqs)
-    assert step.forward_tokens == [len(s) for s in seqs]
+    assert step.forward_tokens == [1, 1, 1]
     torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(seqs).logprobs, atol=ATOL, rtol=0)
     torch.testing.assert_close(step.logprobs[0], step.logprobs[2], atol=0, rtol=0)
+    branched = [a[:-2] + [40, 41], b + [30, 31]]  # diverges inside a stored row; extends another
+    step = sft.next_logprobs(branched)
+    assert step.forward_tokens == [2, 2]
+    torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(branched).logprobs, atol=ATOL, rtol=0)
+
+
+def test_cache_encodes_unrelated_sequences_in_full(sft):
+    a = sft.encode_prompt(PROMPTS[0])
+    sft.next_logprobs([a])
+    other = [[9, 10, 11, 12], a + [5]]  # nothing in common with the stored row / extends it
+    step = sft.next_logprobs(other)
+    assert step.forward_tokens == [4, 1]
+    torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(other).logprobs, atol=ATOL, rtol=0)
 
 
 def test_reset_cache_does_not_change_results(sft):

@@ -5,9 +5,9 @@ can implement it. Backends may cache internally (the ``transformers`` backend ke
 sequences it saw last and reuses the longest matching prefix), but a call's result never depends on what
 was called before.
 
-A backend implements two abstract methods, :meth:`LanguageModel.next_logprobs` and
-:meth:`LanguageModel.vocab_size`-style metadata; :meth:`LanguageModel.rollout` has a correct, slow default
-built on ``next_logprobs`` that a backend overrides for speed.
+A backend implements :meth:`LanguageModel.next_logprobs` (the numbers) and the two text methods
+(:meth:`~LanguageModel.encode_prompt`, :meth:`~LanguageModel.decode`); :meth:`LanguageModel.rollout` has a
+correct, slow default built on ``next_logprobs`` that a backend overrides for speed.
 """
 
 from __future__ import annotations
@@ -78,11 +78,11 @@ class LanguageModel(ABC):
     def rollout(
         self,
         prefixes: Sequence[TokenIds],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> RolloutOutput:
-        """Continue every prefix for up to ``max_new_tokens`` tokens or until EOS.
+        """Continue every prefix for up to ``max_new_tokens`` tokens (one budget, or one per prefix) or until EOS.
 
         ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature) with a
         generator seeded by ``seed``. This default calls :meth:`next_logprobs` once per token on the whole
@@ -92,8 +92,9 @@ class LanguageModel(ABC):
         seqs = [list(p) for p in prefixes]
         out: list[list[int]] = [[] for _ in seqs]
         cost = [0] * len(seqs)
-        alive = list(range(len(seqs)))
-        for _ in range(max_new_tokens):
+        budgets = [max_new_tokens] * len(seqs) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        alive = [i for i in range(len(seqs)) if budgets[i] > 0]
+        for _ in range(max(budgets, default=0)):
             if not alive:
                 break
             step = self.next_logprobs([seqs[i] for i in alive])
@@ -104,7 +105,7 @@ class LanguageModel(ABC):
                 cost[i] += step.forward_tokens[row]
                 seqs[i].append(token)
                 out[i].append(token)
-                if token not in self.eos_token_ids:
+                if token not in self.eos_token_ids and len(out[i]) < budgets[i]:
                     still.append(i)
             alive = still
         return RolloutOutput(tokens=out, forward_tokens=cost)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
@@ -44,6 +45,28 @@ class _Rows:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None
     mask: torch.Tensor
     last_logits: torch.Tensor | None
+
+    def token_array(self) -> np.ndarray:
+        """Stored tokens as ``(R, T)`` int64, right-padded with -1 (for prefix matching)."""
+        width = max((len(t) for t in self.tokens), default=0)
+        table = np.full((len(self.tokens), max(width, 1)), -1, dtype=np.int64)
+        for i, t in enumerate(self.tokens):
+            table[i, :len(t)] = t
+        return table
+
+    def keep_first(self, kept: Sequence[int]) -> _Rows:
+        """Each row cut to its first ``kept[i]`` tokens: later positions are masked out, and columns masked in
+        every row are dropped. Rows that keep everything keep their last logits."""
+        if all(n == len(t) for n, t in zip(kept, self.tokens)):
+            return self
+        limit = torch.as_tensor(list(kept), device=self.mask.device)[:, None]
+        mask = self.mask * (self.mask.cumsum(dim=1) <= limit)  # (R, T)
+        cols = mask.any(dim=0).nonzero().squeeze(-1)
+        kv = None
+        if self.kv is not None and len(cols):
+            kv = [(k.index_select(2, cols), v.index_select(2, cols)) for k, v in self.kv]
+        tokens = [t[:n] for t, n in zip(self.tokens, kept)]
+        return _Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
 
     def select(self, idx: Sequence[int]) -> _Rows:
         index = torch.as_tensor(list(idx), dtype=torch.long, device=self.mask.device)
@@ -182,12 +205,13 @@ class TransformersLM(LanguageModel):
     def rollout(
         self,
         prefixes: Sequence[TokenIds],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> RolloutOutput:
         if not prefixes:
             return RolloutOutput([], [])
+        budgets = _budgets(max_new_tokens, len(prefixes))
         prefixes = [tuple(p) for p in prefixes]
         if any(len(p) == 0 for p in prefixes):
             raise ConfigError("rollout needs non-empty prefixes; every prompt must encode to >= 1 token")
@@ -205,11 +229,16 @@ class TransformersLM(LanguageModel):
 
         generator = _generator(seed, self.device)
         out: list[list[int]] = [[] for _ in prefixes]
-        alive = list(range(len(prefixes)))
+        alive = [i for i in range(len(prefixes)) if budgets[i] > 0]
+        if len(alive) < len(prefixes):
+            rows = rows.select(alive)
         kv, mask = rows.kv, rows.mask
-        feed = torch.tensor([p[-1] for p in prefixes], dtype=torch.long, device=self.device)  # (R,)
+        feed = torch.tensor([prefixes[i][-1] for i in alive], dtype=torch.long, device=self.device)  # (R,)
+        budget = torch.tensor([budgets[i] for i in alive], device=self.device)  # (R,)
         eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
-        for _ in range(max_new_tokens):
+        for step in range(max(budgets)):
+            if not alive:
+                break
             ones = torch.ones(len(alive), 1, dtype=mask.dtype, device=self.device)
             logits, kv = self._forward(kv, mask, feed[:, None], ones)  # (R, V)
             mask = torch.cat([mask, ones], dim=1)
@@ -217,14 +246,14 @@ class TransformersLM(LanguageModel):
             for row, i in enumerate(alive):
                 cost[i] += 1
                 out[i].append(int(chosen[row]))
-            finished = torch.isin(chosen, eos)
+            finished = torch.isin(chosen, eos) | (budget <= step + 1)
             if bool(finished.any()):
                 keep = (~finished).nonzero().squeeze(-1)
                 alive = [alive[j] for j in keep.tolist()]
                 if not alive:
                     break
                 kv = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in kv]
-                mask, chosen = mask.index_select(0, keep), chosen.index_select(0, keep)
+                mask, chosen, budget = mask.index_select(0, keep), chosen.index_select(0, keep), budget.index_select(0, keep)
             feed = chosen
         return RolloutOutput(out, cost)
 
@@ -234,16 +263,19 @@ class TransformersLM(LanguageModel):
 
     # ---- internals --------------------------------------------------------------------------------------
     def _encode(self, seqs: list[tuple[int, ...]]) -> tuple[_Rows, list[int]]:
-        """Encode ``seqs`` reusing the stored rows; returns the rows and per-sequence tokens run."""
+        """Encode ``seqs`` reusing the stored rows; returns the rows and per-sequence tokens run.
+
+        Each sequence starts from the stored row sharing its longest common prefix (the row's tail beyond it is
+        masked out), and only the rest of the sequence is run.
+        """
         stored = self._rows
-        base_idx = _longest_stored_prefix(stored, seqs) if stored is not None else None
-        if base_idx is None:
+        if stored is None:
             return self._prefill(seqs)
-        assert stored is not None
-        base = stored.select(base_idx)
-        suffixes = [s[len(base.tokens[i]):] for i, s in enumerate(seqs)]
+        rows, kept = _longest_common_prefixes(stored, seqs)
+        base = stored.select(rows).keep_first(kept)
+        suffixes = [s[n:] for s, n in zip(seqs, kept)]
         width = max(len(s) for s in suffixes)
-        if width == 0:
+        if width == 0:  # every sequence is exactly a stored row: its last logits are stored too
             return _Rows(list(seqs), base.kv, base.mask, base.last_logits), [0] * len(seqs)
         ids, block_mask = self._left_pad(suffixes, width)
         logits, kv = self._forward(base.kv, base.mask, ids, block_mask)
@@ -301,17 +333,38 @@ def _make_cache(kv):
     return cache
 
 
-def _longest_stored_prefix(stored: _Rows, seqs: list[tuple[int, ...]]) -> list[int] | None:
-    """Per sequence, the stored row that is its longest prefix; ``None`` if some sequence has none."""
-    index = {t: i for i, t in enumerate(stored.tokens)}
-    lengths = sorted({len(t) for t in stored.tokens}, reverse=True)
-    found = []
-    for s in seqs:
-        hit = next((index[s[:n]] for n in lengths if n <= len(s) and s[:n] in index), None)
-        if hit is None:
-            return None
-        found.append(hit)
-    return found
+def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tuple[list[int], list[int]]:
+    """Per sequence, the stored row with the longest common prefix and how many of its tokens to keep.
+
+    A kept prefix never covers a whole sequence unless the row *is* that sequence (then its stored last logits
+    are valid); otherwise the sequence's last token is re-run so its logits exist.
+    """
+    table = stored.token_array()  # (R, T) right-padded with -1
+    rows, kept = [], []
+    for start in range(0, len(seqs), 64):  # bounded (B, R, T) comparisons
+        chunk = seqs[start:start + 64]
+        width = min(table.shape[1], max(len(s) for s in chunk))
+        query = np.full((len(chunk), width), -2, dtype=np.int64)
+        for i, s in enumerate(chunk):
+            query[i, :min(len(s), width)] = s[:width]
+        same = query[:, None, :] == table[None, :, :width]  # (b, R, width)
+        lcp = np.cumprod(same, axis=2).sum(axis=2)  # (b, R)
+        best = lcp.argmax(axis=1)
+        for i, s in enumerate(chunk):
+            row, n = int(best[i]), int(lcp[i, best[i]])
+            if n == len(s) and len(stored.tokens[row]) != n:
+                n -= 1
+            rows.append(row)
+            kept.append(n)
+    return rows, kept
+
+
+def _budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    budgets = [int(b) for b in max_new_tokens]
+    assert len(budgets) == count, "one budget per prefix"
+    return budgets
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:
