@@ -83,7 +83,7 @@ def test_from_dict_rejects_unknown_key():
         DecodeParams.from_dict({"k": 3, "top_k": 5})
     assert str(info.value) == (
         "unknown decoding parameter `top_k`; valid ones are alpha, beta, bon_n, bon_policy, k, max_new_tokens,"
-        " method, n_rollouts, rollout_len, rollout_seed, rollout_temperature, seed, stop, temperature, trace"
+        " method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed, rollout_temperature, seed, stop, temperature, trace"
     )
 
 

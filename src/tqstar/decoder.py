@@ -52,6 +52,7 @@ def decode(models: Models, states: list[PromptState], estimator: ValueEstimator,
     sft = models.sft
     generator = _generator(params.seed)
     reward_range = models.reward.range if models.reward is not None else None
+    r_max = reward_range[1] if reward_range is not None and params.prune and params.temperature == 0 else None
     bar = tqdm(total=params.max_new_tokens, desc=params.method, unit="tok", disable=not progress, leave=False)
     for step in range(params.max_new_tokens):
         active = [s for s in states if not s.done]
@@ -60,10 +61,10 @@ def decode(models: Models, states: list[PromptState], estimator: ValueEstimator,
         # 1. propose: top-k of the SFT model's next-token distribution
         proposal = sft.next_logprobs([s.seq("sft") for s in active])
         top_lp, candidates = proposal.logprobs.topk(params.k, dim=-1)  # (B, k)
-        # 2. estimate: Q̂(s_t, z) for every candidate
-        q = estimator.estimate(active, candidates, step)  # (B, k)
+        # 2. estimate: Q̂(s_t, z) for every candidate that can still win (NaN: pruned)
+        q = estimate(estimator, active, top_lp, candidates, step, params, r_max)  # (B, k)
         # 3. score
-        scores = top_lp + params.alpha * q  # (B, k)
+        scores = (top_lp + params.alpha * q).nan_to_num(nan=float("-inf"))  # (B, k)
         # 4. choose
         log_dec = decision_logprobs(scores, params.temperature)  # (B, k)
         pick = log_dec.argmax(-1) if params.temperature == 0 else torch.multinomial(log_dec.exp(), 1, generator=generator).squeeze(-1)
@@ -77,6 +78,30 @@ def decode(models: Models, states: list[PromptState], estimator: ValueEstimator,
         if not state.done:
             _finish(state, "length", sft)
     return states
+
+
+def estimate(estimator: ValueEstimator, states: list[PromptState], top_lp: torch.Tensor, candidates: torch.Tensor,
+             step: int, params: DecodeParams, r_max: float | None) -> torch.Tensor:
+    """Q̂ ``(B, k)``: cheap known values first, then one batch for the candidates that can still win.
+
+    With ``r_max`` (greedy decoding, a reward range, pruning on), candidate z is skipped when
+    log π_sft(z) + α·R_max ≤ the best score already computed: it cannot be the argmax (ties go to the
+    earlier, higher-probability candidate), so the output is the same token. Skipped candidates are NaN.
+    """
+    q = estimator.known(states, candidates, step)  # (B, k), NaN = unknown
+    if r_max is not None and params.prune_probe:  # rows with nothing known: value the top candidates first
+        probe = q.isnan().all(dim=-1, keepdim=True) & (torch.arange(q.shape[1]) < params.prune_probe)  # (B, k)
+        if bool(probe.any()):
+            q = torch.where(probe, estimator.estimate(states, candidates, step, probe), q)
+    needed = q.isnan()
+    if r_max is not None:
+        best = (top_lp + params.alpha * q).nan_to_num(nan=float("-inf")).max(dim=-1, keepdim=True).values  # (B, 1)
+        needed &= top_lp + params.alpha * r_max > best
+    if bool(needed.any()):
+        q = torch.where(needed, estimator.estimate(states, candidates, step, needed), q)
+    for b, state in enumerate(states):
+        state.accounting.pruned += int(q[b].isnan().sum())
+    return q
 
 
 def _record(active, forward_tokens, top_lp, candidates, q, scores, log_dec, chosen, params, bound, sft) -> None:
@@ -95,8 +120,8 @@ def _record(active, forward_tokens, top_lp, candidates, q, scores, log_dec, chos
                 "candidates": candidates[b].tolist(),
                 "tokens": [sft.decode([z]) for z in candidates[b].tolist()],
                 "logp_sft": top_lp[b].tolist(),
-                "q": q[b].tolist(),
-                "score": scores[b].tolist(),
+                "q": [None if v != v else v for v in q[b].tolist()],  # None: pruned
+                "score": [None if v == float("-inf") else v for v in scores[b].tolist()],
                 "p_dec": log_dec[b].exp().tolist(),
                 "chosen": int(chosen[b]),
             })

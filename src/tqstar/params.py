@@ -49,6 +49,13 @@ class DecodeParams:
         bon_n: samples drawn by ``bon``.
         bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
         trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
+        prune: for greedy decoding with a reward that declares its range, skip candidates that cannot win
+            (log π_sft(z) + α·R_max ≤ the best score already computed). Exact: the same tokens, fewer rollouts.
+        prune_probe: when pruning finds no cheaply known value to compare against (no reused rollout), value
+            the top ``prune_probe`` candidates first and the rest only if they can still win. This trades one
+            extra sequential rollout batch for the chance to skip the rest; 0 (default) never probes.
+        reuse_rollouts: with greedy single rollouts, reuse the chosen candidate's rollout as the next step's
+            rollout of its first token (only its last token is generated). Exact.
     """
 
     method: str = "tq-direct"
@@ -66,6 +73,9 @@ class DecodeParams:
     bon_n: int = 4
     bon_policy: str = "sft"
     trace: bool = False
+    prune: bool = True
+    prune_probe: int = 0
+    reuse_rollouts: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +84,8 @@ class DecodeParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 _fail(name, "an integer >= 1", value)
+        if isinstance(self.prune_probe, bool) or not isinstance(self.prune_probe, int) or self.prune_probe < 0:
+            _fail("prune_probe", "an integer >= 0", self.prune_probe)
         for name in ("alpha", "rollout_temperature", "temperature"):
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or value < 0:
@@ -97,8 +109,9 @@ class DecodeParams:
             _fail("seed", "an integer", self.seed)
         if self.rollout_seed is not None and (isinstance(self.rollout_seed, bool) or not isinstance(self.rollout_seed, int)):
             _fail("rollout_seed", "an integer or None", self.rollout_seed)
-        if not isinstance(self.trace, bool):
-            _fail("trace", "True or False", self.trace)
+        for name in ("trace", "prune", "reuse_rollouts"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "True or False", getattr(self, name))
 
     def step_seed(self, step: int) -> int:
         """The rollout seed of decoding step ``step``."""

@@ -35,12 +35,40 @@ class Reward(ABC):
     def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
         """One float per pair."""
 
+    #: How many (prompt, response) → value pairs to remember; identical texts are scored once (rewards are
+    #: assumed deterministic). 0 switches the cache off.
+    cache_size: int = 65536
+
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """Score ``responses`` to ``prompts`` (equal-length lists); raises :class:`RewardError` on NaN/inf."""
         prompts, responses = list(prompts), list(responses)
         assert len(prompts) == len(responses), "prompts and responses must pair up"
         if not responses:
             return []
+        if not self.cache_size:
+            return self._checked(prompts, responses)
+        cache = self._value_cache()
+        pairs = list(zip(prompts, responses))
+        missing = [p for p in dict.fromkeys(pairs) if p not in cache]
+        if missing:
+            for pair, value in zip(missing, self._checked([p for p, _ in missing], [r for _, r in missing])):
+                cache[pair] = value
+        values = [cache[p] for p in pairs]
+        while len(cache) > self.cache_size:  # first in, first out
+            cache.pop(next(iter(cache)))
+        return values
+
+    def is_cached(self, prompt: str, response: str) -> bool:
+        """Whether scoring this pair would be answered from the cache (no reward evaluation)."""
+        return bool(self.cache_size) and (prompt, response) in self._value_cache()
+
+    def _value_cache(self) -> dict[tuple[str, str], float]:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = self.__dict__["_cache"] = {}
+        return cache
+
+    def _checked(self, prompts: list[str], responses: list[str]) -> list[float]:
         raw = self._score(prompts, responses)
         try:
             raw = list(raw)
@@ -55,15 +83,15 @@ class Reward(ABC):
         values = []
         for value, text in zip(raw, responses):
             try:
-                value = float(value)
+                number = float(value)
             except (TypeError, ValueError):
-                value = math.nan if value is None or isinstance(value, str) else value
-            if not isinstance(value, float) or not math.isfinite(value):
+                number = math.nan
+            if not math.isfinite(number):
                 raise RewardError(
                     f"reward {self.name} returned {value!r} for the response {preview(text)}; make the reward"
                     " return finite numbers for every text"
                 )
-            values.append(value)
+            values.append(number)
         return values
 
 

@@ -32,8 +32,10 @@ class Accounting:
     """Compute spent on one response, reported the same way by every method.
 
     ``*_forward_tokens`` count tokens each model actually ran (cached prefix tokens are not re-counted);
-    ``rollouts`` and ``rollout_tokens`` count continuations and their generated tokens; ``reward_calls``
-    counts texts scored by a reward during decoding (identical texts in one step are scored once);
+    ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens;
+    ``reused_rollouts`` counts candidates valued from the previous step's rollout (at the cost of at most one
+    generated token); ``pruned`` counts candidates skipped because they could not win; ``reward_calls``
+    counts texts a reward actually evaluated during decoding (identical or cached texts are scored once);
     ``wall_time_s`` runs from the start of the batch until this response finished.
     """
 
@@ -41,6 +43,8 @@ class Accounting:
     baseline_forward_tokens: int = 0
     rollouts: int = 0
     rollout_tokens: int = 0
+    reused_rollouts: int = 0
+    pruned: int = 0
     reward_calls: int = 0
     steps: int = 0
     wall_time_s: float = 0.0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from .decoder import cut_at_stop
 from .params import DecodeParams
 from .state import Models, PromptState
@@ -42,7 +44,8 @@ def decode_trajectory(models: Models, states: list[PromptState], params: DecodeP
     grouped = generate_plain(models, states, params, role, samples)
     if params.method == "bon":
         texts = [cut_at_stop(lm.decode(t), params.stop) for tokens in grouped for t in tokens]
-        rewards = score_texts(models.reward, states, texts)  # (B, bon_n)
+        owners = [b for b in range(len(states)) for _ in range(samples)]
+        rewards = torch.tensor(score_texts(models.reward, states, owners, texts)).view(len(states), samples)
         best = rewards.argmax(dim=-1).tolist()
         chosen = [tokens[i] for tokens, i in zip(grouped, best)]
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .args import ArgsValue, NoValue
-from .base import ValueEstimator
+from .base import RolloutEstimator, ValueEstimator
 from .cd import CDValue
 from .direct import DirectValue
 from .indirect import IndirectValue, indirect_q
@@ -16,5 +16,5 @@ ESTIMATORS: dict[str, type[ValueEstimator]] = {
     "none": NoValue,
 }
 
-__all__ = ["ESTIMATORS", "ArgsValue", "CDValue", "DirectValue", "IndirectValue", "NoValue", "ValueEstimator",
+__all__ = ["ESTIMATORS", "ArgsValue", "CDValue", "DirectValue", "IndirectValue", "NoValue", "RolloutEstimator", "ValueEstimator",
            "indirect_q"]

@@ -11,14 +11,22 @@ from .base import ValueEstimator, score_texts
 class ArgsValue(ValueEstimator):
     """The target reward of the response so far extended by the candidate."""
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
-        sft = self.models.sft
-        texts = [sft.decode(s.response + [z]) for s, row in zip(states, candidates.tolist()) for z in row]
-        return score_texts(self.models.reward, states, texts)  # (B, k)
+    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int,
+                 needed: torch.Tensor | None = None) -> torch.Tensor:
+        q = torch.full(candidates.shape, float("nan"))
+        pairs = [tuple(p) for p in (needed if needed is not None else torch.ones_like(q, dtype=torch.bool)).nonzero().tolist()]
+        texts = [self.models.sft.decode(states[b].response + [int(candidates[b, j])]) for b, j in pairs]
+        for (b, j), value in zip(pairs, score_texts(self.models.reward, states, [b for b, _ in pairs], texts)):
+            q[b, j] = value
+        return q
 
 
 class NoValue(ValueEstimator):
     """Q̂ = 0: top-k decoding of the SFT model (the α = 0 reference)."""
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
+    def known(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
+        return torch.zeros(candidates.shape, dtype=torch.float32)
+
+    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int,
+                 needed: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros(candidates.shape, dtype=torch.float32)

@@ -6,18 +6,17 @@ by r, estimate the target's optimal Q* (Chakraborty et al., 2024, Transfer Q*).
 
 from __future__ import annotations
 
-import torch
-
 from ..state import PromptState
-from .base import ValueEstimator, rollout_texts, score_texts
+from .base import RolloutEstimator, score_texts
 
 
-class DirectValue(ValueEstimator):
+class DirectValue(RolloutEstimator):
     """Mean target reward of N rollouts of the ``policy`` model (the baseline) from ``[s, z]``."""
 
     policy = "baseline"
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
-        texts = rollout_texts(self.models, self.policy, states, candidates, self.params, step)
-        rewards = score_texts(self.models.reward, states, texts)  # (B, k·N)
-        return rewards.view(*candidates.shape, self.params.n_rollouts).mean(dim=-1)  # (B, k)
+    def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
+        n = self.params.n_rollouts
+        flat = score_texts(self.models.reward, states, [b for b in owners for _ in range(n)],
+                           [t for group in texts for t in group])
+        return [sum(flat[i * n:(i + 1) * n]) / n for i in range(len(texts))]

@@ -1,0 +1,111 @@
+"""The speed techniques change nothing but speed: the engine matches the naive reference token for token,
+and pruning, rollout reuse, the reward cache and the prefix cache leave the output unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from tqstar.engine import Engine
+from tqstar.lm.hf import TransformersLM
+from tqstar.params import DecodeParams
+from tqstar.reference import naive_generate
+from tqstar.reward import CallableReward
+
+from conftest import vowel_share
+
+PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
+
+
+class NoCacheLM(TransformersLM):
+    def _encode(self, seqs):
+        return self._prefill(seqs)
+
+
+@pytest.fixture()
+def reward():
+    return CallableReward(vowel_share)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(method="tq-direct", k=2, rollout_len=1, alpha=1.0), dict(method="tq-direct", k=5, rollout_len=4, alpha=3.0),
+     dict(method="cd", k=4, rollout_len=3, alpha=0.5), dict(method="tq-direct", k=3, rollout_len=6, alpha=10.0)],
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["prune+reuse", "plain"])
+def test_engine_matches_the_naive_reference(sft, baseline, reward, settings, fast):
+    params = DecodeParams(max_new_tokens=6, prune=fast, reuse_rollouts=fast, prune_probe=int(fast), **settings)
+    engine = Engine(sft, baseline, reward)
+    got = [r.token_ids for r in engine.generate(PROMPTS, params, progress=False)]
+    assert got == [naive_generate(engine, p, params) for p in PROMPTS]
+
+
+def _run(engine, params):
+    return engine.generate(PROMPTS, params, progress=False)
+
+
+@pytest.mark.parametrize(("method", "reuse", "probe"), [("tq-direct", False, 1), ("tq-direct", True, 2), ("cd", True, 0),
+                                                      ("args", False, 1)])
+def test_pruning_is_exact_and_saves_work(sft, baseline, reward, method, reuse, probe):
+    engine = Engine(sft, baseline, reward)
+    params = DecodeParams(method=method, k=6, alpha=0.3, rollout_len=4, max_new_tokens=8, reuse_rollouts=reuse,
+                          prune_probe=probe)
+    pruned, full = _run(engine, params), _run(engine, params.replace(prune=False))
+    assert [r.token_ids for r in pruned] == [r.token_ids for r in full]
+    assert sum(r.accounting.pruned for r in pruned) > 0 and sum(r.accounting.pruned for r in full) == 0
+    if method != "args":
+        assert sum(r.accounting.rollouts for r in pruned) < sum(r.accounting.rollouts for r in full)
+
+
+def test_pruning_needs_a_declared_range(sft, baseline):
+    unbounded = CallableReward(lambda p, r: vowel_share(p, r), name="unbounded")  # no reward_range
+    (r,) = Engine(sft, baseline, unbounded).generate(PROMPTS[:1], DecodeParams(alpha=0.3, max_new_tokens=4),
+                                                     progress=False)
+    assert r.accounting.pruned == 0
+
+
+def test_rollout_reuse_is_exact_and_saves_rollouts(sft, reward):
+    engine = Engine(sft, sft, reward)  # baseline = SFT: the chosen rollout's first token is a top candidate
+    params = DecodeParams(method="tq-direct", k=4, alpha=2.0, rollout_len=5, max_new_tokens=8, prune=False)
+    reused, plain = _run(engine, params), _run(engine, params.replace(reuse_rollouts=False))
+    assert [r.token_ids for r in reused] == [r.token_ids for r in plain]
+    assert sum(r.accounting.reused_rollouts for r in reused) > 0
+    assert sum(r.accounting.rollouts for r in reused) < sum(r.accounting.rollouts for r in plain)
+
+
+def test_reward_cache_is_exact_and_saves_calls(sft, baseline):
+    calls = []
+
+    def counting(prompts, responses):
+        calls.append(len(responses))
+        return vowel_share(prompts, responses)
+
+    counting.reward_range = (0.0, 1.0)
+    params = DecodeParams(method="cd", k=4, rollout_len=5, max_new_tokens=6, prune=False)
+    cached = CallableReward(counting)
+    with_cache = _run(Engine(sft, baseline, cached), params)
+    n_cached = sum(calls)
+    calls.clear()
+    uncached = CallableReward(counting)
+    uncached.cache_size = 0
+    without = _run(Engine(sft, baseline, uncached), params)
+    assert [r.token_ids for r in with_cache] == [r.token_ids for r in without]
+    assert n_cached < sum(calls)
+
+
+def test_prefix_cache_is_exact(sft, baseline, reward):
+    params = DecodeParams(method="tq-direct", k=4, rollout_len=4, max_new_tokens=6)
+    cached = _run(Engine(sft, baseline, reward), params)
+    fresh = _run(Engine(NoCacheLM(sft.model, sft.tokenizer), NoCacheLM(baseline.model, baseline.tokenizer), reward),
+                 params)
+    assert [r.token_ids for r in cached] == [r.token_ids for r in fresh]
+    assert sum(r.accounting.baseline_forward_tokens for r in cached) < sum(
+        r.accounting.baseline_forward_tokens for r in fresh)
+
+
+def test_rollout_budgets_per_prefix(sft):
+    ids = sft.encode_prompt(PROMPTS[0])
+    out = sft.rollout([ids + [10], ids + [11], ids + [12]], [0, 1, 3])
+    assert [len(t) <= b for t, b in zip(out.tokens, [0, 1, 3])] == [True] * 3
+    assert out.tokens[0] == [] and len(out.tokens[1]) == 1
+    full = sft.rollout([ids + [12]], 3)
+    assert out.tokens[2] == full.tokens[0]
