@@ -4,14 +4,13 @@ and pruning, rollout reuse, the reward cache and the prefix cache leave the outp
 from __future__ import annotations
 
 import pytest
+from conftest import vowel_share
 
 from tqstar.engine import Engine
 from tqstar.lm.hf import TransformersLM
 from tqstar.params import DecodeParams
 from tqstar.reference import naive_generate
 from tqstar.reward import CallableReward
-
-from conftest import vowel_share
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 
