@@ -18,13 +18,6 @@ PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the
 SHORT = dict(k=4, alpha=2.0, rollout_len=5, max_new_tokens=6)
 
 
-class NoCacheLM(TransformersLM):
-    """The same model with the prefix cache switched off: every call re-encodes every sequence."""
-
-    def _encode(self, seqs):
-        return self._prefill(seqs)
-
-
 @pytest.fixture()
 def reward():
     return CallableReward(vowel_share)
@@ -80,7 +73,7 @@ def test_batch_equals_singles(engine):
 def test_kv_cache_gives_the_same_decisions_as_full_re_encoding(sft, baseline, reward):
     params = DecodeParams(method="tq-direct", trace=True, **SHORT)
     cached = Engine(sft, baseline, reward).generate(PROMPTS, params, progress=False)
-    plain = Engine(NoCacheLM(sft.model, sft.tokenizer), NoCacheLM(baseline.model, baseline.tokenizer), reward)
+    plain = Engine(sft.with_prompt_format(prefix_cache=False), baseline.with_prompt_format(prefix_cache=False), reward)
     fresh = plain.generate(PROMPTS, params, progress=False)
     for a, b in zip(cached, fresh):
         assert a.token_ids == b.token_ids

@@ -1,5 +1,5 @@
 """The speed techniques change nothing but speed: the engine matches the naive reference token for token,
-and pruning, rollout reuse, the reward cache and the prefix cache leave the output unchanged."""
+and pruning, rollout reuse and the reward cache leave the output unchanged (the prefix cache: test_decoder)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ import pytest
 from conftest import vowel_share
 
 from tqstar.engine import Engine
-from tqstar.lm.hf import TransformersLM
 from tqstar.params import DecodeParams
 from tqstar.reference import naive_generate
 from tqstar.reward import CallableReward
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
-
-
-class NoCacheLM(TransformersLM):
-    def _encode(self, seqs):
-        return self._prefill(seqs)
 
 
 @pytest.fixture()
@@ -89,16 +83,6 @@ def test_reward_cache_is_exact_and_saves_calls(sft, baseline):
     without = _run(Engine(sft, baseline, uncached), params)
     assert [r.token_ids for r in with_cache] == [r.token_ids for r in without]
     assert n_cached < sum(calls)
-
-
-def test_prefix_cache_is_exact(sft, baseline, reward):
-    params = DecodeParams(method="tq-direct", k=4, rollout_len=4, max_new_tokens=6)
-    cached = _run(Engine(sft, baseline, reward), params)
-    fresh = _run(Engine(NoCacheLM(sft.model, sft.tokenizer), NoCacheLM(baseline.model, baseline.tokenizer), reward),
-                 params)
-    assert [r.token_ids for r in cached] == [r.token_ids for r in fresh]
-    assert sum(r.accounting.baseline_forward_tokens for r in cached) < sum(
-        r.accounting.baseline_forward_tokens for r in fresh)
 
 
 def test_rollout_budgets_per_prefix(sft):

@@ -86,6 +86,8 @@ class TransformersLM(LanguageModel):
             for raw text, or a Jinja template string that overrides the tokenizer's.
         system_prompt: a system message placed before the user prompt (chat formatting only). A prompted
             baseline (the SFT weights with an aligning system prompt) is a legitimate cheap aligned model.
+        prefix_cache: keep and reuse the KV cache across calls (default). ``False`` re-encodes every sequence
+            in full on every call — the same results, for measuring what the cache saves.
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class TransformersLM(LanguageModel):
         name: str | None = None,
         chat_template: bool | str = True,
         system_prompt: str | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self.chat_template = chat_template
@@ -151,7 +155,7 @@ class TransformersLM(LanguageModel):
         return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt)
 
     def with_prompt_format(self, *, chat_template: bool | str | None = None, system_prompt: str | None = None,
-                           name: str | None = None) -> TransformersLM:
+                           name: str | None = None, prefix_cache: bool | None = None) -> TransformersLM:
         """A sibling that shares the weights but formats prompts differently (its own prefix cache).
 
         ``None`` keeps this model's setting; ``system_prompt=""`` removes the system prompt.
@@ -162,6 +166,7 @@ class TransformersLM(LanguageModel):
             name=name or self.name,
             chat_template=self.chat_template if chat_template is None else chat_template,
             system_prompt=self.system_prompt if system_prompt is None else (system_prompt or None),
+            prefix_cache=self.prefix_cache if prefix_cache is None else prefix_cache,
         )
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
@@ -269,7 +274,7 @@ class TransformersLM(LanguageModel):
         masked out), and only the rest of the sequence is run.
         """
         stored = self._rows
-        if stored is None:
+        if stored is None or not self.prefix_cache:
             return self._prefill(seqs)
         rows, kept = _longest_common_prefixes(stored, seqs)
         base = stored.select(rows).keep_first(kept)
