@@ -1,6 +1,8 @@
 """The ``tqstar`` command line: a thin layer over the library (every command is one library call).
 
     tqstar generate [--config run.yaml] [flags]   decode prompts with a method; text or JSONL out
+    tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
+    tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
     tqstar testbed  [flags]                       exact TQ* vs CD vs ARGS on random tabular instances
 """
 
@@ -153,6 +155,47 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+# ---- eval and report ------------------------------------------------------------------------------------------
+def run_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig, load_yaml
+
+    data = load_yaml(args.config)
+    if args.output:
+        data["output"] = args.output
+    if args.prompts or args.limit:
+        prompts = data.get("prompts") or {}
+        prompts = {"source": prompts} if isinstance(prompts, str) else dict(prompts)
+        if args.prompts:
+            prompts["source"] = args.prompts
+        if args.limit:
+            prompts["limit"] = args.limit
+        data["prompts"] = prompts
+    config = EvalConfig.from_dict(data)
+    evaluation = config.build(progress=not args.no_progress)
+    path = evaluation.run()
+    print(f"results: {path}", file=sys.stderr)
+    return run_report(argparse.Namespace(file=str(path), reference=args.reference, out_dir=args.out_dir,
+                                         coherence=args.coherence, title=""))
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    coherence = None
+    if args.coherence != "none":
+        from .metrics import Coherence
+
+        try:
+            coherence = Coherence(None if args.coherence == "minilm" else args.coherence)
+        except TQStarError as exc:
+            print(f"tqstar: coherence skipped: {exc}", file=sys.stderr)
+    _, text = report(args.file, reference=args.reference, out_dir=args.out_dir, coherence=coherence, title=args.title)
+    print(text)
+    if args.out_dir:
+        print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
+    return 0
+
+
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
     from .testbed import exact_report, format_report
@@ -216,6 +259,25 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--batch-size", type=int, help="prompts decoded together (8)")
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("eval", help="run methods over a prompt set; one JSONL row per (prompt, method); resumable")
+    e.set_defaults(run=run_eval)
+    e.add_argument("--config", required=True, help="YAML: models, rewards, judges, methods, prompts, output")
+    e.add_argument("--output", "-o", help="results JSONL (overrides the config's `output`)")
+    e.add_argument("--prompts", help="prompt set: rtp, dna, mtbench (optionally :train/:test/:all), a file, hf:NAME")
+    e.add_argument("--limit", type=int, help="first N prompts of the set")
+    e.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
+    e.add_argument("--out-dir", help="write table.md, table.csv and plots here")
+    e.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
+    e.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("report", help="table and plots of an evaluation file")
+    r.set_defaults(run=run_report)
+    r.add_argument("file")
+    r.add_argument("--reference", default="sft")
+    r.add_argument("--out-dir")
+    r.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
+    r.add_argument("--title", default="")
 
     t = sub.add_parser("testbed", help="exact TQ* vs CD vs ARGS on random tabular instances")
     t.set_defaults(run=run_testbed)

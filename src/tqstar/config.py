@@ -20,7 +20,6 @@ YAML layout (every key optional; command-line flags override the file)::
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .errors import ConfigError
 from .lm.hf import DTYPES, TransformersLM, _check_model_path
 from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_model
 from .params import DecodeParams
+from .prompts import read_prompt_file
 from .reward import RewardSpec
 
 
@@ -85,7 +85,7 @@ class RunConfig:
         prompts = list(data.pop("prompts", None) or [])
         prompts_file = data.pop("prompts_file", None)
         if prompts_file:
-            prompts.extend(read_prompts(prompts_file))
+            prompts.extend(read_prompt_file(prompts_file))
         known = _known(data, cls, "config")
         return cls(
             sft=ModelSpec.parse(known.get("sft"), "sft"),
@@ -98,8 +98,8 @@ class RunConfig:
             truncate_prompt=bool(known.get("truncate_prompt", False)),
         )
 
-    def build(self):
-        """Load the models and rewards; returns an :class:`~tqstar.engine.Engine`."""
+    def build(self, check: bool = True):
+        """Load the models and rewards; returns an :class:`~tqstar.engine.Engine` (checked against ``decode``)."""
         from .engine import Engine
 
         loaded: dict[tuple, TransformersLM] = {}
@@ -130,7 +130,8 @@ class RunConfig:
         reward = reward_spec.load() if reward_spec else None
         baseline_reward = self.baseline_reward.load() if self.baseline_reward else None
         engine = Engine(sft, baseline, reward, baseline_reward)
-        engine.check(self.decode)
+        if check:
+            engine.check(self.decode)
         return engine
 
 
@@ -147,23 +148,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
-    """Prompts from a text file (one per line) or a JSONL file (the ``field`` of each row)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"prompts file {str(path)!r} does not exist; give a text or JSONL file")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return lines
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        row = json.loads(line)
-        if field not in row:
-            raise ConfigError(f"line {number} of {str(path)!r} has no {field!r} field; name the prompt column")
-        prompts.append(str(row[field]))
-    return prompts
 
 
 def _reward_spec(value: Any, what: str) -> RewardSpec | None:
@@ -185,3 +169,75 @@ def _known(values: dict[str, Any], cls: type, what: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key `{unknown[0]}` in {what}; valid keys are {', '.join(sorted(names))}")
     return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """A ``tqstar eval`` run: the models and rewards of :class:`RunConfig`, judges, methods and a prompt set.
+
+    YAML layout (besides ``sft``, ``baseline``, ``reward``, ``baseline_reward``, ``batch_size``)::
+
+        judges: {harmless: harmless}          # name → reward spec, scored on every response (win rates)
+        methods: [{method: sft}, {method: tq-direct, alpha: [0.5, 1, 2]}]
+        defaults: {max_new_tokens: 48, k: 10}  # decoding parameters every method starts from
+        prompts: {source: rtp:test, limit: 32, column: prompt}
+        output: results/run.jsonl
+    """
+
+    run: RunConfig
+    methods: tuple = ()
+    judges: tuple[tuple[str, RewardSpec], ...] = ()
+    prompt_source: str = ""
+    prompt_column: str | None = None
+    prompt_limit: int | None = None
+    output: str = "eval.jsonl"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
+        from .evaluation import expand_methods
+
+        data = dict(data)
+        methods = data.pop("methods", None)
+        defaults = data.pop("defaults", None) or {}
+        judges = data.pop("judges", None) or {}
+        prompts = data.pop("prompts", None) or {}
+        output = data.pop("output", None) or "eval.jsonl"
+        if isinstance(prompts, str):
+            prompts = {"source": prompts}
+        if not isinstance(prompts, dict) or not prompts.get("source"):
+            raise ConfigError("`prompts` must name a source: a built-in set (rtp, dna, mtbench), a file or hf:NAME")
+        unknown = sorted(set(prompts) - {"source", "limit", "column"})
+        if unknown:
+            raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
+        if not isinstance(judges, dict):
+            raise ConfigError(f"`judges` must map names to reward specs, got {judges!r}")
+        return cls(
+            run=RunConfig.from_dict(data),
+            methods=tuple(expand_methods(methods or [], defaults)),
+            judges=tuple((name, _reward_spec(spec, f"judges.{name}")) for name, spec in judges.items()),
+            prompt_source=str(prompts["source"]),
+            prompt_column=prompts.get("column"),
+            prompt_limit=prompts.get("limit"),
+            output=str(output),
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "sft": dataclasses.asdict(run.sft) if run.sft else "built-in tiny",
+            "baseline": dataclasses.asdict(run.baseline) if run.baseline else None,
+            "reward": dataclasses.asdict(run.reward) if run.reward else None,
+            "baseline_reward": dataclasses.asdict(run.baseline_reward) if run.baseline_reward else None,
+            "prompt_source": self.prompt_source,
+        }
+
+    def build(self, progress: bool = True):
+        """Load everything and return a ready :class:`~tqstar.evaluation.Evaluation`."""
+        from .evaluation import Evaluation
+        from .prompts import load_prompts
+
+        prompts = load_prompts(self.prompt_source, column=self.prompt_column, limit=self.prompt_limit)
+        engine = self.run.build(check=False)
+        judges = {name: spec.load() for name, spec in self.judges}
+        return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,
+                          batch_size=self.run.batch_size, progress=progress)

@@ -1,0 +1,192 @@
+"""``tqstar eval``: run methods over a prompt set, one JSONL row per (prompt, method) the moment it is done.
+
+The output file starts with a header row holding the run's *fingerprint* (models, rewards, methods and their
+parameters, prompt set). Started again with the same command, a run reads the file, skips every
+(prompt, method) already written and completes the rest — so an interrupted run (Ctrl-C, kill -9) loses at
+most the batch in flight. A last line cut off mid-write is reported and dropped (then recomputed); a corrupt
+line anywhere else, or a file whose fingerprint differs from this run's, is refused with the reason.
+
+Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value)::
+
+    methods:
+      - {method: sft}
+      - {method: tq-direct, alpha: [0.5, 1, 2], k: 10, rollout_len: 20}
+      - {method: bon, bon_n: 4, temperature: 1.0, label: bon-4}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .engine import Engine
+from .errors import ConfigError
+from .params import DecodeParams
+from .reward import Reward
+
+FORMAT = "tqstar-eval/1"
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One column of the evaluation: a label and the decoding parameters."""
+
+    label: str
+    params: DecodeParams
+
+
+def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] | None = None) -> list[MethodRun]:
+    """Method mappings → :class:`MethodRun` list; a list-valued ``alpha`` expands into one run per value."""
+    if not entries:
+        raise ConfigError("no methods given; list at least one, e.g. {method: tq-direct}")
+    runs: list[MethodRun] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "method" not in entry:
+            raise ConfigError(f"each method must be a mapping with a `method` key, got {entry!r}")
+        entry = {**(defaults or {}), **entry}
+        label = entry.pop("label", None)
+        alphas = entry.pop("alpha", None)
+        sweep = alphas if isinstance(alphas, list) else [alphas]
+        for alpha in sweep:
+            values = dict(entry) if alpha is None else {**entry, "alpha": alpha}
+            params = DecodeParams.from_dict(values)
+            name = label or params.method
+            if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
+                name = f"{name}(α={params.alpha:g})"
+            runs.append(MethodRun(name, params))
+    labels = [r.label for r in runs]
+    duplicate = next((x for x in labels if labels.count(x) > 1), None)
+    if duplicate:
+        raise ConfigError(f"method label {duplicate!r} appears twice; give each a distinct `label`")
+    return runs
+
+
+def read_rows(path: str | Path, *, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The header and rows of an evaluation file.
+
+    A last line cut off mid-write is reported on stderr and, with ``repair``, removed from the file; a corrupt
+    line elsewhere raises :class:`ConfigError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None, []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows, header, offset = [], None, 0
+    for number, line in enumerate(lines, 1):
+        last = number == len(lines) or (number == len(lines) - 1 and lines[-1] == b"")
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if not last:
+                    raise ConfigError(f"line {number} of {str(path)!r} is corrupt (not JSON) and is not the last line;"
+                                      " the file was edited or damaged: move it aside and run again") from None
+                print(f"tqstar: the last line of {path} was cut off mid-write (an interrupted run); "
+                      + ("dropping it, its row will be recomputed" if repair else "ignoring it"), file=sys.stderr)
+                if repair:
+                    with path.open("r+b") as fh:
+                        fh.truncate(offset)
+                break
+            if number == 1 and row.get("format") == FORMAT:
+                header = row
+            else:
+                rows.append(row)
+        offset += len(line) + 1
+    if rows and header is None:
+        raise ConfigError(f"{str(path)!r} is not a tqstar evaluation file (no header line); give another --output")
+    return header, rows
+
+
+class Evaluation:
+    """Run ``methods`` over ``prompts`` with ``engine``, appending rows to ``output`` as each finishes.
+
+    Args:
+        fingerprint: what identifies the run (models, rewards, prompt set); stored in the header and compared
+            on resume.
+        judges: extra rewards scored on every response and stored under ``scores`` (e.g. a judge reward for
+            win rates, ideally not the target).
+    """
+
+    def __init__(self, engine: Engine, prompts: Sequence[str], methods: Sequence[MethodRun], output: str | Path,
+                 *, fingerprint: dict[str, Any], judges: dict[str, Reward] | None = None, batch_size: int = 8,
+                 progress: bool = True) -> None:
+        if not prompts:
+            raise ConfigError("the prompt set is empty; give at least one prompt")
+        self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
+        self.output, self.judges = Path(output), dict(judges or {})
+        self.batch_size, self.progress = batch_size, progress
+        self.fingerprint = {
+            **fingerprint,
+            "prompts": self.prompts,
+            "methods": {m.label: asdict(m.params) for m in self.methods},
+            "judges": sorted(self.judges),
+        }
+        for method in self.methods:
+            engine.check(method.params)
+
+    def pending(self) -> list[tuple[MethodRun, list[int]]]:
+        """Per method, the prompt indices not yet in the output file (checks the file belongs to this run)."""
+        header, rows = read_rows(self.output, repair=True)
+        if header is not None and _canonical(header["config"]) != _canonical(self.fingerprint):
+            diff = _first_difference(header["config"], self.fingerprint)
+            raise ConfigError(f"{str(self.output)!r} holds results of a different configuration ({diff}); refusing to"
+                              " append to it: give another --output or restore the original settings")
+        done = {(row["method"], row["prompt_index"]) for row in rows}
+        return [(m, [i for i in range(len(self.prompts)) if (m.label, i) not in done]) for m in self.methods]
+
+    def run(self, on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+        todo = self.pending()
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if not self.output.exists() or self.output.stat().st_size == 0:
+            self._append({"format": FORMAT, "config": self.fingerprint})
+        total = sum(len(idx) for _, idx in todo)
+        bar = tqdm(total=total, desc="eval", unit="row", disable=not self.progress)
+        for method, indices in todo:
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start:start + self.batch_size]
+                responses = self.engine.generate([self.prompts[i] for i in batch], method.params,
+                                                 batch_size=self.batch_size, progress=False)
+                for i, response in zip(batch, responses):
+                    row = self._row(method, i, response)
+                    self._append(row)
+                    if on_row:
+                        on_row(row)
+                bar.update(len(batch))
+        bar.close()
+        return self.output
+
+    def _row(self, method: MethodRun, index: int, response) -> dict[str, Any]:
+        scores = {name: judge.score([response.prompt], [response.text])[0] for name, judge in self.judges.items()}
+        data = response.to_dict()
+        data.pop("trace", None)
+        return {"method": method.label, "prompt_index": index, **data, "scores": scores,
+                "alpha": method.params.alpha if method.params.is_token_level else None,
+                "family": method.params.method}
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self.output.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    for key in sorted(set(old) | set(new)):
+        if _canonical(old.get(key)) != _canonical(new.get(key)):
+            return f"`{key}` differs"
+    return "settings differ"
+
+
+__all__ = ["Evaluation", "MethodRun", "expand_methods", "read_rows"]

