@@ -167,9 +167,8 @@ class Evaluation:
         scores = {name: judge.score([response.prompt], [response.text])[0] for name, judge in self.judges.items()}
         data = response.to_dict()
         data.pop("trace", None)
-        return {"method": method.label, "prompt_index": index, **data, "scores": scores,
-                "alpha": method.params.alpha if method.params.is_token_level else None,
-                "family": method.params.method}
+        return {**data, "method": method.label, "family": method.params.method, "prompt_index": index,
+                "alpha": method.params.alpha if method.params.is_token_level else None, "scores": scores}
 
     def _append(self, row: dict[str, Any]) -> None:
         with self.output.open("a") as fh:

@@ -1,0 +1,164 @@
+"""tqstar eval: rows written as they finish, resume after Ctrl-C or kill -9, refusal of a foreign file, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tqstar.cli import main
+from tqstar.errors import ConfigError
+from tqstar.evaluation import expand_methods, read_rows
+from tqstar.metrics import normalised_reward
+from tqstar.report import report
+
+
+def _config(tmp_path, tiny_paths, n_prompts: int = 6, **extra) -> str:
+    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt number {i} about the park" for i in range(n_prompts)))
+    config = {
+        "sft": {"path": str(tiny_paths["sft"]), "chat_template": False},
+        "baseline": {"path": str(tiny_paths["baseline"]), "chat_template": False},
+        "reward": "conftest:vowel_share",
+        "judges": {"length": "conftest:vowel_share"},
+        "defaults": {"max_new_tokens": 5, "k": 3, "rollout_len": 3},
+        "methods": [{"method": "sft"}, {"method": "args", "alpha": [0.5, 2.0]}, {"method": "tq-direct", "alpha": 1.0}],
+        "prompts": {"source": str(tmp_path / "prompts.txt")},
+        "output": str(tmp_path / "out.jsonl"),
+        "batch_size": 2,
+        **extra,
+    }
+    path = tmp_path / "eval.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)
+
+
+def _keys(path):
+    _, rows = read_rows(path)
+    return [(r["method"], r["prompt_index"]) for r in rows]
+
+
+def test_expand_methods_sweeps_alpha():
+    runs = expand_methods([{"method": "sft"}, {"method": "tq-direct", "alpha": [0.5, 1]}, {"method": "cd", "alpha": 2}],
+                          {"k": 4})
+    assert [r.label for r in runs] == ["sft", "tq-direct(α=0.5)", "tq-direct(α=1)", "cd(α=2)"]
+    assert runs[1].params.k == 4 and runs[2].params.alpha == 1
+    with pytest.raises(ConfigError, match="`method` must be one of"):
+        expand_methods([{"method": "nope"}])
+    with pytest.raises(ConfigError, match="method label 'sft' appears twice"):
+        expand_methods([{"method": "sft"}, {"method": "sft"}])
+    with pytest.raises(ConfigError, match="no methods given"):
+        expand_methods([])
+
+
+def test_eval_writes_every_row_and_reports(tmp_path, tiny_paths, capsys):
+    config = _config(tmp_path, tiny_paths)
+    out_dir = tmp_path / "report"
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none", "--out-dir", str(out_dir)]) == 0
+    keys = _keys(tmp_path / "out.jsonl")
+    methods = ["sft", "args(α=0.5)", "args(α=2)", "tq-direct(α=1)"]
+    assert sorted(keys) == sorted((m, i) for m in methods for i in range(6))
+    table = capsys.readouterr().out
+    for m in methods:
+        assert m in table
+    assert (out_dir / "table.md").exists() and (out_dir / "table.csv").exists()
+    assert (out_dir / "reward_vs_kl.png").stat().st_size > 0 and (out_dir / "reward_by_method.png").exists()
+    summary, _ = report(tmp_path / "out.jsonl", reference="sft")
+    by = {e["method"]: e for e in summary}
+    low, ref = min(e["reward"] for e in summary), by["sft"]["reward"]
+    for e in summary:
+        assert e["normalised"] == pytest.approx(normalised_reward(e["reward"], low, ref), nan_ok=True)
+    assert by["sft"]["win[length]"] == 0.0
+    assert by["sft"]["tie[length]"] == 1.0
+    assert by["tq-direct(α=1)"]["rollouts_per_tok"] > 0 and by["sft"]["kl"] is None
+
+
+def test_second_run_adds_nothing(tmp_path, tiny_paths):
+    config = _config(tmp_path, tiny_paths)
+    main(["eval", "--config", config, "--no-progress", "--coherence", "none"])
+    before = (tmp_path / "out.jsonl").read_text()
+    main(["eval", "--config", config, "--no-progress", "--coherence", "none"])
+    assert (tmp_path / "out.jsonl").read_text() == before
+
+
+def test_resume_after_a_cut_off_last_line(tmp_path, tiny_paths, capsys):
+    config = _config(tmp_path, tiny_paths)
+    main(["eval", "--config", config, "--no-progress", "--coherence", "none"])
+    path = tmp_path / "out.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    complete = [json.loads(line) for line in lines[1:]]
+    path.write_text("".join(lines[:-3]) + lines[-3][: len(lines[-3]) // 2])  # two rows lost, one cut mid-write
+    capsys.readouterr()
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 0
+    assert "cut off mid-write" in capsys.readouterr().err
+    _, rows = read_rows(path)
+    assert sorted((r["method"], r["prompt_index"]) for r in rows) == sorted(
+        (r["method"], r["prompt_index"]) for r in complete)
+    assert [r["text"] for r in rows] == [r["text"] for r in complete]  # deterministic: the same rows again
+
+
+def test_refuses_a_file_from_another_configuration(tmp_path, tiny_paths, capsys):
+    main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
+    other = _config(tmp_path, tiny_paths, defaults={"max_new_tokens": 6, "k": 3, "rollout_len": 3})
+    capsys.readouterr()
+    assert main(["eval", "--config", other, "--no-progress", "--coherence", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "holds results of a different configuration (`methods` differs); refusing to append" in err
+
+
+def test_corrupt_line_in_the_middle_is_refused(tmp_path, tiny_paths, capsys):
+    config = _config(tmp_path, tiny_paths)
+    main(["eval", "--config", config, "--no-progress", "--coherence", "none"])
+    path = tmp_path / "out.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]) + "garbage\n" + "".join(lines[3:]))
+    capsys.readouterr()
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 2
+    assert "line 4 of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": [{"method": "magic"}]}, "`method` must be one of"),
+        ({"prompts": {"source": "/no/such.txt"}}, "prompts file '/no/such.txt' does not exist"),
+        ({"prompts": {}}, "`prompts` must name a source"),
+        ({"judges": {"j": "nonsense"}}, "reward spec 'nonsense' does not resolve"),
+        ({"methods": [{"method": "tq-indirect", "n_rollouts": 2, "rollout_temperature": 1.0}]},
+         "method 'tq-indirect' needs a baseline reward"),
+    ],
+)
+def test_bad_eval_configs(tmp_path, tiny_paths, capsys, change, message):
+    config = _config(tmp_path, tiny_paths, **change)
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_report_errors(tmp_path, tiny_paths, capsys):
+    main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "out.jsonl"), "--reference", "bon", "--coherence", "none"]) == 2
+    assert "reference method 'bon' is not in the results" in capsys.readouterr().err
+
+
+def test_kill_9_mid_run_then_resume(tmp_path, tiny_paths):
+    config = _config(tmp_path, tiny_paths, n_prompts=40, batch_size=1)
+    path = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "tqstar.cli", "eval", "--config", config, "--no-progress", "--coherence", "none"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = _keys(path)
+    assert 5 <= len(written) < 160, "the run must be killed part-way"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    keys = _keys(path)
+    assert len(keys) == len(set(keys)) == 4 * 40
+    assert keys[: len(written)] == written  # nothing written before the kill was lost or rewritten
