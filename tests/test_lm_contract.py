@@ -437,3 +437,25 @@ def test_empty_sequences_are_refused(sft):
         sft.next_logprobs([[5], []])
     with pytest.raises(ConfigError, match="non-empty"):
         sft.rollout([[]], ROLLOUT_LEN)
+
+
+# ---- transformers: LoRA adapters ----------------------------------------------------------------------------
+def test_lora_adapter_is_merged_at_load_time(tiny_paths, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_paths["sft"])
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    ids = [4, 20, 30, 40]
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+    plain = TransformersLM.from_pretrained(tiny_paths["sft"])
+    merged = TransformersLM.from_pretrained(tiny_paths["sft"], adapter=tmp_path / "adapter")
+    torch.testing.assert_close(merged.next_logprobs([ids]).logprobs[0], expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain.next_logprobs([ids]).logprobs[0], expected, atol=1e-3)
+
+
+def test_adapter_directory_without_config(tiny_paths, tmp_path):
+    with pytest.raises(ModelLoadError, match="has no adapter_config.json"):
+        TransformersLM.from_pretrained(tiny_paths["sft"], adapter=tmp_path)

@@ -1,6 +1,7 @@
 """The ``tqstar`` command line: a thin layer over the library (every command is one library call).
 
     tqstar generate [--config run.yaml] [flags]   decode prompts with a method; text or JSONL out
+    tqstar demo                                   SmolLM2: SFT vs DPO baseline vs TQ* direct, side by side
     tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
     tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
     tqstar testbed  [flags]                       exact TQ* vs CD vs ARGS on random tabular instances
@@ -155,6 +156,14 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+# ---- demo ---------------------------------------------------------------------------------------------------
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)
+    return 0
+
+
 # ---- eval and report ------------------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
     from .config import EvalConfig, load_yaml
@@ -259,6 +268,13 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--batch-size", type=int, help="prompts decoded together (8)")
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("demo", help="SmolLM2: SFT vs DPO baseline vs TQ* direct on a few prompts (offline, CPU)")
+    d.set_defaults(run=run_demo_command)
+    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--k", type=int, default=10)
+    d.add_argument("--alpha", type=float, default=2.0)
+    d.add_argument("--rollout-len", type=int, default=20)
 
     e = sub.add_parser("eval", help="run methods over a prompt set; one JSONL row per (prompt, method); resumable")
     e.set_defaults(run=run_eval)

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .lm.hf import DTYPES, TransformersLM, _check_model_path
-from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_model
+from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
 from .params import DecodeParams
 from .prompts import read_prompt_file
 from .reward import RewardSpec
@@ -34,9 +34,11 @@ from .reward import RewardSpec
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A causal LM to load: path (or hub id), dtype, device and prompt formatting."""
+    """A causal LM to load: path (or hub id, or ``smollm2``), an optional LoRA adapter merged at load time,
+    dtype, device and prompt formatting."""
 
     path: str
+    adapter: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
     chat_template: bool | str = True
@@ -49,6 +51,9 @@ class ModelSpec:
             package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
         else:
             _check_model_path(self.path)
+        if self.adapter is not None and not (Path(resolve_adapter(self.adapter)) / "adapter_config.json").exists():
+            raise ConfigError(f"adapter directory {self.adapter!r} has no adapter_config.json; give a PEFT adapter"
+                              " directory")
 
     @classmethod
     def parse(cls, value: Any, what: str) -> ModelSpec | None:
@@ -107,11 +112,12 @@ class RunConfig:
         def load(spec: ModelSpec | None, name: str) -> TransformersLM | None:
             if spec is None:
                 return None
-            key = (spec.path, spec.dtype, spec.device)
+            key = (spec.path, spec.adapter, spec.dtype, spec.device)
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
                                                       system_prompt=spec.system_prompt, name=name)
-            lm = TransformersLM.from_pretrained(resolve_model(spec.path), dtype=spec.dtype, device=spec.device,
+            lm = TransformersLM.from_pretrained(resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype,
+                                                device=spec.device,
                                                 chat_template=spec.chat_template, system_prompt=spec.system_prompt,
                                                 name=name)
             loaded[key] = lm

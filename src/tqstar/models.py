@@ -67,6 +67,22 @@ def minilm_dir() -> Path:
 BUILTIN_MODELS = {"smollm2": smollm2_dir}
 
 
+def adapter_dir(name: str) -> Path:
+    """A LoRA adapter shipped inside the tqstar package (``src/tqstar/adapters/NAME``)."""
+    path = Path(__file__).parent / "adapters" / name
+    if not (path / "adapter_config.json").exists():
+        raise ModelLoadError(f"built-in adapter {name!r} is missing from {path}; reinstall tqstar or train it with"
+                             " scripts/train_baseline.py")
+    return path
+
+
+def resolve_adapter(adapter: str | None) -> str | None:
+    """``adapter`` itself, or the directory of a built-in adapter named ``builtin:NAME``."""
+    if adapter is not None and adapter.startswith("builtin:"):
+        return str(adapter_dir(adapter.removeprefix("builtin:")))
+    return adapter
+
+
 def resolve_model(path: str) -> str:
     """``path`` itself, or the directory of a built-in model name (converted on first use)."""
     return str(BUILTIN_MODELS[path]()) if path in BUILTIN_MODELS else path

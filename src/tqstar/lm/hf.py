@@ -135,8 +135,12 @@ class TransformersLM(LanguageModel):
         system_prompt: str | None = None,
         trust_remote_code: bool = False,
         name: str | None = None,
+        adapter: str | os.PathLike | None = None,
     ) -> TransformersLM:
-        """Load a causal LM and its tokenizer from a local directory (or a hub id when a hub is reachable)."""
+        """Load a causal LM and its tokenizer from a local directory (or a hub id when a hub is reachable).
+
+        ``adapter``: a PEFT (LoRA) adapter directory, merged into the weights at load time (needs ``peft``).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if dtype not in DTYPES:
@@ -151,6 +155,8 @@ class TransformersLM(LanguageModel):
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load a causal LM from {path!r} ({exc}); give a directory with"
                                  " config.json, weights and a tokenizer") from exc
+        if adapter is not None:
+            model = _merge_adapter(model, str(adapter))
         model.to(device).eval()
         return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt)
 
@@ -381,6 +387,16 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
         elif source:
             ids.update(int(i) for i in source)
     return frozenset(ids)
+
+
+def _merge_adapter(model, adapter: str):
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelLoadError(f"adapter directory {adapter!r} has no adapter_config.json; give a PEFT adapter directory")
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelLoadError("loading an adapter needs peft; pip install 'tqstar[train]'") from exc
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def _check_model_path(path: str) -> None:
