@@ -22,6 +22,7 @@ from tqstar.testbed import (
     optimal_policy,
     q_value,
     random_reward,
+    reward_at_kl,
     trajectory_kl,
 )
 from tqstar.value import indirect_q
@@ -202,3 +203,10 @@ def test_report_has_every_method_and_is_exact_at_reference_points():
 def test_expected_reward_of_the_optimum_beats_sft(instance):
     sft, r, _ = instance
     assert expected_reward(optimal_policy(sft, r, 0.1), r) >= expected_reward(sft, r) - 1e-12
+
+
+def test_reward_at_matched_kl_interpolates_along_the_sweep():
+    rows = [{"method": "sft", "alpha": 0.0, "reward": 0.4, "kl": 0.0},
+            {"method": "m", "alpha": 1.0, "reward": 0.5, "kl": 0.1},
+            {"method": "m", "alpha": 2.0, "reward": 0.7, "kl": 0.3}]
+    assert reward_at_kl(rows, (0.05, 0.2, 0.5)) == {"m": [pytest.approx(0.45), pytest.approx(0.6), None]}

@@ -207,7 +207,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import exact_report, format_report
+    from .testbed import exact_report, format_matched, format_report
 
     rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                           horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
@@ -216,6 +216,8 @@ def run_testbed(args: argparse.Namespace) -> int:
           f" baseline = optimal policy at beta {args.beta_baseline}, k = {args.k or args.vocab_size},"
           f" temperature {args.temperature}; means over instances")
     print(format_report(rows))
+    print("\nat matched KL (linear interpolation along each method's alpha sweep; alpha = 0 is SFT):")
+    print(format_matched(rows))
     return 0
 
 

@@ -168,6 +168,36 @@ def exact_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0
     return out
 
 
+def reward_at_kl(rows: list[dict], kls: tuple[float, ...] = (0.02, 0.1, 0.3)) -> dict[str, list[float | None]]:
+    """Each α-swept method's E[r] at the given KLs, by linear interpolation along its α sweep (α = 0 is SFT).
+
+    Comparing at matched KL is the fair reading of the table: a larger α buys reward with KL, and methods
+    spend KL at different rates. ``None`` where the sweep does not reach that KL.
+    """
+    sft = next(r for r in rows if r["method"] == "sft")
+    out: dict[str, list[float | None]] = {}
+    for method in sorted({r["method"] for r in rows if r["alpha"] > 0}):
+        points = [(0.0, sft["reward"])] + sorted((r["kl"], r["reward"]) for r in rows if r["method"] == method)
+        values: list[float | None] = []
+        for target in kls:
+            value = None
+            for (k0, r0), (k1, r1) in zip(points, points[1:]):
+                if k0 <= target <= k1 and k1 > k0:
+                    value = r0 + (r1 - r0) * (target - k0) / (k1 - k0)
+                    break
+            values.append(value)
+        out[method] = values
+    return out
+
+
+def format_matched(rows: list[dict], kls: tuple[float, ...] = (0.02, 0.1, 0.3)) -> str:
+    table = reward_at_kl(rows, kls)
+    lines = [f"{'method':<16}" + "".join(f"{'E[r]@KL=' + format(k, 'g'):>14}" for k in kls)]
+    for method, values in table.items():
+        lines.append(f"{method:<16}" + "".join(f"{'-' if v is None else format(v, '.4f'):>14}" for v in values))
+    return "\n".join(lines)
+
+
 def format_report(rows: list[dict]) -> str:
     """The report as a fixed-width table, one row per (method, α)."""
     lines = [f"{'method':<16}{'alpha':>7}{'E[r]':>9}{'KL':>9}"]
