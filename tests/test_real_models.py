@@ -41,3 +41,15 @@ def test_cached_rollouts_match_fresh_encoding_on_smollm2(smol):
     cached = smol.rollout(prefixes, 6).tokens
     fresh = [TransformersLM(smol.model, smol.tokenizer).rollout([p], 6).tokens[0] for p in prefixes]
     assert cached == fresh
+
+
+def test_demo_prints_three_methods_side_by_side(smol):
+    import io
+
+    from tqstar.demo import run_demo
+
+    out = io.StringIO()
+    results = run_demo(max_new_tokens=4, k=3, rollout_len=4, prompts=["How do I make a cup of tea?"], out=out)
+    assert len(results) == 3 and all(len(v) == 1 for v in results.values())
+    text = out.getvalue()
+    assert "SFT (greedy)" in text and "baseline (greedy)" in text and "TQ* direct" in text
