@@ -59,3 +59,11 @@ def test_builtin_sets_split_deterministically(name, total):
 def test_unknown_split():
     with pytest.raises(ConfigError, match="split 'dev' of prompt set 'rtp' must be one of train, test, all"):
         builtin_prompts("rtp", "dev")
+
+
+def test_local_hf_dataset(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps({"question": f"q{i}"}) for i in range(3)) + "\n")
+    assert load_prompts(f"hf:{tmp_path}:train", column="question") == ["q0", "q1", "q2"]
+    with pytest.raises(ConfigError, match="has no 'prompt' column"):
+        load_prompts(f"hf:{tmp_path}:train")

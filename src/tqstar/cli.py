@@ -184,12 +184,17 @@ def run_eval(args: argparse.Namespace) -> int:
     path = evaluation.run()
     print(f"results: {path}", file=sys.stderr)
     return run_report(argparse.Namespace(file=str(path), reference=args.reference, out_dir=args.out_dir,
-                                         coherence=args.coherence, title=""))
+                                         coherence=args.coherence, title="", llm_judge_url=args.llm_judge_url,
+                                         llm_judge_model=args.llm_judge_model))
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from .judge import LLMJudge
     from .report import report
 
+    llm_judge = None
+    if args.llm_judge_url or args.llm_judge_model:
+        llm_judge = LLMJudge(args.llm_judge_url or "", args.llm_judge_model or "")
     coherence = None
     if args.coherence != "none":
         from .metrics import Coherence
@@ -198,7 +203,8 @@ def run_report(args: argparse.Namespace) -> int:
             coherence = Coherence(None if args.coherence == "minilm" else args.coherence)
         except TQStarError as exc:
             print(f"tqstar: coherence skipped: {exc}", file=sys.stderr)
-    _, text = report(args.file, reference=args.reference, out_dir=args.out_dir, coherence=coherence, title=args.title)
+    _, text = report(args.file, reference=args.reference, out_dir=args.out_dir, coherence=coherence, title=args.title,
+                     llm_judge=llm_judge)
     print(text)
     if args.out_dir:
         print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
@@ -287,6 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
     e.add_argument("--out-dir", help="write table.md, table.csv and plots here")
     e.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
+    e.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
+    e.add_argument("--llm-judge-model", help="served model name of the LLM judge")
     e.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("report", help="table and plots of an evaluation file")
@@ -295,6 +303,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reference", default="sft")
     r.add_argument("--out-dir")
     r.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
+    r.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
+    r.add_argument("--llm-judge-model", help="served model name of the LLM judge")
     r.add_argument("--title", default="")
 
     t = sub.add_parser("testbed", help="exact TQ* vs CD vs ARGS on random tabular instances")

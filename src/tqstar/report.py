@@ -27,8 +27,9 @@ COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coh
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
-def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None) -> list[dict[str, Any]]:
-    """One summary row per method (in first-seen order); ``coherence(prompts, responses)`` is optional."""
+def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None) -> list[dict[str, Any]]:
+    """One summary row per method (in first-seen order); ``coherence(prompts, responses)`` and an
+    :class:`~tqstar.judge.LLMJudge` (pairwise against the reference) are optional."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
@@ -64,6 +65,11 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None) ->
         }
         if coherence is not None:
             entry["coherence"] = sum(coherence([r["prompt"] for r in items], [r["text"] for r in items])) / len(items)
+        if llm_judge is not None and method != reference:
+            paired_rows = [(r, ref_by_prompt[r["prompt_index"]]) for r in items if r["prompt_index"] in ref_by_prompt]
+            verdicts = llm_judge.compare([r["prompt"] for r, _ in paired_rows], [r["text"] for r, _ in paired_rows],
+                                         [ref["text"] for _, ref in paired_rows])
+            entry.update({f"llm_{key}": value for key, value in verdicts.items()})
         for judge in judges:
             paired = [(r["scores"][judge], ref_by_prompt[r["prompt_index"]]["scores"][judge]) for r in items
                       if judge in (r.get("scores") or {}) and r["prompt_index"] in ref_by_prompt]
@@ -78,7 +84,7 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None) ->
 
 
 def columns(table: Sequence[dict[str, Any]]) -> list[str]:
-    extra = sorted({k for e in table for k in e if k.startswith(("win[", "tie["))})
+    extra = sorted({k for e in table for k in e if k.startswith(("win[", "tie[", "llm_"))})
     return [c for c in COLUMNS if any(c in e for e in table)] + extra
 
 
@@ -147,12 +153,12 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
 
 
 def report(path: str | Path, *, reference: str = "sft", out_dir: str | Path | None = None, coherence=None,
-           title: str = "") -> tuple[list[dict[str, Any]], str]:
+           title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
     """Summarise an evaluation file; with ``out_dir`` also write table.md, table.csv and the plots there."""
     header, rows = read_rows(path)
     if not rows:
         raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
-    table = summarise(rows, reference, coherence)
+    table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
     if out_dir is not None:
         out_dir = Path(out_dir)
