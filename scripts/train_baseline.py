@@ -9,7 +9,7 @@ reward of SFT vs baseline) are written to ``--out``.
 Never run by CI. Reproduce the committed adapter with (about 20 minutes on 2 CPU cores)::
 
     make models && .venv/bin/pip install -e '.[train]'
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/train_baseline.py --out adapters/smollm2-sentiment-dpo
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/train_baseline.py --n-prompts 256
 """
 
 from __future__ import annotations
@@ -64,13 +64,14 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--min-gap", type=float, default=0.2)
     parser.add_argument("--beta", type=float, default=0.1, help="DPO beta (use it as tq-indirect's beta)")
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="adapters/smollm2-sentiment-dpo")
+    parser.add_argument("--pairs", help="reuse preference pairs written by an earlier run (pairs.jsonl)")
+    parser.add_argument("--out", default="src/tqstar/adapters/smollm2-sentiment-dpo")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -92,7 +93,11 @@ def main() -> int:
     pool = [p for source in args.train_prompts for p in load_prompts(source)]
     random.Random(args.seed).shuffle(pool)
     prompts = pool[: args.n_prompts]
-    pairs, gaps = sample_pairs(sft, reward, prompts, args.samples, args.max_new_tokens, args.min_gap, args.seed)
+    if args.pairs:
+        pairs = [json.loads(line) for line in Path(args.pairs).read_text().splitlines() if line.strip()]
+        gaps = [p["reward_chosen"] - p["reward_rejected"] for p in pairs]
+    else:
+        pairs, gaps = sample_pairs(sft, reward, prompts, args.samples, args.max_new_tokens, args.min_gap, args.seed)
     with (out / "pairs.jsonl").open("w") as fh:
         for pair in pairs:
             fh.write(json.dumps(pair) + "\n")
@@ -102,7 +107,7 @@ def main() -> int:
         output_dir=str(out / "trainer"), beta=args.beta, learning_rate=args.lr, num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_length=256,
         logging_steps=5, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, bf16=False,
-        lr_scheduler_type="cosine", warmup_steps=5,
+        lr_scheduler_type="cosine", warmup_steps=5, gradient_checkpointing=False, precompute_ref_log_probs=True,
     )
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")

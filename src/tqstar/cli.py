@@ -183,7 +183,7 @@ def run_eval(args: argparse.Namespace) -> int:
     evaluation = config.build(progress=not args.no_progress)
     path = evaluation.run()
     print(f"results: {path}", file=sys.stderr)
-    return run_report(argparse.Namespace(file=str(path), reference=args.reference, out_dir=args.out_dir,
+    return run_report(argparse.Namespace(file=[str(path)], reference=args.reference, out_dir=args.out_dir,
                                          coherence=args.coherence, title="", llm_judge_url=args.llm_judge_url,
                                          llm_judge_model=args.llm_judge_model))
 
@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="table and plots of an evaluation file")
     r.set_defaults(run=run_report)
-    r.add_argument("file")
+    r.add_argument("file", nargs="+", help="evaluation JSONL file(s) over the same prompts")
     r.add_argument("--reference", default="sft")
     r.add_argument("--out-dir")
     r.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")

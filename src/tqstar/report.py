@@ -152,12 +152,21 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
     return paths
 
 
-def report(path: str | Path, *, reference: str = "sft", out_dir: str | Path | None = None, coherence=None,
-           title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
-    """Summarise an evaluation file; with ``out_dir`` also write table.md, table.csv and the plots there."""
-    header, rows = read_rows(path)
-    if not rows:
-        raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
+def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
+           coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
+    """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
+    table.csv and the plots there."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    rows, prompts = [], None
+    for path in paths:
+        header, part = read_rows(path)
+        if not part:
+            raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
+        if prompts is not None and header["config"]["prompts"] != prompts:
+            raise ConfigError(f"{str(path)!r} was run on other prompts than {str(paths[0])!r}; report files of one"
+                              " prompt set together")
+        prompts = header["config"]["prompts"]
+        rows.extend(part)
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
     if out_dir is not None:
