@@ -162,3 +162,22 @@ def test_kill_9_mid_run_then_resume(tmp_path, tiny_paths):
     keys = _keys(path)
     assert len(keys) == len(set(keys)) == 4 * 40
     assert keys[: len(written)] == written  # nothing written before the kill was lost or rewritten
+
+
+def test_report_merges_files_of_one_prompt_set(tmp_path, tiny_paths):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    main(["eval", "--config", _config(a, tiny_paths, methods=[{"method": "sft"}]), "--no-progress", "--coherence", "none"])
+    (b / "prompts.txt").write_text((a / "prompts.txt").read_text())
+    main(["eval", "--config", _config(b, tiny_paths, methods=[{"method": "args", "alpha": 1.0}],
+                                      prompts={"source": str(a / "prompts.txt")}), "--no-progress", "--coherence", "none"])
+    table, _ = report([a / "out.jsonl", b / "out.jsonl"], reference="sft")
+    assert [e["method"] for e in table] == ["sft", "args(α=1)"]
+    c = tmp_path / "c"
+    c.mkdir()
+    main(["eval", "--config", _config(c, tiny_paths, n_prompts=3, methods=[{"method": "sft"}]), "--no-progress",
+          "--coherence", "none"])
+    with pytest.raises(ConfigError, match="was run on other prompts"):
+        report([a / "out.jsonl", c / "out.jsonl"])
