@@ -183,9 +183,8 @@ def run_eval(args: argparse.Namespace) -> int:
     evaluation = config.build(progress=not args.no_progress)
     path = evaluation.run()
     print(f"results: {path}", file=sys.stderr)
-    return run_report(argparse.Namespace(file=[str(path)], reference=args.reference, out_dir=args.out_dir,
-                                         coherence=args.coherence, title="", llm_judge_url=args.llm_judge_url,
-                                         llm_judge_model=args.llm_judge_model))
+    args.file = [str(path)]
+    return run_report(args)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -225,6 +224,15 @@ def run_testbed(args: argparse.Namespace) -> int:
     print("\nat matched KL (linear interpolation along each method's alpha sweep; alpha = 0 is SFT):")
     print(format_matched(rows))
     return 0
+
+
+def _report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
+    parser.add_argument("--out-dir", help="write table.md, table.csv and plots here")
+    parser.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
+    parser.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
+    parser.add_argument("--llm-judge-model", help="served model name of the LLM judge")
+    parser.add_argument("--title", default="", help="title of the plots")
 
 
 # ---- parser --------------------------------------------------------------------------------------------------
@@ -290,22 +298,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--output", "-o", help="results JSONL (overrides the config's `output`)")
     e.add_argument("--prompts", help="prompt set: rtp, dna, mtbench (optionally :train/:test/:all), a file, hf:NAME")
     e.add_argument("--limit", type=int, help="first N prompts of the set")
-    e.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
-    e.add_argument("--out-dir", help="write table.md, table.csv and plots here")
-    e.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
-    e.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
-    e.add_argument("--llm-judge-model", help="served model name of the LLM judge")
     e.add_argument("--no-progress", action="store_true")
+    _report_flags(e)
 
     r = sub.add_parser("report", help="table and plots of an evaluation file")
     r.set_defaults(run=run_report)
     r.add_argument("file", nargs="+", help="evaluation JSONL file(s) over the same prompts")
-    r.add_argument("--reference", default="sft")
-    r.add_argument("--out-dir")
-    r.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
-    r.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
-    r.add_argument("--llm-judge-model", help="served model name of the LLM judge")
-    r.add_argument("--title", default="")
+    _report_flags(r)
 
     t = sub.add_parser("testbed", help="exact TQ* vs CD vs ARGS on random tabular instances")
     t.set_defaults(run=run_testbed)
