@@ -103,11 +103,22 @@ def test_resume_after_a_cut_off_last_line(tmp_path, tiny_paths, capsys):
 
 def test_refuses_a_file_from_another_configuration(tmp_path, tiny_paths, capsys):
     main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
-    other = _config(tmp_path, tiny_paths, defaults={"max_new_tokens": 6, "k": 3, "rollout_len": 3})
+    other = _config(tmp_path, tiny_paths, reward="conftest:vowel_share", judges={})
     capsys.readouterr()
     assert main(["eval", "--config", other, "--no-progress", "--coherence", "none"]) == 2
     err = capsys.readouterr().err
-    assert "holds results of a different configuration (`methods` differs); refusing to append" in err
+    assert "holds results of a different configuration (`judges` differs); refusing to append" in err
+    changed = _config(tmp_path, tiny_paths, defaults={"max_new_tokens": 6, "k": 3, "rollout_len": 3})
+    assert main(["eval", "--config", changed, "--no-progress", "--coherence", "none"]) == 2
+    assert "method 'sft' in" in capsys.readouterr().err
+
+
+def test_methods_can_be_added_and_left_out_later(tmp_path, tiny_paths):
+    config = _config(tmp_path, tiny_paths, methods=[{"method": "sft"}])
+    main(["eval", "--config", config, "--no-progress", "--coherence", "none"])
+    more = _config(tmp_path, tiny_paths, methods=[{"method": "args", "alpha": [0.5, 2.0]}])
+    assert main(["eval", "--config", more, "--no-progress", "--coherence", "none"]) == 0
+    assert sorted({m for m, _ in _keys(tmp_path / "out.jsonl")}) == ["args(α=0.5)", "args(α=2)", "sft"]
 
 
 def test_corrupt_line_in_the_middle_is_refused(tmp_path, tiny_paths, capsys):

@@ -1,10 +1,12 @@
 """``tqstar eval``: run methods over a prompt set, one JSONL row per (prompt, method) the moment it is done.
 
-The output file starts with a header row holding the run's *fingerprint* (models, rewards, methods and their
-parameters, prompt set). Started again with the same command, a run reads the file, skips every
+The output file starts with a header row holding the run's *fingerprint* (models, rewards, judges, prompt set),
+and every row carries its method's parameters. Started again, a run reads the file, skips every
 (prompt, method) already written and completes the rest — so an interrupted run (Ctrl-C, kill -9) loses at
-most the batch in flight. A last line cut off mid-write is reported and dropped (then recomputed); a corrupt
-line anywhere else, or a file whose fingerprint differs from this run's, is refused with the reason.
+most the batch in flight. Methods may be added to (or left out of) a later run of the same file: an α sweep
+extended later appends. A last line cut off mid-write is reported and dropped (then recomputed); a corrupt
+line anywhere else, a file whose fingerprint differs from this run's, or a method label already in the file
+with other parameters is refused with the reason.
 
 Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value)::
 
@@ -135,10 +137,21 @@ class Evaluation:
     def pending(self) -> list[tuple[MethodRun, list[int]]]:
         """Per method, the prompt indices not yet in the output file (checks the file belongs to this run)."""
         header, rows = read_rows(self.output, repair=True)
-        if header is not None and _canonical(header["config"]) != _canonical(self.fingerprint):
-            diff = _first_difference(header["config"], self.fingerprint)
-            raise ConfigError(f"{str(self.output)!r} holds results of a different configuration ({diff}); refusing to"
-                              " append to it: give another --output or restore the original settings")
+        if header is not None:
+            shared_old = {k: v for k, v in header["config"].items() if k != "methods"}
+            shared_new = {k: v for k, v in self.fingerprint.items() if k != "methods"}
+            if _canonical(shared_old) != _canonical(shared_new):
+                diff = _first_difference(shared_old, shared_new)
+                raise ConfigError(f"{str(self.output)!r} holds results of a different configuration ({diff}); refusing"
+                                  " to append to it: give another --output or restore the original settings")
+            mine = self.fingerprint["methods"]
+            for row in rows:
+                label = row["method"]
+                old = row.get("params") or header["config"].get("methods", {}).get(label)
+                if label in mine and _canonical(old) != _canonical(mine[label]):
+                    raise ConfigError(f"method {label!r} in {str(self.output)!r} was run with other parameters"
+                                      f" ({_first_difference(old or {}, mine[label])}); give it another `label` or"
+                                      " another --output")
         done = {(row["method"], row["prompt_index"]) for row in rows}
         return [(m, [i for i in range(len(self.prompts)) if (m.label, i) not in done]) for m in self.methods]
 
@@ -168,7 +181,8 @@ class Evaluation:
         data = response.to_dict()
         data.pop("trace", None)
         return {**data, "method": method.label, "family": method.params.method, "prompt_index": index,
-                "alpha": method.params.alpha if method.params.is_token_level else None, "scores": scores}
+                "alpha": method.params.alpha if method.params.is_token_level else None, "scores": scores,
+                "params": asdict(method.params)}
 
     def _append(self, row: dict[str, Any]) -> None:
         with self.output.open("a") as fh:
