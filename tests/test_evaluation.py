@@ -69,9 +69,10 @@ def test_eval_writes_every_row_and_reports(tmp_path, tiny_paths, capsys):
     assert (out_dir / "reward_vs_kl.png").stat().st_size > 0 and (out_dir / "reward_by_method.png").exists()
     summary, _ = report(tmp_path / "out.jsonl", reference="sft")
     by = {e["method"]: e for e in summary}
-    low, ref = min(e["reward"] for e in summary), by["sft"]["reward"]
+    best = max(summary, key=lambda e: e["reward"])  # no baseline in this run: normalise to the best method
+    assert by["sft"]["normalised"] == 0.0 and best["normalised"] == 1.0
     for e in summary:
-        assert e["normalised"] == pytest.approx(normalised_reward(e["reward"], low, ref), nan_ok=True)
+        assert e["normalised"] == pytest.approx(normalised_reward(e["reward"], by["sft"]["reward"], best["reward"]))
     assert by["sft"]["win[length]"] == 0.0
     assert by["sft"]["tie[length]"] == 1.0
     assert by["tq-direct(α=1)"]["rollouts_per_tok"] > 0 and by["sft"]["kl"] is None

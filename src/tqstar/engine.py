@@ -73,6 +73,8 @@ class Engine:
         bar = tqdm(total=len(states), desc="prompts", unit="prompt", disable=not progress or len(states) <= batch_size)
         for start in range(0, len(states), batch_size):
             batch = states[start:start + batch_size]
+            for state in batch:
+                state.accounting.batch_size = len(batch)
             if params.is_token_level:
                 decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
             else:

@@ -1,7 +1,9 @@
 """``tqstar report``: the table and plots of an evaluation file.
 
 Per method (one row each): prompts, mean target reward ± standard error, the normalised reward
-(r − r_min)/(r_ref − r_min) with r_ref the reference method's mean and r_min the lowest method mean,
+(r − r_min)/(r_ref − r_min) with r_min the reference method's mean (SFT by default: 0) and r_ref the mean of
+the ``normalise_to`` method (the aligned baseline by default: 1), i.e. the share of the baseline's gain a
+method recovers,
 win / tie rates against the reference under each judge, diversity, coherence, KL to the SFT model (sum of the
 per-step KLs) and the summed per-token bound beside it, response length, and compute per generated token
 (forward tokens, rollouts, reward calls, wall seconds).
@@ -27,7 +29,8 @@ COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coh
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
-def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None) -> list[dict[str, Any]]:
+def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None,
+              normalise_to: str | None = None) -> list[dict[str, Any]]:
     """One summary row per method (in first-seen order); ``coherence(prompts, responses)`` and an
     :class:`~tqstar.judge.LLMJudge` (pairwise against the reference) are optional."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -61,7 +64,8 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             "fwd_tok_per_tok": sum(a["sft_forward_tokens"] + a["baseline_forward_tokens"] for a in acct) / tokens,
             "rollouts_per_tok": sum(a["rollouts"] for a in acct) / tokens,
             "reward_calls_per_tok": sum(a["reward_calls"] for a in acct) / tokens,
-            "s_per_tok": sum(a["wall_time_s"] for a in acct) / tokens,
+            # prompts decoded together share their wall time
+            "s_per_tok": sum(a["wall_time_s"] / a.get("batch_size", 1) for a in acct) / tokens,
         }
         if coherence is not None:
             entry["coherence"] = sum(coherence([r["prompt"] for r in items], [r["text"] for r in items])) / len(items)
@@ -76,10 +80,12 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             result = win_tie([a for a, _ in paired], [b for _, b in paired])
             entry[f"win[{judge}]"], entry[f"tie[{judge}]"] = result["win"], result["tie"]
         table.append(entry)
-    ref_mean = next(e["reward"] for e in table if e["method"] == reference)
-    low = min(e["reward"] for e in table)
+    means = {e["method"]: e["reward"] for e in table}
+    top = normalise_to or ("baseline" if "baseline" in means else max(means, key=means.get))
+    if top not in means:
+        raise ConfigError(f"method {top!r} to normalise to is not in the results (methods: {', '.join(means)})")
     for entry in table:
-        entry["normalised"] = normalised_reward(entry["reward"], low, ref_mean)
+        entry["normalised"] = normalised_reward(entry["reward"], means[reference], means[top])
     return table
 
 

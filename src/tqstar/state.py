@@ -36,7 +36,8 @@ class Accounting:
     ``reused_rollouts`` counts candidates valued from the previous step's rollout (at the cost of at most one
     generated token); ``pruned`` counts candidates skipped because they could not win; ``reward_calls``
     counts texts a reward actually evaluated during decoding (identical or cached texts are scored once);
-    ``wall_time_s`` runs from the start of the batch until this response finished.
+    ``wall_time_s`` runs from the start of the batch until this response finished; ``batch_size`` is how
+    many prompts shared that wall time (decoded together).
     """
 
     sft_forward_tokens: int = 0
@@ -48,6 +49,7 @@ class Accounting:
     reward_calls: int = 0
     steps: int = 0
     wall_time_s: float = 0.0
+    batch_size: int = 1
 
     def add_forward(self, role: str, tokens: int) -> None:
         if role == "sft":
