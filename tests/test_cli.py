@@ -102,3 +102,10 @@ def test_testbed_prints_the_exact_table(capsys):
     assert "exact testbed" in out
     for method in ("tq-direct", "cd", "args", "sft", "baseline"):
         assert method in out
+
+
+def test_adapter_flag_is_checked_before_loading(tiny_paths, tmp_path, capsys):
+    argv = ["generate", "--prompt", "x", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["baseline"]),
+            "--baseline-adapter", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2
+    assert f"adapter directory '{tmp_path}' has no adapter_config.json" in capsys.readouterr().err

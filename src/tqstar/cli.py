@@ -107,7 +107,9 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     for role in ("sft", "baseline"):
         path = getattr(args, role)
         system = getattr(args, f"{role}_system_prompt")
-        if path is None and system is None and args.dtype is None and args.device is None and not args.no_chat_template:
+        adapter = getattr(args, f"{role}_adapter")
+        if (path is None and system is None and adapter is None and args.dtype is None and args.device is None
+                and not args.no_chat_template):
             continue
         spec = data.get(role)
         spec = {"path": spec} if isinstance(spec, str) else dict(spec or {})
@@ -117,7 +119,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             if system is not None:
                 data.setdefault(role, None)
             continue
-        for key, value in (("system_prompt", system), ("dtype", args.dtype), ("device", args.device)):
+        for key, value in (("system_prompt", system), ("adapter", adapter), ("dtype", args.dtype),
+                           ("device", args.device)):
             if value is not None:
                 spec[key] = value
         if args.no_chat_template:
@@ -253,6 +256,9 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--no-chat-template", action="store_true", help="format prompts as raw text")
     models.add_argument("--sft-system-prompt", help="system prompt for the SFT model")
     models.add_argument("--baseline-system-prompt", help="system prompt for the baseline (a prompted baseline)")
+    models.add_argument("--sft-adapter", help="PEFT (LoRA) adapter directory merged into the SFT model")
+    models.add_argument("--baseline-adapter", help="PEFT (LoRA) adapter directory merged into the baseline"
+                                                   " (builtin:smollm2-sentiment-dpo is shipped)")
     rewards = g.add_argument_group("rewards")
     rewards.add_argument("--reward", help="target reward: sentiment, harmless, module:function, a reward-model"
                                           " directory, or a weighted sum like '0.7*sentiment+0.3*harmless'")
