@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .lm.hf import DTYPES, TransformersLM, _check_model_path
+from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir
 from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
 from .params import DecodeParams
 from .prompts import read_prompt_file
@@ -51,9 +51,8 @@ class ModelSpec:
             package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
         else:
             _check_model_path(self.path)
-        if self.adapter is not None and not (Path(resolve_adapter(self.adapter)) / "adapter_config.json").exists():
-            raise ConfigError(f"adapter directory {self.adapter!r} has no adapter_config.json; give a PEFT adapter"
-                              " directory")
+        if self.adapter is not None:
+            check_adapter_dir(resolve_adapter(self.adapter), repr(self.adapter))
 
     @classmethod
     def parse(cls, value: Any, what: str) -> ModelSpec | None:
@@ -116,10 +115,9 @@ class RunConfig:
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
                                                       system_prompt=spec.system_prompt, name=name)
-            lm = TransformersLM.from_pretrained(resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype,
-                                                device=spec.device,
-                                                chat_template=spec.chat_template, system_prompt=spec.system_prompt,
-                                                name=name)
+            lm = TransformersLM.from_pretrained(
+                resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
+                chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name)
             loaded[key] = lm
             return lm
 

@@ -92,7 +92,7 @@ class LanguageModel(ABC):
         seqs = [list(p) for p in prefixes]
         out: list[list[int]] = [[] for _ in seqs]
         cost = [0] * len(seqs)
-        budgets = [max_new_tokens] * len(seqs) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        budgets = rollout_budgets(max_new_tokens, len(seqs))
         alive = [i for i in range(len(seqs)) if budgets[i] > 0]
         for _ in range(max(budgets, default=0)):
             if not alive:
@@ -123,6 +123,15 @@ class LanguageModel(ABC):
     def check_k(self, k: int) -> None:
         if k > self.vocab_size:
             raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}")
+
+
+def rollout_budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """One token budget per prefix, from a single budget or a per-prefix sequence."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * count
+    budgets = [int(b) for b in max_new_tokens]
+    assert len(budgets) == count, "one budget per prefix"
+    return budgets
 
 
 def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

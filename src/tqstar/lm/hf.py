@@ -32,7 +32,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from .base import LanguageModel, RolloutOutput, StepOutput, TokenIds, _generator, sample_tokens
+from .base import (
+    LanguageModel,
+    RolloutOutput,
+    StepOutput,
+    TokenIds,
+    _generator,
+    rollout_budgets,
+    sample_tokens,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -222,7 +230,7 @@ class TransformersLM(LanguageModel):
     ) -> RolloutOutput:
         if not prefixes:
             return RolloutOutput([], [])
-        budgets = _budgets(max_new_tokens, len(prefixes))
+        budgets = rollout_budgets(max_new_tokens, len(prefixes))
         prefixes = [tuple(p) for p in prefixes]
         if any(len(p) == 0 for p in prefixes):
             raise ConfigError("rollout needs non-empty prefixes; every prompt must encode to >= 1 token")
@@ -370,14 +378,6 @@ def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tupl
     return rows, kept
 
 
-def _budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
-    if isinstance(max_new_tokens, int):
-        return [max_new_tokens] * count
-    budgets = [int(b) for b in max_new_tokens]
-    assert len(budgets) == count, "one budget per prefix"
-    return budgets
-
-
 def _eos_ids(model, tokenizer) -> frozenset[int]:
     ids: set[int] = set()
     gen = getattr(model, "generation_config", None)
@@ -389,9 +389,15 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _merge_adapter(model, adapter: str):
+def check_adapter_dir(adapter: str, shown: str | None = None) -> None:
+    """Raise :class:`ModelLoadError` unless ``adapter`` is a PEFT adapter directory (``shown``: the name to print)."""
     if not (Path(adapter) / "adapter_config.json").exists():
-        raise ModelLoadError(f"adapter directory {adapter!r} has no adapter_config.json; give a PEFT adapter directory")
+        raise ModelLoadError(f"adapter directory {shown or repr(adapter)} has no adapter_config.json; give a PEFT adapter"
+                             " directory")
+
+
+def _merge_adapter(model, adapter: str):
+    check_adapter_dir(adapter)
     try:
         from peft import PeftModel
     except ImportError as exc:
