@@ -32,6 +32,11 @@ def decision_logprobs(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(scores / temperature, dim=-1)
 
 
+def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log π_sft + α·Q̂ per candidate; −inf where Q̂ is NaN (not computed: pruned, it cannot win)."""
+    return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
+
+
 def step_kl(log_dec: torch.Tensor, top_lp: torch.Tensor) -> torch.Tensor:
     """KL(π_dec ‖ π_sft) per row, ``(B,)``: π_dec lives on the k candidates, ``top_lp`` is log π_sft there."""
     p = log_dec.exp()
@@ -64,7 +69,7 @@ def decode(models: Models, states: list[PromptState], estimator: ValueEstimator,
         # 2. estimate: Q̂(s_t, z) for every candidate that can still win (NaN: pruned)
         q = estimate(estimator, active, top_lp, candidates, step, params, r_max)  # (B, k)
         # 3. score
-        scores = (top_lp + params.alpha * q).nan_to_num(nan=float("-inf"))  # (B, k)
+        scores = score(top_lp, q, params.alpha)  # (B, k)
         # 4. choose
         log_dec = decision_logprobs(scores, params.temperature)  # (B, k)
         pick = log_dec.argmax(-1) if params.temperature == 0 else torch.multinomial(log_dec.exp(), 1, generator=generator).squeeze(-1)
@@ -95,7 +100,7 @@ def estimate(estimator: ValueEstimator, states: list[PromptState], top_lp: torch
             q = torch.where(probe, estimator.estimate(states, candidates, step, probe), q)
     needed = q.isnan()
     if r_max is not None:
-        best = (top_lp + params.alpha * q).nan_to_num(nan=float("-inf")).max(dim=-1, keepdim=True).values  # (B, 1)
+        best = score(top_lp, q, params.alpha).max(dim=-1, keepdim=True).values  # (B, 1)
         needed &= top_lp + params.alpha * r_max > best
     if bool(needed.any()):
         q = torch.where(needed, estimator.estimate(states, candidates, step, needed), q)

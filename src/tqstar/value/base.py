@@ -64,7 +64,6 @@ class RolloutEstimator(ValueEstimator):
     # ---- the two questions ------------------------------------------------------------------------------
     def known(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
         self._begin(step)
-        q = torch.full(candidates.shape, float("nan"))
         eos = [(b, j) for b, row in enumerate(candidates.tolist()) for j, z in enumerate(row)
                if z in self.lm.eos_token_ids]
         reused = self._reused(states, candidates)  # (b, j) → continuation after z (maybe one token short)
@@ -79,16 +78,13 @@ class RolloutEstimator(ValueEstimator):
         for b, j in reused:
             states[b].accounting.reused_rollouts += 1
             self._remember(states[b], int(candidates[b, j]), reused[(b, j)])
-        pairs = eos + list(reused)
-        tails = [[] for _ in eos] + list(reused.values())
-        texts = [[self.lm.decode(states[b].response + [int(candidates[b, j])] + tail)] * self.params.n_rollouts
-                 for (b, j), tail in zip(pairs, tails)]
-        return self._fill(q, pairs, self.aggregate(states, [b for b, _ in pairs], texts) if pairs else [])
+        n = self.params.n_rollouts
+        tails = {**{pair: [[]] * n for pair in eos}, **{pair: [tail] * n for pair, tail in reused.items()}}
+        return self._values(states, candidates, tails)
 
     def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
         self._begin(step)
-        q = torch.full(candidates.shape, float("nan"))
         if needed is None:
             needed = torch.ones(candidates.shape, dtype=torch.bool)
         pairs = [(b, j) for b, j in needed.nonzero().tolist()]
@@ -105,11 +101,8 @@ class RolloutEstimator(ValueEstimator):
                 acct.add_forward(self.policy, cost)
                 acct.rollouts += 1
                 acct.rollout_tokens += len(tokens)
-            if self.reuse:
-                self._remember(states[b], int(candidates[b, j]), tails[(b, j)][0])
-        texts = [[self.lm.decode(states[b].response + [int(candidates[b, j])] + t) for t in tails[(b, j)]]
-                 for b, j in pairs]
-        return self._fill(q, pairs, self.aggregate(states, [b for b, _ in pairs], texts) if pairs else [])
+            self._remember(states[b], int(candidates[b, j]), tails[(b, j)][0])
+        return self._values(states, candidates, tails)
 
     # ---- reuse bookkeeping ------------------------------------------------------------------------------
     def _begin(self, step: int) -> None:
@@ -138,12 +131,17 @@ class RolloutEstimator(ValueEstimator):
         """A reused rollout lacks its last token unless it already ended with EOS."""
         return len(tail) < self.params.rollout_len and not (tail and tail[-1] in self.lm.eos_token_ids)
 
-    @staticmethod
-    def _fill(q: torch.Tensor, pairs: list[Pair], values: list[float]) -> torch.Tensor:
-        for (b, j), value in zip(pairs, values):
+    def _values(self, states: list[PromptState], candidates: torch.Tensor,
+                tails: dict[Pair, list[list[int]]]) -> torch.Tensor:
+        """Q̂ ``(B, k)`` for the candidates in ``tails`` (their N rollout continuations); NaN elsewhere."""
+        q = torch.full(candidates.shape, float("nan"))
+        if not tails:
+            return q
+        texts = [[self.lm.decode(states[b].response + [int(candidates[b, j])] + t) for t in group]
+                 for (b, j), group in tails.items()]
+        for (b, j), value in zip(tails, self.aggregate(states, [b for b, _ in tails], texts)):
             q[b, j] = value
         return q
-
 
 def score_texts(reward: Reward, states: list[PromptState], owners: list[int], texts: list[str]) -> list[float]:
     """Score ``texts`` (``owners[i]`` is the prompt row of text i) with ``reward`` in one batch.
