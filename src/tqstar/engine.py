@@ -79,8 +79,11 @@ class Engine:
                 decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
             else:
                 decode_trajectory(self.models, batch, params)
-            for state in batch:
-                responses.append(self._response(state, params))
+            reward = self.models.reward  # the finished batch scored in one call
+            values = ([None] * len(batch) if reward is None
+                      else reward.score([s.prompt for s in batch], [s.text for s in batch]))
+            for state, value in zip(batch, values):
+                responses.append(self._response(state, params, value))
                 if on_response is not None:
                     on_response(responses[-1])
             bar.update(len(batch))
@@ -100,9 +103,7 @@ class Engine:
             ids[role] = role_ids
         return PromptState(prompt=prompt, prompt_ids=ids, trace=[] if params.trace else None)
 
-    def _response(self, state: PromptState, params: DecodeParams) -> Response:
-        reward = self.models.reward
-        value = reward.score([state.prompt], [state.text])[0] if reward is not None else None
+    def _response(self, state: PromptState, params: DecodeParams, value: float | None) -> Response:
         token_level = params.is_token_level
         return Response(
             prompt=state.prompt,

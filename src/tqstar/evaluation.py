@@ -167,8 +167,10 @@ class Evaluation:
                 batch = indices[start:start + self.batch_size]
                 responses = self.engine.generate([self.prompts[i] for i in batch], method.params,
                                                  batch_size=self.batch_size, progress=False)
-                for i, response in zip(batch, responses):
-                    row = self._row(method, i, response)
+                scores = {name: judge.score([r.prompt for r in responses], [r.text for r in responses])
+                          for name, judge in self.judges.items()}  # one judge call per batch
+                for n, (i, response) in enumerate(zip(batch, responses)):
+                    row = self._row(method, i, response, {name: values[n] for name, values in scores.items()})
                     self._append(row)
                     if on_row:
                         on_row(row)
@@ -176,8 +178,7 @@ class Evaluation:
         bar.close()
         return self.output
 
-    def _row(self, method: MethodRun, index: int, response) -> dict[str, Any]:
-        scores = {name: judge.score([response.prompt], [response.text])[0] for name, judge in self.judges.items()}
+    def _row(self, method: MethodRun, index: int, response, scores: dict[str, float]) -> dict[str, Any]:
         data = response.to_dict()
         data.pop("trace", None)
         return {**data, "method": method.label, "family": method.params.method, "prompt_index": index,
