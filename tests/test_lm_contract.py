@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
-from tqstar.lm.base import LanguageModel, StepOutput
+from tqstar.lm.base import FullVocabLM, LanguageModel, StepOutput
 from tqstar.lm.hf import TransformersLM
 from tqstar.lm.tabular import TabularLM
 
@@ -173,7 +173,7 @@ def check_eos_forced(lm: LanguageModel, eos: int, prompts: Sequence[str]) -> Non
 
 
 # ---- backends -----------------------------------------------------------------------------------------------
-class ProtocolDefaultLM(LanguageModel):
+class ProtocolDefaultLM(FullVocabLM):
     """A backend without a cache that implements only the abstract methods (delegating to a transformers
     backend whose cache it clears before every call), so the base class's default :meth:`LanguageModel.rollout`
     is what runs, and every call costs the naive token count."""

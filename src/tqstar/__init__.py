@@ -11,7 +11,7 @@ from .errors import (
     TQStarError,
     VocabularyMismatchError,
 )
-from .lm.base import LanguageModel, RolloutOutput, StepOutput
+from .lm.base import FullVocabLM, LanguageModel, RolloutOutput, StepOutput, TopLogprobs
 from .lm.hf import TransformersLM
 from .lm.tabular import TabularLM
 from .params import METHODS, DecodeParams
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DecodeParams",
     "Engine",
+    "FullVocabLM",
     "LanguageModel",
     "METHODS",
     "ModelLoadError",
@@ -38,6 +39,7 @@ __all__ = [
     "StepOutput",
     "TQStarError",
     "TabularLM",
+    "TopLogprobs",
     "TransformersLM",
     "TransformersReward",
     "VocabularyMismatchError",

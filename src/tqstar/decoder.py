@@ -64,8 +64,8 @@ def decode(models: Models, states: list[PromptState], estimator: ValueEstimator,
         if not active:
             break
         # 1. propose: top-k of the SFT model's next-token distribution
-        proposal = sft.next_logprobs([s.seq("sft") for s in active])
-        top_lp, candidates = proposal.logprobs.topk(params.k, dim=-1)  # (B, k)
+        proposal = sft.top_logprobs([s.seq("sft") for s in active], params.k)
+        top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
         # 2. estimate: Q̂(s_t, z) for every candidate that can still win (NaN: pruned)
         q = estimate(estimator, active, top_lp, candidates, step, params, r_max)  # (B, k)
         # 3. score

@@ -8,6 +8,7 @@ finished responses with the target reward.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
@@ -38,9 +39,16 @@ class Engine:
             check_same_vocabulary(sft, baseline)
         self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward)
 
-    def check(self, params: DecodeParams) -> None:
-        """Raise :class:`ConfigError` if ``params`` cannot run with the models and rewards given."""
+    def check(self, params: DecodeParams, concurrency: int = 1) -> None:
+        """Raise :class:`ConfigError` if ``params`` (and ``concurrency``) cannot run with the models and rewards
+        given."""
         m = self.models
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}")
+        local = [lm.name for lm in (m.sft, m.baseline) if lm is not None and not lm.thread_safe]
+        if concurrency > 1 and local:
+            raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
+                              f" (openai:...), but {local[0]} is local; use concurrency 1 and a larger batch_size")
         needs = {
             "baseline": params.uses_baseline,
             "reward": params.needs_reward,
@@ -53,13 +61,15 @@ class Engine:
         if params.is_token_level:
             m.sft.check_k(params.k)
 
-    def generate(self, prompts: Sequence[str], params: DecodeParams, *, batch_size: int = 8,
+    def generate(self, prompts: Sequence[str], params: DecodeParams, *, batch_size: int = 8, concurrency: int = 1,
                  truncate_prompt: bool = False, progress: bool = True,
                  on_response: Callable[[Response], None] | None = None) -> list[Response]:
         """Decode ``prompts`` with ``params``; returns one :class:`Response` per prompt, in order.
 
         Prompts decode ``batch_size`` at a time, each stopping on its own; ``on_response`` is called with each
         response as soon as its batch is done (so a caller can save finished work before the rest runs).
+        ``concurrency`` batches decode at once in threads, which keeps model servers busy while a batch waits
+        on its own requests; it needs every model to be thread-safe (remote).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -67,28 +77,50 @@ class Engine:
             raise ConfigError("no prompts given; pass at least one prompt")
         if batch_size < 1:
             raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
-        self.check(params)
+        self.check(params, concurrency)
         states = [self._state(p, params, truncate_prompt) for p in prompts]  # every prompt checked up front
-        responses: list[Response] = []
+        batches = [states[start:start + batch_size] for start in range(0, len(states), batch_size)]
+        done: dict[int, list[Response]] = {}
         bar = tqdm(total=len(states), desc="prompts", unit="prompt", disable=not progress or len(states) <= batch_size)
-        for start in range(0, len(states), batch_size):
-            batch = states[start:start + batch_size]
-            for state in batch:
-                state.accounting.batch_size = len(batch)
-            if params.is_token_level:
-                decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
-            else:
-                decode_trajectory(self.models, batch, params)
-            reward = self.models.reward  # the finished batch scored in one call
-            values = ([None] * len(batch) if reward is None
-                      else reward.score([s.prompt for s in batch], [s.text for s in batch]))
-            for state, value in zip(batch, values):
-                responses.append(self._response(state, params, value))
+
+        def finished(index: int, responses: list[Response]) -> None:
+            done[index] = responses
+            for response in responses:
                 if on_response is not None:
-                    on_response(responses[-1])
-            bar.update(len(batch))
-        bar.close()
-        return responses
+                    on_response(response)
+            bar.update(len(responses))
+
+        try:
+            if concurrency == 1:
+                for index, batch in enumerate(batches):
+                    finished(index, self._decode_batch(batch, params, progress))
+            else:
+                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-batch") as pool:
+                    futures = {pool.submit(self._decode_batch, batch, params, False): index
+                               for index, batch in enumerate(batches)}
+                    try:
+                        for future in as_completed(futures):  # callbacks run here, in the caller's thread
+                            finished(futures[future], future.result())
+                    except BaseException:
+                        for future in futures:
+                            future.cancel()
+                        raise
+        finally:
+            bar.close()
+        return [response for index in range(len(batches)) for response in done[index]]
+
+    def _decode_batch(self, batch: list[PromptState], params: DecodeParams, progress: bool) -> list[Response]:
+        """Decode one batch to the end and score it with the target reward (one call for the batch)."""
+        for state in batch:
+            state.accounting.batch_size = len(batch)
+        if params.is_token_level:
+            decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
+        else:
+            decode_trajectory(self.models, batch, params)
+        reward = self.models.reward
+        values = [None] * len(batch) if reward is None else reward.score([s.prompt for s in batch],
+                                                                         [s.text for s in batch])
+        return [self._response(state, params, value) for state, value in zip(batch, values)]
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _state(self, prompt: str, params: DecodeParams, truncate_prompt: bool) -> PromptState:

@@ -7,7 +7,9 @@ Every error a user can act on is one sentence that names the offending value and
     ├── ModelLoadError                         a model path/id cannot be loaded, or two models do not fit
     │   └── VocabularyMismatchError            SFT and baseline vocabularies differ
     ├── PromptTooLongError (also a ValueError)  a prompt does not fit the model's context
-    └── RewardError                            a reward returned NaN/inf, or the wrong number of values
+    ├── RewardError                            a reward returned NaN/inf, or the wrong number of values
+    └── ServerError                            a model server is unreachable, timed out or answered unusably
+        └── ServerRejectedError                the server refused a request (4xx other than 429)
 
 Internal invariants are plain ``assert`` statements, never these classes.
 """
@@ -37,6 +39,22 @@ class PromptTooLongError(TQStarError, ValueError):
 
 class RewardError(TQStarError):
     """A reward returned a value that cannot be used (NaN, inf, or the wrong count)."""
+
+
+class ServerError(TQStarError):
+    """A model server (OpenAI-compatible endpoint) could not be reached or gave an unusable answer."""
+
+
+class ServerRejectedError(ServerError):
+    """The server answered a request with a client error (HTTP 4xx other than 429): retrying will not help.
+
+    Attributes: ``status`` (the HTTP status) and ``detail`` (the server's message).
+    """
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
 
 
 def require(condition: bool, message: str, error: type[TQStarError] = ConfigError) -> None:

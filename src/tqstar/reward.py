@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from pathlib import Path
 from .errors import ConfigError, ModelLoadError, RewardError, preview
 
 Range = tuple[float, float]
+# Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
+# models share them; a local reward model and the value cache are not safe to enter twice at once).
+_SCORING = threading.RLock()
 
 
 class Reward(ABC):
@@ -45,6 +49,10 @@ class Reward(ABC):
         assert len(prompts) == len(responses), "prompts and responses must pair up"
         if not responses:
             return []
+        with _SCORING:
+            return self._score_cached(prompts, responses)
+
+    def _score_cached(self, prompts: list[str], responses: list[str]) -> list[float]:
         if not self.cache_size:
             return self._checked(prompts, responses)
         cache = self._value_cache()

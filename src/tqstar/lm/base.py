@@ -5,9 +5,12 @@ can implement it. Backends may cache internally (the ``transformers`` backend ke
 sequences it saw last and reuses the longest matching prefix), but a call's result never depends on what
 was called before.
 
-A backend implements :meth:`LanguageModel.next_logprobs` (the numbers) and the two text methods
-(:meth:`~LanguageModel.encode_prompt`, :meth:`~LanguageModel.decode`); :meth:`LanguageModel.rollout` has a
-correct, slow default built on ``next_logprobs`` that a backend overrides for speed.
+The decoder needs two numbers calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
+their log-probabilities, normalised over the full vocabulary) and :meth:`LanguageModel.rollout` (continuations).
+That is what a serving engine's completions API gives (``logprobs: k``), so a remote server is a backend like
+any other (:mod:`tqstar.lm.remote`). A local backend that has the whole next-token distribution derives from
+:class:`FullVocabLM` and implements :meth:`FullVocabLM.next_logprobs` (``(B, V)``); its ``top_logprobs`` and a
+correct, slow default ``rollout`` (which it overrides for speed) come from there.
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ class StepOutput:
 
 
 @dataclass
+class TopLogprobs:
+    """The k most likely next tokens for a batch of sequences.
+
+    Attributes:
+        logprobs: ``(B, k)`` float32 log π(token | seq), normalised over the full vocabulary, descending.
+        token_ids: ``(B, k)`` int64, the tokens of ``logprobs``.
+        forward_tokens: per sequence, how many tokens the backend ran through the model for it.
+    """
+
+    logprobs: torch.Tensor
+    token_ids: torch.Tensor
+    forward_tokens: list[int]
+
+
+@dataclass
 class RolloutOutput:
     """Continuations of a batch of prefixes.
 
@@ -52,14 +70,16 @@ class RolloutOutput:
 class LanguageModel(ABC):
     """A causal language model seen as token ids in, next-token log-probs or continuations out.
 
-    Attributes a backend sets: ``name`` (for messages), ``vocab_size``, ``eos_token_ids`` and
-    ``max_context`` (``None`` when unbounded).
+    Attributes a backend sets: ``name`` (for messages), ``vocab_size`` (``None`` when a remote server does not
+    tell), ``eos_token_ids``, ``max_context`` (``None`` when unbounded) and ``thread_safe`` (several batches may
+    call it at once from different threads: true of a remote server, not of a local model's cache).
     """
 
     name: str
-    vocab_size: int
+    vocab_size: int | None
     eos_token_ids: frozenset[int]
     max_context: int | None = None
+    thread_safe: bool = False
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     @abstractmethod
@@ -72,9 +92,10 @@ class LanguageModel(ABC):
 
     # ---- numbers ----------------------------------------------------------------------------------------
     @abstractmethod
-    def next_logprobs(self, seqs: Sequence[TokenIds]) -> StepOutput:
-        """Log π(· | seq) over the full vocabulary for every sequence in ``seqs``."""
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+        """The ``k`` most likely next tokens of every sequence in ``seqs`` and their log π (full-vocabulary)."""
 
+    @abstractmethod
     def rollout(
         self,
         prefixes: Sequence[TokenIds],
@@ -84,10 +105,46 @@ class LanguageModel(ABC):
     ) -> RolloutOutput:
         """Continue every prefix for up to ``max_new_tokens`` tokens (one budget, or one per prefix) or until EOS.
 
-        ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature) with a
-        generator seeded by ``seed``. This default calls :meth:`next_logprobs` once per token on the whole
-        batch; backends override it with something faster that returns the same tokens.
+        ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature), seeded by
+        ``seed``. Each continuation ends with its EOS id if one was produced.
         """
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    def check_fits(self, prompt_ids: TokenIds, budget: int, prompt: str) -> None:
+        """Raise :class:`PromptTooLongError` if ``prompt_ids`` plus ``budget`` new tokens exceed the context."""
+        if self.max_context is not None and len(prompt_ids) + budget > self.max_context:
+            raise PromptTooLongError(
+                f"prompt {preview(prompt)} is {len(prompt_ids)} tokens and needs {budget} more for generation,"
+                f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens /"
+                " rollout_len, or pass truncate_prompt=True (--truncate-prompt) to keep its last tokens"
+            )
+
+    def check_k(self, k: int) -> None:
+        if self.vocab_size is not None and k > self.vocab_size:
+            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}")
+
+
+class FullVocabLM(LanguageModel):
+    """A backend that computes the whole next-token distribution (``transformers``, tabular)."""
+
+    @abstractmethod
+    def next_logprobs(self, seqs: Sequence[TokenIds]) -> StepOutput:
+        """Log π(· | seq) over the full vocabulary for every sequence in ``seqs``."""
+
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+        step = self.next_logprobs(seqs)
+        values, ids = step.logprobs.topk(k, dim=-1)
+        return TopLogprobs(values, ids, step.forward_tokens)
+
+    def rollout(
+        self,
+        prefixes: Sequence[TokenIds],
+        max_new_tokens: int | Sequence[int],
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> RolloutOutput:
+        """:meth:`LanguageModel.rollout`, by calling :meth:`next_logprobs` once per token on the whole batch;
+        backends override it with something faster that returns the same tokens."""
         generator = _generator(seed)
         seqs = [list(p) for p in prefixes]
         out: list[list[int]] = [[] for _ in seqs]
@@ -109,20 +166,6 @@ class LanguageModel(ABC):
                     still.append(i)
             alive = still
         return RolloutOutput(tokens=out, forward_tokens=cost)
-
-    # ---- checks -----------------------------------------------------------------------------------------
-    def check_fits(self, prompt_ids: TokenIds, budget: int, prompt: str) -> None:
-        """Raise :class:`PromptTooLongError` if ``prompt_ids`` plus ``budget`` new tokens exceed the context."""
-        if self.max_context is not None and len(prompt_ids) + budget > self.max_context:
-            raise PromptTooLongError(
-                f"prompt {preview(prompt)} is {len(prompt_ids)} tokens and needs {budget} more for generation,"
-                f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens /"
-                " rollout_len, or pass truncate_prompt=True (--truncate-prompt) to keep its last tokens"
-            )
-
-    def check_k(self, k: int) -> None:
-        if k > self.vocab_size:
-            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}")
 
 
 def rollout_budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from .base import (
-    LanguageModel,
+    FullVocabLM,
     RolloutOutput,
     StepOutput,
     TokenIds,
@@ -83,7 +83,7 @@ class _Rows:
         return _Rows([self.tokens[i] for i in idx], kv, self.mask.index_select(0, index), last)
 
 
-class TransformersLM(LanguageModel):
+class TransformersLM(FullVocabLM):
     """A ``transformers`` causal LM behind the :class:`LanguageModel` protocol.
 
     Args:
@@ -116,7 +116,7 @@ class TransformersLM(LanguageModel):
         self.system_prompt = system_prompt
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.eos_token_ids = eos_ids(getattr(model, "generation_config", None), tokenizer)
         if not self.eos_token_ids:
             raise ModelLoadError(f"model {self.name} defines no EOS token; set eos_token_id in its generation_config")
         self.max_context = getattr(model.config, "max_position_embeddings", None)
@@ -185,29 +185,7 @@ class TransformersLM(LanguageModel):
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:
-        tok = self.tokenizer
-        template = self.chat_template
-        if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
-            messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            ids = tok.apply_chat_template(
-                messages,
-                add_generation_prompt=True,
-                tokenize=True,
-                chat_template=template if isinstance(template, str) else None,
-                return_dict=False,
-            )
-            if hasattr(ids, "tolist"):
-                ids = ids.tolist()
-            if ids and isinstance(ids[0], list):
-                ids = ids[0]
-        else:
-            text = f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
-            ids = tok(text, add_special_tokens=True)["input_ids"]
-        if not ids:
-            raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {self.name}; give a non-empty prompt")
-        return list(ids)
+        return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name)
 
     def decode(self, ids: TokenIds) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -378,9 +356,37 @@ def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tupl
     return rows, kept
 
 
-def _eos_ids(model, tokenizer) -> frozenset[int]:
+def encode_with_tokenizer(tokenizer, prompt: str, chat_template: bool | str, system_prompt: str | None,
+                          name: str) -> list[int]:
+    """The ids that start a response to ``prompt``: the tokenizer's chat template (or ``chat_template`` when it is a
+    Jinja string) with an optional system message, else the raw text (system prompt first, blank line between)."""
+    tok, template = tokenizer, chat_template
+    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
+        messages = [{"role": "user", "content": prompt}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        ids = tok.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            chat_template=template if isinstance(template, str) else None,
+            return_dict=False,
+        )
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+    else:
+        text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {name}; give a non-empty prompt")
+    return list(ids)
+
+
+def eos_ids(gen, tokenizer) -> frozenset[int]:
+    """The EOS ids of a model: its generation config's (``gen``, may be ``None``) and its tokenizer's."""
     ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
     for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(source, int):
             ids.add(source)

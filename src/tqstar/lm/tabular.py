@@ -17,12 +17,12 @@ from itertools import product
 import torch
 
 from ..errors import ConfigError
-from .base import LanguageModel, StepOutput, TokenIds
+from .base import FullVocabLM, StepOutput, TokenIds
 
 EOS = 0
 
 
-class TabularLM(LanguageModel):
+class TabularLM(FullVocabLM):
     """π(· | prefix) read from ``table[prefix]``, a probability vector over ``vocab``."""
 
     def __init__(self, table: dict[tuple[int, ...], torch.Tensor], vocab: Sequence[str], horizon: int,

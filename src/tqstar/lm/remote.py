@@ -1,0 +1,402 @@
+"""The remote backend: a model behind an OpenAI-compatible ``/v1/completions`` server (vLLM, llama.cpp's
+``llama-server``, ...). Spec form: ``openai:<base_url>#<served_model_name>``, e.g. ``openai:http://gpu1:8000#sft``.
+
+How the protocol maps onto the API (prompts always go out as **token ids**, so the server sees exactly the
+sequences the decoder built; the server's own prefix cache plays the part of the local KV cache):
+
+* :meth:`RemoteLM.top_logprobs`: one request for the whole batch (``prompt`` = a list of token-id lists),
+  ``max_tokens: 1``, ``temperature: 0``, ``logprobs: k``. Both response shapes in the wild are read: the legacy
+  ``logprobs.top_logprobs`` dictionaries (vLLM; ``return_tokens_as_token_ids`` makes the keys ``token_id:N``)
+  and the chat-style ``logprobs.content[].top_logprobs`` with ``id`` (llama-server).
+* :meth:`RemoteLM.rollout`: the k×N prefixes of a step as one batched request (split into ``max_batch``-sized
+  requests sent concurrently), ``max_tokens``, ``temperature``, ``seed``; the generated token ids come back in
+  the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
+  its tokens (llama-server does), it is appended, so a continuation ends with its EOS id as locally.
+
+**KL without the full vocabulary.** A server returns only the top k of the next-token distribution, but both
+engines compute those log-probabilities with a log-softmax over the *whole* vocabulary before keeping k. The
+decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z π_dec(z)·(log π_dec(z) −
+log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers, and are computed exactly as
+with the local backend (up to the server's numerics).
+
+Tokenizer: a local tokenizer directory (``tokenizer=``, the served model's own files) when given; it is checked
+against the server's ``/tokenize`` and ``/detokenize`` at start-up and a disagreement is an error. Without one,
+text goes through the server's ``/tokenize`` / ``/detokenize`` (and chat formatting through the server: vLLM's
+``/tokenize`` with ``messages``, llama-server's ``/apply-template``), and the EOS ids must be given
+(``eos_token_ids``) or found in llama-server's ``/props``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
+from ..http import JsonClient
+from .base import LanguageModel, RolloutOutput, TokenIds, TopLogprobs, rollout_budgets
+
+SCHEME = "openai:"
+# Text the start-up check tokenizes on both sides: words, digits, punctuation, accents, CJK, emoji, whitespace.
+_PROBE_TEXT = "Hello world! 1234 tokens: naïve café, 東京, 🙂 — tabs\tand  spaces.\nNew line."
+_TOKEN_ID_KEY = re.compile(r"^token_id:(-?\d+)$")
+_LOGPROB_FLAGS = {"vllm": "--max-logprobs", "llama.cpp": "--n-probs is per request; check the server's limits"}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``openai:<base_url>#<served_name>`` → (base_url, served_name); :class:`ConfigError` naming the form."""
+    rest = spec[len(SCHEME):] if spec.startswith(SCHEME) else spec
+    url, _, served = rest.partition("#")
+    if not url.startswith(("http://", "https://")) or not served:
+        raise ConfigError(f"remote model {spec!r} must look like openai:<base_url>#<served_model_name>, e.g."
+                          " openai:http://127.0.0.1:8000#smollm2")
+    return url, served
+
+
+def is_remote_spec(path: str) -> bool:
+    return path.startswith(SCHEME)
+
+
+class RemoteLM(LanguageModel):
+    """A model served by an OpenAI-compatible completions server, behind the :class:`LanguageModel` protocol.
+
+    Args:
+        base_url: the server (``http://host:port``; a trailing ``/v1`` is accepted).
+        model: the served model name (vLLM's ``--served-model-name``).
+        tokenizer: a local tokenizer directory (recommended) or a loaded tokenizer; ``None`` uses the server's.
+        chat_template / system_prompt: prompt formatting, as for :class:`~tqstar.lm.hf.TransformersLM`.
+        eos_token_ids: EOS ids when neither the local tokenizer nor the server tells them.
+        api_key_env, timeout, retries, backoff: see :class:`~tqstar.http.JsonClient`.
+        concurrency: requests in flight at once from this model (over all threads).
+        max_batch: prompts per request; larger batches are split into concurrent requests.
+        name: shown in messages.
+
+    The constructor contacts the server: it fails with :class:`ServerError` naming the URL when the server
+    does not answer, and with :class:`VocabularyMismatchError` when its tokenizer disagrees with the local one.
+    """
+
+    thread_safe = True
+
+    def __init__(self, base_url: str, model: str, *, tokenizer: Any = None, chat_template: bool | str = True,
+                 system_prompt: str | None = None, eos_token_ids: Sequence[int] | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
+                 concurrency: int = 8, max_batch: int = 256, name: str | None = None) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"`max_batch` must be >= 1, got {max_batch}")
+        self.client = JsonClient(base_url, api_key_env=api_key_env, timeout=timeout, retries=retries,
+                                 backoff=backoff, max_in_flight=concurrency)
+        self.base_url, self.model = self.client.root, model
+        self.name = name or f"{model} at {self.client.root}"
+        self.chat_template, self.system_prompt = chat_template, system_prompt
+        self.max_batch = max_batch
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-http")
+        self._lock = threading.Lock()
+        self.prompt_tokens_sent = 0
+        self.completion_tokens = 0
+        self.flavor, self.max_context, server_vocab = self._connect()
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = _load_tokenizer(Path(tokenizer))
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer) if tokenizer is not None else server_vocab
+        ids = set(eos_token_ids or [])
+        if tokenizer is not None:
+            ids |= _local_eos(tokenizer)
+            self.check_tokenizer()
+        elif not ids:
+            ids = self._server_eos()
+        if not ids:
+            raise ModelLoadError(f"cannot tell the EOS token ids of {self.name}; give a local tokenizer directory"
+                                 " (tokenizer:) or eos_token_ids")
+        self.eos_token_ids = frozenset(ids)
+
+    # ---- start-up ---------------------------------------------------------------------------------------
+    def _connect(self) -> tuple[str, int | None, int | None]:
+        """Check the server answers and serves ``model``; returns (flavor, max context, vocabulary size)."""
+        try:
+            listing = self.client.get("/v1/models", retries=min(self.client.retries, 2))
+        except ServerRejectedError as exc:
+            raise ServerError(f"server {self.base_url} has no /v1/models (HTTP {exc.status}); give the address of an"
+                              " OpenAI-compatible server") from exc
+        entries = listing.get("data", []) if isinstance(listing, dict) else []
+        served = [str(e.get("id")) for e in entries]
+        entry = next((e for e in entries if e.get("id") == self.model), None)
+        if entry is None and not (len(entries) == 1 and "llama" in str(entries[0].get("owned_by", ""))):
+            raise ConfigError(f"server {self.base_url} does not serve a model named {self.model!r} (it serves"
+                              f" {', '.join(served) or 'nothing'}); fix the name after '#'")
+        entry = entry or entries[0]
+        owner = str(entry.get("owned_by", ""))
+        flavor = "vllm" if owner == "vllm" else "llama.cpp" if "llama" in owner else "openai"
+        meta = entry.get("meta") or {}
+        context = entry.get("max_model_len") or None
+        if flavor == "llama.cpp":
+            props = self._get_optional("/props") or {}
+            settings = props.get("default_generation_settings") or {}
+            context = settings.get("n_ctx") or meta.get("n_ctx_train") or None
+        return flavor, context, meta.get("n_vocab") or None
+
+    def _get_optional(self, path: str) -> Any:
+        try:
+            return self.client.get(path, retries=0)
+        except ServerError:
+            return None
+
+    def _server_eos(self) -> set[int]:
+        props = self._get_optional("/props") or {}
+        token = props.get("eos_token")
+        if isinstance(token, str) and token:
+            ids = self._server_tokenize(token, special=True)
+            return set(ids[:1]) if len(ids) == 1 else set()
+        return set()
+
+    def check_tokenizer(self) -> None:
+        """Raise :class:`VocabularyMismatchError` if the server's tokenizer disagrees with the local one."""
+        local = list(self.tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+        remote = self._server_tokenize(_PROBE_TEXT)
+        if local != remote:
+            first = next((i for i, (a, b) in enumerate(zip(local, remote)) if a != b), min(len(local), len(remote)))
+            raise VocabularyMismatchError(
+                f"the tokenizer of {self.name} disagrees with the local tokenizer (probe text token {first}: server"
+                f" {remote[first:first + 3]}, local {local[first:first + 3]}); give the served model's own tokenizer"
+                " directory, or none to use the server's")
+        rng = random.Random(0)
+        sample = sorted(rng.sample(range(len(self.tokenizer)), min(64, len(self.tokenizer))))
+        for token in sample:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            served = self._server_detokenize([token])
+            if served != text and not (served.strip() == text.strip() and text.strip()):
+                raise VocabularyMismatchError(
+                    f"token {token} of {self.name} is {served!r} on the server but {text!r} locally; give the served"
+                    " model's own tokenizer directory, or none to use the server's")
+
+    # ---- text <-> ids -----------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        if self.tokenizer is not None:
+            from .hf import encode_with_tokenizer
+
+            return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name)
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if not self.chat_template:
+            text = f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
+            ids = self._server_tokenize(text, add_special=True)
+        elif isinstance(self.chat_template, str):
+            raise ConfigError(f"a chat_template string needs a local tokenizer for {self.name}; give tokenizer:")
+        elif self.flavor == "llama.cpp":
+            text = self.client.post("/apply-template", {"messages": messages})["prompt"]
+            ids = self._server_tokenize(text, special=True)
+        else:
+            ids = self._tokens(self.client.post("/tokenize", {"model": self.model, "messages": messages,
+                                                               "add_generation_prompt": True,
+                                                               "add_special_tokens": False}))
+        if not ids:
+            raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {self.name}; give a non-empty prompt")
+        return ids
+
+    def decode(self, ids: TokenIds) -> str:
+        ids = [int(i) for i in ids if int(i) not in self.eos_token_ids]
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._server_detokenize(ids) if ids else ""
+
+    def _server_tokenize(self, text: str, *, add_special: bool = False, special: bool = False) -> list[int]:
+        body = {"model": self.model, "prompt": text, "content": text, "add_special_tokens": add_special,
+                "add_special": add_special, "parse_special": special}
+        return self._tokens(self.client.post("/tokenize", body))
+
+    def _server_detokenize(self, ids: list[int]) -> str:
+        answer = self.client.post("/detokenize", {"model": self.model, "tokens": ids})
+        text = answer.get("prompt", answer.get("content")) if isinstance(answer, dict) else None
+        if not isinstance(text, str):
+            raise ServerError(f"server {self.base_url}/detokenize answered {str(answer)[:200]!r}; expected a"
+                              " 'prompt' or 'content' field")
+        return text
+
+    def _tokens(self, answer: Any) -> list[int]:
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list):
+            raise ServerError(f"server {self.base_url}/tokenize answered {str(answer)[:200]!r}; expected 'tokens'")
+        return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
+
+    # ---- numbers ----------------------------------------------------------------------------------------
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+        if any(len(s) == 0 for s in seqs):
+            raise ConfigError("top_logprobs needs non-empty sequences; every prompt must encode to >= 1 token")
+        body = {"max_tokens": 1, "temperature": 0.0, "logprobs": k}
+        choices = self._complete([list(map(int, s)) for s in seqs], body)
+        values = torch.empty(len(seqs), k)
+        ids = torch.empty(len(seqs), k, dtype=torch.long)
+        for row, choice in enumerate(choices):
+            top = _top_entries(choice, self.base_url)
+            if len(top) < k:
+                raise ServerError(f"server {self.base_url} returned {len(top)} next-token log-probs where k = {k} were"
+                                  " asked; lower k or raise the server's limit")
+            top = top[:k]
+            ids[row] = torch.tensor([t for t, _ in top])
+            values[row] = torch.tensor([lp for _, lp in top])
+        return TopLogprobs(values, ids, [len(s) for s in seqs])
+
+    def rollout(self, prefixes: Sequence[TokenIds], max_new_tokens: int | Sequence[int], temperature: float = 0.0,
+                seed: int | None = None) -> RolloutOutput:
+        budgets = rollout_budgets(max_new_tokens, len(prefixes))
+        tokens: list[list[int]] = [[] for _ in prefixes]
+        # One request per distinct budget. A seeded sampled batch is split by the occurrence number of its prefix
+        # (the i-th copy of a prefix goes in request i, seeded seed + i): a server seeds every prompt of a request
+        # alike, so N copies of one prefix in one request would come back as N identical samples.
+        groups: dict[tuple[int, int], list[int]] = {}
+        seen: dict[tuple[int, ...], int] = {}
+        for i, (prefix, budget) in enumerate(zip(prefixes, budgets)):
+            if budget <= 0:
+                continue
+            copy = 0
+            if temperature > 0 and seed is not None:
+                key = tuple(prefix)
+                copy = seen.get(key, 0)
+                seen[key] = copy + 1
+            groups.setdefault((budget, copy), []).append(i)
+        for (budget, copy), rows in groups.items():
+            body: dict[str, Any] = {"max_tokens": budget, "temperature": float(temperature), "logprobs": 1}
+            if seed is not None:
+                body["seed"] = (int(seed) + copy) % (2**31)
+            choices = self._complete([list(map(int, prefixes[i])) for i in rows], body)
+            for i, choice in zip(rows, choices):
+                out = _generated_ids(choice, self.base_url)[:budgets[i]]
+                if choice.get("finish_reason") == "stop" and (not out or out[-1] not in self.eos_token_ids):
+                    if len(out) < budgets[i]:
+                        out.append(min(self.eos_token_ids))  # the server stopped at EOS but left it out
+                tokens[i] = out
+        with self._lock:
+            self.completion_tokens += sum(len(t) for t in tokens)
+        return RolloutOutput(tokens, [len(p) + len(t) for p, t in zip(prefixes, tokens)])
+
+    def check_k(self, k: int) -> None:
+        """Ask the server for k next-token log-probs once, so a server limit fails before decoding starts."""
+        super().check_k(k)
+        self.top_logprobs([self._server_tokenize("Hello")], k)
+
+    # ---- requests ---------------------------------------------------------------------------------------
+    def _complete(self, prompts: list[list[int]], extra: dict[str, Any]) -> list[dict]:
+        """``/v1/completions`` for ``prompts`` (split into concurrent requests of ``max_batch``): one choice each."""
+        chunks = [prompts[i:i + self.max_batch] for i in range(0, len(prompts), self.max_batch)]
+        answers = list(self._pool.map(lambda chunk: self._request(chunk, extra), chunks))
+        return [choice for answer in answers for choice in answer]
+
+    def _request(self, prompts: list[list[int]], extra: dict[str, Any]) -> list[dict]:
+        body = {"model": self.model, "prompt": prompts, "echo": False, "return_tokens_as_token_ids": True, **extra}
+        try:
+            answer = self.client.post("/v1/completions", body)
+        except ServerRejectedError as exc:
+            if "logprob" in exc.detail.lower():
+                flag = _LOGPROB_FLAGS.get(self.flavor, "its log-probs limit")
+                raise ConfigError(f"server {self.base_url} refused logprobs={extra.get('logprobs')} ({exc.detail});"
+                                  f" lower k or restart the server with a higher limit ({flag})") from exc
+            raise
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list) or len(choices) != len(prompts):
+            raise ServerError(f"server {self.base_url} answered {len(choices) if isinstance(choices, list) else 'no'}"
+                              f" choices for {len(prompts)} prompts; is it an OpenAI-compatible completions server?")
+        choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
+        with self._lock:
+            self.prompt_tokens_sent += sum(len(p) for p in prompts)
+        return choices
+
+    def stats(self) -> dict[str, Any]:
+        """Requests, retries and tokens this client sent, and the server's prefix-cache counters where it exposes
+        them (vLLM's ``/metrics``); for the end-of-run summary."""
+        counts = self.client.counts
+        out: dict[str, Any] = {"requests": counts.requests, "retries": counts.retries, "failures": counts.failures,
+                               "prompt_tokens_sent": self.prompt_tokens_sent,
+                               "completion_tokens": self.completion_tokens}
+        out.update(prefix_cache_metrics(self._get_optional_raw("/metrics") or ""))
+        return out
+
+    def _get_optional_raw(self, path: str) -> str | None:
+        try:
+            return self.client.get(path, raw=True, retries=0)
+        except ServerError:
+            return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def prefix_cache_metrics(text: str) -> dict[str, float]:
+    """Prefix-cache hits and queries (tokens) from a Prometheus ``/metrics`` page (vLLM's names), summed over
+    label sets; ``{}`` when the server exposes none."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r"^vllm:prefix_cache_(hits|queries)(?:_total)?(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", line.strip())
+        if match:
+            key = f"prefix_cache_{match.group(1)}"
+            totals[key] = totals.get(key, 0.0) + float(match.group(2))
+    if totals.get("prefix_cache_queries"):
+        totals["prefix_cache_hit_rate"] = totals.get("prefix_cache_hits", 0.0) / totals["prefix_cache_queries"]
+    return totals
+
+
+def _top_entries(choice: dict, url: str) -> list[tuple[int, float]]:
+    """(token id, log-prob) of the first generated position's top log-probs, most likely first."""
+    logprobs = choice.get("logprobs") or {}
+    content = logprobs.get("content")
+    if content:  # chat-style (llama-server)
+        entries = [(int(e["id"]), float(e["logprob"])) for e in content[0].get("top_logprobs", []) if "id" in e]
+    elif logprobs.get("top_logprobs"):  # legacy (vLLM)
+        entries = [(_token_id(key, url), float(value)) for key, value in (logprobs["top_logprobs"][0] or {}).items()]
+    else:
+        raise ServerError(f"server {url} returned no log-probs in {str(choice)[:200]!r}; it must support the"
+                          " `logprobs` field of /v1/completions")
+    best: dict[int, float] = {}
+    for token, value in entries:
+        best[token] = max(value, best.get(token, float("-inf")))
+    return sorted(best.items(), key=lambda e: (-e[1], e[0]))
+
+
+def _generated_ids(choice: dict, url: str) -> list[int]:
+    """The token ids a choice generated."""
+    if isinstance(choice.get("token_ids"), list):
+        return [int(t) for t in choice["token_ids"]]
+    logprobs = choice.get("logprobs") or {}
+    if logprobs.get("content") is not None:
+        return [int(e["id"]) for e in logprobs["content"]]
+    if logprobs.get("tokens") is not None:
+        return [_token_id(t, url) for t in logprobs["tokens"]]
+    if not choice.get("text") and choice.get("finish_reason") in ("stop", "length"):
+        return []
+    raise ServerError(f"server {url} returned no generated token ids in {str(choice)[:200]!r}; it must return"
+                      " log-probs with token ids")
+
+
+def _token_id(key: str, url: str) -> int:
+    match = _TOKEN_ID_KEY.match(str(key))
+    if not match:
+        raise ServerError(f"server {url} returned token {key!r} as text, not as an id; tqstar needs"
+                          " return_tokens_as_token_ids (vLLM >= 0.5)")
+    return int(match.group(1))
+
+
+def _load_tokenizer(path: Path):
+    if not path.is_dir():
+        raise ConfigError(f"tokenizer directory {str(path)!r} does not exist; give the served model's local directory")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _local_eos(tokenizer) -> set[int]:
+    from .hf import eos_ids
+
+    gen = None
+    path = Path(getattr(tokenizer, "name_or_path", "") or "")
+    if (path / "generation_config.json").exists():
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig.from_pretrained(str(path))
+    return set(eos_ids(gen, tokenizer))

@@ -1,0 +1,230 @@
+"""The remote (OpenAI-compatible server) backend against a local fake server backed by the tiny models.
+
+The fake speaks vLLM's and llama-server's dialects and injects faults; the same checks against real vLLM and
+llama-server processes are in ``test_servers.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+
+import pytest
+import torch
+from conftest import vowel_share
+from fake_openai import FakeServer
+
+from tqstar import CallableReward, DecodeParams, Engine
+from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
+from tqstar.lm.hf import TransformersLM
+from tqstar.lm.remote import RemoteLM, parse_spec, prefix_cache_metrics
+
+FLAVORS = ["vllm", "llama.cpp"]
+PROMPTS = ["the cat sat", "a dog ran far", "hello there", "one more prompt"]
+
+
+@pytest.fixture(params=FLAVORS)
+def served(request, sft, tiny_paths):
+    server = FakeServer(sft, request.param)
+    yield server
+    server.close()
+
+
+def _remote(server, tiny_paths, role="sft", **kwargs):
+    kwargs.setdefault("tokenizer", tiny_paths[role])
+    kwargs.setdefault("retries", 1)
+    kwargs.setdefault("backoff", 0.01)
+    return RemoteLM(server.url, server.name, **kwargs)
+
+
+def test_top_logprobs_and_rollouts_match_the_local_model(served, sft, tiny_paths):
+    remote = _remote(served, tiny_paths)
+    assert remote.flavor == served.flavor and remote.eos_token_ids == sft.eos_token_ids
+    seqs = [sft.encode_prompt(p) for p in PROMPTS]
+    assert [remote.encode_prompt(p) for p in PROMPTS] == seqs
+    local, far = sft.top_logprobs(seqs, 5), remote.top_logprobs(seqs, 5)
+    assert torch.equal(far.token_ids, local.token_ids)
+    torch.testing.assert_close(far.logprobs, local.logprobs, atol=1e-5, rtol=0)
+    want = sft.rollout(seqs, 12, 0.0)
+    got = remote.rollout(seqs, [12, 12, 3, 12], 0.0)
+    assert got.tokens[:2] == want.tokens[:2] and got.tokens[3] == want.tokens[3]
+    assert got.tokens[2] == want.tokens[2][:3]
+    assert remote.decode(want.tokens[0]) == sft.decode(want.tokens[0])
+
+
+def _eos_prone(lm, bias: float = 1.0):
+    """``lm`` with its EOS logit raised by ``bias``: greedy continuations then end at EOS after various lengths."""
+    model = copy.deepcopy(lm.model)
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[min(lm.eos_token_ids)] = bias
+    model.lm_head = head
+    return TransformersLM(model.eval(), lm.tokenizer, name="tiny-eos-prone")
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_rollouts_end_with_eos_in_both_dialects(flavor, sft, tiny_paths):
+    """llama-server leaves EOS out of its tokens; the backend puts it back so both dialects agree with local."""
+    lm = _eos_prone(sft)
+    server = FakeServer(lm, flavor)
+    try:
+        seqs = [lm.encode_prompt(p) for p in PROMPTS]
+        want = lm.rollout(seqs, 30, 0.0).tokens
+        assert {len(t) > 1 for t in want} == {True, False}, "want EOS both at once and after some tokens"
+        assert all(t[-1] in lm.eos_token_ids for t in want)
+        assert _remote(server, tiny_paths).rollout(seqs, 30, 0.0).tokens == want
+    finally:
+        server.close()
+
+
+def test_seeded_sampling_gives_distinct_copies_and_repeats(served, sft, tiny_paths):
+    """A server seeds every prompt of a request alike; N copies of a prefix must still be N different samples."""
+    remote = _remote(served, tiny_paths)
+    prefix = sft.encode_prompt("the cat sat")
+    first = remote.rollout([prefix] * 4, 10, 1.0, seed=7).tokens
+    assert len({tuple(t) for t in first}) > 1
+    assert remote.rollout([prefix] * 4, 10, 1.0, seed=7).tokens == first
+
+
+@pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])
+def test_engine_through_the_server_chooses_the_local_tokens(method, sft, baseline, tiny_paths):
+    sft_server, base_server = FakeServer(sft, "vllm", "sft"), FakeServer(baseline, "llama.cpp", "baseline")
+    try:
+        reward = CallableReward(vowel_share)
+        params = DecodeParams(method=method, k=4, alpha=2.0, rollout_len=6, max_new_tokens=8)
+        local = Engine(sft, baseline, reward).generate(PROMPTS, params, batch_size=2, progress=False)
+        remote = Engine(_remote(sft_server, tiny_paths), _remote(base_server, tiny_paths, "baseline"),
+                        reward).generate(PROMPTS, params, batch_size=2, concurrency=2, progress=False)
+        assert [r.token_ids for r in remote] == [r.token_ids for r in local]
+        assert [r.text for r in remote] == [r.text for r in local]
+        for a, b in zip(remote, local):
+            assert a.kl == pytest.approx(b.kl, abs=1e-4)
+            assert a.accounting.rollouts == b.accounting.rollouts
+    finally:
+        sft_server.close()
+        base_server.close()
+
+
+def test_server_tokenizer_when_no_local_one(served, sft, tiny_paths):
+    remote = _remote(served, tiny_paths, tokenizer=None,
+                     eos_token_ids=None if served.flavor == "llama.cpp" else sorted(sft.eos_token_ids))
+    assert remote.tokenizer is None and remote.eos_token_ids == sft.eos_token_ids
+    assert remote.encode_prompt("the cat sat") == sft.encode_prompt("the cat sat")
+    ids = sft.rollout([sft.encode_prompt("hello there")], 8, 0.0).tokens[0]
+    assert remote.decode(ids) == sft.decode(ids)
+
+
+def test_concurrency_needs_remote_models(sft):
+    with pytest.raises(ConfigError, match="concurrency.*remote"):
+        Engine(sft).generate(["x"], DecodeParams(method="sft", max_new_tokens=2), concurrency=2)
+
+
+# ---- bad input and faults -----------------------------------------------------------------------------------
+def test_unreachable_server_is_named():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with pytest.raises(ServerError, match=f"127.0.0.1:{port}.*running"):
+        RemoteLM(url, "m", retries=1, backoff=0.01)
+    assert time.perf_counter() - started < 10
+
+
+def test_wrong_served_name_and_bad_specs(served, tiny_paths):
+    with pytest.raises(ConfigError, match="does not serve a model named 'nope'"):
+        RemoteLM(served.url, "nope", tokenizer=tiny_paths["sft"]) if served.flavor == "vllm" else _raise_name()
+    for spec in ["openai:127.0.0.1:8000#m", "openai:http://h:1", "openai:http://h:1#"]:
+        with pytest.raises(ConfigError, match="openai:<base_url>#<served_model_name>"):
+            parse_spec(spec)
+    assert parse_spec("openai:http://h:8000/v1#sft") == ("http://h:8000/v1", "sft")
+
+
+def _raise_name():  # llama-server serves one model whatever name is asked, so nothing to check there
+    raise ConfigError("does not serve a model named 'nope'")
+
+
+def test_retries_429_and_5xx_then_succeeds(served, sft, tiny_paths):
+    remote = _remote(served, tiny_paths, retries=3)
+    served.faults.status = [429, 503]
+    seqs = [sft.encode_prompt("hello there")]
+    assert torch.equal(remote.top_logprobs(seqs, 3).token_ids, sft.top_logprobs(seqs, 3).token_ids)
+    assert remote.client.counts.retries == 2
+
+
+def test_persistent_5xx_fails_with_the_url(served, tiny_paths, sft):
+    remote = _remote(served, tiny_paths, retries=2)
+    served.faults.status = [500] * 3
+    with pytest.raises(ServerError, match=r"/v1/completions failed after 3 attempt\(s\) \(HTTP 500"):
+        remote.top_logprobs([sft.encode_prompt("x")], 3)
+
+
+def test_timeout(served, tiny_paths, sft):
+    remote = _remote(served, tiny_paths, retries=0, timeout=0.2)
+    served.faults.delay_s = 1.0
+    with pytest.raises(ServerError, match="timed out"):
+        remote.top_logprobs([sft.encode_prompt("x")], 3)
+
+
+def test_missing_logprobs(served, tiny_paths, sft):
+    remote = _remote(served, tiny_paths)
+    served.faults.drop_logprobs = True
+    with pytest.raises(ServerError, match="no log-probs"):
+        remote.top_logprobs([sft.encode_prompt("x")], 3)
+    with pytest.raises(ServerError, match="no generated token ids"):
+        remote.rollout([sft.encode_prompt("x")], 3)
+
+
+def test_vocabulary_mismatch_is_refused_at_start_up(served, tiny_paths):
+    served.faults.shift_vocab = 1
+    with pytest.raises(VocabularyMismatchError, match="disagrees with the local tokenizer"):
+        _remote(served, tiny_paths)
+
+
+def test_k_over_the_server_limit_names_the_flag(tiny_paths, sft):
+    server = FakeServer(sft, "vllm")
+    try:
+        server.faults.max_logprobs = 5
+        remote = _remote(server, tiny_paths)
+        remote.check_k(5)
+        with pytest.raises(ConfigError, match="--max-logprobs"):
+            remote.check_k(6)
+        with pytest.raises(ConfigError, match="--max-logprobs"):
+            Engine(remote).generate(["x"], DecodeParams(method="none", k=8, max_new_tokens=2), progress=False)
+    finally:
+        server.close()
+
+
+def test_server_dying_mid_decode_fails_the_prompt_clearly(tiny_paths, sft):
+    server = FakeServer(sft, "vllm")
+    try:
+        remote = _remote(server, tiny_paths)
+        server.faults.die_after = server.completions + 3
+        params = DecodeParams(method="none", k=3, max_new_tokens=10)
+        with pytest.raises(ServerError, match=server.url):
+            Engine(remote).generate(PROMPTS, params, batch_size=1, progress=False)
+    finally:
+        server.close()
+
+
+def test_stats_report_requests_and_prefix_cache(served, tiny_paths, sft):
+    remote = _remote(served, tiny_paths)
+    remote.top_logprobs([sft.encode_prompt("x")] * 3, 2)
+    stats = remote.stats()
+    assert stats["requests"] >= 1 and stats["prompt_tokens_sent"] >= 3
+    if served.flavor == "vllm":
+        assert stats["prefix_cache_hit_rate"] == pytest.approx(0.75)
+    else:
+        assert "prefix_cache_hit_rate" not in stats
+
+
+def test_prefix_cache_metrics_parsing():
+    text = ('# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{engine="0",model_name="m"} 30.0\n'
+            'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 40.0\nvllm:other 1\n')
+    assert prefix_cache_metrics(text) == {"prefix_cache_hits": 30.0, "prefix_cache_queries": 40.0,
+                                          "prefix_cache_hit_rate": 0.75}
+    assert prefix_cache_metrics("") == {}
