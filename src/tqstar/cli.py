@@ -73,11 +73,27 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         engine.generate(list(config.prompts), config.decode, batch_size=config.batch_size,
-                        truncate_prompt=config.truncate_prompt, progress=not args.no_progress, on_response=emit)
+                        concurrency=config.concurrency, truncate_prompt=config.truncate_prompt,
+                        progress=not args.no_progress, on_response=emit)
     finally:
         if out is not sys.stdout:
             out.close()
+        print_server_stats(engine)
     return 0
+
+
+def print_server_stats(engine) -> None:
+    """One stderr line per served model: requests, retries, tokens sent, and the server's prefix-cache hit rate."""
+    for role in ("sft", "baseline"):
+        lm = getattr(engine.models, role)
+        if lm is None or not hasattr(lm, "stats"):
+            continue
+        stats = lm.stats()
+        line = (f"tqstar: {role} server {lm.base_url}: {stats['requests']} requests, {stats['retries']} retries,"
+                f" {stats['prompt_tokens_sent']} prompt tokens sent, {stats['completion_tokens']} tokens generated")
+        if "prefix_cache_hit_rate" in stats:
+            line += f", server prefix-cache hit rate {stats['prefix_cache_hit_rate']:.1%} (since server start)"
+        print(line, file=sys.stderr)
 
 
 def format_response(response) -> str:
@@ -108,8 +124,9 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         path = getattr(args, role)
         system = getattr(args, f"{role}_system_prompt")
         adapter = getattr(args, f"{role}_adapter")
-        if (path is None and system is None and adapter is None and args.dtype is None and args.device is None
-                and not args.no_chat_template):
+        tokenizer = getattr(args, f"{role}_tokenizer")
+        if (path is None and system is None and adapter is None and tokenizer is None and args.dtype is None
+                and args.device is None and not args.no_chat_template):
             continue
         spec = data.get(role)
         spec = {"path": spec} if isinstance(spec, str) else dict(spec or {})
@@ -119,8 +136,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             if system is not None:
                 data.setdefault(role, None)
             continue
-        for key, value in (("system_prompt", system), ("adapter", adapter), ("dtype", args.dtype),
-                           ("device", args.device)):
+        for key, value in (("system_prompt", system), ("adapter", adapter), ("tokenizer", tokenizer),
+                           ("dtype", args.dtype), ("device", args.device)):
             if value is not None:
                 spec[key] = value
         if args.no_chat_template:
@@ -154,6 +171,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             data.pop("prompts", None)
     if args.batch_size is not None:
         data["batch_size"] = args.batch_size
+    if args.concurrency is not None:
+        data["concurrency"] = args.concurrency
     if args.truncate_prompt:
         data["truncate_prompt"] = True
     return data
@@ -184,7 +203,10 @@ def run_eval(args: argparse.Namespace) -> int:
         data["prompts"] = prompts
     config = EvalConfig.from_dict(data)
     evaluation = config.build(progress=not args.no_progress)
-    path = evaluation.run()
+    try:
+        path = evaluation.run()
+    finally:
+        print_server_stats(evaluation.engine)
     print(f"results: {path}", file=sys.stderr)
     args.file = [str(path)]
     return run_report(args)
@@ -249,8 +271,12 @@ def _parser() -> argparse.ArgumentParser:
     g.set_defaults(run=run_generate)
     g.add_argument("--config", help="YAML config file; flags override it")
     models = g.add_argument_group("models")
-    models.add_argument("--sft", help="SFT (reference) model directory or hub id")
-    models.add_argument("--baseline", help="aligned baseline model directory (same tokenizer as --sft)")
+    models.add_argument("--sft", help="SFT (reference) model directory, hub id, 'smollm2', or a served model"
+                                      " openai:<base_url>#<served_name>")
+    models.add_argument("--baseline", help="aligned baseline model (same forms as --sft; same tokenizer as --sft)")
+    models.add_argument("--sft-tokenizer", help="local tokenizer directory of a served --sft (checked against the"
+                                                " server's; default: the server's own /tokenize)")
+    models.add_argument("--baseline-tokenizer", help="local tokenizer directory of a served --baseline")
     models.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     models.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     models.add_argument("--no-chat-template", action="store_true", help="format prompts as raw text")
@@ -288,6 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--format", choices=["text", "jsonl"], help="output format (text)")
     io.add_argument("--trace", action="store_true", help="print the per-step candidate table")
     io.add_argument("--batch-size", type=int, help="prompts decoded together (8)")
+    io.add_argument("--concurrency", type=int, help="batches decoded at once, to keep model servers busy (1; needs"
+                                                    " served models)")
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
 

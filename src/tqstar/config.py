@@ -6,14 +6,16 @@ and that model paths exist. ``RunConfig.build()`` then loads the models and retu
 
 YAML layout (every key optional; command-line flags override the file)::
 
-    sft: path/to/sft                 # or {path, dtype, device, chat_template, system_prompt}
-    baseline: path/to/dpo_model      # same forms
+    sft: path/to/sft                 # or {path, adapter, dtype, device, chat_template, system_prompt}
+    baseline: openai:http://gpu1:8000#dpo   # a served model: {path, tokenizer, api_key_env, timeout, retries,
+                                            #   max_in_flight, chat_template, system_prompt}
     reward: sentiment                # or {spec, format, truncate, sigmoid, label, range}
     baseline_reward: harmless        # tq-indirect only
     decode: {method: tq-direct, k: 10, alpha: 1.0, n_rollouts: 1, rollout_len: 20, max_new_tokens: 64}
     prompts: ["How do I make tea?"]
     prompts_file: prompts.txt        # one prompt per line, or JSONL with a "prompt" field
     batch_size: 8
+    concurrency: 1                   # batches decoded at once (remote models only)
     truncate_prompt: false
 """
 
@@ -25,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .http import JsonClient
+from .lm.base import LanguageModel
 from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir
+from .lm.remote import RemoteLM, is_remote_spec, parse_spec
 from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
 from .params import DecodeParams
 from .prompts import read_prompt_file
@@ -34,8 +39,9 @@ from .reward import RewardSpec
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A causal LM to load: path (or hub id, or ``smollm2``), an optional LoRA adapter merged at load time,
-    dtype, device and prompt formatting."""
+    """A causal LM: a local path (or hub id, or ``smollm2``) with an optional LoRA adapter merged at load time,
+    dtype and device; or a model on a server, ``openai:<base_url>#<served_name>`` (see :mod:`tqstar.lm.remote`),
+    with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both."""
 
     path: str
     adapter: str | None = None
@@ -43,10 +49,31 @@ class ModelSpec:
     device: str = "cpu"
     chat_template: bool | str = True
     system_prompt: str | None = None
+    tokenizer: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    retries: int = 4
+    max_in_flight: int = 8
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_spec(self.path)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.remote:
+            parse_spec(self.path)
+            JsonClient(parse_spec(self.path)[0], timeout=self.timeout, retries=self.retries,
+                       max_in_flight=self.max_in_flight)  # checks the settings; connects later
+            if self.adapter is not None:
+                raise ConfigError(f"adapter {self.adapter!r} cannot be merged into the remote model {self.path}; serve"
+                                  " it with the server (vLLM: --enable-lora --lora-modules NAME=DIR) and name it after '#'")
+            if self.tokenizer is not None and self.tokenizer not in BUILTIN_MODELS:
+                _check_model_path(self.tokenizer)
+            return
+        if self.tokenizer is not None:
+            raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own")
         if self.path in BUILTIN_MODELS:
             package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
         else:
@@ -77,10 +104,19 @@ class RunConfig:
     prompts: tuple[str, ...] = ()
     batch_size: int = 8
     truncate_prompt: bool = False
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}")
+        for name in ("batch_size", "concurrency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
+        local = [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))
+                 if spec is None or not spec.remote]
+        if self.concurrency > 1 and local:
+            raise ConfigError(f"`concurrency` {self.concurrency} decodes several batches at once, which needs remote"
+                              f" models (openai:...), but the {local[0]} model is local; use concurrency 1 and a"
+                              " larger batch_size")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -100,17 +136,24 @@ class RunConfig:
             prompts=tuple(prompts),
             batch_size=known.get("batch_size", 8),
             truncate_prompt=bool(known.get("truncate_prompt", False)),
+            concurrency=known.get("concurrency", 1),
         )
 
     def build(self, check: bool = True):
         """Load the models and rewards; returns an :class:`~tqstar.engine.Engine` (checked against ``decode``)."""
         from .engine import Engine
 
-        loaded: dict[tuple, TransformersLM] = {}
+        loaded: dict[tuple, TransformersLM] = {}  # local weights, shared between roles
 
-        def load(spec: ModelSpec | None, name: str) -> TransformersLM | None:
+        def load(spec: ModelSpec | None, name: str) -> LanguageModel | None:
             if spec is None:
                 return None
+            if spec.remote:
+                url, served = parse_spec(spec.path)
+                tokenizer = resolve_model(spec.tokenizer) if spec.tokenizer else None
+                return RemoteLM(url, served, tokenizer=tokenizer, chat_template=spec.chat_template,
+                                system_prompt=spec.system_prompt, api_key_env=spec.api_key_env, timeout=spec.timeout,
+                                retries=spec.retries, concurrency=spec.max_in_flight, name=name)
             key = (spec.path, spec.adapter, spec.dtype, spec.device)
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
@@ -244,4 +287,4 @@ class EvalConfig:
         engine = self.run.build(check=False)
         judges = {name: spec.load() for name, spec in self.judges}
         return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,
-                          batch_size=self.run.batch_size, progress=progress)
+                          batch_size=self.run.batch_size, concurrency=self.run.concurrency, progress=progress)

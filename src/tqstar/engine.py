@@ -7,7 +7,7 @@ finished responses with the target reward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
@@ -68,8 +68,7 @@ class Engine:
 
         Prompts decode ``batch_size`` at a time, each stopping on its own; ``on_response`` is called with each
         response as soon as its batch is done (so a caller can save finished work before the rest runs).
-        ``concurrency`` batches decode at once in threads, which keeps model servers busy while a batch waits
-        on its own requests; it needs every model to be thread-safe (remote).
+        ``concurrency``: batches decoded at once (see :meth:`stream`).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -77,37 +76,44 @@ class Engine:
             raise ConfigError("no prompts given; pass at least one prompt")
         if batch_size < 1:
             raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
-        self.check(params, concurrency)
-        states = [self._state(p, params, truncate_prompt) for p in prompts]  # every prompt checked up front
-        batches = [states[start:start + batch_size] for start in range(0, len(states), batch_size)]
+        batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
-        bar = tqdm(total=len(states), desc="prompts", unit="prompt", disable=not progress or len(states) <= batch_size)
-
-        def finished(index: int, responses: list[Response]) -> None:
-            done[index] = responses
-            for response in responses:
-                if on_response is not None:
-                    on_response(response)
-            bar.update(len(responses))
-
+        bar = tqdm(total=len(prompts), desc="prompts", unit="prompt", disable=not progress or len(prompts) <= batch_size)
         try:
-            if concurrency == 1:
-                for index, batch in enumerate(batches):
-                    finished(index, self._decode_batch(batch, params, progress))
-            else:
-                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-batch") as pool:
-                    futures = {pool.submit(self._decode_batch, batch, params, False): index
-                               for index, batch in enumerate(batches)}
-                    try:
-                        for future in as_completed(futures):  # callbacks run here, in the caller's thread
-                            finished(futures[future], future.result())
-                    except BaseException:
-                        for future in futures:
-                            future.cancel()
-                        raise
+            for index, responses in self.stream(batches, params, concurrency=concurrency,
+                                                truncate_prompt=truncate_prompt, progress=progress):
+                done[index] = responses
+                for response in responses:
+                    if on_response is not None:
+                        on_response(response)
+                bar.update(len(responses))
         finally:
             bar.close()
         return [response for index in range(len(batches)) for response in done[index]]
+
+    def stream(self, batches: Sequence[Sequence[str]], params: DecodeParams, *, concurrency: int = 1,
+               truncate_prompt: bool = False, progress: bool = True) -> Iterator[tuple[int, list[Response]]]:
+        """Decode each batch of prompts (together, each prompt stopping on its own); yields ``(batch index,
+        responses)`` as each batch finishes, in the caller's thread.
+
+        With ``concurrency`` > 1 that many batches decode at once in threads, which keeps model servers busy while
+        a batch waits on its own requests; it needs every model to be thread-safe (remote). Every prompt is
+        checked before the first batch starts.
+        """
+        self.check(params, concurrency)
+        states = [[self._state(p, params, truncate_prompt) for p in batch] for batch in batches]
+        if concurrency == 1:
+            for index, batch in enumerate(states):
+                yield index, self._decode_batch(batch, params, progress)
+            return
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-batch") as pool:
+            futures = {pool.submit(self._decode_batch, batch, params, False): index for index, batch in enumerate(states)}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:  # an error or an abandoned stream: start no further batch
+                for future in futures:
+                    future.cancel()
 
     def _decode_batch(self, batch: list[PromptState], params: DecodeParams, progress: bool) -> list[Response]:
         """Decode one batch to the end and score it with the target reward (one call for the batch)."""

@@ -119,12 +119,12 @@ class Evaluation:
 
     def __init__(self, engine: Engine, prompts: Sequence[str], methods: Sequence[MethodRun], output: str | Path,
                  *, fingerprint: dict[str, Any], judges: dict[str, Reward] | None = None, batch_size: int = 8,
-                 progress: bool = True) -> None:
+                 concurrency: int = 1, progress: bool = True) -> None:
         if not prompts:
             raise ConfigError("the prompt set is empty; give at least one prompt")
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
         self.output, self.judges = Path(output), dict(judges or {})
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
         self.fingerprint = {
             **fingerprint,
             "prompts": self.prompts,
@@ -132,7 +132,7 @@ class Evaluation:
             "judges": sorted(self.judges),
         }
         for method in self.methods:
-            engine.check(method.params)
+            engine.check(method.params, concurrency)
 
     def pending(self) -> list[tuple[MethodRun, list[int]]]:
         """Per method, the prompt indices not yet in the output file (checks the file belongs to this run)."""
@@ -163,10 +163,10 @@ class Evaluation:
         total = sum(len(idx) for _, idx in todo)
         bar = tqdm(total=total, desc="eval", unit="row", disable=not self.progress)
         for method, indices in todo:
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start:start + self.batch_size]
-                responses = self.engine.generate([self.prompts[i] for i in batch], method.params,
-                                                 batch_size=self.batch_size, progress=False)
+            batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
+            for b, responses in self.engine.stream([[self.prompts[i] for i in batch] for batch in batches],
+                                                   method.params, concurrency=self.concurrency, progress=False):
+                batch = batches[b]
                 scores = {name: judge.score([r.prompt for r in responses], [r.text for r in responses])
                           for name, judge in self.judges.items()}  # one judge call per batch
                 for n, (i, response) in enumerate(zip(batch, responses)):

@@ -108,7 +108,7 @@ class JsonClient:
                 time.sleep(wait if wait is not None else min(30.0, self.backoff * 2**attempt) * random.uniform(1, 1.5))
         self._count("failures")
         raise ServerError(f"server {url} failed after {retries + 1} attempt(s) ({last}); check that it is running and"
-                          " reachable, or raise --server-timeout / --server-retries")
+                          " reachable, or raise the model's `timeout` / `retries` settings")
 
     def _count(self, what: str) -> None:
         with self._lock:
