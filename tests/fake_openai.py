@@ -32,7 +32,7 @@ class Faults:
 class FakeServer:
     """``FakeServer(lm, flavor)`` serves ``lm`` (a tqstar :class:`FullVocabLM` with a ``tokenizer``) on 127.0.0.1."""
 
-    def __init__(self, lm, flavor: str = "vllm", name: str = "tiny") -> None:
+    def __init__(self, lm, flavor: str = "vllm", name: str = "tiny", port: int = 0) -> None:
         assert flavor in ("vllm", "llama.cpp")
         self.lm, self.flavor, self.name = lm, flavor, name
         self.faults = Faults()
@@ -40,7 +40,7 @@ class FakeServer:
         self.completions = 0
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

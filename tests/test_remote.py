@@ -7,6 +7,7 @@ llama-server processes are in ``test_servers.py``.
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import time
 
@@ -228,3 +229,81 @@ def test_prefix_cache_metrics_parsing():
     assert prefix_cache_metrics(text) == {"prefix_cache_hits": 30.0, "prefix_cache_queries": 40.0,
                                           "prefix_cache_hit_rate": 0.75}
     assert prefix_cache_metrics("") == {}
+
+
+# ---- config, CLI and eval ------------------------------------------------------------------------------------
+def test_remote_specs_are_checked_before_connecting(tiny_paths):
+    from tqstar.config import ModelSpec, RunConfig
+
+    with pytest.raises(ConfigError, match="cannot be merged into the remote model"):
+        ModelSpec("openai:http://127.0.0.1:9#m", adapter=str(tiny_paths["sft"]))
+    with pytest.raises(ConfigError, match="`tokenizer` is for remote models"):
+        ModelSpec(str(tiny_paths["sft"]), tokenizer=str(tiny_paths["sft"]))
+    with pytest.raises(ConfigError, match="must be > 0 seconds"):
+        ModelSpec("openai:http://127.0.0.1:9#m", timeout=0)
+    with pytest.raises(ConfigError, match="the baseline model is local"):
+        RunConfig.from_dict({"sft": "openai:http://127.0.0.1:9#m", "baseline": str(tiny_paths["baseline"]),
+                             "concurrency": 2})
+
+
+def test_cli_generate_against_servers(tiny_paths, sft, baseline, tmp_path, capsys):
+    from tqstar.cli import main
+
+    sft_server, base_server = FakeServer(sft, "vllm", "sft"), FakeServer(baseline, "llama.cpp", "dpo")
+    try:
+        out = tmp_path / "out.jsonl"
+        argv = ["generate", "--sft", f"openai:{sft_server.url}/v1#sft", "--sft-tokenizer", str(tiny_paths["sft"]),
+                "--baseline", f"openai:{base_server.url}#dpo", "--baseline-tokenizer", str(tiny_paths["baseline"]),
+                "--reward", "conftest:vowel_share", "--method", "tq-direct", "--k", "3", "--rollout-len", "4",
+                "--max-new-tokens", "5", "--batch-size", "1", "--concurrency", "2", "--no-progress", "-o", str(out)]
+        for prompt in PROMPTS[:3]:
+            argv += ["--prompt", prompt]
+        assert main(argv) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted(r["prompt"] for r in rows) == sorted(PROMPTS[:3])
+        err = capsys.readouterr().err
+        assert f"sft server {sft_server.url}:" in err and "prefix-cache hit rate 75.0%" in err
+        assert f"baseline server {base_server.url}:" in err
+        local = Engine(sft, baseline, CallableReward(vowel_share)).generate(
+            PROMPTS[:3], DecodeParams(method="tq-direct", k=3, rollout_len=4, max_new_tokens=5), progress=False)
+        by_prompt = {r["prompt"]: r["token_ids"] for r in rows}
+        assert [by_prompt[r.prompt] for r in local] == [r.token_ids for r in local]
+        capsys.readouterr()
+        argv[2] = "openai:http://127.0.0.1:9#sft"  # nothing listens on port 9
+        assert main(argv) == 2
+        assert "http://127.0.0.1:9/v1/models failed" in capsys.readouterr().err
+    finally:
+        sft_server.close()
+        base_server.close()
+
+
+def test_eval_keeps_finished_rows_when_the_server_dies_and_resumes(tiny_paths, sft, tmp_path, capsys):
+    from tqstar.cli import main
+    from tqstar.evaluation import read_rows
+
+    server = FakeServer(sft, "vllm", "sft")
+    port = server.httpd.server_address[1]
+    config = {
+        "sft": {"path": f"openai:{server.url}#sft", "tokenizer": str(tiny_paths["sft"]), "retries": 1},
+        "reward": "conftest:vowel_share",
+        "methods": [{"method": "args", "alpha": 1.0}],
+        "defaults": {"max_new_tokens": 4, "k": 3},
+        "prompts": {"source": str(tmp_path / "prompts.txt")},
+        "output": str(tmp_path / "out.jsonl"), "batch_size": 1,
+    }
+    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt {i} about a park" for i in range(6)))
+    (tmp_path / "eval.yaml").write_text(json.dumps(config))
+    argv = ["eval", "--config", str(tmp_path / "eval.yaml"), "--no-progress", "--coherence", "none",
+            "--reference", "args(α=1)"]
+    server.faults.die_after = server.completions + 10  # the k probe, then 4 steps per prompt: dies in prompt 3
+    try:
+        assert main(argv) == 2
+        assert server.url in capsys.readouterr().err
+        _, rows = read_rows(tmp_path / "out.jsonl")
+        assert len(rows) == 2
+        server = FakeServer(sft, "vllm", "sft", port=port)  # back up on the same address: the run resumes
+        assert main(argv) == 0
+        _, rows = read_rows(tmp_path / "out.jsonl")
+        assert sorted(r["prompt_index"] for r in rows) == list(range(6))
+    finally:
+        server.close()
