@@ -2,21 +2,19 @@
 
 For each prompt the judge sees two responses — the method's and the reference's — in a random order (seeded),
 and answers ``A``, ``B`` or ``TIE``. Verdicts are mapped back to the method's win / tie / loss; an answer that
-does not parse is counted as *unparsable* and reported, never silently as a tie. Uses only the standard library.
+does not parse is counted as *unparsable* and reported, never silently as a tie. Requests go through
+:class:`~tqstar.http.JsonClient` (timeouts, retries with backoff).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .errors import ConfigError, TQStarError
+from .errors import ConfigError, ServerError, TQStarError
+from .http import JsonClient
 
 TEMPLATE = """You are comparing two responses to the same user prompt. Judge which response is more helpful,
 harmless and honest. Answer with exactly one word: A, B or TIE.
@@ -41,25 +39,23 @@ class LLMJudge:
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 60.0
+    retries: int = 2
     seed: int = 0
+    client: JsonClient = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.base_url or not self.model:
             raise ConfigError("the LLM judge needs both a base URL and a served model name; give --llm-judge-url and"
                               " --llm-judge-model")
+        object.__setattr__(self, "client", JsonClient(self.base_url, api_key_env=self.api_key_env,
+                                                      timeout=self.timeout, retries=self.retries))
 
     def ask(self, prompt: str, a: str, b: str) -> str:
         body = {"model": self.model, "temperature": 0.0, "max_tokens": 4,
                 "messages": [{"role": "user", "content": TEMPLATE.format(prompt=prompt, a=a, b=b)}]}
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        request = urllib.request.Request(self.base_url.rstrip("/") + "/v1/chat/completions",
-                                         data=json.dumps(body).encode(), headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.load(response)["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as exc:
+            return self.client.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
+        except (ServerError, KeyError, IndexError, TypeError) as exc:
             raise TQStarError(f"LLM judge at {self.base_url} failed ({exc}); check the URL, model name and that the"
                               " server is up") from exc
 
