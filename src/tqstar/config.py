@@ -107,16 +107,12 @@ class RunConfig:
     concurrency: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "concurrency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
-        local = [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))
-                 if spec is None or not spec.remote]
-        if self.concurrency > 1 and local:
-            raise ConfigError(f"`concurrency` {self.concurrency} decodes several batches at once, which needs remote"
-                              f" models (openai:...), but the {local[0]} model is local; use concurrency 1 and a"
-                              " larger batch_size")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}")
+        from .engine import check_concurrency
+
+        check_concurrency(self.concurrency, [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))
+                                             if spec is None or not spec.remote])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

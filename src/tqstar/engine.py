@@ -43,12 +43,7 @@ class Engine:
         """Raise :class:`ConfigError` if ``params`` (and ``concurrency``) cannot run with the models and rewards
         given."""
         m = self.models
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}")
-        local = [lm.name for lm in (m.sft, m.baseline) if lm is not None and not lm.thread_safe]
-        if concurrency > 1 and local:
-            raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
-                              f" (openai:...), but {local[0]} is local; use concurrency 1 and a larger batch_size")
+        check_concurrency(concurrency, [lm.name for lm in (m.sft, m.baseline) if lm is not None and not lm.thread_safe])
         needs = {
             "baseline": params.uses_baseline,
             "reward": params.needs_reward,
@@ -156,6 +151,16 @@ class Engine:
             accounting=state.accounting,
             trace=state.trace,
         )
+
+
+def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless ``concurrency`` is a positive integer that the models allow (``local``:
+    the names of the models that are not thread-safe)."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}")
+    if concurrency > 1 and local:
+        raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
+                          f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size")
 
 
 def check_same_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> None:

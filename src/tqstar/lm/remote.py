@@ -19,6 +19,10 @@ decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ �
 log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers, and are computed exactly as
 with the local backend (up to the server's numerics).
 
+Accounting: a server does not say per request how much of a prompt its prefix cache saved, so ``forward_tokens``
+counts the tokens sent plus the tokens generated (an upper bound on the model's work); :meth:`RemoteLM.stats`
+adds the server's own prefix-cache hit rate where it exposes one (vLLM's ``/metrics``).
+
 Tokenizer: a local tokenizer directory (``tokenizer=``, the served model's own files) when given; it is checked
 against the server's ``/tokenize`` and ``/detokenize`` at start-up and a disagreement is an error. Without one,
 text goes through the server's ``/tokenize`` / ``/detokenize`` (and chat formatting through the server: vLLM's
@@ -166,9 +170,9 @@ class RemoteLM(LanguageModel):
                 " directory, or none to use the server's")
         rng = random.Random(0)
         sample = sorted(rng.sample(range(len(self.tokenizer)), min(64, len(self.tokenizer))))
-        for token in sample:
+        served_texts = self._pool.map(lambda token: self._server_detokenize([token]), sample)
+        for token, served in zip(sample, served_texts):
             text = self.tokenizer.decode([token], skip_special_tokens=False)
-            served = self._server_detokenize([token])
             if served != text and not (served.strip() == text.strip() and text.strip()):
                 raise VocabularyMismatchError(
                     f"token {token} of {self.name} is {served!r} on the server but {text!r} locally; give the served"
