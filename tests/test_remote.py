@@ -165,7 +165,8 @@ def test_persistent_5xx_fails_with_the_url(served, tiny_paths, sft):
 
 
 def test_timeout(served, tiny_paths, sft):
-    remote = _remote(served, tiny_paths, retries=0, timeout=0.2)
+    remote = _remote(served, tiny_paths)  # connects with the default timeout, then gets a short one
+    remote.client.timeout, remote.client.retries = 0.2, 0
     served.faults.delay_s = 1.0
     with pytest.raises(ServerError, match="timed out"):
         remote.top_logprobs([sft.encode_prompt("x")], 3)
