@@ -50,7 +50,7 @@ SCHEME = "openai:"
 # Text the start-up check tokenizes on both sides: words, digits, punctuation, accents, CJK, emoji, whitespace.
 _PROBE_TEXT = "Hello world! 1234 tokens: naïve café, 東京, 🙂 — tabs\tand  spaces.\nNew line."
 _TOKEN_ID_KEY = re.compile(r"^token_id:(-?\d+)$")
-_LOGPROB_FLAGS = {"vllm": "--max-logprobs", "llama.cpp": "--n-probs is per request; check the server's limits"}
+_LOGPROB_FLAGS = {"vllm": "--max-logprobs"}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
