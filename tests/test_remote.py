@@ -308,3 +308,15 @@ def test_eval_keeps_finished_rows_when_the_server_dies_and_resumes(tiny_paths, s
         assert sorted(r["prompt_index"] for r in rows) == list(range(6))
     finally:
         server.close()
+
+
+def test_an_engine_that_could_not_be_installed_is_reported_with_the_reason(tmp_path, monkeypatch):
+    """The real-server suite skips with this message instead of passing when an engine is missing or failed."""
+    from tqstar.servers import EngineUnavailable, start_llama, start_vllm
+
+    monkeypatch.setenv("TQSTAR_SERVERS_DIR", str(tmp_path))
+    with pytest.raises(EngineUnavailable, match="vllm is not installed at .*run scripts/servers.sh"):
+        start_vllm(tmp_path, tmp_path / "log")
+    (tmp_path / "llama.FAILED").write_text("llama set-up failed on 2026-11-27; last lines of the log:\ncmake error\n")
+    with pytest.raises(EngineUnavailable, match=r"llama set-up failed on 2026-11-27; last lines of the log: \(details"):
+        start_llama(tmp_path, tmp_path / "log")
