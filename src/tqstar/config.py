@@ -63,8 +63,8 @@ class ModelSpec:
         if self.dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.remote:
-            parse_spec(self.path)
-            JsonClient(parse_spec(self.path)[0], timeout=self.timeout, retries=self.retries,
+            url, _ = parse_spec(self.path)
+            JsonClient(url, timeout=self.timeout, retries=self.retries,
                        max_in_flight=self.max_in_flight)  # checks the settings; connects later
             if self.adapter is not None:
                 raise ConfigError(f"adapter {self.adapter!r} cannot be merged into the remote model {self.path}; serve"

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-VLLM_VERSION = "0.32.0"
+VLLM_VERSION = "0.32.0"  # these two as in scripts/servers.sh, which installs them
 LLAMA_VERSION = "11434.0.0"
 READY_TIMEOUT_S = 300
 

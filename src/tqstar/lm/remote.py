@@ -144,9 +144,10 @@ class RemoteLM(LanguageModel):
             context = settings.get("n_ctx") or meta.get("n_ctx_train") or None
         return flavor, context, meta.get("n_vocab") or None
 
-    def _get_optional(self, path: str) -> Any:
+    def _get_optional(self, path: str, *, raw: bool = False) -> Any:
+        """GET an endpoint not every server has (``/props``, ``/metrics``); ``None`` when it is missing."""
         try:
-            return self.client.get(path, retries=0)
+            return self.client.get(path, raw=raw, retries=0)
         except ServerError:
             return None
 
@@ -317,17 +318,8 @@ class RemoteLM(LanguageModel):
         out: dict[str, Any] = {"requests": counts.requests, "retries": counts.retries, "failures": counts.failures,
                                "prompt_tokens_sent": self.prompt_tokens_sent,
                                "completion_tokens": self.completion_tokens}
-        out.update(prefix_cache_metrics(self._get_optional_raw("/metrics") or ""))
+        out.update(prefix_cache_metrics(self._get_optional("/metrics", raw=True) or ""))
         return out
-
-    def _get_optional_raw(self, path: str) -> str | None:
-        try:
-            return self.client.get(path, raw=True, retries=0)
-        except ServerError:
-            return None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
 
 
 def prefix_cache_metrics(text: str) -> dict[str, float]:
