@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +26,8 @@ class Faults:
     delay_s: float = 0.0  # sleep before answering completions
     drop_logprobs: bool = False
     shift_vocab: int = 0  # the server's tokenizer numbers tokens differently
+    detokenize_suffix: str = ""  # the server's tokens spell differently
+    retry_after: str | None = None  # Retry-After header sent with injected 429/5xx answers
     max_logprobs: int = 20
     die_after: int | None = None  # close the listening socket after this many completions requests
 
@@ -78,6 +81,7 @@ class FakeServer:
             return 200, {"tokens": [(int(i) + shift) % len(tok) for i in ids]}
         if path == "/detokenize":
             text = tok.decode([(int(i) - shift) % len(tok) for i in body["tokens"]], skip_special_tokens=False)
+            text += self.faults.detokenize_suffix
             return 200, {"prompt": text} if self.flavor == "vllm" else {"content": text}
         if path == "/apply-template" and self.flavor == "llama.cpp":
             return 200, {"prompt": tok.apply_chat_template(body["messages"], add_generation_prompt=True,
@@ -87,8 +91,6 @@ class FakeServer:
         return 404, {"error": {"message": f"no route {path}"}}
 
     def complete(self, body: dict) -> tuple[int, Any]:
-        import time
-
         with self._lock:
             self.completions += 1
             self.requests.append(body)
@@ -156,6 +158,8 @@ class FakeServer:
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if status != 200 and server.faults.retry_after is not None:
+                    self.send_header("Retry-After", server.faults.retry_after)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

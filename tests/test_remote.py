@@ -137,16 +137,13 @@ def test_unreachable_server_is_named():
 
 
 def test_wrong_served_name_and_bad_specs(served, tiny_paths):
-    with pytest.raises(ConfigError, match="does not serve a model named 'nope'"):
-        RemoteLM(served.url, "nope", tokenizer=tiny_paths["sft"]) if served.flavor == "vllm" else _raise_name()
+    if served.flavor == "vllm":  # llama-server serves one model whatever name is asked: nothing to check there
+        with pytest.raises(ConfigError, match="does not serve a model named 'nope'"):
+            RemoteLM(served.url, "nope", tokenizer=tiny_paths["sft"])
     for spec in ["openai:127.0.0.1:8000#m", "openai:http://h:1", "openai:http://h:1#"]:
         with pytest.raises(ConfigError, match="openai:<base_url>#<served_model_name>"):
             parse_spec(spec)
     assert parse_spec("openai:http://h:8000/v1#sft") == ("http://h:8000/v1", "sft")
-
-
-def _raise_name():  # llama-server serves one model whatever name is asked, so nothing to check there
-    raise ConfigError("does not serve a model named 'nope'")
 
 
 def test_retries_429_and_5xx_then_succeeds(served, sft, tiny_paths):
@@ -155,6 +152,23 @@ def test_retries_429_and_5xx_then_succeeds(served, sft, tiny_paths):
     seqs = [sft.encode_prompt("hello there")]
     assert torch.equal(remote.top_logprobs(seqs, 3).token_ids, sft.top_logprobs(seqs, 3).token_ids)
     assert remote.client.counts.retries == 2
+
+
+def test_retry_after_header_sets_the_wait(served, sft, tiny_paths, monkeypatch):
+    remote = _remote(served, tiny_paths, retries=2, backoff=20.0)
+    waits = []
+    monkeypatch.setattr("tqstar.http.time.sleep", waits.append)
+    served.faults.status, served.faults.retry_after = [429], "0.25"
+    remote.top_logprobs([sft.encode_prompt("x")], 3)
+    assert waits == [0.25]
+
+
+def test_large_batches_are_split_into_requests(served, sft, tiny_paths):
+    remote = _remote(served, tiny_paths, max_batch=2)
+    seqs = [sft.encode_prompt(p) for p in PROMPTS + ["a fifth one"]]
+    before = served.completions
+    assert torch.equal(remote.top_logprobs(seqs, 4).token_ids, sft.top_logprobs(seqs, 4).token_ids)
+    assert served.completions - before == 3 and all(len(r["prompt"]) <= 2 for r in served.requests[before:])
 
 
 def test_persistent_5xx_fails_with_the_url(served, tiny_paths, sft):
@@ -184,6 +198,12 @@ def test_missing_logprobs(served, tiny_paths, sft):
 def test_vocabulary_mismatch_is_refused_at_start_up(served, tiny_paths):
     served.faults.shift_vocab = 1
     with pytest.raises(VocabularyMismatchError, match="disagrees with the local tokenizer"):
+        _remote(served, tiny_paths)
+
+
+def test_detokenize_disagreement_is_refused_at_start_up(served, tiny_paths):
+    served.faults.detokenize_suffix = "!"
+    with pytest.raises(VocabularyMismatchError, match=r"on the server but .* locally"):
         _remote(served, tiny_paths)
 
 
