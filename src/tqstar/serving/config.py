@@ -99,6 +99,9 @@ class ServeConfig:
         if not self.presets:
             raise ConfigError("no presets configured; add a `presets:` mapping of model id to decoding parameters")
         for name, params in self.presets:
+            over = self.limits.check(params)
+            if over is not None:
+                raise ConfigError(f"preset {name!r}: {over[1]} (raise `limits.max_{over[0]}` or lower the preset's)")
             if params.trace:
                 raise ConfigError(f"preset {name!r} sets `trace`; a request asks for it with"
                                   ' "tqstar": {"trace": true}')
