@@ -108,13 +108,19 @@ def format_response(response) -> str:
 
 
 def format_trace(trace: list[dict[str, Any]]) -> str:
-    """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice."""
+    """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice.
+
+    A candidate whose Q̂ was never computed (it could not change the choice) shows ``pruned``; one valued from the
+    previous step's rollout is marked ``reused``."""
     lines = [f"{'step':>4}  {'token':<14}{'logp_sft':>9}{'Q':>9}{'score':>9}{'p_dec':>7}"]
     for row in trace:
         for j, z in enumerate(row["candidates"]):
             mark = "*" if z == row["chosen"] else " "
+            q, s = row["q"][j], row["score"][j]
+            note = "  reused" if row.get("reused", [False] * (j + 1))[j] else ""
             lines.append(f"{row['step']:>4}{mark} {row['tokens'][j]!r:<14.14}{row['logp_sft'][j]:>9.3f}"
-                         f"{row['q'][j]:>9.3f}{row['score'][j]:>9.3f}{row['p_dec'][j]:>7.3f}")
+                         f"{'pruned' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
+                         f"{row['p_dec'][j]:>7.3f}{note}")
     return "\n".join(lines)
 
 
