@@ -91,6 +91,10 @@ def _metric(url: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
+def _chat(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
 def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
@@ -110,19 +114,19 @@ def test_models_and_limits_list_the_presets(client, server, config):
 @pytest.mark.parametrize("preset", ["tiny-tq", "tiny-cd", "tiny-sft"])
 def test_chat_and_completion_equal_generate(client, engine, config, preset):
     prompt = PROMPTS[3]
-    want = _expected(engine, config, preset, [prompt], 12)[0]
-    chat = client.chat.completions.create(model=preset, messages=[{"role": "user", "content": prompt}],
-                                          max_tokens=12)
+    want = _expected(engine, config, preset, [_chat(prompt)], 12)[0]
+    chat = client.chat.completions.create(model=preset, messages=_chat(prompt), max_tokens=12)
     assert chat.object == "chat.completion" and chat.model == preset
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content == want.text
     assert chat.choices[0].finish_reason == {"eos": "stop", "stop": "stop", "length": "length"}[want.finish_reason]
     assert chat.usage.completion_tokens == len(want.token_ids)
-    assert chat.usage.prompt_tokens == len(engine.models.sft.encode_prompt(prompt)) > 0
+    assert chat.usage.prompt_tokens == len(engine.models.sft.encode_prompt(_chat(prompt))) > 0
     ext = chat.model_extra["tqstar"]
     assert ext["method"] == want.method and ext["reward"] == pytest.approx(want.reward)
     assert ext["accounting"]["rollouts"] == want.accounting.rollouts
     assert (ext["kl"] is None) == (want.kl is None)
+    want = _expected(engine, config, preset, [prompt], 12)[0]
     text = client.completions.create(model=preset, prompt=prompt, max_tokens=12)
     assert text.object == "text_completion" and text.choices[0].text == want.text
     assert text.usage.total_tokens == text.usage.prompt_tokens + len(want.token_ids)
@@ -130,10 +134,10 @@ def test_chat_and_completion_equal_generate(client, engine, config, preset):
 
 def test_streamed_text_equals_non_streamed_and_generate(client, engine, config):
     prompt = PROMPTS[5]
-    want = _expected(engine, config, "tiny-tq", [prompt], 14)[0]
-    whole = client.chat.completions.create(model="tiny-tq", messages=[{"role": "user", "content": prompt}],
+    want = _expected(engine, config, "tiny-tq", [_chat(prompt)], 14)[0]
+    whole = client.chat.completions.create(model="tiny-tq", messages=_chat(prompt),
                                            max_completion_tokens=14)
-    chunks = list(client.chat.completions.create(model="tiny-tq", messages=[{"role": "user", "content": prompt}],
+    chunks = list(client.chat.completions.create(model="tiny-tq", messages=_chat(prompt),
                                                  max_completion_tokens=14, stream=True,
                                                  stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
@@ -164,13 +168,13 @@ def test_completion_stream_with_raw_http_ends_with_done(server, engine, config):
 
 def test_trace_in_body_and_chunks(client, engine, config):
     prompt = PROMPTS[9]
-    want = _expected(engine, config, "tiny-tq", [prompt], 6, trace=True)[0]
-    body = client.chat.completions.create(model="tiny-tq", messages=[{"role": "user", "content": prompt}],
+    want = _expected(engine, config, "tiny-tq", [_chat(prompt)], 6, trace=True)[0]
+    body = client.chat.completions.create(model="tiny-tq", messages=_chat(prompt),
                                           max_tokens=6, extra_body={"tqstar": {"trace": True}})
     trace = body.model_extra["tqstar"]["trace"]
     assert [row["chosen"] for row in trace] == want.token_ids == [row["chosen"] for row in want.trace]
     assert len(trace[0]["candidates"]) == 4
-    chunks = list(client.chat.completions.create(model="tiny-tq", messages=[{"role": "user", "content": prompt}],
+    chunks = list(client.chat.completions.create(model="tiny-tq", messages=_chat(prompt),
                                                  max_tokens=6, stream=True, extra_body={"tqstar": {"trace": True}}))
     rows = [c.model_extra["tqstar"]["trace"] for c in chunks if c.model_extra.get("tqstar", {}).get("trace")]
     assert [row["chosen"] for row in rows] == want.token_ids
@@ -212,13 +216,13 @@ def test_sampled_preset_repeats_with_a_seed(client):
 
 # ---- continuous batching -------------------------------------------------------------------------------------
 def test_32_concurrent_streams_share_steps_and_each_gets_its_answer(server, engine, config):
-    want = [r.text for r in _expected(engine, config, "tiny-tq", PROMPTS, 12)]
+    want = [r.text for r in _expected(engine, config, "tiny-tq", [_chat(p) for p in PROMPTS], 12)]
     steps_before = _metric(server.url, "tqstar_step_rows_count")
     single_before = _metric(server.url, "tqstar_step_rows_bucket", 'le="1.0"')
 
     async def one(client: openai.AsyncOpenAI, prompt: str) -> str:
         stream = await client.chat.completions.create(
-            model="tiny-tq", messages=[{"role": "user", "content": prompt}], max_tokens=12, stream=True)
+            model="tiny-tq", messages=_chat(prompt), max_tokens=12, stream=True)
         return "".join([c.choices[0].delta.content or "" async for c in stream])
 
     async def run() -> list[str]:
@@ -380,9 +384,9 @@ def test_openai_models_behind_the_server(tmp_path, tiny_paths, sft):
         with _start(tmp_path, config) as server:
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
             for preset in ("remote-cd", "remote-sft"):
-                want = _expected(engine, config, preset, [PROMPTS[4]], 8)[0]
+                want = _expected(engine, config, preset, [_chat(PROMPTS[4])], 8)[0]
                 chunks = client.chat.completions.create(model=preset, max_tokens=8, stream=True,
-                                                        messages=[{"role": "user", "content": PROMPTS[4]}])
+                                                        messages=_chat(PROMPTS[4]))
                 assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
     finally:
         fake.close()
@@ -399,9 +403,9 @@ def test_smollm2_with_the_dpo_baseline(tmp_path):
               "presets": {"smollm2-tq": {"method": "tq-direct"}}}
     engine = ServeConfig.from_dict(config).run.build(check=False)
     prompt = "How do I make a cup of tea?"
-    want = _expected(engine, config, "smollm2-tq", [prompt], 8)[0]
+    want = _expected(engine, config, "smollm2-tq", [_chat(prompt)], 8)[0]
     with _start(tmp_path, config) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         chunks = client.chat.completions.create(model="smollm2-tq", max_tokens=8, stream=True,
-                                                messages=[{"role": "user", "content": prompt}])
+                                                messages=_chat(prompt))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text

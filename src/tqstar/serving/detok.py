@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..text import REPLACEMENT, cut_at_stop
+
 
 def held_back(text: str, stop: Sequence[str]) -> int:
     """Characters at the end of ``text`` that could still become (part of) a stop string or a broken character.
@@ -26,7 +28,7 @@ def held_back(text: str, stop: Sequence[str]) -> int:
     The count is the longest suffix of ``text`` that is a proper prefix of some stop string, at least the run of
     trailing U+FFFD characters.
     """
-    hold = len(text) - len(text.rstrip("\ufffd"))
+    hold = len(text) - len(text.rstrip(REPLACEMENT))
     for s in stop:
         for j in range(min(len(s) - 1, len(text)), hold, -1):
             if text.endswith(s[:j]):
@@ -50,8 +52,8 @@ class IncrementalText:
     def update(self, ids: Sequence[int]) -> str:
         """The text that became safe to send now that ``ids`` are committed ("" if none)."""
         text = self.decode(list(ids))
-        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-        safe = text[:cut] if cut >= 0 else text[: len(text) - held_back(text, self.stop)]
+        cut = cut_at_stop(text, self.stop)
+        safe = cut if len(cut) < len(text) else text[: len(text) - held_back(text, self.stop)]
         return self._extend(safe)
 
     def finish(self, text: str) -> str:
