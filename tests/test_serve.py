@@ -409,3 +409,48 @@ def test_smollm2_with_the_dpo_baseline(tmp_path):
         chunks = client.chat.completions.create(model="smollm2-tq", max_tokens=8, stream=True,
                                                 messages=_chat(prompt))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+
+
+# ---- in this process: the deadline and the end of the shutdown grace ---------------------------------------------
+SLOW = {"k": 8, "rollout_len": 60, "prune": False, "reuse_rollouts": False}  # 64 steps of 8 x 60-token rollouts
+
+
+def _app_client(engine, config: dict, **limits):
+    from fastapi.testclient import TestClient
+
+    from tqstar.serving.app import create_app
+
+    config = {**config, "limits": {**config["limits"], **limits}}
+    return TestClient(create_app(engine, ServeConfig.from_dict(config)))
+
+
+def test_a_request_past_its_deadline_ends_with_504(engine, config):
+    with _app_client(engine, config, request_timeout_s=0.05) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0], "max_tokens": 64,
+                                            "tqstar": SLOW})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert c.get("/health").status_code == 200  # the engine thread goes on
+
+
+def test_streams_still_open_when_the_shutdown_grace_ends_get_an_error_then_done(engine, config):
+    with _app_client(engine, config, max_batch=1) as c:
+        with c.stream("POST", "/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0], "max_tokens": 64,
+                                                       "stream": True, "tqstar": SLOW}) as r:
+            lines = (line for line in r.iter_lines() if line)
+            assert json.loads(next(lines)[len("data: "):])["choices"][0]["finish_reason"] is None
+            c.app.state.scheduler.shutdown(0.0)
+            rest = list(lines)
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][len("data: "):])["error"]["code"] == "shutting_down"
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        assert c.get("/health").status_code == 503
+
+
+def test_cors_origins_let_a_browser_page_call_the_api(engine, config):
+    with _app_client(engine, {**config, "cors_origins": ["http://localhost:5173"]}) as c:
+        r = c.options("/v1/chat/completions", headers={"Origin": "http://localhost:5173",
+                                                        "Access-Control-Request-Method": "POST"})
+        assert r.headers["access-control-allow-origin"] == "http://localhost:5173"
+        r = c.get("/v1/models", headers={"Origin": "http://elsewhere.example"})
+        assert "access-control-allow-origin" not in r.headers

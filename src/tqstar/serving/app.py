@@ -76,6 +76,11 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="tqstar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler, app.state.metrics, app.state.config = scheduler, metrics, config
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     api = _Api(engine, config, scheduler, metrics)
 
     @app.exception_handler(APIError)

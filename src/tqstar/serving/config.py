@@ -14,6 +14,7 @@ YAML layout (every key optional; command-line flags override the file)::
     host: 127.0.0.1
     port: 8000
     api_keys_env: TQSTAR_API_KEYS         # comma-separated keys in this variable; unset or empty: no auth
+    cors_origins: []                      # browser origins allowed to call the API (e.g. a playground's)
 
 Without ``presets`` the server offers ``<name>-tq`` (tq-direct, with a baseline and a reward), ``<name>-cd`` (with a
 reward), ``<name>-baseline`` (with a baseline) and ``<name>-sft``, each over the ``decode`` section.
@@ -92,6 +93,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys_env: str = "TQSTAR_API_KEYS"
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -110,7 +112,8 @@ class ServeConfig:
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         """Build and validate from a mapping (a YAML file merged with flags)."""
         data = {k: v for k, v in data.items() if v is not None}
-        own = {k: data.pop(k) for k in ("presets", "limits", "host", "port", "api_keys_env", "name") if k in data}
+        own = {k: data.pop(k) for k in ("presets", "limits", "host", "port", "api_keys_env", "name", "cors_origins")
+               if k in data}
         for key in _RUN_ONLY:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
@@ -135,8 +138,11 @@ class ServeConfig:
         limits = own.get("limits") or {}
         if not isinstance(limits, dict):
             raise ConfigError(f"`limits` must be a mapping, got {limits!r}")
+        origins = own.get("cors_origins") or []
+        if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+            raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}")
         return cls(run=run, presets=tuple(built), limits=Limits(**_known(limits, Limits, "limits")),
-                   **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
+                   cors_origins=tuple(origins), **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
 
     def preset(self, name: str) -> DecodeParams | None:
         return dict(self.presets).get(name)

@@ -151,6 +151,17 @@ class Scheduler:
 
     # ---- the engine thread --------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug in the loop itself: end every request rather than leave it hanging
+            log.exception("the engine thread failed; no request can be served any more")
+            with self._cond:
+                self._accepting = False
+                for ticket in [*self._waiting, *(t for g in self._groups.values() for t in g.tickets)]:
+                    self._fail(ticket, _error_for(RuntimeError("engine thread failed")))
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 self._admit()
