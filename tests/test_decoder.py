@@ -142,7 +142,7 @@ def test_decoding_stops_at_eos(sft, baseline, reward):
     eos = next(iter(sft.eos_token_ids))
     bias = torch.zeros(sft.vocab_size)
     bias[eos] = 100.0  # EOS becomes the SFT model's overwhelming favourite
-    sft.model.lm_head.bias = torch.nn.Parameter(bias)
+    sft.model.lm_head.bias = torch.nn.Parameter(bias.to(sft.device))
     engine = Engine(sft, baseline, reward)
     for r in engine.generate(PROMPTS, DecodeParams(method="tq-direct", **{**SHORT, "alpha": 0.0}), progress=False):
         assert r.finish_reason == "eos" and r.token_ids == [eos] and r.text == ""

@@ -143,7 +143,7 @@ def test_tiny_pruning_and_reuse_are_exact_with_stop_strings_and_eos(sft, baselin
         for lm in (sft, baseline):
             bias = torch.zeros(lm.vocab_size)
             bias[eos] = 3.0
-            lm.model.lm_head.bias = torch.nn.Parameter(bias)
+            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
     engine = Engine(sft, baseline, CallableReward(vowel_share))
     params = DecodeParams(method=method, k=5, alpha=0.5, rollout_len=4, max_new_tokens=7, stop=("the",), **rollouts)
     assert_speedups_exact(engine, PROMPTS, params)
