@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
 from tqstar.lm.base import FullVocabLM, LanguageModel, StepOutput
@@ -227,7 +228,7 @@ def _eos_forcing_model(model):
     """A copy of ``model`` whose lm_head puts all mass on :data:`EOS_ID` (zero weights, a large EOS bias)."""
     model = copy.deepcopy(model)
     old = model.lm_head
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True, device=old.weight.device)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
@@ -237,7 +238,7 @@ def _eos_forcing_model(model):
 
 
 def _transformers(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
-    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft")
+    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft", device=TEST_DEVICE)
     eos_lm = TransformersLM(_eos_forcing_model(lm.model), lm.tokenizer, name="tiny-eos")
     return lm, eos_lm, EOS_ID
 
