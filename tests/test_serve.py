@@ -454,3 +454,19 @@ def test_cors_origins_let_a_browser_page_call_the_api(engine, config):
         assert r.headers["access-control-allow-origin"] == "http://localhost:5173"
         r = c.get("/v1/models", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_an_unexpected_failure_is_an_openai_shaped_500(engine, config, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from tqstar.serving.app import create_app
+
+    app = create_app(engine, ServeConfig.from_dict(config))
+
+    def broken(prompt):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(engine.models.sft, "encode_prompt", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"

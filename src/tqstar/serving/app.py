@@ -87,6 +87,12 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged by the server
+        error = APIError(500, f"the server failed on this request ({type(exc).__name__}); its log has the details",
+                         type="server_error", code="internal_error")
+        return JSONResponse(error.body(), status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}; see GET /v1/models"
