@@ -24,7 +24,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engine import Engine
 from ..errors import ConfigError, PromptTooLongError, TQStarError
 from ..params import DecodeParams
 from .config import ServeConfig
@@ -58,13 +59,16 @@ class ClientGone(Exception):
     """The client disconnected while its request was queued or decoding (the request is cancelled)."""
 
 
-def create_app(engine, config: ServeConfig) -> FastAPI:
-    """The app serving ``engine`` (an :class:`~tqstar.engine.Engine`, models loaded) with ``config``'s presets.
+def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfig) -> FastAPI:
+    """The app serving ``config``'s presets with ``engines`` (models loaded; see
+    :func:`~tqstar.serving.server.build_engines`): one :class:`~tqstar.engine.Engine`, or one per baseline name
+    (``None``: the top-level baseline).
 
     The engine thread starts with the app and stops (after the shutdown grace) when the app shuts down.
     """
+    engines = {None: engines} if isinstance(engines, Engine) else dict(engines)
     metrics = ServerMetrics()
-    scheduler = Scheduler(engine, config.limits, metrics)
+    scheduler = Scheduler(config.limits, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -81,7 +85,7 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    api = _Api(engine, config, scheduler, metrics)
+    api = _Api(engines, config, scheduler, metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -123,7 +127,8 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
         api.authorize(request)
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
-             "tqstar": {"params": _public(params)}} for name, params in config.presets]}
+             "tqstar": {"params": _public(params), "baseline": config.baseline_of(name)}}
+            for name, params in config.presets]}
 
     @app.get("/v1/tqstar/limits")
     async def limits(request: Request) -> dict[str, Any]:
@@ -146,8 +151,9 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
 class _Api:
     """The completion handlers' logic: validate, build the row, queue it, relay its events."""
 
-    def __init__(self, engine, config: ServeConfig, scheduler: Scheduler, metrics: ServerMetrics) -> None:
-        self.engine, self.config, self.scheduler, self.metrics = engine, config, scheduler, metrics
+    def __init__(self, engines: dict[str | None, Engine], config: ServeConfig, scheduler: Scheduler,
+                 metrics: ServerMetrics) -> None:
+        self.engines, self.config, self.scheduler, self.metrics = engines, config, scheduler, metrics
         self.limits = config.limits
         self.started = int(time.time())
         keys = os.environ.get(config.api_keys_env, "")
@@ -216,7 +222,8 @@ class _Api:
         refused = req.unsupported()
         if refused is not None:
             raise APIError(400, refused[1], param=refused[0], code="unsupported_parameter")
-        params = self._params(preset, req)
+        engine = self.engines[self.config.baseline_of(req.model)]
+        params = self._params(engine, preset, req)
         budget = req.token_budget()
         budget = min(preset.max_new_tokens, self.limits.max_tokens) if budget is None else budget
         if not 1 <= budget <= self.limits.max_tokens:
@@ -224,7 +231,7 @@ class _Api:
             raise APIError(400, f"`{field}` must be between 1 and {self.limits.max_tokens} on this server, got"
                                 f" {budget}; ask for fewer tokens", param=field)
         try:
-            state = self.engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
+            state = engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
                                           max_new_tokens=budget, stop=req.stop_strings(), trace=req.tqstar.trace)
         except PromptTooLongError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(prompt, list) else "prompt",
@@ -236,17 +243,18 @@ class _Api:
             raise APIError(400, f"the prompt is {n_prompt} tokens, over the server's {self.limits.max_prompt_tokens}"
                                 "-token limit; shorten it", param="messages" if isinstance(prompt, list) else "prompt",
                            code="context_length_exceeded")
-        return Ticket(state=state, params=params, detok=IncrementalText(self.engine.models.sft.decode, state.stop),
+        return Ticket(engine=engine, state=state, params=params, detok=IncrementalText(engine.models.sft.decode,
+                                                                                       state.stop),
                       loop=loop, deadline=time.monotonic() + self.limits.request_timeout_s)
 
-    def _params(self, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
+    def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
         """The preset with the request's overrides, checked like the command line's and against the limits."""
         changes: dict[str, Any] = req.tqstar.overrides()
         if req.temperature is not None:
             changes["temperature"] = req.temperature
         try:
             params = preset.replace(**changes) if changes else preset
-            self.engine.check(params)
+            engine.check(params)
         except TQStarError as exc:
             raise _param_error(exc) from None
         over = self.limits.check(params)
