@@ -104,15 +104,7 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
                          else None)
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.requests.labels(_endpoint(request.url.path), "500").inc()
-            raise
-        metrics.requests.labels(_endpoint(request.url.path), str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountRequests, metrics=metrics)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -146,6 +138,33 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app
+
+
+class _CountRequests:
+    """ASGI middleware: count every answered HTTP request by endpoint and status (``tqstar_requests_total``).
+
+    Plain ASGI rather than ``@app.middleware``: it only watches ``http.response.start``, so streamed responses
+    pass through untouched."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception before any answer
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self.metrics.requests.labels(_endpoint(scope["path"]), str(status)).inc()
 
 
 class _Api:
