@@ -174,6 +174,7 @@ class _Api:
                  metrics: ServerMetrics) -> None:
         self.engines, self.config, self.scheduler, self.metrics = engines, config, scheduler, metrics
         self.limits = config.limits
+        self._checked: set[tuple] = set()  # (engine, group key) pairs that passed Engine.check
         self.started = int(time.time())
         keys = os.environ.get(config.api_keys_env, "")
         self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
@@ -273,7 +274,10 @@ class _Api:
             changes["temperature"] = req.temperature
         try:
             params = preset.replace(**changes) if changes else preset
-            engine.check(params)
+            checked = (id(engine), params.group_key())
+            if checked not in self._checked:  # once per parameter set: a served model's k check is a round trip
+                engine.check(params)
+                self._checked.add(checked)
         except TQStarError as exc:
             raise _param_error(exc) from None
         over = self.limits.check(params)

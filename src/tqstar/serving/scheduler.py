@@ -197,7 +197,10 @@ class Scheduler:
             key = (id(ticket.engine), ticket.params.group_key())
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = Group(ticket.engine, ticket.params, ticket.engine.decoder(ticket.params))
+                # checked when the request came in (Engine.decoder would check again: a served model's k check
+                # is a round trip to its server, under this lock)
+                group = self._groups[key] = Group(ticket.engine, ticket.params,
+                                                  Decoder(ticket.engine.models, ticket.params))
             group.tickets.append(ticket)
         self.metrics.queue_depth.set(len(self._waiting))
         self.metrics.active_rows.set(self._active())
