@@ -47,6 +47,7 @@ from .protocol import (
     CompletionRequest,
     chunk_body,
     completion_body,
+    json_safe,
     new_id,
     usage,
 )
@@ -306,7 +307,7 @@ class _Api:
             while True:
                 event = await self._next(request, ticket)
                 if isinstance(event, Token):
-                    extension = {"trace": event.trace} if event.trace is not None else None
+                    extension = {"trace": json_safe(event.trace)} if event.trace is not None else None
                     yield _sse(chunk_body(**chunk, text=event.text, extension=extension))
                     continue
                 if isinstance(event, Done):
@@ -341,7 +342,7 @@ def _extension(response, params: DecodeParams, *, trace: bool) -> dict[str, Any]
            "params": _public(params)}
     if trace and response.trace is not None:
         out["trace"] = response.trace
-    return out
+    return json_safe(out)
 
 
 def _public(params: DecodeParams) -> dict[str, Any]:
