@@ -346,6 +346,69 @@ def test_reset_cache_does_not_change_results(sft):
     torch.testing.assert_close(before.logprobs, after.logprobs, atol=ATOL, rtol=0)
 
 
+# ---- transformers: sliding-window attention ------------------------------------------------------------------
+WINDOW = 6
+
+
+def _windowed_lm(kind: str) -> TransformersLM:
+    """A tiny random model whose attention looks back :data:`WINDOW` tokens: every layer (Mistral) or every other
+    layer (Qwen2 with sliding and full layers mixed)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from tqstar.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                  eos_token_id=EOS_ID, pad_token_id=0, sliding_window=WINDOW)
+    torch.manual_seed(0)
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=True, max_window_layers=1, **common))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaked distributions: greedy continuations differ between models
+    return TransformersLM(model.eval(), tokenizer, chat_template=False, name=f"tiny-{kind}")
+
+
+def _uncached_logprobs(lm: TransformersLM, seq: Sequence[int]) -> torch.Tensor:
+    """log π(· | seq) from one plain forward pass over ``seq`` alone: no cache, no padding."""
+    with torch.no_grad():
+        return torch.log_softmax(lm.model(torch.tensor([list(seq)])).logits[0, -1].float(), dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2-mixed"])
+def test_sliding_window_cache_equals_uncached_forward(kind):
+    """Past the window, cached steps whose suffixes differ in length (pads inside the cached block) and rollouts
+    from cached stems give what the model gives on each sequence alone."""
+    lm = _windowed_lm(kind)
+    seqs = [lm.encode_prompt(p) for p in PROMPTS[:3]]
+    for step in range(10):
+        out = lm.next_logprobs(seqs)
+        for i, seq in enumerate(seqs):
+            torch.testing.assert_close(out.logprobs[i], _uncached_logprobs(lm, seq), atol=ATOL, rtol=0,
+                                       msg=f"step {step}, sequence {i} ({len(seq)} tokens)")
+        top = out.logprobs.topk(3).indices
+        seqs = [seq + top[i, :(step + i) % 3].tolist() for i, seq in enumerate(seqs)]  # grow by 0, 1 or 2
+    assert min(len(s) for s in seqs) > 2 * WINDOW
+    candidates = [seq + [z] for seq in seqs for z in lm.next_logprobs([seq]).logprobs[0].topk(2).indices.tolist()]
+    for prefix, tokens in zip(candidates, lm.rollout(candidates, 3 * WINDOW).tokens):
+        seq, want = list(prefix), []
+        while len(want) < 3 * WINDOW and (not want or want[-1] != EOS_ID):
+            want.append(int(_uncached_logprobs(lm, seq).argmax()))
+            seq.append(want[-1])
+        assert tokens == want
+
+
+def test_layer_types_the_cache_cannot_model_are_refused(sft):
+    model = copy.deepcopy(sft.model)
+    model.config.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(ModelLoadError) as info:
+        TransformersLM(model, sft.tokenizer, name="tiny-chunked")
+    assert str(info.value) == ("model tiny-chunked has 'chunked_attention' layers, which the tqstar prefix cache"
+                               " does not model; use a model with full or sliding-window attention")
+
+
 # ---- transformers: prompt formats ---------------------------------------------------------------------------
 def test_chat_template_with_system_prompt(sft):
     lm = TransformersLM(sft.model, sft.tokenizer, chat_template=True, system_prompt="please be kind")

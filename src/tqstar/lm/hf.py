@@ -16,8 +16,13 @@ Caching, the way vLLM's automatic prefix caching does it but for one process:
 A call whose sequences do not all extend a stored row is encoded from scratch (left padding); results never
 depend on the cache, only speed does.
 
-Sliding-window attention layers are not modelled by the cache (they are treated as full attention); models
-that use them are refused at load time.
+Sliding-window attention (Mistral-7B-v0.1, Mixtral, Phi-3-mini-4k, StarCoder2: ``config.sliding_window``; Gemma-2/3,
+Qwen2 with ``use_sliding_window``: some ``config.layer_types`` are ``"sliding_attention"``) is modelled in *real-token*
+positions: once a row is longer than the window, the forward pass gets a 4D additive mask in which the token at
+real position ``p`` attends to the real tokens at positions ``p - W + 1 .. p`` only (``W`` = ``sliding_window``,
+pads excluded), which is what the model computes on the sequence alone. A cache that padded or gathered rows
+cannot use transformers' own sliding mask, which counts cache slots rather than tokens. Models with other layer
+types (chunked or linear attention) are refused at load time.
 """
 
 from __future__ import annotations
@@ -120,12 +125,7 @@ class TransformersLM(FullVocabLM):
         if not self.eos_token_ids:
             raise ModelLoadError(f"model {self.name} defines no EOS token; set eos_token_id in its generation_config")
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        layer_types = getattr(model.config, "layer_types", None) or []
-        if any("sliding" in str(t) for t in layer_types) or getattr(model.config, "use_sliding_window", False):
-            raise ModelLoadError(
-                f"model {self.name} uses sliding-window attention, which the tqstar prefix cache does not model;"
-                " use a full-attention model"
-            )
+        self._windows = attention_windows(model.config, self.name)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
         self._rows: _Rows | None = None
         # transformers >= 5.x names the cache argument `cache`; older releases `past_key_values`.
@@ -307,7 +307,7 @@ class TransformersLM(FullVocabLM):
         cache = _make_cache(kv)
         out = self.model(
             input_ids=ids,
-            attention_mask=full_mask,
+            attention_mask=self._attention_mask(full_mask, positions),
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
@@ -315,6 +315,55 @@ class TransformersLM(FullVocabLM):
         )
         new_kv = [(layer.keys, layer.values) for layer in cache.layers]  # the forward pass appended in place
         return out.logits[:, -1].float(), new_kv
+
+
+    def _attention_mask(self, full_mask: torch.Tensor, positions: torch.Tensor):
+        """The 2D padding mask ``(R, T + S)`` for full attention; for a windowed model whose rows outgrow the window,
+        4D additive masks ``(R, 1, S, T + S)`` in real-token positions (one per layer type when the types mix)."""
+        windows = self._windows
+        if windows is None or int(full_mask.sum(dim=1).max()) <= min(w for w in windows.values() if w is not None):
+            return full_mask  # no row reaches past its window: plain causal attention is the same
+        dtype = self.model.dtype
+        masks = {kind: window_mask(full_mask, positions, window, dtype) for kind, window in windows.items()}
+        return masks[""] if "" in masks else masks
+
+
+def attention_windows(config, name: str) -> dict[str, int | None] | None:
+    """How far back each layer type attends, in tokens: ``None`` when every layer attends to the whole sequence;
+    ``{"": W}`` when every layer has the window ``W``; ``{layer type: W or None}`` when sliding and full layers mix
+    (the model then takes a mask per layer type). Raises :class:`ModelLoadError` on layer types it cannot model."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or [])
+    unknown = sorted(types - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise ModelLoadError(f"model {name} has {unknown[0]!r} layers, which the tqstar prefix cache does not model;"
+                             " use a model with full or sliding-window attention")
+    if not window or (types and "sliding_attention" not in types):
+        return None
+    if types == {"full_attention", "sliding_attention"}:
+        return {"full_attention": None, "sliding_attention": int(window)}
+    return {"": int(window)}
+
+
+def window_mask(full_mask: torch.Tensor, positions: torch.Tensor, window: int | None,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask ``(R, 1, S, T + S)`` for the last ``S`` columns of ``full_mask`` ``(R, T + S)``.
+
+    Query ``j`` of row ``r`` (real position ``q = positions[r, j]``) attends to key ``c`` iff ``c`` is a real token
+    (``full_mask[r, c] = 1``) at real position ``k`` with ``q - window < k <= q`` (``window=None``: ``k <= q``).
+    A pad query also attends to itself, so no row of the mask is empty (an empty row would turn into NaN).
+    """
+    width, steps = full_mask.shape[1], positions.shape[1]
+    keys = (full_mask.cumsum(dim=1) - 1)[:, None, :]  # (R, 1, T + S) real position of every key
+    query = positions[:, :, None]  # (R, S, 1)
+    allowed = full_mask.bool()[:, None, :] & (keys <= query)  # (R, S, T + S)
+    if window is not None:
+        allowed &= keys > query - window
+    columns = torch.arange(width, device=full_mask.device)
+    allowed |= columns[None, None, :] == columns[width - steps:][None, :, None]  # the query itself
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=full_mask.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, S, T + S)
 
 
 def _make_cache(kv):
