@@ -29,7 +29,7 @@ from typing import Any
 from .errors import ConfigError
 from .http import JsonClient
 from .lm.base import LanguageModel
-from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir
+from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
 from .lm.remote import RemoteLM, is_remote_spec, parse_spec
 from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
 from .params import DecodeParams
@@ -41,7 +41,8 @@ from .reward import RewardSpec
 class ModelSpec:
     """A causal LM: a local path (or hub id, or ``smollm2``) with an optional LoRA adapter merged at load time,
     dtype and device; or a model on a server, ``openai:<base_url>#<served_name>`` (see :mod:`tqstar.lm.remote`),
-    with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both."""
+    with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both.
+    ``allow_download``: fetch a hub id that is not in the local hub cache (otherwise nothing is downloaded)."""
 
     path: str
     adapter: str | None = None
@@ -54,6 +55,7 @@ class ModelSpec:
     timeout: float = 120.0
     retries: int = 4
     max_in_flight: int = 8
+    allow_download: bool = False
 
     @property
     def remote(self) -> bool:
@@ -77,7 +79,8 @@ class ModelSpec:
         if self.path in BUILTIN_MODELS:
             package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
         else:
-            _check_model_path(self.path)
+            _check_model_path(self.path, self.allow_download)
+        check_device(self.device)
         if self.adapter is not None:
             check_adapter_dir(resolve_adapter(self.adapter), repr(self.adapter))
 
@@ -156,7 +159,8 @@ class RunConfig:
                                                       system_prompt=spec.system_prompt, name=name)
             lm = TransformersLM.from_pretrained(
                 resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
-                chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name)
+                chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name,
+                allow_download=spec.allow_download)
             loaded[key] = lm
             return lm
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ModelLoadError, RewardError, preview
+from .errors import ConfigError, RewardError, preview
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -167,7 +167,7 @@ class TransformersReward(Reward):
     """A ``transformers`` sequence-classification reward model, with its own tokenizer and input format.
 
     Args:
-        path: model directory (or hub id when a hub is reachable).
+        path: model directory (or a hub id in the local hub cache; nothing is downloaded).
         format: how a (prompt, response) pair becomes the model's input. ``None`` uses the tokenizer's chat
             template (user + assistant turns) when it has one, else ``"{prompt}\\n{response}"``; a string with
             ``{prompt}`` and ``{response}`` fields, e.g. ``"Human: {prompt}\\n\\nAssistant: {response}"``.
@@ -184,19 +184,17 @@ class TransformersReward(Reward):
                  device: str = "cpu", dtype: str = "float32", name: str | None = None,
                  check_range: bool = True) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from .lm.hf import DTYPES, _check_model_path
+        from .lm.hf import DTYPES, _check_model_path, check_device, load_pretrained
 
+        check_device(device)
         _check_model_path(str(path))
         if format is not None and ("{response}" not in format):
             raise ConfigError(f"reward `format` must contain {{response}}, got {format!r}")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype])
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a reward model from {str(path)!r} ({exc}); give a directory of an"
-                                 " AutoModelForSequenceClassification model with its tokenizer") from exc
+        self.tokenizer, self.model = load_pretrained(
+            AutoModelForSequenceClassification, str(path), what="a reward model", dtype=DTYPES[dtype],
+            fix="give the directory of a trained AutoModelForSequenceClassification reward model with its tokenizer")
         self.model.to(device).eval()
         labels = self.model.config.num_labels
         if label is None and labels != 1:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,27 +146,27 @@ class TransformersLM(FullVocabLM):
         trust_remote_code: bool = False,
         name: str | None = None,
         adapter: str | os.PathLike | None = None,
+        allow_download: bool = False,
     ) -> TransformersLM:
-        """Load a causal LM and its tokenizer from a local directory (or a hub id when a hub is reachable).
+        """Load a causal LM and its tokenizer from a local directory, or a hub id already in the local hub cache.
 
         ``adapter``: a PEFT (LoRA) adapter directory, merged into the weights at load time (needs ``peft``).
+        ``allow_download``: fetch a hub id that is not cached (otherwise nothing is downloaded and a path that does
+        not exist fails at once).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
         path = str(path)
-        _check_model_path(path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a causal LM from {path!r} ({exc}); give a directory with"
-                                 " config.json, weights and a tokenizer") from exc
+        check_device(device)
+        _check_model_path(path, allow_download)
+        tokenizer, model = load_pretrained(
+            AutoModelForCausalLM, path, what="a causal LM", allow_download=allow_download,
+            fix="give a directory with config.json, weights and a tokenizer", dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code)
         if adapter is not None:
-            model = _merge_adapter(model, str(adapter))
+            model = _merge_adapter(model, str(adapter), path)
         model.to(device).eval()
         return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt)
 
@@ -451,21 +453,103 @@ def check_adapter_dir(adapter: str, shown: str | None = None) -> None:
                              " directory")
 
 
-def _merge_adapter(model, adapter: str):
+def _merge_adapter(model, adapter: str, base: str):
     check_adapter_dir(adapter)
     try:
         from peft import PeftModel
     except ImportError as exc:
         raise ModelLoadError("loading an adapter needs peft; pip install 'tqstar[train]'") from exc
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    try:
+        with quiet_loading():
+            return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"adapter {adapter!r} does not fit the model {base!r} ({_first_line(exc)}); give an"
+                             " adapter trained on this base model") from exc
 
 
-def _check_model_path(path: str) -> None:
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Within the block: no ``transformers`` progress bars ("Loading weights") or load reports, and no
+    FutureWarnings (peft's, on every adapter load). tqstar checks what matters itself (:func:`load_pretrained`)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained(auto_class, path: str, *, what: str, fix: str, allow_download: bool = False, **kwargs):
+    """``(tokenizer, model)`` from ``auto_class.from_pretrained(path)``: quietly, offline unless ``allow_download``,
+    and refused (:class:`ModelLoadError`) when any weight would be newly initialised (e.g. a causal LM's directory
+    loaded as a sequence classifier gets a random scoring head, and so different scores every run)."""
+    from transformers import AutoTokenizer
+
+    offline = {"local_files_only": not allow_download}
+    trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
+    try:
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(path, **offline, **trust)
+            model, info = auto_class.from_pretrained(path, output_loading_info=True, **offline, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {what} from {path!r} ({_first_line(exc)}); {fix}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(f"{path!r} has no trained weights for {', '.join(missing[:3])}, which loading it as"
+                             f" {what} would initialise at random; {fix}")
+    return tokenizer, model
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` names a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "torch built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {device!r} is not available ({reason}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} is not available ({torch.cuda.device_count()} CUDA GPUs are"
+                              " visible); use cuda:0 or --device cpu")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available (no Apple GPU); use --device cpu")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line and 200 characters (to quote inside one sentence)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _check_model_path(path: str, allow_download: bool = False) -> None:
+    """Fail at once on a model path that does not exist, unless it is a hub id already in the local hub cache or
+    ``allow_download`` is set (nothing is downloaded otherwise)."""
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
             raise ModelLoadError(f"model directory {path!r} has no config.json; give a transformers model directory")
         return
-    if path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model path {path!r} does not exist; give a local model directory or a hub id"
-                             " such as 'org/name'")
+    hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if hub_id and (allow_download or _in_hub_cache(path)):
+        return
+    raise ModelLoadError(f"model path {path!r} does not exist; give a local model directory"
+                         + (" (or allow_download: true to fetch the hub id)" if hub_id else ""))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds ``repo_id``'s config.json (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
