@@ -133,3 +133,19 @@ def test_model_spec_checks_path_and_device_before_loading(tiny_paths, tmp_path, 
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"^device 'cuda:0' is not available"):
             ModelSpec(str(tiny_paths["sft"]), device="cuda:0")
+
+
+# ---- options that reach the loaded models ------------------------------------------------------------------------
+def test_parse_special_tokens_from_yaml_and_flag_reach_the_model(tiny_paths):
+    from tqstar.cli import _merge, _parser
+    from tqstar.config import RunConfig
+
+    sft, baseline = str(tiny_paths["sft"]), str(tiny_paths["baseline"])
+    config = RunConfig.from_dict({"sft": {"path": sft, "parse_special_tokens": True}, "baseline": baseline})
+    models = config.build(check=False).models
+    assert models.sft.parse_special_tokens and not models.baseline.parse_special_tokens
+    assert 2 in models.sft.encode_prompt("the cat </s>") and 2 not in models.baseline.encode_prompt("the cat </s>")
+    args = _parser().parse_args(["generate", "--sft", sft, "--parse-special-tokens", "--allow-download"])
+    merged = RunConfig.from_dict(_merge({}, args))
+    assert merged.sft.parse_special_tokens and merged.sft.allow_download
+    assert not RunConfig.from_dict(_merge({}, _parser().parse_args(["generate", "--sft", sft]))).sft.parse_special_tokens

@@ -42,7 +42,8 @@ class ModelSpec:
     """A causal LM: a local path (or hub id, or ``smollm2``) with an optional LoRA adapter merged at load time,
     dtype and device; or a model on a server, ``openai:<base_url>#<served_name>`` (see :mod:`tqstar.lm.remote`),
     with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both.
-    ``allow_download``: fetch a hub id that is not in the local hub cache (otherwise nothing is downloaded)."""
+    ``allow_download``: fetch a hub id that is not in the local hub cache (otherwise nothing is downloaded).
+    ``parse_special_tokens``: let prompt text write control tokens (``<|im_end|>``, ``</s>``); off, they are text."""
 
     path: str
     adapter: str | None = None
@@ -56,6 +57,7 @@ class ModelSpec:
     retries: int = 4
     max_in_flight: int = 8
     allow_download: bool = False
+    parse_special_tokens: bool = False
 
     @property
     def remote(self) -> bool:
@@ -152,15 +154,17 @@ class RunConfig:
                 tokenizer = resolve_model(spec.tokenizer) if spec.tokenizer else None
                 return RemoteLM(url, served, tokenizer=tokenizer, chat_template=spec.chat_template,
                                 system_prompt=spec.system_prompt, api_key_env=spec.api_key_env, timeout=spec.timeout,
-                                retries=spec.retries, concurrency=spec.max_in_flight, name=name)
+                                retries=spec.retries, concurrency=spec.max_in_flight, name=name,
+                                parse_special_tokens=spec.parse_special_tokens)
             key = (spec.path, spec.adapter, spec.dtype, spec.device)
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
-                                                      system_prompt=spec.system_prompt, name=name)
+                                                      system_prompt=spec.system_prompt, name=name,
+                                                      parse_special_tokens=spec.parse_special_tokens)
             lm = TransformersLM.from_pretrained(
                 resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
                 chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name,
-                allow_download=spec.allow_download)
+                allow_download=spec.allow_download, parse_special_tokens=spec.parse_special_tokens)
             loaded[key] = lm
             return lm
 

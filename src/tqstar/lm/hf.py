@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from ..errors import ConfigError, ModelLoadError
 from .base import (
     FullVocabLM,
+    Prompt,
     RolloutOutput,
     StepOutput,
     TokenIds,
@@ -103,6 +105,8 @@ class TransformersLM(FullVocabLM):
             baseline (the SFT weights with an aligning system prompt) is a legitimate cheap aligned model.
         prefix_cache: keep and reuse the KV cache across calls (default). ``False`` re-encodes every sequence
             in full on every call — the same results, for measuring what the cache saves.
+        parse_special_tokens: let prompt text write control tokens (``<|im_end|>``, ``</s>``); by default they are
+            encoded as ordinary text (see :func:`encode_with_tokenizer`).
     """
 
     def __init__(
@@ -114,8 +118,10 @@ class TransformersLM(FullVocabLM):
         chat_template: bool | str = True,
         system_prompt: str | None = None,
         prefix_cache: bool = True,
+        parse_special_tokens: bool = False,
     ) -> None:
         self.model = model
+        self.parse_special_tokens = parse_special_tokens
         self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -147,6 +153,7 @@ class TransformersLM(FullVocabLM):
         name: str | None = None,
         adapter: str | os.PathLike | None = None,
         allow_download: bool = False,
+        parse_special_tokens: bool = False,
     ) -> TransformersLM:
         """Load a causal LM and its tokenizer from a local directory, or a hub id already in the local hub cache.
 
@@ -168,10 +175,12 @@ class TransformersLM(FullVocabLM):
         if adapter is not None:
             model = _merge_adapter(model, str(adapter), path)
         model.to(device).eval()
-        return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt)
+        return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt,
+                   parse_special_tokens=parse_special_tokens)
 
     def with_prompt_format(self, *, chat_template: bool | str | None = None, system_prompt: str | None = None,
-                           name: str | None = None, prefix_cache: bool | None = None) -> TransformersLM:
+                           name: str | None = None, prefix_cache: bool | None = None,
+                           parse_special_tokens: bool | None = None) -> TransformersLM:
         """A sibling that shares the weights but formats prompts differently (its own prefix cache).
 
         ``None`` keeps this model's setting; ``system_prompt=""`` removes the system prompt.
@@ -183,11 +192,14 @@ class TransformersLM(FullVocabLM):
             chat_template=self.chat_template if chat_template is None else chat_template,
             system_prompt=self.system_prompt if system_prompt is None else (system_prompt or None),
             prefix_cache=self.prefix_cache if prefix_cache is None else prefix_cache,
+            parse_special_tokens=self.parse_special_tokens if parse_special_tokens is None else parse_special_tokens,
         )
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name)
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """``prompt``: a str (one user turn) or chat messages; see :func:`encode_with_tokenizer`."""
+        return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
+                                     self.parse_special_tokens)
 
     def decode(self, ids: TokenIds) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -407,32 +419,83 @@ def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tupl
     return rows, kept
 
 
-def encode_with_tokenizer(tokenizer, prompt: str, chat_template: bool | str, system_prompt: str | None,
-                          name: str) -> list[int]:
-    """The ids that start a response to ``prompt``: the tokenizer's chat template (or ``chat_template`` when it is a
-    Jinja string) with an optional system message, else the raw text (system prompt first, blank line between)."""
-    tok, template = tokenizer, chat_template
-    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
+ROLES = ("system", "user", "assistant")
+
+
+def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[dict[str, str]]:
+    """``prompt`` as chat messages: a str is one user turn; a list is checked (``role`` one of :data:`ROLES`,
+    ``content`` a str). ``system_prompt`` goes first unless the messages bring their own system message."""
+    if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        ids = tok.apply_chat_template(
-            messages,
-            add_generation_prompt=True,
-            tokenize=True,
-            chat_template=template if isinstance(template, str) else None,
-            return_dict=False,
-        )
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
     else:
-        text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
-        ids = tok(text, add_special_tokens=True)["input_ids"]
+        messages = list(prompt) if isinstance(prompt, Sequence) else []
+        if not messages or not all(isinstance(m, Mapping) and m.get("role") in ROLES
+                                   and isinstance(m.get("content"), str) for m in messages):
+            raise ConfigError(f"prompt {str(prompt)[:80]!r} for {name} must be a str or a non-empty list of"
+                              " {'role': 'system'|'user'|'assistant', 'content': str} messages")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def encode_with_tokenizer(tokenizer, prompt: Prompt, chat_template: bool | str, system_prompt: str | None,
+                          name: str, parse_special_tokens: bool = False) -> list[int]:
+    """The ids that start a response to ``prompt`` (a str or chat messages, see :func:`chat_messages`): the
+    tokenizer's chat template (or ``chat_template`` when it is a Jinja string), else the raw text of the messages
+    (system prompt first, blank lines between).
+
+    Message contents are encoded as *text*: a control token written in them (``<|im_end|>``, ``</s>``) becomes
+    ordinary tokens, so a prompt cannot open chat turns or end the sequence; only the template's own markup is
+    control tokens. Contents free of control-token strings encode exactly as the plain rendered text does.
+    ``parse_special_tokens=True`` lets contents write control tokens (the tokenizer's default behaviour).
+    """
+    tok, template = tokenizer, chat_template
+    messages = chat_messages(prompt, system_prompt, name)
+    injected = not parse_special_tokens and _has_control_tokens(tok, [m["content"] for m in messages])
+    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
+        options = {"chat_template": template if isinstance(template, str) else None}
+        if messages[-1]["role"] == "assistant":  # continue the given start of the response
+            options.update(continue_final_message=True, add_generation_prompt=False)
+        else:
+            options.update(add_generation_prompt=True)
+        ids = _encode_chat(tok, messages, options) if injected else _flat(
+            tok.apply_chat_template(messages, tokenize=True, return_dict=False, **options))
+    else:
+        text = "\n\n".join(m["content"] for m in messages)
+        ids = tok(text, add_special_tokens=True, split_special_tokens=injected)["input_ids"]
     if not ids:
-        raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {name}; give a non-empty prompt")
+        raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens for {name}; give a non-empty prompt")
     return list(ids)
+
+
+def _has_control_tokens(tokenizer, texts: Sequence[str]) -> bool:
+    """Whether any text spells one of the tokenizer's special (control) tokens."""
+    specials = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    specials += list(tokenizer.all_special_tokens)
+    return any(s and s in text for s in specials for text in texts)
+
+
+def _encode_chat(tokenizer, messages: list[dict[str, str]], options: dict) -> list[int]:
+    """The chat template rendered around placeholders; the template's text is encoded with its control tokens,
+    each message content with ``split_special_tokens=True`` (control-token strings become ordinary tokens)."""
+    marks = [f"TQSTARCONTENT{i}X{os.getpid()}" for i in range(len(messages))]
+    shown = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    rendered = tokenizer.apply_chat_template(shown, tokenize=False, **options)
+    contents = dict(zip(marks, (m["content"] for m in messages)))
+    ids: list[int] = []
+    for i, piece in enumerate(re.split(f"({'|'.join(marks)})", rendered)):
+        if i % 2:  # a placeholder: a message content, as text
+            ids += tokenizer(contents[piece], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _flat(ids) -> list[int]:
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return list(ids[0]) if ids and isinstance(ids[0], list) else list(ids)
 
 
 def eos_ids(gen, tokenizer) -> frozenset[int]:
