@@ -66,8 +66,25 @@ def test_adapter_for_another_base_model_is_refused(tiny_paths, tmp_path):
     assert "\n" not in message
 
 
-def test_loading_is_quiet(tiny_paths, tmp_path, capfd):
-    """No "Loading weights" bars, load reports or FutureWarnings from a library load, adapter included."""
+@pytest.fixture()
+def chatty_transformers():
+    """transformers' defaults (bars on, warnings shown), whatever earlier tests (the CLI) switched off."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.enable_progress_bar()
+    hf_logging.set_verbosity_warning()
+    yield
+    hf_logging.set_verbosity(verbosity)
+    if not bars:
+        hf_logging.disable_progress_bar()
+
+
+def test_loading_is_quiet(tiny_paths, tmp_path, capfd, chatty_transformers):
+    """No "Loading weights" bars, load reports or FutureWarnings from a library load, adapter included; the
+    library leaves transformers' own settings as it found them."""
+    from transformers.utils import logging as hf_logging
+
     adapter = _adapter(tiny_paths["sft"], tmp_path / "adapter")
     capfd.readouterr()
     with warnings.catch_warnings(record=True) as caught:
@@ -77,6 +94,7 @@ def test_loading_is_quiet(tiny_paths, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out, err)
     assert [str(w.message) for w in caught] == []
+    assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == hf_logging.WARNING
 
 
 # ---- devices -------------------------------------------------------------------------------------------------------
