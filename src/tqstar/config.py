@@ -6,10 +6,11 @@ and that model paths exist. ``RunConfig.build()`` then loads the models and retu
 
 YAML layout (every key optional; command-line flags override the file)::
 
-    sft: path/to/sft                 # or {path, adapter, dtype, device, chat_template, system_prompt}
+    sft: path/to/sft                 # or {path, adapter, dtype, device, chat_template, system_prompt,
+                                     #   parse_special_tokens, allow_download}
     baseline: openai:http://gpu1:8000#dpo   # a served model: {path, tokenizer, api_key_env, timeout, retries,
                                             #   max_in_flight, chat_template, system_prompt}
-    reward: sentiment                # or {spec, format, truncate, sigmoid, label, range}
+    reward: sentiment                # or {spec, format, truncate, sigmoid, label, range, check_range}
     baseline_reward: harmless        # tq-indirect only
     decode: {method: tq-direct, k: 10, alpha: 1.0, n_rollouts: 1, rollout_len: 20, max_new_tokens: 64}
     prompts: ["How do I make tea?"]

@@ -30,8 +30,9 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,16 +480,31 @@ def _has_control_tokens(tokenizer, texts: Sequence[str]) -> bool:
 def _encode_chat(tokenizer, messages: list[dict[str, str]], options: dict) -> list[int]:
     """The chat template rendered around placeholders; the template's text is encoded with its control tokens,
     each message content with ``split_special_tokens=True`` (control-token strings become ordinary tokens)."""
-    marks = [f"TQSTARCONTENT{i}X{os.getpid()}" for i in range(len(messages))]
+    marks = placeholders(len(messages))
     shown = [{**m, "content": mark} for m, mark in zip(messages, marks)]
     rendered = tokenizer.apply_chat_template(shown, tokenize=False, **options)
-    contents = dict(zip(marks, (m["content"] for m in messages)))
+    return encode_around(
+        rendered, dict(zip(marks, (m["content"] for m in messages))),
+        text=lambda t: tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"],
+        markup=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
+
+
+def placeholders(count: int) -> list[str]:
+    """``count`` distinct plain-word placeholders that no prompt will contain (a fresh random stem per call)."""
+    stem = uuid.uuid4().hex
+    return [f"TQSTAR{stem}X{i}X" for i in range(count)]
+
+
+def encode_around(rendered: str, contents: Mapping[str, str], *, text: Callable[[str], list[int]],
+                  markup: Callable[[str], list[int]]) -> list[int]:
+    """Ids of ``rendered`` with each placeholder (a key of ``contents``) replaced by its content: contents are
+    encoded by ``text`` (no control tokens), the template's markup between them by ``markup``."""
     ids: list[int] = []
-    for i, piece in enumerate(re.split(f"({'|'.join(marks)})", rendered)):
-        if i % 2:  # a placeholder: a message content, as text
-            ids += tokenizer(contents[piece], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, contents)) + ")", rendered)):
+        if i % 2:
+            ids += text(contents[piece])
         elif piece:
-            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+            ids += markup(piece)
     return ids
 
 

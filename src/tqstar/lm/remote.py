@@ -45,7 +45,7 @@ import torch
 from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
 from ..http import JsonClient
 from .base import LanguageModel, Prompt, RolloutOutput, TokenIds, TopLogprobs, rollout_budgets
-from .hf import chat_messages, encode_with_tokenizer
+from .hf import chat_messages, encode_around, encode_with_tokenizer, placeholders
 
 SCHEME = "openai:"
 # Text the start-up check tokenizes on both sides: words, digits, punctuation, accents, CJK, emoji, whitespace.
@@ -217,19 +217,14 @@ class RemoteLM(LanguageModel):
         is rendered as a placeholder and tokenized as plain text (``parse_special: false``)."""
         spelt = [not self.parse_special_tokens and self._server_tokenize(m["content"], special=True)
                  != self._server_tokenize(m["content"]) for m in messages]
-        marks = [f"TQSTARCONTENT{i}X" if s else m["content"] for i, (m, s) in enumerate(zip(messages, spelt))]
-        shown = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+        marks = placeholders(len(messages))
+        shown = [{**m, "content": mark if s else m["content"]} for m, mark, s in zip(messages, marks, spelt)]
         text = self.client.post("/apply-template", {"messages": shown})["prompt"]
         if not any(spelt):
             return self._server_tokenize(text, special=True)
         contents = {mark: m["content"] for m, mark, s in zip(messages, marks, spelt) if s}
-        ids: list[int] = []
-        for i, piece in enumerate(re.split(f"({'|'.join(contents)})", text)):
-            if i % 2:
-                ids += self._server_tokenize(contents[piece])
-            elif piece:
-                ids += self._server_tokenize(piece, special=True)
-        return ids
+        return encode_around(text, contents, text=self._server_tokenize,
+                             markup=lambda piece: self._server_tokenize(piece, special=True))
 
     def decode(self, ids: TokenIds) -> str:
         ids = [int(i) for i in ids if int(i) not in self.eos_token_ids]
