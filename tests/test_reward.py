@@ -358,9 +358,12 @@ def test_decoding_with_a_reward_outside_its_range_fails_unless_unchecked(sft, ba
     def liar(prompts, responses):
         return [2.0 + len(r) % 3 for r in responses]
 
-    params = DecodeParams(method="tq-direct", k=3, alpha=1.0, rollout_len=3, max_new_tokens=3)
+    params = DecodeParams(method="tq-direct", k=3, alpha=1.0, rollout_len=3, max_new_tokens=3, trace=True)
     with pytest.raises(RewardError, match=r"^reward liar returned .* outside its declared range \[0, 1\]"):
         Engine(sft, baseline, CallableReward(liar, range=(0.0, 1.0))).generate(["the cat sat"], params, progress=False)
     unchecked = CallableReward(liar, range=(0.0, 1.0), check_range=False)
     (response,) = Engine(sft, baseline, unchecked).generate(["the cat sat"], params, progress=False)
-    assert response.kl_bound is None and len(response.token_ids) == 3
+    assert len(response.token_ids) == 3 and response.accounting.pruned == 0  # no range: no pruning
+    # and only the reward-free bound, -log min π_sft over the top-k, summed over the steps
+    reward_free = sum(-min(row["logp_sft"]) for row in response.trace)
+    assert response.kl_bound == pytest.approx(reward_free, rel=1e-5)
