@@ -131,6 +131,7 @@ def test_chat_and_completion_equal_generate(client, engine, config, preset):
     text = client.completions.create(model=preset, prompt=prompt, max_tokens=12)
     assert text.object == "text_completion" and text.choices[0].text == want.text
     assert text.usage.total_tokens == text.usage.prompt_tokens + len(want.token_ids)
+    assert text.choices[0].text == chat.choices[0].message.content  # one user message encodes as the prompt str
 
 
 def test_streamed_text_equals_non_streamed_and_generate(client, engine, config):
