@@ -223,6 +223,7 @@ class Scheduler:
         done = [t for t in group.tickets if id(t.state) in done_ids]
         if done:
             group.tickets = [t for t in group.tickets if id(t.state) not in done_ids]
+            self.metrics.active_rows.set(self._active())  # before their answers go out
             self._finish(done, group)
 
     def _drop(self, group: Group) -> None:
