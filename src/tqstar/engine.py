@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm.auto import tqdm
 
 from .decoder import decode
-from .errors import ConfigError, VocabularyMismatchError
+from .errors import ConfigError, VocabularyMismatchError, require_type
 from .lm.base import LanguageModel
 from .params import DecodeParams
 from .reward import Reward
@@ -35,6 +35,18 @@ class Engine:
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
                  baseline_reward: Reward | None = None) -> None:
+        for role, model in (("sft", sft), ("baseline", baseline)):
+            if model is not None or role == "sft":
+                path = repr(model) if isinstance(model, str) else "PATH"
+                hint = f"TransformersLM.from_pretrained({path})"
+                require_type(model, LanguageModel, role, "a LanguageModel", f"load one with {hint}")
+        for role, reward_ in (("reward", reward), ("baseline_reward", baseline_reward)):
+            if reward_ is not None:
+                fix = (f"wrap a function with CallableReward({reward_.__name__})" if callable(reward_)
+                       and hasattr(reward_, "__name__") else
+                       f"load one with load_reward({reward_!r})" if isinstance(reward_, str) else
+                       "load one with load_reward(SPEC)")
+                require_type(reward_, Reward, role, "a Reward or None", fix)
         if baseline is not None:
             check_same_vocabulary(sft, baseline)
         self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward)
