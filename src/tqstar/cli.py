@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         message = str(exc) if isinstance(exc, TQStarError) else foreign_error(exc)
-        print(f"tqstar: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"tqstar: error: {' '.join(message.splitlines())}", file=sys.stderr)
         return 2
 
 
@@ -205,6 +205,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 and args.device is None and not args.no_chat_template):
             continue
         spec = data.get(role)
+        if spec is not None and not isinstance(spec, (str, dict)):
+            continue  # refused with its value by RunConfig
         spec = {"path": spec} if isinstance(spec, str) else dict(spec or {})
         if path is not None:
             spec["path"] = path
@@ -228,13 +230,16 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                args.reward_truncate), ("--reward-sigmoid", args.reward_sigmoid)) if value]
     if options and reward is None:
         raise TQStarError(f"{options[0]} applies to a reward model; give the model with --reward DIR")
-    if reward is not None and options:
+    if isinstance(reward, (str, dict)) and options:
         reward = {"spec": reward} if isinstance(reward, str) else dict(reward)
         reward.update({k: v for k, v in (("format", unescape(args.reward_format)),
                                          ("truncate", args.reward_truncate or None),
                                          ("sigmoid", args.reward_sigmoid or None)) if v is not None})
         data["reward"] = reward
-    decode = dict(data.get("decode") or {})
+    decode = data.get("decode") or {}
+    if not isinstance(decode, dict):
+        return data  # refused with its value by RunConfig
+    decode = dict(decode)
     for name in DECODE_FLAGS:
         value = getattr(args, name)
         if value is not None:

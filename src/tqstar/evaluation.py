@@ -38,6 +38,7 @@ from .reward import Reward
 
 FORMAT = "tqstar-eval/1"
 OUTPUT_FIX = "give another --output (tqstar eval only appends to files it wrote)"
+RESULTS_FIX = "give the JSONL file that tqstar eval wrote"
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _is_row(row: Any) -> bool:
 
 def read_rows(path: str | Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The header and rows of an evaluation file (read only; a last line cut off mid-write is left out)."""
-    result = scan(path, "give the JSONL file that tqstar eval wrote")
+    result = scan(path, RESULTS_FIX)
     if result.cut_at is not None:
         _cut_off_notice(path, "leaving that row out")
     return result.header, result.rows
@@ -161,6 +162,11 @@ class Evaluation:
                  concurrency: int = 1, progress: bool = True) -> None:
         if not prompts:
             raise ConfigError("the prompt set is empty; give at least one prompt")
+        require_type(engine, Engine, "engine", "an Engine", "build one with Engine(sft, baseline, reward)")
+        for method in methods:
+            require_type(method, MethodRun, "methods[...]", "a MethodRun", "build them with expand_methods([{...}])")
+        for name, judge in (judges or {}).items():
+            require_type(judge, Reward, f"judges[{name!r}]", "a Reward", "load one with load_reward(SPEC)")
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
         self.output, self.judges = Path(output), dict(judges or {})
         self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
@@ -170,12 +176,8 @@ class Evaluation:
             "prompts": self.prompts,
             "methods": {m.label: asdict(m.params) for m in self.methods},
         }
-        require_type(engine, Engine, "engine", "an Engine", "build one with Engine(sft, baseline, reward)")
         for method in self.methods:
-            require_type(method, MethodRun, "methods[...]", "a MethodRun", "build them with expand_methods([{...}])")
             engine.check(method.params, concurrency)
-        for name, judge in self.judges.items():
-            require_type(judge, Reward, f"judges[{name!r}]", "a Reward", "load one with load_reward(SPEC)")
 
     def pending(self, results: ResultsFile | None = None) -> list[tuple[MethodRun, list[int]]]:
         """Per method, the prompt indices not yet in the output file (checks the file belongs to this run)."""

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .evaluation import _canonical, _first_difference, read_rows
+from .evaluation import RESULTS_FIX, _canonical, _first_difference, read_rows
+from .files import read_bytes
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
@@ -200,6 +201,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if resolved in seen_paths:
             raise ConfigError(f"results file {str(path)!r} is given twice; give each file once")
         seen_paths[resolved] = path
+        read_bytes(path, "results file", RESULTS_FIX)  # exists, is a readable file
         header, part = read_rows(path)
         if not part or header is None:
             raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
