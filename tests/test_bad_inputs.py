@@ -44,6 +44,7 @@ class Case:
     argv: list[str]
     expect: tuple[str, ...]  # every fragment must be in the error line (the value and the fix)
     files: dict[str, str | bytes] = field(default_factory=dict)  # name -> content; a name ending in / is a folder
+    loads_models: bool = False  # else loading a model fails the case: the error must come first
 
     def param(self):
         return pytest.param(self, id=self.id)
@@ -53,8 +54,8 @@ GEN = ["generate", "--prompt", "x", "--no-progress"]
 LOCAL = ["--sft", "@SFT", "--no-chat-template"]
 
 
-def gen(id: str, flags: list[str], *expect: str, files: dict | None = None) -> Case:
-    return Case(f"generate-{id}", GEN + flags, expect, files or {})
+def gen(id: str, flags: list[str], *expect: str, files: dict | None = None, loads_models: bool = False) -> Case:
+    return Case(f"generate-{id}", GEN + flags, expect, files or {}, loads_models)
 
 
 def gen_yaml(id: str, yaml: str, *expect: str) -> Case:
@@ -362,13 +363,17 @@ CASES = [
     gen("reward-raises", [*LOCAL, "--method", "args", "--k", "2", "--max-new-tokens", "2", "--reward",
                           "test_bad_inputs:exploding_reward"],
         "ValueError: the reward server is down", "raised in your code: exploding_reward", "test_bad_inputs.py",
-        "fix it there", "--debug"),
+        "fix it there", "--debug", loads_models=True),
     gen("reward-module-raises", ["--reward", "broken_reward_mod:score"], "RuntimeError: cannot start",
         "raised in your code: <module>", "broken_reward_mod.py", "fix it there",
         files={"lib/broken_reward_mod.py": "raise RuntimeError('cannot start')\n"}),
     gen("reward-module-syntax", ["--reward", "syntax_reward_mod:score"], "SyntaxError",
         "syntax_reward_mod.py, line 1", "fix that file", files={"lib/syntax_reward_mod.py": "def score(:\n"}),
 ]
+
+
+def _no_model_loads(*args, **kwargs):
+    raise AssertionError("a model was loaded before the bad input was refused")
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -402,6 +407,10 @@ def test_cli_bad_input(case: Case, tmp_path, tiny_paths, capsys, monkeypatch):
     _make_files(case, tmp_path, tiny_paths)
     monkeypatch.syspath_prepend(str(tmp_path / "lib"))
     monkeypatch.chdir(tmp_path)
+    if not case.loads_models:
+        from tqstar.lm.hf import TransformersLM
+
+        monkeypatch.setattr(TransformersLM, "from_pretrained", _no_model_loads)
     before = _snapshot(tmp_path)
     code = main([_fill(a, tmp_path, tiny_paths) for a in case.argv])
     out, err = capsys.readouterr()

@@ -418,11 +418,13 @@ class EvalConfig:
 
     def build(self, progress: bool = True):
         """Load everything and return a ready :class:`~tqstar.evaluation.Evaluation`."""
-        from .evaluation import OUTPUT_FIX, Evaluation, scan
+        from .evaluation import OUTPUT_FIX, Evaluation, check_resumable, fingerprint_of, scan
         from .prompts import load_prompts
 
         prompts = load_prompts(self.prompt_source, column=self.prompt_column, limit=self.prompt_limit)
-        scan(self.output, OUTPUT_FIX)  # a file that is not ours is refused before any model loads
+        # a file that is not ours, or holds another configuration's results, is refused before any model loads
+        check_resumable(scan(self.output, OUTPUT_FIX), fingerprint_of(self.fingerprint(), prompts, self.methods),
+                        self.output)
         engine = self.run.build(check=False)
         judges = {name: spec.load() for name, spec in self.judges}
         return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,

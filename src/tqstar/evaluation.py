@@ -170,34 +170,15 @@ class Evaluation:
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
         self.output, self.judges = Path(output), dict(judges or {})
         self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
-        self.fingerprint = {
-            "judges": {name: judge.name for name, judge in sorted(self.judges.items())},  # unless given below
-            **fingerprint,
-            "prompts": self.prompts,
-            "methods": {m.label: asdict(m.params) for m in self.methods},
-        }
+        self.fingerprint = fingerprint_of(fingerprint, self.prompts, self.methods, self.judges)
         for method in self.methods:
             engine.check(method.params, concurrency)
 
     def pending(self, results: ResultsFile | None = None) -> list[tuple[MethodRun, list[int]]]:
         """Per method, the prompt indices not yet in the output file (checks the file belongs to this run)."""
         results = results or scan(self.output, OUTPUT_FIX)
-        header, rows = results.header, results.rows
-        if header is not None:
-            shared_old = {k: v for k, v in header["config"].items() if k != "methods"}
-            shared_new = {k: v for k, v in self.fingerprint.items() if k != "methods"}
-            if _canonical(shared_old) != _canonical(shared_new):
-                diff = _first_difference(shared_old, shared_new)
-                raise ConfigError(f"{str(self.output)!r} holds results of a different configuration ({diff}); refusing"
-                                  " to append to it: give another --output or restore the original settings")
-            mine = self.fingerprint["methods"]
-            for row in rows:
-                label = row["method"]
-                old = row.get("params") or header["config"].get("methods", {}).get(label)
-                if label in mine and _canonical(old) != _canonical(mine[label]):
-                    raise ConfigError(f"method {label!r} in {str(self.output)!r} was run with other parameters"
-                                      f" ({_first_difference(old or {}, mine[label])}); give it another `label` or"
-                                      " another --output")
+        check_resumable(results, self.fingerprint, self.output)
+        rows = results.rows
         done = {(row["method"], row["prompt_index"]) for row in rows}
         return [(m, [i for i in range(len(self.prompts)) if (m.label, i) not in done]) for m in self.methods]
 
@@ -254,6 +235,40 @@ class Evaluation:
         fh.write((json.dumps(row) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def fingerprint_of(shared: dict[str, Any], prompts: Sequence[str], methods: Sequence[MethodRun],
+                   judges: dict[str, Reward] | None = None) -> dict[str, Any]:
+    """The header's ``config``: ``shared`` (models, rewards, judges' specs, prompt source), the prompts and each
+    method's parameters. Without a ``judges`` entry in ``shared``, each judge is identified by its name."""
+    return {
+        "judges": {name: judge.name for name, judge in sorted((judges or {}).items())},
+        **shared,
+        "prompts": list(prompts),
+        "methods": {m.label: asdict(m.params) for m in methods},
+    }
+
+
+def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: str | Path) -> None:
+    """Raise :class:`ConfigError` unless the rows in ``results`` may be completed by a run with ``fingerprint``:
+    the same models, rewards, judges and prompts, and each method label already there with the same parameters."""
+    header = results.header
+    if header is None:
+        return
+    shared_old = {k: v for k, v in header["config"].items() if k != "methods"}
+    shared_new = {k: v for k, v in fingerprint.items() if k != "methods"}
+    if _canonical(shared_old) != _canonical(shared_new):
+        raise ConfigError(f"{str(output)!r} holds results of a different configuration"
+                          f" ({_first_difference(shared_old, shared_new)}); refusing to append to it: give another"
+                          " --output or restore the original settings")
+    mine = fingerprint["methods"]
+    for row in results.rows:
+        label = row["method"]
+        old = row.get("params") or header["config"].get("methods", {}).get(label)
+        if label in mine and _canonical(old) != _canonical(mine[label]):
+            raise ConfigError(f"method {label!r} in {str(output)!r} was run with other parameters"
+                              f" ({_first_difference(old or {}, mine[label])}); give it another `label` or another"
+                              " --output")
 
 
 def _canonical(value: Any) -> str:
