@@ -341,6 +341,9 @@ CASES = [
     report("out-dir-file", {"r.jsonl": results(row()), "x": "keep"}, ["@TMP/r.jsonl", "--out-dir", "@TMP/x"],
            "--out-dir '@TMP/x' is a file, not a directory"),
     report("no-file", {}, [], "the following arguments are required: file"),
+    report("row-without-text", {"r.jsonl": results(row(), json.dumps({"method": "sft", "prompt_index": 1}))},
+           ["@TMP/r.jsonl"], "the row of method 'sft', prompt 1 in '@TMP/r.jsonl' has no `prompt`",
+           "rerun tqstar eval on a fresh --output"),
     # ---- testbed ------------------------------------------------------------------------------------------
     Case("testbed-instances", ["testbed", "--instances", "0"], ("--instances must be an integer >= 1, got 0",)),
     Case("testbed-vocab", TESTBED + ["--vocab-size", "1"], ("--vocab-size must be an integer >= 2, got 1",)),

@@ -341,8 +341,8 @@ def run_report(args: argparse.Namespace) -> int:
 
         try:
             coherence = Coherence(None if args.coherence == "minilm" else args.coherence)
-        except TQStarError as exc:
-            print(f"tqstar: coherence skipped: {exc}", file=sys.stderr)
+        except (TQStarError, OSError, ValueError) as exc:  # transformers' own errors for a directory it cannot load
+            print(f"tqstar: coherence skipped: {' '.join(str(exc).splitlines())}", file=sys.stderr)
     _, text = report_rows(rows, reference=args.reference, out_dir=args.out_dir, coherence=coherence,
                           title=args.title, llm_judge=llm_judge)
     print(text)

@@ -27,6 +27,7 @@ from .evaluation import RESULTS_FIX, _canonical, _first_difference, read_rows
 from .files import read_bytes
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 
+ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
@@ -222,6 +223,10 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                 raise ConfigError(f"method {label!r} appears {where} from different configurations"
                                   f" ({_first_difference(first, mine)}); report them separately, or give one run"
                                   " another `label`")
+            missing = next((k for k in ROW_FIELDS if k not in row), None)
+            if missing is not None:
+                raise ConfigError(f"the row of method {label!r}, prompt {row['prompt_index']} in {str(path)!r} has no"
+                                  f" `{missing}`; the file was edited or damaged: rerun tqstar eval on a fresh --output")
             key = (label, row["prompt_index"])
             if key in keys:
                 duplicates += 1
