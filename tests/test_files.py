@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_evaluation import _config as eval_config
 
 from tqstar.cli import main
 from tqstar.evaluation import read_rows
@@ -36,22 +37,8 @@ def fails_on_second_prompt(prompts, responses):
 
 
 def _config(tmp_path: Path, tiny_paths, n_prompts: int = 4, **extra) -> str:
-    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt number {i}" for i in range(n_prompts)) + "\n")
-    config = {
-        "sft": {"path": str(tiny_paths["sft"]), "chat_template": False},
-        "baseline": {"path": str(tiny_paths["baseline"]), "chat_template": False},
-        "reward": "conftest:vowel_share",
-        "judges": {"vowels": "conftest:vowel_share"},
-        "defaults": {"max_new_tokens": 3, "k": 3, "rollout_len": 2},
-        "methods": [{"method": "sft"}],
-        "prompts": {"source": str(tmp_path / "prompts.txt")},
-        "output": str(tmp_path / "out.jsonl"),
-        "batch_size": 2,
-        **extra,
-    }
-    path = tmp_path / "eval.yaml"
-    path.write_text(json.dumps(config))
-    return str(path)
+    """test_evaluation's config (tiny models, a vowel-share reward and judge), with only `sft` by default."""
+    return eval_config(tmp_path, tiny_paths, n_prompts, **{"methods": [{"method": "sft"}], **extra})
 
 
 def _eval(config: str, *flags: str) -> int:
@@ -151,9 +138,9 @@ def test_report_refuses_one_label_from_two_configurations(tmp_path, tiny_paths, 
 def test_eval_fingerprint_holds_each_judges_spec(tmp_path, tiny_paths, capsys):
     assert _eval(_config(tmp_path, tiny_paths)) == 0
     header, _ = read_rows(tmp_path / "out.jsonl")
-    assert header["config"]["judges"]["vowels"]["spec"] == "conftest:vowel_share"
+    assert header["config"]["judges"]["length"]["spec"] == "conftest:vowel_share"
     capsys.readouterr()
-    assert _eval(_config(tmp_path, tiny_paths, judges={"vowels": "test_files:other_judge"})) == 2
+    assert _eval(_config(tmp_path, tiny_paths, judges={"length": "test_files:other_judge"})) == 2
     assert "holds results of a different configuration (`judges` differs)" in capsys.readouterr().err
 
 
