@@ -166,3 +166,14 @@ def test_no_progress_bar_codes_in_a_log(tmp_path, tiny_paths, capsys):
     assert main(["eval", "--config", _config(tmp_path, tiny_paths), "--coherence", "none"]) == 0  # bars not off
     err = capsys.readouterr().err  # not a terminal
     assert "\r" not in err and "\x1b[" not in err and "eval:" not in err
+
+
+def test_generate_creates_missing_directories_and_refuses_unwritable_ones(tmp_path, tiny_paths, monkeypatch, capsys):
+    out = tmp_path / "new" / "sub" / "out.jsonl"
+    argv = ["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "none", "--k", "2",
+            "--max-new-tokens", "2", "--prompt", "hi", "-o", str(out), "--no-progress"]
+    assert main(argv) == 0 and json.loads(out.read_text())["prompt"] == "hi"
+    monkeypatch.setattr("tqstar.files.os.access", lambda path, mode: False)  # as for a non-root user in a 0o555 dir
+    assert main(argv[:-3] + ["-o", str(tmp_path / "other" / "out.jsonl"), "--no-progress"]) == 2
+    assert f"directory '{tmp_path}' is not writable; give a writable path" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
