@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -130,8 +129,3 @@ def lock_exclusive(fh: IO, path: str | Path, fix: str) -> None:
     except BlockingIOError:
         raise ConfigError(f"{str(path)!r} is being written by another tqstar eval right now; wait for that run to"
                           f" finish, or {fix}") from None
-
-
-def note(message: str) -> None:
-    """One informational line on stderr."""
-    print(f"tqstar: {message}", file=sys.stderr)
