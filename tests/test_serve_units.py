@@ -95,7 +95,8 @@ def test_presets_start_from_decode_and_are_checked_by_name():
 @pytest.mark.parametrize("data,message", [
     ({"prompts": ["x"]}, "`prompts` is a `tqstar generate` setting"),
     ({"limits": {"max_batch": 0}}, r"`limits.max_batch` must be a number > 0, got 0"),
-    ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer >= 1, got 2.5"),
+    ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer, got 2.5"),
+    ({"bogus": 1}, "unknown key `bogus` in config; valid keys are .*presets"),
     ({"limits": {"max_bogus": 1}}, "unknown key `max_bogus` in limits"),
     ({"port": 70000}, r"`port` must be an integer in 0..65535, got 70000"),
     ({"presets": {"t": {"trace": True}}}, "preset 't' sets `trace`"),
