@@ -440,8 +440,13 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="", help="title of the plots")
 
 
-def _model_flags(parser: argparse.ArgumentParser) -> None:
-    """The model and reward flags ``generate`` and ``serve`` share (read by :func:`_merge_models`)."""
+def _models_command(sub, name: str, run, description: str, config_help: str, *, help: str) -> argparse.ArgumentParser:
+    """A command that loads models (``generate``, ``serve``): ``--config`` and the model and reward flags (read by
+    :func:`_merge_models`)."""
+    parser = sub.add_parser(name, help=help, description=description + " With no --sft, the built-in tiny random"
+                                                                        " models and the sentiment reward are used.")
+    parser.set_defaults(run=run)
+    parser.add_argument("--config", help=config_help)
     models = parser.add_argument_group("models")
     models.add_argument("--sft", help="SFT (reference) model directory, hub id, 'smollm2', or a served model"
                                       " openai:<base_url>#<served_name>")
@@ -470,7 +475,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                                                  " 'Human: {prompt}\\n\\nAssistant: {response}'")
     rewards.add_argument("--reward-truncate", action="store_true", help="truncate over-long reward-model inputs")
     rewards.add_argument("--reward-sigmoid", action="store_true", help="report sigmoid(logit) of the reward model")
-
+    return parser
 
 # ---- parser --------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
@@ -479,12 +484,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also TQSTAR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command")
 
-    g = sub.add_parser("generate", help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)",
-                       description="Decode prompts. With no --sft, the built-in tiny random models and the"
-                                   " sentiment reward are used.")
-    g.set_defaults(run=run_generate)
-    g.add_argument("--config", help="YAML config file; flags override it")
-    _model_flags(g)
+    g = _models_command(sub, "generate", run_generate, "Decode prompts.", "YAML config file; flags override it",
+                        help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)")
     dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
     dec.add_argument("--method", help="tq-direct (default), tq-indirect, cd, args, none, sft, baseline, bon")
     dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
@@ -513,12 +514,9 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("serve", help="an OpenAI-compatible server over presets (continuous batching, streaming)",
-                       description="Serve presets (model ids) over the OpenAI chat and completions API. With no"
-                                   " --sft, the built-in tiny random models and the sentiment reward are used.")
-    s.set_defaults(run=run_serve)
-    s.add_argument("--config", help="YAML: models, rewards, presets, limits, host, port; flags override it")
-    _model_flags(s)
+    s = _models_command(sub, "serve", run_serve, "Serve presets (model ids) over the OpenAI chat and completions API.",
+                        "YAML: models, rewards, presets, limits, host, port; flags override it",
+                        help="an OpenAI-compatible server over presets (continuous batching, streaming)")
     net = s.add_argument_group("server")
     net.add_argument("--host", help="address to bind (127.0.0.1; 0.0.0.0 exposes the server to the network)")
     net.add_argument("--port", type=int, help="port (8000)")
