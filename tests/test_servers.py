@@ -95,7 +95,12 @@ def test_top_logprobs_and_greedy_rollouts_match_local(server, smollm2_hf, local_
 
 
 def test_server_side_tokenizer(server, smollm2_hf, local_smollm2):
-    remote = _remote(server, smollm2_hf, tokenizer=None, eos_token_ids=[2] if server.flavor == "vllm" else None)
+    vllm = server.flavor == "vllm"
+    if vllm:  # vLLM's /tokenize reads control tokens written in prompt text: refused unless opted in
+        with pytest.raises(ConfigError, match="tokenizes prompts on the server.*parse_special_tokens: true"):
+            _remote(server, smollm2_hf, tokenizer=None, eos_token_ids=[2]).encode_prompt(PROMPTS[0])
+    remote = _remote(server, smollm2_hf, tokenizer=None, eos_token_ids=[2] if vllm else None,
+                     parse_special_tokens=vllm)
     assert remote.tokenizer is None and remote.eos_token_ids == local_smollm2.eos_token_ids
     assert [remote.encode_prompt(p) for p in PROMPTS] == [local_smollm2.encode_prompt(p) for p in PROMPTS]
     ids = local_smollm2.rollout([local_smollm2.encode_prompt(PROMPTS[0])], 16, 0.0).tokens[0]
