@@ -30,7 +30,15 @@ test("normaliseRange reads a number, a pair and an object", () => {
   assert.deepEqual(normaliseRange(undefined, 1), { min: 1, max: null });
 });
 
-test("controlSpecs takes the caps of the limits document, bare or wrapped", () => {
+test("controlSpecs reads the server's max_* caps", () => {
+  const specs = controlSpecs({ limits: { max_batch: 16, max_tokens: 512, max_k: 50, max_rollout_len: 256, max_alpha: 1000 } });
+  assert.deepEqual(specs, {
+    alpha: { min: 0, max: 1000, step: "any" }, k: { min: 1, max: 50, step: 1 },
+    rollout_len: { min: 1, max: 256, step: 1 }, max_tokens: { min: 1, max: 512, step: 1 },
+  });
+});
+
+test("controlSpecs takes caps named plainly or as ranges, bare or wrapped", () => {
   const specs = controlSpecs({ limits: { max_tokens: 128, k: 20, rollout_len: [1, 32], alpha: { min: 0, max: 8 } } });
   assert.deepEqual(specs.max_tokens, { min: 1, max: 128, step: 1 });
   assert.deepEqual(specs.k, { min: 1, max: 20, step: 1 });

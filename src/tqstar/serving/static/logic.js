@@ -23,17 +23,18 @@ export function presetsFrom(models) {
 }
 
 /**
- * The server's caps for the controls, from `GET /v1/tqstar/limits` (or the `tqstar.limits` of `/v1/models`):
- * {alpha, k, rollout_len, max_tokens} each {min, max, step}. Integers start at 1, α at 0.
+ * The server's caps for the controls, from `GET /v1/tqstar/limits` ({"limits": {"max_k": 50, "max_alpha": ...}};
+ * a cap may also be named without `max_`, or be a range): {alpha, k, rollout_len, max_tokens} each
+ * {min, max, step}. Integers start at 1, α at 0.
  */
 export function controlSpecs(limits) {
   const src = limits?.limits ?? limits ?? {};
-  const pick = (...names) => names.map((n) => src[n]).find((v) => v !== undefined);
+  const cap = (name) => [`max_${name}`, name].map((n) => src[n]).find((v) => v !== undefined);
   return {
-    alpha: { ...normaliseRange(pick("alpha"), 0), step: "any" },
-    k: { ...normaliseRange(pick("k"), 1), step: 1 },
-    rollout_len: { ...normaliseRange(pick("rollout_len"), 1), step: 1 },
-    max_tokens: { ...normaliseRange(pick("max_tokens", "max_new_tokens"), 1), step: 1 },
+    alpha: { ...normaliseRange(cap("alpha"), 0), step: "any" },
+    k: { ...normaliseRange(cap("k"), 1), step: 1 },
+    rollout_len: { ...normaliseRange(cap("rollout_len"), 1), step: 1 },
+    max_tokens: { ...normaliseRange(src.max_tokens ?? src.max_new_tokens, 1), step: 1 },
   };
 }
 
