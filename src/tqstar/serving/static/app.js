@@ -9,10 +9,17 @@ const LABELS = { alpha: "α", k: "k", rollout_len: "rollout length", max_tokens:
 const $ = (id) => document.getElementById(id);
 const state = { presets: [], controller: null, requests: [] };
 
-/** GET a JSON document of the server; null when it is absent (404). */
+/** The Authorization header when the user gave an API key. */
+function auth() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/** GET a JSON document of the server; null when it is absent (404). A 401 opens the API key field. */
 async function getJson(path) {
-  const res = await fetch(path, { headers: { Accept: "application/json" } });
+  const res = await fetch(path, { headers: { Accept: "application/json", ...auth() } });
   if (res.status === 404) return null;
+  if (res.status === 401) $("auth").open = true;
   if (!res.ok) throw new Error(errorMessage(res.status, await readBody(res)).message);
   return res.json();
 }
@@ -128,7 +135,7 @@ async function streamAnswer(id, body, signal) {
   let finish = null;
   try {
     const res = await fetch("v1/chat/completions", {
-      method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...auth() },
       body: JSON.stringify(body), signal,
     });
     if (!res.ok) return fail(section, errorMessage(res.status, await readBody(res)));
@@ -232,7 +239,12 @@ function closeStep(section) {
 $("controls").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => state.controller?.abort());
 for (const id of ["a", "b"]) $(`preset-${id}`).addEventListener("change", () => renderAnswerShell(id));
-init().then(() => { document.body.dataset.ready = "true"; }, (err) => {
-  showFormError(`Could not read the server's presets: ${err.message ?? err}`);
-  document.body.dataset.ready = "error";
-});
+function start() {
+  showFormError("");
+  init().then(() => { document.body.dataset.ready = "true"; }, (err) => {
+    showFormError(`Could not read the server's presets: ${err.message ?? err}`);
+    document.body.dataset.ready = "error";
+  });
+}
+$("api-key").addEventListener("change", start);
+start();
