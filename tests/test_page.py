@@ -94,6 +94,8 @@ def driver(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_paths, tmp_path_factory):
     """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset."""
+    for module in ("fastapi", "uvicorn"):
+        pytest.importorskip(module, reason=f"`tqstar serve` needs {module}: pip install -e '.[serve]'")
     work = tmp_path_factory.mktemp("serve")
     port = free_port()
     config = {
