@@ -170,7 +170,7 @@ function fail(section, { message, field }) {
 
 /** One token: a focusable span coloured by its deviation from the SFT model; Enter or a click opens its step. */
 function tokenSpan(section, token, steps) {
-  const span = el("span", { class: "tok", text: token.text });
+  const span = el("span", { class: token.text ? "tok" : "tok empty", text: token.text });
   if (!token.trace) { span.classList.add("lvl-none"); return span; }
   const index = steps.push(token.trace) - 1;
   const dev = deviation(token.trace);
