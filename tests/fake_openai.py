@@ -112,7 +112,7 @@ class FakeServer:
         choices = []
         with self._model_lock:  # one engine, as a real server
             for index, prompt in enumerate(prompts):
-                out = self.lm.rollout([prompt], budget, temperature, seed=seed)  # every prompt seeded alike (vLLM)
+                out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed])  # all alike (vLLM)
                 tokens = out.tokens[0]
                 stopped = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
                 dist = self.lm.next_logprobs([list(prompt) + tokens[:i] for i in range(len(tokens))]).logprobs

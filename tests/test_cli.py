@@ -109,3 +109,14 @@ def test_adapter_flag_is_checked_before_loading(tiny_paths, tmp_path, capsys):
             "--baseline-adapter", str(tmp_path), "--no-progress"]
     assert main(argv) == 2
     assert f"adapter directory '{tmp_path}' has no adapter_config.json" in capsys.readouterr().err
+
+
+def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_paths, capsys):
+    """Default pruning and reuse leave candidates without Q̂: the table says so instead of crashing mid-batch."""
+    code = main(["generate", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["sft"]),
+                 "--reward", "conftest:vowel_share", "--prompt", "How do I make tea?", "--prompt", "The food was",
+                 "--max-new-tokens", "5", "--k", "6", "--alpha", "0.3", "--rollout-len", "3", "--trace",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "### [tq-direct] How do I make tea?" in out and "### [tq-direct] The food was" in out
+    assert "pruned" in out and "reused" in out

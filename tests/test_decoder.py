@@ -8,11 +8,16 @@ import pytest
 import torch
 from conftest import vowel_share
 
-from tqstar.engine import Engine
+from tqstar.cli import format_trace
+from tqstar.decoder import Decoder
+from tqstar.engine import Engine, TokenProgress
 from tqstar.errors import ConfigError, PromptTooLongError, RewardError, VocabularyMismatchError
 from tqstar.lm.hf import TransformersLM
+from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams
 from tqstar.reward import CallableReward
+from tqstar.text import response_text
+from tqstar.value.base import ValueEstimator
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 SHORT = dict(k=4, alpha=2.0, rollout_len=5, max_new_tokens=6)
@@ -137,7 +142,7 @@ def test_decoding_stops_at_eos(sft, baseline, reward):
     eos = next(iter(sft.eos_token_ids))
     bias = torch.zeros(sft.vocab_size)
     bias[eos] = 100.0  # EOS becomes the SFT model's overwhelming favourite
-    sft.model.lm_head.bias = torch.nn.Parameter(bias)
+    sft.model.lm_head.bias = torch.nn.Parameter(bias.to(sft.device))
     engine = Engine(sft, baseline, reward)
     for r in engine.generate(PROMPTS, DecodeParams(method="tq-direct", **{**SHORT, "alpha": 0.0}), progress=False):
         assert r.finish_reason == "eos" and r.token_ids == [eos] and r.text == ""
@@ -213,6 +218,227 @@ def test_on_response_sees_each_response_as_its_batch_finishes(engine):
     engine.generate(PROMPTS, DecodeParams(method="none", **SHORT), batch_size=2, progress=False,
                     on_response=lambda r: seen.append(r.prompt))
     assert seen == PROMPTS
+
+
+
+
+# ---- stop strings, budgets and partial text in what the estimators score ------------------------------------
+class Recording(CallableReward):
+    """``vowel_share``, remembering every text it was asked to score."""
+
+    def __init__(self):
+        super().__init__(vowel_share, name="recording")
+        self.texts: list[str] = []
+        self.cache_size = 0
+
+    def _score(self, prompts, responses):
+        self.texts += responses
+        return super()._score(prompts, responses)
+
+
+@pytest.mark.parametrize("method", ["tq-direct", "cd", "args", "bon"])
+def test_no_scored_text_runs_past_a_stop_string_or_the_budget(sft, baseline, method):
+    reward = Recording()
+    engine = Engine(sft, baseline, reward)
+    stop = ("the",)
+    params = DecodeParams(method=method, k=6, alpha=2.0, rollout_len=12, max_new_tokens=5, stop=stop, prune=False,
+                          **({"temperature": 1.0, "bon_n": 4} if method == "bon" else {}))
+    engine.generate(PROMPTS, params, progress=False)
+    assert reward.texts
+    for text in reward.texts:  # word-level tokenizer: one word per token
+        assert not any(s in text for s in stop), text
+        assert len(text.split()) <= params.max_new_tokens, text
+
+
+def test_a_candidate_that_completes_a_stop_string_is_valued_like_eos(engine, reward):
+    params = DecodeParams(method="tq-direct", k=8, alpha=2.0, rollout_len=6, max_new_tokens=6, stop=("the",),
+                          trace=True, prune=False, reuse_rollouts=False)
+    responses = engine.generate(PROMPTS, params, progress=False)
+    sft, seen = engine.models.sft, 0
+    for r in responses:
+        rolled = 0
+        for row in r.trace:
+            before = r.token_ids[:row["step"]]
+            for z, q in zip(row["candidates"], row["q"]):
+                if "the" in sft.decode(before + [z]):
+                    seen += 1
+                    assert q == pytest.approx(vowel_share([r.prompt], [response_text(sft, before + [z], ("the",))])[0])
+                elif z not in sft.eos_token_ids and row["step"] + 1 < params.max_new_tokens:
+                    rolled += 1
+        assert r.accounting.rollouts == rolled  # ending candidates (EOS, stop, last token) are not rolled out
+    assert seen > 0
+
+
+def test_rollouts_never_run_past_the_response_budget(sft, baseline, reward):
+    budgets = []
+
+    class Counting(type(baseline)):
+        def rollout(self, prefixes, max_new_tokens, temperature=0.0, seeds=None):
+            budgets.append(max_new_tokens)
+            return super().rollout(prefixes, max_new_tokens, temperature, seeds)
+
+    counting = Counting(baseline.model, baseline.tokenizer, name="counting")
+    params = DecodeParams(method="tq-direct", k=4, alpha=2.0, rollout_len=10, max_new_tokens=4, prune=False,
+                          reuse_rollouts=False)
+    (r,) = Engine(sft, counting, reward).generate(PROMPTS[:1], params, progress=False)
+    flat = [b for call in budgets for b in ([call] * 1 if isinstance(call, int) else call)]
+    assert flat and max(flat) <= params.max_new_tokens - 1  # the first step's rollouts: 4 - 0 - 1 = 3 tokens
+    assert len(budgets) == len(r.token_ids) - 1  # the last step's candidates end the response: no rollout
+
+
+class ByteLM(TabularLM):
+    """A tabular model whose tokens are UTF-8 bytes: 1 and 2 are the two bytes of 'é', 3 is 'a', 4 is 'b'."""
+
+    BYTES = {1: b"\xc3", 2: b"\xa9", 3: b"a", 4: b"b"}
+
+    def decode(self, ids):
+        return b"".join(self.BYTES[i] for i in ids if i != 0).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("method", ["args", "tq-direct", "cd"])
+def test_partial_multibyte_characters_never_reach_the_reward(method):
+    base = TabularLM.random(5, 4, seed=3)
+    lm = ByteLM(base.table, base.vocab, base.horizon, name="bytes")
+    reward = Recording()
+    params = DecodeParams(method=method, k=5, alpha=1.0, rollout_len=2, max_new_tokens=4, prune=False)
+    Engine(lm, lm, reward).generate(["x", "y"], params, progress=False)
+    assert reward.texts and not any(t.endswith("\ufffd") for t in reward.texts)
+    assert response_text(lm, [3, 1]) == "a" and response_text(lm, [3, 1, 2]) == "aé"
+
+
+# ---- the decoder's choice, pruning and KL bound --------------------------------------------------------------
+class FixedValue(ValueEstimator):
+    """Q̂ = R_max for every candidate; the *second* candidate's value is already known (as if reused)."""
+
+    def known(self, states, candidates):
+        q = torch.full(candidates.shape, float("nan"))
+        q[:, 1] = 1.0
+        return q, torch.zeros(candidates.shape, dtype=torch.bool)
+
+    def estimate(self, states, candidates, needed=None):
+        return torch.ones(candidates.shape)
+
+
+def test_pruning_keeps_an_earlier_candidate_that_ties_the_best():
+    """Two candidates with equal log π_sft and Q̂ = R_max tie; argmax keeps the first, so pruning must value it."""
+    half = torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64)
+    lm = TabularLM({(): half}, ["<eos>", "a", "b"], horizon=1)
+    engine = Engine(lm, lm, CallableReward(lambda p, r: [1.0] * len(r), name="one", range=(0.0, 1.0)))
+    params = DecodeParams(method="tq-direct", k=2, alpha=1.0, max_new_tokens=1, trace=True)
+    decoder = Decoder(engine.models, params)
+    decoder.estimator = FixedValue(engine.models, params)
+    (row,) = decoder.run([engine.new_state("x", params)])
+    trace = row.trace[0]
+    assert trace["q"] == [1.0, 1.0] and trace["pruned"] == [False, False]
+    assert row.response == [trace["candidates"][0]]
+
+
+@pytest.mark.parametrize(("alpha", "k"), [(0.0, 4), (2.0, 1)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_no_rollouts_when_they_cannot_change_the_choice(engine, alpha, k, temperature):
+    params = DecodeParams(method="tq-direct", **{**SHORT, "alpha": alpha, "k": k, "temperature": temperature})
+    skipped = engine.generate(PROMPTS, params, progress=False)
+    plain = engine.generate(PROMPTS, params.replace(method="none"), progress=False)
+    assert [r.token_ids for r in skipped] == [r.token_ids for r in plain]
+    for r in skipped:
+        assert r.accounting.rollouts == 0 and r.accounting.reward_calls == 0 and r.accounting.baseline_forward_tokens == 0
+        assert r.accounting.pruned == k * len(r.token_ids)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.1, 3.0])
+def test_kl_bound_holds_for_the_policy_run(engine, temperature, alpha):
+    params = DecodeParams(method="tq-direct", **{**SHORT, "alpha": alpha, "temperature": temperature, "k": 6})
+    decoder = engine.decoder(params)
+    rows = decoder.run([engine.new_state(p, params) for p in PROMPTS])
+    for row in rows:
+        assert len(row.kl) == len(row.kl_bound) == len(row.response)
+        for kl, bound in zip(row.kl, row.kl_bound):
+            assert kl <= bound + 1e-5
+
+
+def test_kl_bound_at_temperature_one_is_the_smaller_bound(engine):
+    params = DecodeParams(method="none", **{**SHORT, "alpha": 0.0, "temperature": 1.0, "k": 6}, trace=True)
+    (row,) = engine.decoder(params).run([engine.new_state(PROMPTS[0], params)])
+    for t, step in enumerate(row.trace):
+        top = torch.tensor(step["logp_sft"])
+        want = min(-float(top.min()), -float(torch.logsumexp(top, 0)))  # α = 0: the softmax bound is log 1/π(top-k)
+        assert row.kl_bound[t] == pytest.approx(want, abs=1e-5)
+
+
+def test_eos_sets_must_agree(sft, baseline):
+    other = TransformersLM(baseline.model, baseline.tokenizer, name="other-eos")
+    other.eos_token_ids = frozenset({2, 5})
+    with pytest.raises(ConfigError, match=r"^SFT model tiny-sft ends responses at EOS ids \[2\] but baseline other-eos"
+                                          r" at \[2, 5\]; give both the same eos_token_id"):
+        Engine(sft, other)
+
+
+# ---- plain decoding stops as it generates; the trace; progress; wall time ------------------------------------
+@pytest.mark.parametrize("method", ["sft", "baseline", "bon"])
+def test_plain_methods_stop_at_stop_strings_while_generating(engine, method):
+    params = DecodeParams(method=method, max_new_tokens=12,
+                          **({"temperature": 1.0, "bon_n": 3} if method == "bon" else {}))
+    full = engine.generate(PROMPTS, params, progress=False)
+    word = next(w for r in full for w in r.text.split()[1:3])
+    lm = engine.models.lm(params.bon_policy if method == "bon" else method)
+    lm.reset_cache()  # so that every prompt token is counted once below
+    cut = engine.generate(PROMPTS, params.replace(stop=(word,)), progress=False)
+    stopped = [r for r in cut if r.finish_reason == "stop"]
+    assert stopped
+    for r in stopped:
+        assert word in lm.decode(r.token_ids) and word not in lm.decode(r.token_ids[:-1])  # ends at the stop
+        assert word not in r.text and r.accounting.steps == len(r.token_ids)
+    if method != "bon":  # one forward token per generated token: nothing is computed past the stop
+        for r, f in zip(cut, full):
+            if r.finish_reason == "stop":
+                assert len(r.token_ids) < len(f.token_ids)
+                forward = r.accounting.sft_forward_tokens + r.accounting.baseline_forward_tokens
+                assert forward == len(lm.encode_prompt(r.prompt)) + len(r.token_ids) - 1
+
+
+def test_trace_rows_mark_reused_and_pruned_candidates(sft, reward):
+    engine = Engine(sft, sft, reward)
+    params = DecodeParams(method="tq-direct", k=6, alpha=0.3, rollout_len=4, max_new_tokens=6, trace=True)
+    responses = engine.generate(PROMPTS, params, progress=False)
+    rows = [row for r in responses for row in r.trace]
+    assert any(any(row["reused"]) for row in rows) and any(any(row["pruned"]) for row in rows)
+    for row in rows:
+        assert row["pruned"] == [q is None for q in row["q"]]
+        assert not any(a and b for a, b in zip(row["reused"], row["pruned"]))
+    table = format_trace(responses[0].trace)
+    assert "pruned" in table and table.count("*") == len(responses[0].token_ids)
+
+
+def test_progress_moves_per_token_and_ends_at_its_total(engine):
+    class Bar:
+        n = 0
+        updates: list[int] = []
+
+        def update(self, delta):
+            self.n += delta
+            self.updates.append(delta)
+
+    bar = Bar()
+    params = DecodeParams(method="none", **{**SHORT, "max_new_tokens": 8}, stop=("the",))
+    done = list(engine.stream([PROMPTS[:2], PROMPTS[2:]], params, on_step=TokenProgress(bar)))
+    assert bar.n == len(PROMPTS) * params.max_new_tokens
+    steps = max(len(r.token_ids) for r in done[0][1]) + max(len(r.token_ids) for r in done[1][1])
+    assert len(bar.updates) == steps  # one update per step, not per batch
+
+
+def test_wall_time_starts_at_each_rows_first_step(engine, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("tqstar.state.time.perf_counter", lambda: clock[0])
+
+    def tick(stepped, finished):
+        clock[0] += 1.0  # one "second" per step
+
+    params = DecodeParams(method="none", **SHORT)
+    batches = [[p] for p in PROMPTS]
+    responses = [r for _, batch in engine.stream(batches, params, on_step=tick) for r in batch]
+    for r in responses:  # batch i's time excludes batches 0..i-1
+        assert r.accounting.wall_time_s == len(r.token_ids) - 1
 
 
 def test_rollout_seed_is_separate_from_the_choice_seed(engine):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
 from tqstar.lm.base import FullVocabLM, LanguageModel, StepOutput
@@ -44,6 +45,11 @@ def _prefixes(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
             if ids or tail:
                 seqs.append(ids + tail)
     return seqs + [seqs[0][:1]]
+
+
+def _seeds(seed: int | None, count: int) -> list[int] | None:
+    """One stream seed per prefix (``None`` stays unseeded)."""
+    return None if seed is None else [seed * 1000 + i for i in range(count)]
 
 
 def _naive_rollout_cost(prefixes: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> int:
@@ -101,7 +107,7 @@ def _check_greedy_rollout_batch_equals_singles(lm: LanguageModel, prompts: Seque
 def _check_rollouts_stop_at_eos(lm: LanguageModel, prompts: Sequence[str]) -> None:
     prefixes = _prefixes(lm, prompts)
     outputs = [lm.rollout(prefixes, ROLLOUT_LEN)]
-    outputs += [lm.rollout(prefixes, ROLLOUT_LEN, temperature=2.0, seed=seed) for seed in range(3)]
+    outputs += [lm.rollout(prefixes, ROLLOUT_LEN, temperature=2.0, seeds=_seeds(seed, len(prefixes))) for seed in range(3)]
     for out in outputs:
         assert len(out.tokens) == len(prefixes)
         for tokens in out.tokens:
@@ -116,18 +122,36 @@ def _check_rollouts_stop_at_eos(lm: LanguageModel, prompts: Sequence[str]) -> No
 
 def _check_seeded_sampling(lm: LanguageModel, prompts: Sequence[str]) -> None:
     prefixes = _prefixes(lm, prompts)
-    first = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=123).tokens
-    assert lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=123).tokens == first
-    others = [lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=seed).tokens for seed in range(5)]
+    first = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(123, len(prefixes))).tokens
+    assert lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(123, len(prefixes))).tokens == first
+    others = [lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(seed, len(prefixes))).tokens
+              for seed in range(5)]
     assert any(o != first for o in others), "five other seeds all sampled the same continuations"
-    unseeded = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seed=None).tokens
+    unseeded = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=None).tokens
     assert len(unseeded) == len(prefixes)
+
+
+def _check_seeded_rows_are_independent(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    """A prefix's sampled continuation depends only on its own seed: the same alone, in a batch, in another
+    position, with other budgets beside it; copies of one prefix with different seeds are different samples."""
+    prefixes = _prefixes(lm, prompts)
+    seeds = _seeds(5, len(prefixes))
+    batch = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=seeds).tokens
+    order = list(reversed(range(len(prefixes))))
+    shuffled = lm.rollout([prefixes[i] for i in order], ROLLOUT_LEN, 1.5, [seeds[i] for i in order]).tokens
+    assert [shuffled[order.index(i)] for i in range(len(prefixes))] == batch
+    for i in (0, len(prefixes) // 2, len(prefixes) - 1):
+        assert lm.rollout([prefixes[i]], ROLLOUT_LEN, 1.5, [seeds[i]]).tokens[0] == batch[i], f"prefix {i} alone"
+    ragged = lm.rollout(prefixes, [ROLLOUT_LEN if i % 2 else 1 for i in range(len(prefixes))], 1.5, seeds).tokens
+    assert all(ragged[i] == batch[i] for i in range(1, len(prefixes), 2))
+    copies = lm.rollout([prefixes[0]] * 6, ROLLOUT_LEN, 1.5, _seeds(9, 6)).tokens
+    assert len({tuple(t) for t in copies}) > 1, "six seeds gave six identical samples"
 
 
 def _check_forward_tokens(lm: LanguageModel, prompts: Sequence[str]) -> None:
     prefixes = _prefixes(lm, prompts)
     for temperature, seed in ((0.0, None), (1.5, 7)):
-        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
         assert len(out.forward_tokens) == len(prefixes)
         assert all(n >= 1 for n in out.forward_tokens), out.forward_tokens
         assert sum(out.forward_tokens) <= _naive_rollout_cost(prefixes, out.tokens), out.forward_tokens
@@ -150,6 +174,7 @@ CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
     _check_greedy_rollout_batch_equals_singles,
     _check_rollouts_stop_at_eos,
     _check_seeded_sampling,
+    _check_seeded_rows_are_independent,
     _check_forward_tokens,
     _check_decode,
 ]
@@ -167,7 +192,7 @@ def check_eos_forced(lm: LanguageModel, eos: int, prompts: Sequence[str]) -> Non
     step = lm.next_logprobs(prefixes)
     assert (step.logprobs.argmax(dim=-1) == eos).all()
     for temperature, seed in ((0.0, None), (1.0, 0)):
-        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
         assert out.tokens == [[eos]] * len(prefixes)
         assert all(n >= 1 for n in out.forward_tokens)
 
@@ -203,7 +228,7 @@ def _eos_forcing_model(model):
     """A copy of ``model`` whose lm_head puts all mass on :data:`EOS_ID` (zero weights, a large EOS bias)."""
     model = copy.deepcopy(model)
     old = model.lm_head
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True, device=old.weight.device)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
@@ -213,7 +238,7 @@ def _eos_forcing_model(model):
 
 
 def _transformers(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
-    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft")
+    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft", device=TEST_DEVICE)
     eos_lm = TransformersLM(_eos_forcing_model(lm.model), lm.tokenizer, name="tiny-eos")
     return lm, eos_lm, EOS_ID
 
@@ -261,9 +286,9 @@ def test_default_rollout_equals_transformers_rollout(sft):
     reference = ProtocolDefaultLM(TransformersLM(sft.model, sft.tokenizer))
     prefixes = _prefixes(sft, PROMPTS)
     for temperature, seed in ((0.0, None), (1.5, 3)):
-        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
         assert sum(expected.forward_tokens) == _naive_rollout_cost(prefixes, expected.tokens)
-        got = sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seed=seed)
+        got = sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
         assert got.tokens == expected.tokens
         assert sum(got.forward_tokens) < sum(expected.forward_tokens)
 
@@ -308,9 +333,9 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     # One committed token later, the new stem (prefix + chosen token) extends the stored stem by one token.
     chosen = candidates[0]
     longer = [chosen + [z] for z in top]
-    cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11)
+    cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer)))
     assert cached.forward_tokens == [1 + len(cached.tokens[0])] + [len(t) for t in cached.tokens[1:]]
-    assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seed=11).tokens
+    assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer))).tokens
 
 
 def test_cache_reuses_the_longest_common_prefix_of_longer_rows(sft):

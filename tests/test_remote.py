@@ -83,12 +83,15 @@ def test_rollouts_end_with_eos_in_both_dialects(flavor, sft, tiny_paths):
 
 
 def test_seeded_sampling_gives_distinct_copies_and_repeats(served, sft, tiny_paths):
-    """A server seeds every prompt of a request alike; N copies of a prefix must still be N different samples."""
+    """A server seeds every prompt of a request alike; N copies of a prefix with N seeds are N different samples,
+    and a prefix's sample depends only on its own seed, not on its batch mates."""
     remote = _remote(served, tiny_paths)
     prefix = sft.encode_prompt("the cat sat")
-    first = remote.rollout([prefix] * 4, 10, 1.0, seed=7).tokens
+    first = remote.rollout([prefix] * 4, 10, 1.0, seeds=[7, 8, 9, 10]).tokens
     assert len({tuple(t) for t in first}) > 1
-    assert remote.rollout([prefix] * 4, 10, 1.0, seed=7).tokens == first
+    assert remote.rollout([prefix] * 4, 10, 1.0, seeds=[7, 8, 9, 10]).tokens == first
+    other = sft.encode_prompt("thank you")
+    assert remote.rollout([other, prefix], 10, 1.0, seeds=[3, 9]).tokens[1] == first[2]
 
 
 @pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])

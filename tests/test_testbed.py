@@ -98,7 +98,7 @@ def test_rollout_estimates_converge_to_the_exact_q(method):
     baseline = optimal_policy(sft, r, beta=0.3)
     engine = Engine(sft, baseline, TabularReward(r, sft))
     params = DecodeParams(method=method, k=V, alpha=1.0, n_rollouts=600, rollout_temperature=1.0,
-                          rollout_len=H + 1, max_new_tokens=2, trace=True, seed=1, prune=False)
+                          rollout_len=H + 1, max_new_tokens=H + 1, trace=True, seed=1, prune=False)
     policy = baseline if method == "tq-direct" else sft
     (response,) = engine.generate(["x"], params, progress=False)
     for row in response.trace:
@@ -131,7 +131,7 @@ def test_indirect_estimator_converges_to_the_target_optimum():
     target = optimal_policy(sft, r, beta)
     engine = Engine(sft, baseline, TabularReward(r, sft), TabularReward(r_bl, sft))
     params = DecodeParams(method="tq-indirect", k=V, beta=beta, n_rollouts=800, rollout_temperature=1.0,
-                          rollout_len=H + 1, max_new_tokens=1, trace=True, seed=2, prune=False)
+                          rollout_len=H + 1, max_new_tokens=H + 1, trace=True, seed=2, prune=False)
     (response,) = engine.generate(["x"], params, progress=False)
     row = response.trace[0]
     exact = [q_value(target, r, (), z) for z in row["candidates"]]

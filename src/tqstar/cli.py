@@ -1,6 +1,7 @@
 """The ``tqstar`` command line: a thin layer over the library (every command is one library call).
 
     tqstar generate [--config run.yaml] [flags]   decode prompts with a method; text or JSONL out
+    tqstar serve [--config serve.yaml] [flags]    OpenAI-compatible server over presets (streaming, batching)
     tqstar demo                                   SmolLM2: SFT vs DPO baseline vs TQ* direct, side by side
     tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
     tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
@@ -107,18 +108,52 @@ def format_response(response) -> str:
 
 
 def format_trace(trace: list[dict[str, Any]]) -> str:
-    """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice."""
+    """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice.
+
+    A candidate whose Q̂ was never computed (it could not change the choice) shows ``pruned``; one valued from the
+    previous step's rollout is marked ``reused``."""
     lines = [f"{'step':>4}  {'token':<14}{'logp_sft':>9}{'Q':>9}{'score':>9}{'p_dec':>7}"]
     for row in trace:
         for j, z in enumerate(row["candidates"]):
             mark = "*" if z == row["chosen"] else " "
+            q, s = row["q"][j], row["score"][j]
+            note = "  reused" if row.get("reused", [False] * (j + 1))[j] else ""
             lines.append(f"{row['step']:>4}{mark} {row['tokens'][j]!r:<14.14}{row['logp_sft'][j]:>9.3f}"
-                         f"{row['q'][j]:>9.3f}{row['score'][j]:>9.3f}{row['p_dec'][j]:>7.3f}")
+                         f"{'pruned' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
+                         f"{row['p_dec'][j]:>7.3f}{note}")
     return "\n".join(lines)
 
 
 def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Flags override the YAML file."""
+    data = _merge_models(data, args)
+    decode = dict(data.get("decode") or {})
+    for name in DECODE_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            decode[name] = value
+    if args.stop:
+        decode["stop"] = tuple(args.stop)
+    if args.trace:
+        decode["trace"] = True
+    data["decode"] = decode
+    if args.prompt:
+        data["prompts"] = list(args.prompt)
+    if args.prompts_file:
+        data["prompts_file"] = args.prompts_file
+        if not args.prompt:
+            data.pop("prompts", None)
+    if args.batch_size is not None:
+        data["batch_size"] = args.batch_size
+    if args.concurrency is not None:
+        data["concurrency"] = args.concurrency
+    if args.truncate_prompt:
+        data["truncate_prompt"] = True
+    return data
+
+
+def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Model and reward flags override the YAML file's models and rewards."""
     data = dict(data)
     for role in ("sft", "baseline"):
         path = getattr(args, role)
@@ -153,29 +188,29 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         reward.update({k: v for k, v in (("format", args.reward_format), ("truncate", args.reward_truncate or None),
                                          ("sigmoid", args.reward_sigmoid or None)) if v is not None})
         data["reward"] = reward
-    decode = dict(data.get("decode") or {})
-    for name in DECODE_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            decode[name] = value
-    if args.stop:
-        decode["stop"] = tuple(args.stop)
-    if args.trace:
-        decode["trace"] = True
-    data["decode"] = decode
-    if args.prompt:
-        data["prompts"] = list(args.prompt)
-    if args.prompts_file:
-        data["prompts_file"] = args.prompts_file
-        if not args.prompt:
-            data.pop("prompts", None)
-    if args.batch_size is not None:
-        data["batch_size"] = args.batch_size
-    if args.concurrency is not None:
-        data["concurrency"] = args.concurrency
-    if args.truncate_prompt:
-        data["truncate_prompt"] = True
     return data
+
+
+# ---- serve --------------------------------------------------------------------------------------------------
+def run_serve(args: argparse.Namespace) -> int:
+    from .config import load_yaml
+    from .serving.config import ServeConfig
+    from .serving.server import serve
+
+    data = _merge_models(load_yaml(args.config) if args.config else {}, args)
+    for key in ("host", "port", "name", "api_keys_env"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    limits = dict(data.get("limits") or {})
+    for key in ("max_batch", "max_queue"):
+        if getattr(args, key) is not None:
+            limits[key] = getattr(args, key)
+    data["limits"] = limits
+    config = ServeConfig.from_dict(data)
+    if config.run.sft is None:
+        print("tqstar: no --sft given: serving the built-in tiny random models and the sentiment reward"
+              " (they show the machinery, not alignment)", file=sys.stderr)
+    return serve(config)
 
 
 # ---- demo ---------------------------------------------------------------------------------------------------
@@ -260,17 +295,9 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="", help="title of the plots")
 
 
-# ---- parser --------------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tqstar", description="Transfer Q* decoding-time alignment.")
-    sub = parser.add_subparsers(dest="command")
-
-    g = sub.add_parser("generate", help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)",
-                       description="Decode prompts. With no --sft, the built-in tiny random models and the"
-                                   " sentiment reward are used.")
-    g.set_defaults(run=run_generate)
-    g.add_argument("--config", help="YAML config file; flags override it")
-    models = g.add_argument_group("models")
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    """The model and reward flags ``generate`` and ``serve`` share (read by :func:`_merge_models`)."""
+    models = parser.add_argument_group("models")
     models.add_argument("--sft", help="SFT (reference) model directory, hub id, 'smollm2', or a served model"
                                       " openai:<base_url>#<served_name>")
     models.add_argument("--baseline", help="aligned baseline model (same forms as --sft; same tokenizer as --sft)")
@@ -285,13 +312,26 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--sft-adapter", help="PEFT (LoRA) adapter directory merged into the SFT model")
     models.add_argument("--baseline-adapter", help="PEFT (LoRA) adapter directory merged into the baseline"
                                                    " (builtin:smollm2-sentiment-dpo is shipped)")
-    rewards = g.add_argument_group("rewards")
+    rewards = parser.add_argument_group("rewards")
     rewards.add_argument("--reward", help="target reward: sentiment, harmless, module:function, a reward-model"
                                           " directory, or a weighted sum like '0.7*sentiment+0.3*harmless'")
     rewards.add_argument("--baseline-reward", help="the reward the baseline was aligned to (tq-indirect)")
     rewards.add_argument("--reward-format", help="reward-model input format, e.g. 'Human: {prompt}\\n\\nAssistant: {response}'")
     rewards.add_argument("--reward-truncate", action="store_true", help="truncate over-long reward-model inputs")
     rewards.add_argument("--reward-sigmoid", action="store_true", help="report sigmoid(logit) of the reward model")
+
+
+# ---- parser --------------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tqstar", description="Transfer Q* decoding-time alignment.")
+    sub = parser.add_subparsers(dest="command")
+
+    g = sub.add_parser("generate", help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)",
+                       description="Decode prompts. With no --sft, the built-in tiny random models and the"
+                                   " sentiment reward are used.")
+    g.set_defaults(run=run_generate)
+    g.add_argument("--config", help="YAML config file; flags override it")
+    _model_flags(g)
     dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
     dec.add_argument("--method", help="tq-direct (default), tq-indirect, cd, args, none, sft, baseline, bon")
     dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
@@ -318,6 +358,20 @@ def _parser() -> argparse.ArgumentParser:
                                                     " served models)")
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible server over presets (continuous batching, streaming)",
+                       description="Serve presets (model ids) over the OpenAI chat and completions API. With no"
+                                   " --sft, the built-in tiny random models and the sentiment reward are used.")
+    s.set_defaults(run=run_serve)
+    s.add_argument("--config", help="YAML: models, rewards, presets, limits, host, port; flags override it")
+    _model_flags(s)
+    net = s.add_argument_group("server")
+    net.add_argument("--host", help="address to bind (127.0.0.1; 0.0.0.0 exposes the server to the network)")
+    net.add_argument("--port", type=int, help="port (8000)")
+    net.add_argument("--name", help="prefix of the default preset names (default: the SFT model's name)")
+    net.add_argument("--max-batch", type=int, help="rows decoded at once over all requests (16)")
+    net.add_argument("--max-queue", type=int, help="requests waiting for a row before 429 (64)")
+    net.add_argument("--api-keys-env", help="environment variable with comma-separated API keys (TQSTAR_API_KEYS)")
 
     d = sub.add_parser("demo", help="SmolLM2: SFT vs DPO baseline vs TQ* direct on a few prompts (offline, CPU)")
     d.set_defaults(run=run_demo_command)

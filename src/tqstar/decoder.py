@@ -1,27 +1,185 @@
-"""The token-level decoder: propose, estimate, score, choose — batched over prompts.
+"""The decoder: one step over the active rows — propose, estimate, score, choose.
 
-At each step, for every active prompt with state s_t = [x, y_<t]::
+At each step, for every active row with state s_t = [x, y_<t]::
 
     1. propose   top-k tokens z of log π_sft(· | s_t)
-    2. estimate  Q̂(s_t, z) with the method's value estimator
+    2. estimate  Q̂(s_t, z) with the method's value estimator (skipped where it cannot change the choice)
     3. score     score(z) = log π_sft(z | s_t) + α · Q̂(s_t, z)
-    4. choose    argmax (temperature 0) or sample softmax(score / temperature); stop at EOS, a stop string or
-                 the token budget
+    4. choose    argmax (temperature 0) or a keyed sample of softmax(score / temperature); stop at EOS, a stop
+                 string or the row's token budget
 
-Bookkeeping (KL, trace, stopping) lives in helpers so the loop reads top to bottom.
+:meth:`Decoder.step` advances every unfinished row by one token and returns the rows that finished; rows may join
+and leave between steps (a server's scheduler steps forever while requests come and go), because everything a
+row needs — its seed and random streams, step counter, budget, stop strings, rollout-reuse memory, accounting,
+trace — lives on its :class:`~tqstar.state.PromptState`. :meth:`Decoder.run` steps until every row is done.
+``sft``/``baseline`` decode one token per step from their model's full distribution; ``bon`` finishes a row in
+one step (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives in helpers so the step reads top to
+bottom.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from .lm.base import _generator
 from .params import DecodeParams
+from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState
-from .value.base import ValueEstimator
+from .text import hits_stop, response_text
+from .trajectory import best_of_n, plain_tokens
+from .value import ESTIMATORS
+
+#: ``on_step(stepped, finished)``: called after every step with the rows it advanced and those that finished.
+OnStep = Callable[[Sequence[PromptState], Sequence[PromptState]], None]
+
+
+class Decoder:
+    """Steps rows that share ``params.group_key()``; seed, budget, stop strings and trace are per row."""
+
+    def __init__(self, models: Models, params: DecodeParams) -> None:
+        self.models = models
+        self.params = params
+        self.estimator = ESTIMATORS[params.method](models, params) if params.is_token_level else None
+        reward_range = models.reward.range if models.reward is not None else None
+        self.reward_range = reward_range
+        # pruning bound: greedy choice, a declared reward range, pruning on
+        self.r_max = reward_range[1] if reward_range is not None and params.prune and params.temperature == 0 else None
+
+    def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
+        """Step ``rows`` until all are done; returns them."""
+        rows = list(rows)
+        while active := [r for r in rows if not r.done]:
+            finished = self.step(active)
+            if on_step is not None:
+                on_step(active, finished)
+        return rows
+
+    def step(self, rows: Sequence[PromptState]) -> list[PromptState]:
+        """Advance every unfinished row of ``rows`` by one token (``bon``: to its end); returns those that finished."""
+        active = [r for r in rows if not r.done]
+        for row in active:
+            row.begin_step(len(active))
+        if not active:
+            return []
+        if self.params.method == "bon":
+            return self._finish_best_of_n(active)
+        if not self.params.is_token_level:
+            return self._commit(active, plain_tokens(self.models, self.params, active), self.models.lm(self.params.method))
+        return self._token_step(active)
+
+    def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
+        p, sft = self.params, self.models.sft
+        # 1. propose: top-k of the SFT model's next-token distribution
+        proposal = sft.top_logprobs([r.seq("sft") for r in rows], p.k)
+        top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
+        # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped)
+        q, reused = self.estimate(rows, top_lp, candidates)  # (B, k), (B, k)
+        # 3. score: log π_sft + α·Q̂
+        scores = score(top_lp, q, p.alpha)  # (B, k)
+        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream
+        log_dec = decision_logprobs(scores, p.temperature)  # (B, k)
+        chosen = candidates.gather(-1, choose(log_dec, p.temperature, rows)[:, None]).squeeze(-1)  # (B,)
+        self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen)
+        return self._commit(rows, chosen.tolist(), sft)
+
+    def estimate(self, rows: list[PromptState], top_lp: torch.Tensor,
+                 candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q̂ ``(B, k)`` (NaN: not computed) and which values were reused ``(B, k)``: cheap known values first, then
+        one batch for the candidates that can still change the choice.
+
+        Nothing is estimated when α = 0 (Q̂ does not enter the score) or k = 1 (one candidate). With ``r_max``
+        (greedy decoding, a reward range, pruning on), candidates that cannot be the argmax are skipped
+        (:func:`cannot_win`): the output is the same token.
+        """
+        p, estimator = self.params, self.estimator
+        assert estimator is not None
+        if p.alpha == 0 or p.k == 1:
+            q, reused = torch.full(candidates.shape, float("nan")), torch.zeros(candidates.shape, dtype=torch.bool)
+        else:
+            q, reused = estimator.known(rows, candidates)  # (B, k), NaN = unknown
+            if self.r_max is not None and p.prune_probe:  # rows with nothing known: value the top candidates first
+                probe = q.isnan().all(dim=-1, keepdim=True) & (torch.arange(q.shape[1]) < p.prune_probe)  # (B, k)
+                if bool(probe.any()):
+                    q = torch.where(probe, estimator.estimate(rows, candidates, probe), q)
+            needed = q.isnan()
+            if self.r_max is not None:
+                needed &= ~cannot_win(top_lp, q, p.alpha, self.r_max)
+            if bool(needed.any()):
+                q = torch.where(needed, estimator.estimate(rows, candidates, needed), q)
+        for b, row in enumerate(rows):
+            row.accounting.pruned += int(q[b].isnan().sum())
+        return q, reused
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------
+    def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen) -> None:
+        """Per-step accounting, KL, its bound and (when the row asked) the trace row."""
+        kls = step_kl(log_dec, top_lp)
+        bounds = kl_bound(top_lp, self.params.alpha, self.params.temperature, self.reward_range)
+        sft = self.models.sft
+        for b, row in enumerate(rows):
+            row.accounting.add_forward("sft", forward_tokens[b])
+            row.kl.append(float(kls[b]))
+            row.kl_bound.append(float(bounds[b]))
+            if row.trace is not None:
+                row.trace.append({
+                    "step": row.step,
+                    "candidates": candidates[b].tolist(),
+                    "tokens": [sft.decode([z]) for z in candidates[b].tolist()],
+                    "logp_sft": top_lp[b].tolist(),
+                    "q": [None if v != v else v for v in q[b].tolist()],  # None: not computed
+                    "score": [None if v == float("-inf") else v for v in scores[b].tolist()],
+                    "p_dec": log_dec[b].exp().tolist(),
+                    "chosen": int(chosen[b]),
+                    "reused": reused[b].tolist(),
+                    "pruned": q[b].isnan().tolist(),
+                })
+
+    def _commit(self, rows: list[PromptState], tokens: list[int], lm) -> list[PromptState]:
+        """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the finished."""
+        finished = []
+        for row, token in zip(rows, tokens):
+            row.commit(token)
+            reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+                      else "length" if row.remaining <= 0 else None)
+            if reason is not None:
+                row.finish(reason, response_text(lm, row.response, row.stop))
+                finished.append(row)
+        return finished
+
+    def _finish_best_of_n(self, rows: list[PromptState]) -> list[PromptState]:
+        lm = self.models.lm(self.params.bon_policy)
+        for row, (tokens, reason) in zip(rows, best_of_n(self.models, self.params, rows)):
+            row.response = tokens
+            row.step += 1
+            row.accounting.steps = len(tokens)
+            row.finish(reason, response_text(lm, tokens, row.stop))
+        return rows
+
+
+# ---- the math, one function each ------------------------------------------------------------------------------
+def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log π_sft + α·Q̂ per candidate ``(B, k)``; −inf where Q̂ is NaN (skipped: it cannot win). With α = 0 or
+    k = 1 no Q̂ is computed and the score is log π_sft."""
+    if alpha == 0 or top_lp.shape[-1] == 1:
+        return top_lp.clone()
+    return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
+
+
+def cannot_win(top_lp: torch.Tensor, q: torch.Tensor, alpha: float, r_max: float) -> torch.Tensor:
+    """Candidates ``(B, k)`` that cannot be the argmax of the score whatever their Q̂ ≤ R_max.
+
+    Candidate z can score at most u(z) = log π_sft(z) + α·R_max. Against the best score already computed, s*
+    at index j*, argmax (the *first* maximal index) can still pick z if u(z) > s*, or u(z) = s* and z comes
+    before j*. Every other unknown candidate is skipped; computing more values only raises s* or moves j* earlier
+    on a tie, so a skipped candidate never becomes the argmax.
+    """
+    known = score(top_lp, q, alpha)  # (B, k)
+    best, best_index = known.max(dim=-1, keepdim=True)  # (B, 1): torch's max gives the first maximal index
+    upper = top_lp + alpha * r_max  # (B, k)
+    before = torch.arange(q.shape[-1])[None, :] < best_index  # (B, k)
+    can = (upper > best) | ((upper == best) & before)
+    return q.isnan() & ~can
 
 
 def decision_logprobs(scores: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,9 +190,13 @@ def decision_logprobs(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(scores / temperature, dim=-1)
 
 
-def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """log π_sft + α·Q̂ per candidate; −inf where Q̂ is NaN (not computed: pruned, it cannot win)."""
-    return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
+def choose(log_dec: torch.Tensor, temperature: float, rows: Sequence[PromptState]) -> torch.Tensor:
+    """The chosen candidate index per row ``(B,)``: the argmax at temperature 0, else a draw from π_dec with the
+    row's ``"choice"`` stream at its step (independent of the other rows)."""
+    if temperature == 0:
+        return log_dec.argmax(dim=-1)
+    u = uniforms([stream_seed(r.seed, r.key, "choice", r.step) for r in rows], 1)[:, 0]  # (B,)
+    return sample_by_inversion(log_dec.exp(), torch.from_numpy(u))
 
 
 def step_kl(log_dec: torch.Tensor, top_lp: torch.Tensor) -> torch.Tensor:
@@ -44,113 +206,16 @@ def step_kl(log_dec: torch.Tensor, top_lp: torch.Tensor) -> torch.Tensor:
     return terms.sum(dim=-1)
 
 
-def kl_bound(top_lp: torch.Tensor, alpha: float, reward_range: tuple[float, float] | None) -> torch.Tensor | None:
-    """α·(R_max − R_min) + log(1/π_sft(top-k)) per row: bounds the KL of softmax(score) to π_sft."""
-    if reward_range is None:
-        return None
-    return alpha * (reward_range[1] - reward_range[0]) - torch.logsumexp(top_lp, dim=-1)
+def kl_bound(top_lp: torch.Tensor, alpha: float, temperature: float,
+             reward_range: tuple[float, float] | None) -> torch.Tensor:
+    """A bound on KL(π_dec ‖ π_sft) per row ``(B,)`` that holds for the policy run.
 
-
-def decode(models: Models, states: list[PromptState], estimator: ValueEstimator, params: DecodeParams,
-           *, progress: bool = True) -> list[PromptState]:
-    """Decode every state to completion with the token-level method ``estimator``; returns ``states``."""
-    sft = models.sft
-    generator = _generator(params.seed)
-    reward_range = models.reward.range if models.reward is not None else None
-    r_max = reward_range[1] if reward_range is not None and params.prune and params.temperature == 0 else None
-    bar = tqdm(total=params.max_new_tokens, desc=params.method, unit="tok", disable=not progress, leave=False)
-    for step in range(params.max_new_tokens):
-        active = [s for s in states if not s.done]
-        if not active:
-            break
-        # 1. propose: top-k of the SFT model's next-token distribution
-        proposal = sft.top_logprobs([s.seq("sft") for s in active], params.k)
-        top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
-        # 2. estimate: Q̂(s_t, z) for every candidate that can still win (NaN: pruned)
-        q = estimate(estimator, active, top_lp, candidates, step, params, r_max)  # (B, k)
-        # 3. score
-        scores = score(top_lp, q, params.alpha)  # (B, k)
-        # 4. choose
-        log_dec = decision_logprobs(scores, params.temperature)  # (B, k)
-        pick = log_dec.argmax(-1) if params.temperature == 0 else torch.multinomial(log_dec.exp(), 1, generator=generator).squeeze(-1)
-        chosen = candidates.gather(-1, pick[:, None]).squeeze(-1)  # (B,)
-        _record(active, proposal.forward_tokens, top_lp, candidates, q, scores, log_dec, chosen, params,
-                kl_bound(top_lp, params.alpha, reward_range), sft)
-        _advance(active, chosen, params, sft)
-        bar.update(1)
-    bar.close()
-    for state in states:
-        if not state.done:
-            _finish(state, "length", sft)
-    return states
-
-
-def estimate(estimator: ValueEstimator, states: list[PromptState], top_lp: torch.Tensor, candidates: torch.Tensor,
-             step: int, params: DecodeParams, r_max: float | None) -> torch.Tensor:
-    """Q̂ ``(B, k)``: cheap known values first, then one batch for the candidates that can still win.
-
-    With ``r_max`` (greedy decoding, a reward range, pruning on), candidate z is skipped when
-    log π_sft(z) + α·R_max ≤ the best score already computed: it cannot be the argmax (ties go to the
-    earlier, higher-probability candidate), so the output is the same token. Skipped candidates are NaN.
+    Any π_dec supported on the top-k: KL = Σ π_dec log(π_dec/π_sft) ≤ Σ π_dec·(−log π_sft) ≤ −log min_z π_sft(z).
+    π_dec = softmax(score) (temperature 1) with Q̂ ∈ [R_min, R_max] also satisfies
+    KL ≤ α·(R_max − R_min) + log(1/π_sft(top-k)); then the smaller of the two is returned.
     """
-    q = estimator.known(states, candidates, step)  # (B, k), NaN = unknown
-    if r_max is not None and params.prune_probe:  # rows with nothing known: value the top candidates first
-        probe = q.isnan().all(dim=-1, keepdim=True) & (torch.arange(q.shape[1]) < params.prune_probe)  # (B, k)
-        if bool(probe.any()):
-            q = torch.where(probe, estimator.estimate(states, candidates, step, probe), q)
-    needed = q.isnan()
-    if r_max is not None:
-        best = score(top_lp, q, params.alpha).max(dim=-1, keepdim=True).values  # (B, 1)
-        needed &= top_lp + params.alpha * r_max > best
-    if bool(needed.any()):
-        q = torch.where(needed, estimator.estimate(states, candidates, step, needed), q)
-    for b, state in enumerate(states):
-        state.accounting.pruned += int(q[b].isnan().sum())
-    return q
-
-
-def _record(active, forward_tokens, top_lp, candidates, q, scores, log_dec, chosen, params, bound, sft) -> None:
-    """Per-step accounting, KL and (optionally) the trace row."""
-    kls = step_kl(log_dec, top_lp)
-    for b, state in enumerate(active):
-        state.accounting.add_forward("sft", forward_tokens[b])
-        state.accounting.steps += 1
-        state.kl.append(float(kls[b]))
-        if bound is not None:
-            state.kl_bound.append(float(bound[b]))
-        if params.trace:
-            state.trace = state.trace or []
-            state.trace.append({
-                "step": len(state.response),
-                "candidates": candidates[b].tolist(),
-                "tokens": [sft.decode([z]) for z in candidates[b].tolist()],
-                "logp_sft": top_lp[b].tolist(),
-                "q": [None if v != v else v for v in q[b].tolist()],  # None: pruned
-                "score": [None if v == float("-inf") else v for v in scores[b].tolist()],
-                "p_dec": log_dec[b].exp().tolist(),
-                "chosen": int(chosen[b]),
-            })
-
-
-def _advance(active: list[PromptState], chosen: torch.Tensor, params: DecodeParams, sft) -> None:
-    """Append the chosen tokens; finish prompts at EOS, a stop string or the token budget."""
-    for state, token in zip(active, chosen.tolist()):
-        state.response.append(token)
-        if token in sft.eos_token_ids:
-            _finish(state, "eos", sft)
-        elif params.stop and any(s in sft.decode(state.response) for s in params.stop):
-            _finish(state, "stop", sft, params.stop)
-        elif len(state.response) >= params.max_new_tokens:
-            _finish(state, "length", sft)
-
-
-def _finish(state: PromptState, reason: str, lm, stop: tuple[str, ...] = ()) -> None:
-    state.finish_reason = reason
-    state.text = cut_at_stop(lm.decode(state.response), stop)
-    state.accounting.wall_time_s = time.perf_counter() - state.started
-
-
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    """``text`` up to (not including) the first stop string in it."""
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
+    bound = -top_lp.min(dim=-1).values  # (B,)
+    if temperature == 1 and reward_range is not None:
+        softmax_bound = alpha * (reward_range[1] - reward_range[0]) - torch.logsumexp(top_lp, dim=-1)  # (B,)
+        bound = torch.minimum(bound, softmax_bound)
+    return bound

@@ -2,24 +2,29 @@
 
 ``Engine(sft, baseline, reward, baseline_reward).generate(prompts, params)`` checks the method against what
 was given (before decoding anything), formats each prompt for each model, decodes in batches and scores the
-finished responses with the target reward.
+finished responses with the target reward. It is three calls anyone can make — a server's scheduler does —
+``new_state`` (one row per prompt), ``decoder(params).step/run`` (one token per step over the rows) and
+``finish`` (rewards in one call, :class:`Response` objects).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
-from .decoder import decode
+from .decoder import Decoder, OnStep
 from .errors import ConfigError, VocabularyMismatchError
 from .lm.base import LanguageModel
 from .params import DecodeParams
+from .randomness import prompt_key
 from .reward import Reward
 from .state import Models, PromptState, Response
-from .trajectory import decode_trajectory
-from .value import ESTIMATORS
+
+#: A prompt: one user turn as a str, or chat messages ``[{"role": ..., "content": ...}, ...]``.
+Prompt = str | Sequence[Mapping[str, str]]
 
 
 class Engine:
@@ -37,6 +42,7 @@ class Engine:
                  baseline_reward: Reward | None = None) -> None:
         if baseline is not None:
             check_same_vocabulary(sft, baseline)
+            check_same_eos(sft, baseline)
         self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward)
 
     def check(self, params: DecodeParams, concurrency: int = 1) -> None:
@@ -56,14 +62,52 @@ class Engine:
         if params.is_token_level:
             m.sft.check_k(params.k)
 
-    def generate(self, prompts: Sequence[str], params: DecodeParams, *, batch_size: int = 8, concurrency: int = 1,
+    def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
+                  max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
+                  trace: bool | None = None) -> PromptState:
+        """A row for ``prompt`` (a str, or chat messages), encoded for every model the method runs and checked to
+        fit their contexts; ``seed``, ``max_new_tokens``, ``stop`` and ``trace`` override ``params`` for this row
+        (checked the same way)."""
+        changes = {name: value for name, value in (("seed", seed), ("max_new_tokens", max_new_tokens),
+                                                   ("stop", None if stop is None else tuple(stop)),
+                                                   ("trace", trace)) if value is not None}
+        row_params = params.replace(**changes) if changes else params
+        budget = row_params.max_new_tokens + (params.rollout_len if params.rolls_out else 0)
+        text = reward_prompt(prompt)
+        ids = {}
+        for role in ["sft", "baseline"] if params.uses_baseline else ["sft"]:
+            lm = self.models.lm(role)
+            role_ids = lm.encode_prompt(prompt)
+            if truncate_prompt and lm.max_context is not None and len(role_ids) + budget > lm.max_context:
+                role_ids = role_ids[-max(1, lm.max_context - budget):]
+            lm.check_fits(role_ids, budget, text)
+            ids[role] = role_ids
+        return PromptState(prompt=text, prompt_ids=ids, key=prompt_key(prompt), seed=row_params.seed,
+                           rollout_seed=row_params.rollout_seed, max_new_tokens=row_params.max_new_tokens,
+                           stop=row_params.stop, trace=[] if row_params.trace else None)
+
+    def decoder(self, params: DecodeParams) -> Decoder:
+        """A :class:`Decoder` for rows made with ``params`` (checked against the models and rewards first)."""
+        self.check(params)
+        return Decoder(self.models, params)
+
+    def finish(self, states: Sequence[PromptState], params: DecodeParams) -> list[Response]:
+        """The :class:`Response` of every finished row, scored by the target reward in one call."""
+        assert all(s.done for s in states), "finish() takes finished rows"
+        reward = self.models.reward
+        values = [None] * len(states) if reward is None else reward.score([s.prompt for s in states],
+                                                                          [s.text for s in states])
+        return [self._response(state, params, value) for state, value in zip(states, values)]
+
+    def generate(self, prompts: Sequence[Prompt], params: DecodeParams, *, batch_size: int = 8, concurrency: int = 1,
                  truncate_prompt: bool = False, progress: bool = True,
                  on_response: Callable[[Response], None] | None = None) -> list[Response]:
         """Decode ``prompts`` with ``params``; returns one :class:`Response` per prompt, in order.
 
         Prompts decode ``batch_size`` at a time, each stopping on its own; ``on_response`` is called with each
         response as soon as its batch is done (so a caller can save finished work before the rest runs).
-        ``concurrency``: batches decoded at once (see :meth:`stream`).
+        ``concurrency``: batches decoded at once (see :meth:`stream`). A prompt's response does not depend on
+        ``batch_size``, ``concurrency`` or the other prompts (keyed randomness, :mod:`tqstar.randomness`).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -73,36 +117,43 @@ class Engine:
             raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
         batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
-        bar = tqdm(total=len(prompts), desc="prompts", unit="prompt", disable=not progress or len(prompts) <= batch_size)
+        bar = tqdm(total=len(prompts) * params.max_new_tokens, desc=params.method, unit="tok", disable=not progress,
+                   leave=False)
         try:
             for index, responses in self.stream(batches, params, concurrency=concurrency,
-                                                truncate_prompt=truncate_prompt, progress=progress):
+                                                truncate_prompt=truncate_prompt, on_step=TokenProgress(bar)):
                 done[index] = responses
                 for response in responses:
                     if on_response is not None:
                         on_response(response)
-                bar.update(len(responses))
         finally:
             bar.close()
         return [response for index in range(len(batches)) for response in done[index]]
 
-    def stream(self, batches: Sequence[Sequence[str]], params: DecodeParams, *, concurrency: int = 1,
-               truncate_prompt: bool = False, progress: bool = True) -> Iterator[tuple[int, list[Response]]]:
+    def stream(self, batches: Sequence[Sequence[Prompt]], params: DecodeParams, *, concurrency: int = 1,
+               truncate_prompt: bool = False, on_step: OnStep | None = None) -> Iterator[tuple[int, list[Response]]]:
         """Decode each batch of prompts (together, each prompt stopping on its own); yields ``(batch index,
         responses)`` as each batch finishes, in the caller's thread.
 
-        With ``concurrency`` > 1 that many batches decode at once in threads, which keeps model servers busy while
-        a batch waits on its own requests; it needs every model to be thread-safe (remote). Every prompt is
-        checked before the first batch starts.
+        Each batch is :meth:`new_state` rows stepped by one :meth:`decoder` to the end, then :meth:`finish`.
+        ``on_step(stepped, finished)`` is called after every step of every batch (from worker threads when
+        ``concurrency`` > 1), e.g. to move a progress bar per token (:class:`TokenProgress`). With ``concurrency``
+        > 1 that many batches decode at once in threads, which keeps model servers busy while a batch waits on its
+        own requests; it needs every model to be thread-safe (remote). Every prompt is checked before the first
+        batch starts.
         """
         self.check(params, concurrency)
-        states = [[self._state(p, params, truncate_prompt) for p in batch] for batch in batches]
+        states = [[self.new_state(p, params, truncate_prompt=truncate_prompt) for p in batch] for batch in batches]
+
+        def decode(batch: list[PromptState]) -> list[Response]:  # checked above: no second check per batch
+            return self.finish(Decoder(self.models, params).run(batch, on_step=on_step), params)
+
         if concurrency == 1:
             for index, batch in enumerate(states):
-                yield index, self._decode_batch(batch, params, progress)
+                yield index, decode(batch)
             return
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-batch") as pool:
-            futures = {pool.submit(self._decode_batch, batch, params, False): index for index, batch in enumerate(states)}
+            futures = {pool.submit(decode, batch): index for index, batch in enumerate(states)}
             try:
                 for future in as_completed(futures):
                     yield futures[future], future.result()
@@ -110,32 +161,7 @@ class Engine:
                 for future in futures:
                     future.cancel()
 
-    def _decode_batch(self, batch: list[PromptState], params: DecodeParams, progress: bool) -> list[Response]:
-        """Decode one batch to the end and score it with the target reward (one call for the batch)."""
-        for state in batch:
-            state.accounting.batch_size = len(batch)
-        if params.is_token_level:
-            decode(self.models, batch, ESTIMATORS[params.method](self.models, params), params, progress=progress)
-        else:
-            decode_trajectory(self.models, batch, params)
-        reward = self.models.reward
-        values = [None] * len(batch) if reward is None else reward.score([s.prompt for s in batch],
-                                                                         [s.text for s in batch])
-        return [self._response(state, params, value) for state, value in zip(batch, values)]
-
     # ---- helpers ----------------------------------------------------------------------------------------
-    def _state(self, prompt: str, params: DecodeParams, truncate_prompt: bool) -> PromptState:
-        budget = params.max_new_tokens + (params.rollout_len if params.rolls_out else 0)
-        ids = {}
-        for role in ["sft", "baseline"] if params.uses_baseline else ["sft"]:
-            lm = self.models.lm(role)
-            role_ids = lm.encode_prompt(prompt)
-            if truncate_prompt and lm.max_context is not None and len(role_ids) + budget > lm.max_context:
-                role_ids = role_ids[-max(1, lm.max_context - budget):]
-            lm.check_fits(role_ids, budget, prompt)
-            ids[role] = role_ids
-        return PromptState(prompt=prompt, prompt_ids=ids, trace=[] if params.trace else None)
-
     def _response(self, state: PromptState, params: DecodeParams, value: float | None) -> Response:
         token_level = params.is_token_level
         return Response(
@@ -146,11 +172,44 @@ class Engine:
             finish_reason=state.finish_reason or "length",
             reward=value,
             kl=sum(state.kl) if token_level else None,
-            kl_bound=sum(state.kl_bound) if token_level and state.kl_bound else None,
+            kl_bound=sum(state.kl_bound) if token_level else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,
         )
+
+
+class TokenProgress:
+    """An ``on_step`` callback that moves a tqdm ``bar`` (total: rows × max_new_tokens) by one per generated token,
+    and by a row's unused budget when it finishes early, so the bar ends exactly at its total."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self._counted: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, stepped: Sequence[PromptState], finished: Sequence[PromptState]) -> None:
+        with self._lock:
+            delta = 0
+            for row in stepped:
+                now = row.max_new_tokens if row.done else len(row.response)
+                delta += now - self._counted.get(id(row), 0)
+                if row.done:
+                    self._counted.pop(id(row), None)
+                else:
+                    self._counted[id(row)] = now
+            self.bar.update(delta)
+
+
+def reward_prompt(prompt: Prompt) -> str:
+    """The prompt text rewards read: the str itself, or the content of a message list's last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise ConfigError(f"chat prompt {prompt_key(prompt)[:80]!r} has no user message; add one"
+                          ' ({"role": "user", "content": ...})')
+    return str(users[-1])
 
 
 def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
@@ -176,6 +235,18 @@ def check_same_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> None:
             f"SFT model {sft.name} ({size_a} tokens, {sft.vocab_size} logits) and baseline {baseline.name}"
             f" ({size_b} tokens, {baseline.vocab_size} logits) have different vocabularies; TQ* needs a baseline"
             " that shares the SFT model's tokenizer"
+        )
+
+
+def check_same_eos(sft: LanguageModel, baseline: LanguageModel) -> None:
+    """Raise :class:`ConfigError` unless the two models end responses at the same EOS ids (the decoder stops on
+    the SFT model's; rollouts of the baseline stop on its own, and a finished rollout must mean a finished
+    response)."""
+    if sft.eos_token_ids != baseline.eos_token_ids:
+        raise ConfigError(
+            f"SFT model {sft.name} ends responses at EOS ids {sorted(sft.eos_token_ids)} but baseline {baseline.name}"
+            f" at {sorted(baseline.eos_token_ids)}; give both the same eos_token_id (generation_config.json, or"
+            " eos_token_ids for a served model)"
         )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .engine import Engine
+from .engine import Engine, TokenProgress
 from .errors import ConfigError
 from .params import DecodeParams
 from .reward import Reward
@@ -160,12 +160,13 @@ class Evaluation:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if not self.output.exists() or self.output.stat().st_size == 0:
             self._append({"format": FORMAT, "config": self.fingerprint})
-        total = sum(len(idx) for _, idx in todo)
-        bar = tqdm(total=total, desc="eval", unit="row", disable=not self.progress)
+        total = sum(len(idx) * method.params.max_new_tokens for method, idx in todo)
+        bar = tqdm(total=total, desc="eval", unit="tok", disable=not self.progress)  # moves per generated token
         for method, indices in todo:
             batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
             for b, responses in self.engine.stream([[self.prompts[i] for i in batch] for batch in batches],
-                                                   method.params, concurrency=self.concurrency, progress=False):
+                                                   method.params, concurrency=self.concurrency,
+                                                   on_step=TokenProgress(bar)):
                 batch = batches[b]
                 scores = {name: judge.score([r.prompt for r in responses], [r.text for r in responses])
                           for name, judge in self.judges.items()}  # one judge call per batch
@@ -174,7 +175,6 @@ class Evaluation:
                     self._append(row)
                     if on_row:
                         on_row(row)
-                bar.update(len(batch))
         bar.close()
         return self.output
 

@@ -40,12 +40,15 @@ class DecodeParams:
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
             partial text it is.
         rollout_temperature: 0 for greedy rollouts, > 0 to sample them.
-        rollout_seed: seed of the rollouts' sampling (defaults to ``seed``); step t uses a seed derived from it.
+        rollout_seed: seed of the rollouts' sampling (defaults to ``seed``); each rollout has its own stream keyed
+            by (rollout_seed, prompt, step, candidate token, rollout index) — see :mod:`tqstar.randomness`.
         beta: KL strength β of the baseline's alignment (``tq-indirect`` only).
         temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
         max_new_tokens: response budget.
         stop: stop strings; the response is cut before the first one found.
-        seed: seed of every random choice (candidate sampling, rollouts, best-of-N samples).
+        seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
+            draw has its own stream keyed by (seed, prompt, use, step, candidate, index), so a prompt's output
+            does not depend on the other prompts in its batch, the batch size, a resume or pruning.
         bon_n: samples drawn by ``bon``.
         bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
         trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
@@ -113,10 +116,14 @@ class DecodeParams:
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "True or False", getattr(self, name))
 
-    def step_seed(self, step: int) -> int:
-        """The rollout seed of decoding step ``step``."""
-        base = self.seed if self.rollout_seed is None else self.rollout_seed
-        return base * 1_000_003 + step
+    #: The fields rows must share to be stepped together (seed, rollout_seed, max_new_tokens, stop and trace are
+    #: per row: :meth:`tqstar.engine.Engine.new_state`).
+    GROUP_FIELDS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "temperature",
+                    "bon_n", "bon_policy", "prune", "prune_probe", "reuse_rollouts")
+
+    def group_key(self) -> tuple:
+        """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on."""
+        return tuple(getattr(self, name) for name in self.GROUP_FIELDS)
 
     @property
     def is_token_level(self) -> bool:

@@ -1,7 +1,7 @@
 """The naive reference: greedy TQ* the way the official research code does it. The yardstick for speed.
 
 Every step it re-encodes the SFT prefix from scratch, and for *each* candidate runs a fresh ``generate`` of
-the rollout model from the full prefix (no cache carried across steps, no prefix sharing between candidates),
+the rollout model from the full prefix (for up to ``rollout_len`` tokens, fewer when the response has less left) (no cache carried across steps, no prefix sharing between candidates),
 decodes the rollout to text and scores it. Small and obviously correct; the engine must choose the same
 tokens (``tests/test_speed.py``), and ``bench/speed.py`` measures how much faster it is.
 """
@@ -19,6 +19,7 @@ def naive_generate(engine: Engine, prompt: str, params: DecodeParams) -> list[in
     """Greedy ``tq-direct`` (or ``cd``) response token ids for ``prompt``, computed naively."""
     assert params.method in ("tq-direct", "cd") and params.temperature == 0 and params.n_rollouts == 1
     assert params.rollout_temperature == 0, "the reference rolls out greedily"
+    assert not params.stop, "the reference knows no stop strings"
     models = engine.models
     sft = models.sft
     roller = models.lm("baseline" if params.method == "tq-direct" else "sft")
@@ -29,12 +30,13 @@ def naive_generate(engine: Engine, prompt: str, params: DecodeParams) -> list[in
         logits = sft.model(torch.tensor([sft_ids + response], device=sft.device)).logits[0, -1].float()
         top_lp, candidates = torch.log_softmax(logits, -1).topk(params.k)
         q = []
+        budget = min(params.rollout_len, params.max_new_tokens - len(response) - 1)  # what the response has left
         for z in candidates.tolist():
             tail: list[int] = []
-            if z not in eos:
+            if z not in eos and budget > 0:
                 prefix = torch.tensor([roll_ids + response + [z]], device=roller.device)
                 out = roller.model.generate(
-                    prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=params.rollout_len,
+                    prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=budget,
                     do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=eos[0],
                 )
                 tail = out[0, prefix.shape[1]:].tolist()

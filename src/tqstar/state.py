@@ -32,12 +32,14 @@ class Accounting:
     """Compute spent on one response, reported the same way by every method.
 
     ``*_forward_tokens`` count tokens each model actually ran (cached prefix tokens are not re-counted);
-    ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens;
-    ``reused_rollouts`` counts candidates valued from the previous step's rollout (at the cost of at most one
-    generated token); ``pruned`` counts candidates skipped because they could not win; ``reward_calls``
-    counts texts a reward actually evaluated during decoding (identical or cached texts are scored once);
-    ``wall_time_s`` runs from the start of the batch until this response finished; ``batch_size`` is how
-    many prompts shared that wall time (decoded together).
+    ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens (best-of-N: its
+    samples, whole, even past a stop string); ``reused_rollouts`` counts candidates valued from the previous step's
+    rollout (at the cost of at most one generated token); ``pruned`` counts candidates whose value was never
+    computed because it could not change the choice (pruned by the reward bound, or every candidate when α = 0
+    or k = 1); ``reward_calls`` counts texts a reward actually evaluated during decoding (identical or cached
+    texts are scored once); ``steps`` counts tokens committed (best-of-N commits its whole sample in one step);
+    ``wall_time_s`` runs from this response's first step until it finished; ``batch_size`` is the most rows
+    that were stepped together with it (they shared that wall time).
     """
 
     sft_forward_tokens: int = 0
@@ -60,18 +62,44 @@ class Accounting:
 
 @dataclass
 class PromptState:
-    """One prompt being decoded: its prompt ids per role, the shared response tokens, and bookkeeping."""
+    """One prompt being decoded — a *row* — with everything that belongs to it alone.
+
+    A row's output depends only on this state and the shared decoding parameters
+    (:meth:`~tqstar.params.DecodeParams.group_key`): its random streams are keyed by ``seed`` (``rollout_seed``
+    for rollouts when set), ``key`` (the prompt's identity, :func:`tqstar.randomness.prompt_key`) and its own
+    ``step``; its rollout-reuse memory is its own. So rows can join and leave a batch at any step.
+
+    Attributes:
+        prompt: the prompt text rewards read (for a chat message list: the last user message).
+        prompt_ids: the prompt's token ids per role (``"sft"``, ``"baseline"``).
+        key: the prompt's identity for its random streams.
+        seed, rollout_seed, max_new_tokens, stop: this row's settings.
+        response: the response token ids so far; ``step``: decoder steps taken (= ``len(response)`` for
+            token-level and plain decoding).
+        previous_rollouts / current_rollouts: greedy rollouts run at the row's previous / current step, keyed
+            by the rolled-out sequence ``[s, z]`` (what rollout reuse reads and writes).
+        accounting, kl, kl_bound, trace: bookkeeping; ``started``: when the row's first step began.
+        finish_reason (``"eos"``, ``"stop"``, ``"length"``) and text: set when the row finishes.
+    """
 
     prompt: str
     prompt_ids: dict[str, list[int]]
+    key: str = ""
+    seed: int = 0
+    rollout_seed: int | None = None
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
     response: list[int] = field(default_factory=list)
+    step: int = 0
+    previous_rollouts: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+    current_rollouts: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     accounting: Accounting = field(default_factory=Accounting)
     kl: list[float] = field(default_factory=list)
     kl_bound: list[float] = field(default_factory=list)
     trace: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     text: str = ""
-    started: float = field(default_factory=time.perf_counter)
+    started: float | None = None
 
     def seq(self, role: str) -> list[int]:
         """The sequence the ``role`` model sees: its own prompt ids, then the response so far."""
@@ -81,6 +109,35 @@ class PromptState:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def remaining(self) -> int:
+        """Tokens the response may still grow by."""
+        return self.max_new_tokens - len(self.response)
+
+    @property
+    def stream_seed_base(self) -> int:
+        """The seed of this row's rollout streams (``rollout_seed`` when set, else ``seed``)."""
+        return self.seed if self.rollout_seed is None else self.rollout_seed
+
+    def begin_step(self, rows_in_step: int) -> None:
+        """Start the clock at the row's first step; note how many rows share the step."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.accounting.batch_size = max(self.accounting.batch_size, rows_in_step)
+
+    def commit(self, token: int) -> None:
+        """Append ``token``: the row moves to its next step, and this step's rollouts become the reusable ones."""
+        self.response.append(int(token))
+        self.step += 1
+        self.accounting.steps += 1
+        self.previous_rollouts, self.current_rollouts = self.current_rollouts, {}
+
+    def finish(self, reason: str, text: str) -> None:
+        self.finish_reason = reason
+        self.text = text
+        assert self.started is not None, "a row finishes after its first step"
+        self.accounting.wall_time_s = time.perf_counter() - self.started
+
 
 @dataclass
 class Response:
@@ -88,9 +145,11 @@ class Response:
 
     ``kl`` sums the exact per-step KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution each token was decoded
     from (π_sft normalised over the full vocabulary, π_dec zero outside the top-k; a greedy choice is a point
-    mass); ``kl_bound`` sums the per-step bound α·(R_max − R_min) + log(1/π_sft(top-k)) on the KL of the
-    softmax-score distribution (``None`` when the reward range is unknown). Trajectory-level methods report
-    ``kl`` as ``None``.
+    mass). ``kl_bound`` sums a per-step bound that holds for the policy actually run:
+    −log min_{z ∈ top-k} π_sft(z|s_t), which bounds the KL of *any* π_dec on the top-k (greedy or any
+    temperature); at temperature 1 with a reward that declares its range, the smaller of that and
+    α·(R_max − R_min) + log(1/π_sft(top-k|s_t)), the bound of softmax(score). Trajectory-level methods report
+    ``kl`` and ``kl_bound`` as ``None``.
     """
 
     prompt: str

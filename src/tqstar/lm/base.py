@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, PromptTooLongError, preview
+from ..randomness import sample_tokens, uniforms
 
 TokenIds = Sequence[int]
 
@@ -101,12 +102,14 @@ class LanguageModel(ABC):
         prefixes: Sequence[TokenIds],
         max_new_tokens: int | Sequence[int],
         temperature: float = 0.0,
-        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> RolloutOutput:
         """Continue every prefix for up to ``max_new_tokens`` tokens (one budget, or one per prefix) or until EOS.
 
-        ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature), seeded by
-        ``seed``. Each continuation ends with its EOS id if one was produced.
+        ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature). ``seeds``
+        gives one stream seed per prefix (:mod:`tqstar.randomness`): a prefix's continuation depends only on its
+        own seed and tokens, never on the other prefixes of the call; ``None`` samples unseeded. Each
+        continuation ends with its EOS id if one was produced.
         """
 
     # ---- checks -----------------------------------------------------------------------------------------
@@ -141,21 +144,22 @@ class FullVocabLM(LanguageModel):
         prefixes: Sequence[TokenIds],
         max_new_tokens: int | Sequence[int],
         temperature: float = 0.0,
-        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> RolloutOutput:
         """:meth:`LanguageModel.rollout`, by calling :meth:`next_logprobs` once per token on the whole batch;
         backends override it with something faster that returns the same tokens."""
-        generator = _generator(seed)
         seqs = [list(p) for p in prefixes]
         out: list[list[int]] = [[] for _ in seqs]
         cost = [0] * len(seqs)
         budgets = rollout_budgets(max_new_tokens, len(seqs))
+        draws = rollout_uniforms(seeds, len(seqs), max(budgets, default=0), temperature)  # (R, L) or None
         alive = [i for i in range(len(seqs)) if budgets[i] > 0]
-        for _ in range(max(budgets, default=0)):
+        for t in range(max(budgets, default=0)):
             if not alive:
                 break
             step = self.next_logprobs([seqs[i] for i in alive])
-            chosen = sample_tokens(step.logprobs, temperature, generator)
+            u = None if draws is None else draws[alive, t]
+            chosen = sample_tokens(step.logprobs, temperature, u).tolist()
             still = []
             for row, i in enumerate(alive):
                 token = int(chosen[row])
@@ -177,18 +181,11 @@ def rollout_budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int
     return budgets
 
 
-def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy (``temperature`` 0) or sampled next tokens for ``(B, V)`` log-probs or logits; returns ``(B,)``."""
-    if temperature == 0:
-        return logprobs.argmax(dim=-1)
-    probs = torch.softmax(logprobs.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator | None:
-    if seed is None:
+def rollout_uniforms(seeds: Sequence[int] | None, count: int, length: int, temperature: float,
+                     device: str | torch.device = "cpu") -> torch.Tensor | None:
+    """The ``(count, length)`` uniforms of seeded sampled rollouts (row i: the stream of ``seeds[i]``), on
+    ``device`` in one copy; ``None`` for greedy or unseeded rollouts."""
+    if temperature == 0 or seeds is None:
         return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed) % (2**63))
-    return generator
-
+    assert len(seeds) == count, "one seed per prefix"
+    return torch.from_numpy(uniforms(seeds, max(length, 1))).to(device)

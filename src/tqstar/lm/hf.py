@@ -32,14 +32,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
+from ..randomness import sample_tokens
 from .base import (
     FullVocabLM,
     RolloutOutput,
     StepOutput,
     TokenIds,
-    _generator,
+    TopLogprobs,
     rollout_budgets,
-    sample_tokens,
+    rollout_uniforms,
 )
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -192,19 +193,30 @@ class TransformersLM(FullVocabLM):
 
     # ---- numbers ----------------------------------------------------------------------------------------
     def next_logprobs(self, seqs: Sequence[TokenIds]) -> StepOutput:
+        logits, cost = self._last_logits(seqs)
+        return StepOutput(torch.log_softmax(logits, dim=-1).cpu(), cost)  # (B, V)
+
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+        """The top k on the model's device; only ``(B, k)`` numbers cross to the host."""
+        logits, cost = self._last_logits(seqs)
+        values, ids = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)  # (B, k)
+        return TopLogprobs(values.cpu(), ids.cpu(), cost)
+
+    def _last_logits(self, seqs: Sequence[TokenIds]) -> tuple[torch.Tensor, list[int]]:
+        """Float32 logits after each sequence ``(B, V)`` on the device; the sequences become the stored rows."""
         if any(len(s) == 0 for s in seqs):
             raise ConfigError("next_logprobs needs non-empty sequences; every prompt must encode to >= 1 token")
         rows, cost = self._encode([tuple(s) for s in seqs])
         self._rows = rows
         assert rows.last_logits is not None
-        return StepOutput(torch.log_softmax(rows.last_logits.float(), dim=-1).cpu(), cost)
+        return rows.last_logits.float(), cost
 
     def rollout(
         self,
         prefixes: Sequence[TokenIds],
         max_new_tokens: int | Sequence[int],
         temperature: float = 0.0,
-        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> RolloutOutput:
         if not prefixes:
             return RolloutOutput([], [])
@@ -212,6 +224,7 @@ class TransformersLM(FullVocabLM):
         prefixes = [tuple(p) for p in prefixes]
         if any(len(p) == 0 for p in prefixes):
             raise ConfigError("rollout needs non-empty prefixes; every prompt must encode to >= 1 token")
+        draws = rollout_uniforms(seeds, len(prefixes), max(budgets), temperature, self.device)  # (P, L) | None
         stems = list(dict.fromkeys(p[:-1] for p in prefixes))
         stem_rows, stem_cost = self._encode(stems)
         self._rows = stem_rows
@@ -224,33 +237,45 @@ class TransformersLM(FullVocabLM):
                 charged.add(p[:-1])
                 cost[i] += stem_cost[stem_index[p[:-1]]]
 
-        generator = _generator(seed, self.device)
         out: list[list[int]] = [[] for _ in prefixes]
         alive = [i for i in range(len(prefixes)) if budgets[i] > 0]
+        # Store the prefixes themselves after the first forward when that costs no more rows than the stems
+        # (one prefix per stem, as in plain decoding): the next call's stem is then a stored row, run for free.
+        store_prefixes = len(alive) == len(prefixes) == len(stems)
         if len(alive) < len(prefixes):
             rows = rows.select(alive)
+        if draws is not None:
+            draws = draws[alive]  # (R, L)
         kv, mask = rows.kv, rows.mask
-        feed = torch.tensor([prefixes[i][-1] for i in alive], dtype=torch.long, device=self.device)  # (R,)
-        budget = torch.tensor([budgets[i] for i in alive], device=self.device)  # (R,)
-        eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
-        for step in range(max(budgets)):
+        feed = torch.tensor([prefixes[i][-1] for i in alive], dtype=torch.long).to(self.device)  # (R,)
+        eos = torch.tensor(sorted(self.eos_token_ids), dtype=torch.long).to(self.device)
+        for t in range(max(budgets)):
             if not alive:
                 break
             ones = torch.ones(len(alive), 1, dtype=mask.dtype, device=self.device)
             logits, kv = self._forward(kv, mask, feed[:, None], ones)  # (R, V)
             mask = torch.cat([mask, ones], dim=1)
-            chosen = sample_tokens(logits, temperature, generator)  # (R,)
+            if t == 0 and store_prefixes:
+                self._rows = _Rows(list(prefixes), kv, mask, logits)
+            chosen = sample_tokens(logits, temperature, None if draws is None else draws[:, t])  # (R,)
+            finished = torch.isin(chosen, eos)  # (R,)
+            # one device→host transfer per step: the chosen tokens and which rows hit EOS
+            host = torch.stack([chosen, finished.long()]).tolist()
+            keep = []
             for row, i in enumerate(alive):
                 cost[i] += 1
-                out[i].append(int(chosen[row]))
-            finished = torch.isin(chosen, eos) | (budget <= step + 1)
-            if bool(finished.any()):
-                keep = (~finished).nonzero().squeeze(-1)
-                alive = [alive[j] for j in keep.tolist()]
+                out[i].append(host[0][row])
+                if not host[1][row] and len(out[i]) < budgets[i]:
+                    keep.append(row)
+            if len(keep) < len(alive):
+                alive = [alive[j] for j in keep]
                 if not alive:
                     break
-                kv = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in kv]
-                mask, chosen, budget = mask.index_select(0, keep), chosen.index_select(0, keep), budget.index_select(0, keep)
+                index = torch.tensor(keep, dtype=torch.long).to(self.device)  # (R',)
+                kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
+                mask, chosen = mask.index_select(0, index), chosen.index_select(0, index)
+                if draws is not None:
+                    draws = draws.index_select(0, index)
             feed = chosen
         return RolloutOutput(out, cost)
 

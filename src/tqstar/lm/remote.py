@@ -9,7 +9,8 @@ sequences the decoder built; the server's own prefix cache plays the part of the
   ``logprobs.top_logprobs`` dictionaries (vLLM; ``return_tokens_as_token_ids`` makes the keys ``token_id:N``)
   and the chat-style ``logprobs.content[].top_logprobs`` with ``id`` (llama-server).
 * :meth:`RemoteLM.rollout`: the k×N prefixes of a step as one batched request (split into ``max_batch``-sized
-  requests sent concurrently), ``max_tokens``, ``temperature``, ``seed``; the generated token ids come back in
+  requests sent concurrently), ``max_tokens``, ``temperature`` and, for seeded sampling, one request per prefix
+  seed; the generated token ids come back in
   the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
   its tokens (llama-server does), it is appended, so a continuation ends with its EOS id as locally.
 
@@ -248,27 +249,21 @@ class RemoteLM(LanguageModel):
         return TopLogprobs(values, ids, [len(s) for s in seqs])
 
     def rollout(self, prefixes: Sequence[TokenIds], max_new_tokens: int | Sequence[int], temperature: float = 0.0,
-                seed: int | None = None) -> RolloutOutput:
+                seeds: Sequence[int] | None = None) -> RolloutOutput:
         budgets = rollout_budgets(max_new_tokens, len(prefixes))
+        sampled_seeds = list(seeds) if seeds is not None and temperature > 0 else None
+        assert sampled_seeds is None or len(sampled_seeds) == len(prefixes), "one seed per prefix"
         tokens: list[list[int]] = [[] for _ in prefixes]
-        # One request per distinct budget. A seeded sampled batch is split by the occurrence number of its prefix
-        # (the i-th copy of a prefix goes in request i, seeded seed + i): a server seeds every prompt of a request
-        # alike, so N copies of one prefix in one request would come back as N identical samples.
-        groups: dict[tuple[int, int], list[int]] = {}
-        seen: dict[tuple[int, ...], int] = {}
-        for i, (prefix, budget) in enumerate(zip(prefixes, budgets)):
-            if budget <= 0:
-                continue
-            copy = 0
-            if temperature > 0 and seed is not None:
-                key = tuple(prefix)
-                copy = seen.get(key, 0)
-                seen[key] = copy + 1
-            groups.setdefault((budget, copy), []).append(i)
-        for (budget, copy), rows in groups.items():
+        # One request per distinct (budget, seed): a server seeds every prompt of a request alike, so each seed
+        # goes in its own request, and a prefix's sample depends only on its own seed (never on its batch mates).
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for i, budget in enumerate(budgets):
+            if budget > 0:
+                groups.setdefault((budget, None if sampled_seeds is None else sampled_seeds[i]), []).append(i)
+        for (budget, seed), rows in groups.items():
             body: dict[str, Any] = {"max_tokens": budget, "temperature": float(temperature), "logprobs": 1}
             if seed is not None:
-                body["seed"] = (int(seed) + copy) % (2**31)
+                body["seed"] = int(seed) % (2**31)
             choices = self._complete([list(map(int, prefixes[i])) for i in rows], body)
             for i, choice in zip(rows, choices):
                 out = _generated_ids(choice, self.base_url)[:budgets[i]]

@@ -1,4 +1,4 @@
-"""Value estimators: one small class per method, all ``estimate(states, candidates (B, k), step) -> (B, k)``."""
+"""Value estimators: one small class per method, all ``estimate(states, candidates (B, k), needed) -> (B, k)``."""
 
 from __future__ import annotations
 

@@ -2,12 +2,19 @@
 
 An estimator answers two questions for the ``(B, k)`` candidates of a step, with NaN meaning "not computed":
 
-* :meth:`ValueEstimator.known` — values that cost (almost) nothing: a candidate that is EOS (the response is
-  finished: Q = its reward), and, for greedy single rollouts, the candidate whose rollout the previous step
-  already ran (the chosen candidate's rollout from ``[s, z*]`` is, one token shorter, the rollout of its own
-  first token from the next state; only its last token is generated).
-* :meth:`ValueEstimator.estimate` — the rest, for the candidates marked ``needed`` (the decoder prunes
-  candidates that cannot win) as one batch.
+* :meth:`ValueEstimator.known` — values that cost (almost) nothing: a candidate that *finishes* the response —
+  an EOS id, a token that completes a stop string, or the last token the budget allows — is valued like EOS (the
+  reward of the response text it ends, cut before the stop string), without a rollout; and, for greedy single
+  rollouts, the candidate whose rollout the row's previous step already ran (the chosen candidate's rollout from
+  ``[s, z*]`` is, one token shorter, the rollout of its own first token from the next state; only its last token
+  is generated).
+* :meth:`ValueEstimator.estimate` — the rest, for the candidates marked ``needed`` (the decoder skips candidates
+  that cannot change the choice) as one batch.
+
+Each rollout's budget is ``min(rollout_len, max_new_tokens − len(response) − 1)``: it never runs past what the
+response has left. Every text a reward reads is cut at the row's first stop string (:mod:`tqstar.text`).
+Sampled rollouts draw from the row's keyed streams (:mod:`tqstar.randomness`): rollout i of candidate z at the
+row's step t uses the stream ``(seed, prompt, "rollout", t, z, i)``, whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -17,25 +24,28 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..params import DecodeParams
+from ..randomness import stream_seed
 from ..reward import Reward
 from ..state import Models, PromptState
+from ..text import hits_stop, response_text
 
 Pair = tuple[int, int]  # (prompt row b, candidate column j)
 
 
 class ValueEstimator(ABC):
-    """Q̂(s_t, z) for the top-k candidates of every active prompt."""
+    """Q̂(s_t, z) for the top-k candidates of every active row."""
 
     def __init__(self, models: Models, params: DecodeParams) -> None:
         self.models = models
         self.params = params
 
-    def known(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
-        """Values available without new rollouts, ``(B, k)``; NaN where unknown."""
-        return torch.full(candidates.shape, float("nan"))
+    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values available without new rollouts ``(B, k)`` (NaN where unknown), and which of them were reused
+        from the previous step's rollout ``(B, k)`` bool."""
+        return torch.full(candidates.shape, float("nan")), torch.zeros(candidates.shape, dtype=torch.bool)
 
     @abstractmethod
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int,
+    def estimate(self, states: list[PromptState], candidates: torch.Tensor,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
         """Q̂ ``(B, k)`` for the ``needed`` candidates (all when ``None``); NaN elsewhere."""
 
@@ -43,8 +53,7 @@ class ValueEstimator(ABC):
 class RolloutEstimator(ValueEstimator):
     """Q̂ from N rollouts of the ``policy`` model from ``[s_t, z]``; subclasses turn the N texts into Q̂.
 
-    A rollout stops at EOS or after ``rollout_len`` tokens; one that stops at the length limit is scored as
-    the partial text it is.
+    A rollout stops at EOS or at its budget; one that stops at the budget is scored as the partial text it is.
     """
 
     policy = "baseline"
@@ -53,21 +62,18 @@ class RolloutEstimator(ValueEstimator):
         super().__init__(models, params)
         self.lm = models.lm(self.policy)
         self.reuse = params.reuse_rollouts and params.n_rollouts == 1 and params.rollout_temperature == 0
-        self._previous: dict[tuple[int, ...], list[int]] = {}  # [s, z] → greedy rollout, from the last step
-        self._current: dict[tuple[int, ...], list[int]] = {}
-        self._step = -1
 
     @abstractmethod
     def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
         """Q̂ for each candidate from its N rollout texts (``owners[i]`` is the candidate's prompt row)."""
 
     # ---- the two questions ------------------------------------------------------------------------------
-    def known(self, states: list[PromptState], candidates: torch.Tensor, step: int) -> torch.Tensor:
-        self._begin(step)
-        eos = [(b, j) for b, row in enumerate(candidates.tolist()) for j, z in enumerate(row)
-               if z in self.lm.eos_token_ids]
-        reused = self._reused(states, candidates)  # (b, j) → continuation after z (maybe one token short)
-        short = [pair for pair, tail in reused.items() if self._is_short(tail)]
+    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.params.n_rollouts
+        ends = [(b, j) for b, row in enumerate(candidates.tolist()) for j, z in enumerate(row)
+                if self._ends_response(states[b], z)]
+        reused = {pair: tail for pair, tail in self._reused(states, candidates).items() if pair not in ends}
+        short = [(b, j) for (b, j), tail in reused.items() if self._is_short(tail, self._budget(states[b]))]
         if short:  # generate the one missing last token of each reused rollout, as one batch
             prefixes = [states[b].seq(self.policy) + [int(candidates[b, j])] + reused[(b, j)] for b, j in short]
             out = self.lm.rollout(prefixes, 1, 0.0)
@@ -75,25 +81,25 @@ class RolloutEstimator(ValueEstimator):
                 reused[(b, j)] = reused[(b, j)] + tokens
                 states[b].accounting.add_forward(self.policy, cost)
                 states[b].accounting.rollout_tokens += len(tokens)
+        mask = torch.zeros(candidates.shape, dtype=torch.bool)
         for b, j in reused:
+            mask[b, j] = True
             states[b].accounting.reused_rollouts += 1
             self._remember(states[b], int(candidates[b, j]), reused[(b, j)])
-        n = self.params.n_rollouts
-        tails = {**{pair: [[]] * n for pair in eos}, **{pair: [tail] * n for pair, tail in reused.items()}}
-        return self._values(states, candidates, tails)
+        tails = {**{pair: [[]] * n for pair in ends}, **{pair: [tail] * n for pair, tail in reused.items()}}
+        return self._values(states, candidates, tails), mask
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor, step: int,
+    def estimate(self, states: list[PromptState], candidates: torch.Tensor,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
-        self._begin(step)
         if needed is None:
             needed = torch.ones(candidates.shape, dtype=torch.bool)
         pairs = [(b, j) for b, j in needed.nonzero().tolist()]
         n = self.params.n_rollouts
-        rolled = [(b, j) for b, j in pairs if int(candidates[b, j]) not in self.lm.eos_token_ids]
+        rolled = [(b, j) for b, j in pairs if not self._ends_response(states[b], int(candidates[b, j]))]
         prefixes = [states[b].seq(self.policy) + [int(candidates[b, j])] for b, j in rolled for _ in range(n)]
-        out = self.lm.rollout(prefixes, self.params.rollout_len, self.params.rollout_temperature,
-                              seed=self.params.step_seed(step))
-        tails: dict[Pair, list[list[int]]] = {pair: [[]] * n for pair in pairs}  # EOS candidates: no rollout
+        budgets = [self._budget(states[b]) for b, _ in rolled for _ in range(n)]
+        out = self.lm.rollout(prefixes, budgets, self.params.rollout_temperature, self._seeds(states, candidates, rolled))
+        tails: dict[Pair, list[list[int]]] = {pair: [[]] * n for pair in pairs}  # finishing candidates: no rollout
         for i, (b, j) in enumerate(rolled):
             tails[(b, j)] = out.tokens[i * n:(i + 1) * n]
             acct = states[b].accounting
@@ -104,22 +110,35 @@ class RolloutEstimator(ValueEstimator):
             self._remember(states[b], int(candidates[b, j]), tails[(b, j)][0])
         return self._values(states, candidates, tails)
 
-    # ---- reuse bookkeeping ------------------------------------------------------------------------------
-    def _begin(self, step: int) -> None:
-        if step != self._step:  # a new step: last step's rollouts become the reusable ones
-            self._previous, self._current, self._step = self._current, {}, step
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _ends_response(self, state: PromptState, z: int) -> bool:
+        """Whether committing ``z`` would finish the response: EOS (the decoder's, the SFT model's), a completed
+        stop string, or the budget's last token. Such a candidate is valued by its own text, without a rollout."""
+        return (z in self.models.sft.eos_token_ids or self._budget(state) <= 0
+                or hits_stop(self.lm, state.response + [z], state.stop))
+
+    def _budget(self, state: PromptState) -> int:
+        """Rollout length after a candidate: ``rollout_len``, capped by what the response has left after it."""
+        return min(self.params.rollout_len, state.remaining - 1)
+
+    def _seeds(self, states: list[PromptState], candidates: torch.Tensor, rolled: list[Pair]) -> list[int] | None:
+        """One keyed stream per rollout (``None`` for greedy rollouts)."""
+        if self.params.rollout_temperature == 0:
+            return None
+        return [stream_seed(states[b].stream_seed_base, states[b].key, "rollout", states[b].step,
+                            int(candidates[b, j]), i) for b, j in rolled for i in range(self.params.n_rollouts)]
 
     def _remember(self, state: PromptState, z: int, tail: list[int]) -> None:
         if self.reuse:
-            self._current[tuple(state.seq(self.policy)) + (z,)] = tail
+            state.current_rollouts[tuple(state.seq(self.policy)) + (z,)] = tail
 
     def _reused(self, states: list[PromptState], candidates: torch.Tensor) -> dict[Pair, list[int]]:
-        """Candidates whose greedy rollout the last step already ran (from the chosen token's rollout)."""
+        """Candidates whose greedy rollout the row's previous step already ran (from the chosen token's rollout)."""
         found: dict[Pair, list[int]] = {}
         if not self.reuse:
             return found
         for b, state in enumerate(states):
-            rollout = self._previous.get(tuple(state.seq(self.policy)))
+            rollout = state.previous_rollouts.get(tuple(state.seq(self.policy)))
             if not rollout or rollout[0] in self.lm.eos_token_ids:
                 continue
             row = candidates[b].tolist()
@@ -127,9 +146,9 @@ class RolloutEstimator(ValueEstimator):
                 found[(b, row.index(rollout[0]))] = list(rollout[1:])
         return found
 
-    def _is_short(self, tail: list[int]) -> bool:
-        """A reused rollout lacks its last token unless it already ended with EOS."""
-        return len(tail) < self.params.rollout_len and not (tail and tail[-1] in self.lm.eos_token_ids)
+    def _is_short(self, tail: list[int], budget: int) -> bool:
+        """A reused rollout lacks its last token unless it already ended with EOS or fills the budget."""
+        return len(tail) < budget and not (tail and tail[-1] in self.lm.eos_token_ids)
 
     def _values(self, states: list[PromptState], candidates: torch.Tensor,
                 tails: dict[Pair, list[list[int]]]) -> torch.Tensor:
@@ -137,11 +156,12 @@ class RolloutEstimator(ValueEstimator):
         q = torch.full(candidates.shape, float("nan"))
         if not tails:
             return q
-        texts = [[self.lm.decode(states[b].response + [int(candidates[b, j])] + t) for t in group]
-                 for (b, j), group in tails.items()]
+        texts = [[response_text(self.lm, states[b].response + [int(candidates[b, j])] + t, states[b].stop)
+                  for t in group] for (b, j), group in tails.items()]
         for (b, j), value in zip(tails, self.aggregate(states, [b for b, _ in tails], texts)):
             q[b, j] = value
         return q
+
 
 def score_texts(reward: Reward, states: list[PromptState], owners: list[int], texts: list[str]) -> list[float]:
     """Score ``texts`` (``owners[i]`` is the prompt row of text i) with ``reward`` in one batch.

@@ -1,0 +1,82 @@
+"""Keyed randomness: every random draw has its own stream, so a prompt's output depends only on itself.
+
+A draw's stream is named by ``(seed, prompt identity, use, step, candidate, index)`` and hashed
+(``hashlib.blake2b``) to a 63-bit *stream seed*:
+
+* ``use`` is a domain tag — ``"choice"`` (sampling the decoded token among the k candidates), ``"rollout"``
+  (one rollout of one candidate), ``"plain"`` (one token of plain ``sft``/``baseline`` decoding), ``"bon"``
+  (one best-of-N sample) — so no two uses ever share a stream, whatever the seed (the step-0 rollouts and the
+  step-0 choice of the default seed 0 are different streams);
+* the prompt identity is the prompt as given: a str, or the canonical JSON of a chat message list;
+* ``step`` is the row's own step (its response length), ``candidate`` the candidate's *token id* (not its rank)
+  and ``index`` the rollout or sample number.
+
+Nothing else enters — not the batch, its size, the row's position, other rows, a resume or pruning — so a prompt
+decodes to the same text alone, in any batch, in a server beside strangers' requests, and with pruning on or off.
+
+A stream seed drives a *counter-based* generator: the t-th uniform of stream s is ``splitmix64(s + t·γ)``
+(:func:`uniforms`), computed on the host for a whole rollout at once (one host→device copy per call), and a token
+is drawn by inversion: the first index whose cumulative probability reaches ``u`` (:func:`sample_by_inversion`),
+a vectorised ``(B, V)`` operation on any device. A row's tokens depend only on its stream seed and its logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+USES = ("choice", "rollout", "plain", "bon")
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (the golden ratio in 64 bits)
+_MASK63 = (1 << 63) - 1
+
+
+def prompt_key(prompt: str | Sequence[Mapping[str, str]]) -> str:
+    """The identity of a prompt for its random streams: the str itself, or the canonical JSON of the messages."""
+    if isinstance(prompt, str):
+        return prompt
+    return json.dumps([dict(m) for m in prompt], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def stream_seed(seed: int, key: str, use: str, step: int, candidate: int = -1, index: int = 0) -> int:
+    """The 63-bit seed of one stream: blake2b of ``(use, seed, key, step, candidate, index)``."""
+    assert use in USES, use
+    payload = json.dumps([use, int(seed), key, int(step), int(candidate), int(index)], ensure_ascii=False)
+    digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _MASK63
+
+
+def uniforms(seeds: Sequence[int], count: int) -> np.ndarray:
+    """``(len(seeds), count)`` float64 uniforms in (0, 1): the first ``count`` draws of each stream."""
+    state = np.asarray([int(s) for s in seeds], dtype=np.uint64)[:, None] + _GAMMA * np.arange(
+        1, count + 1, dtype=np.uint64)[None, :]  # (B, count); uint64 arithmetic wraps modulo 2^64
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # 53 random bits, never 0 or 1
+
+
+def sample_by_inversion(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``(B, n)`` (unnormalised is fine): the first whose cumulative mass reaches
+    ``u`` ``(B,)`` times the row's total. Zero-probability entries are never drawn."""
+    cdf = probs.cumsum(dim=-1)  # (B, n)
+    target = u.to(cdf.dtype)[:, None] * cdf[:, -1:]  # (B, 1)
+    return (cdf < target).sum(dim=-1).clamp(max=probs.shape[-1] - 1)  # (B,)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy (``temperature`` 0) or sampled next tokens for ``(B, V)`` log-probs or logits; returns ``(B,)``.
+
+    Sampling draws from softmax(logits / temperature) by inversion with the uniforms ``u`` ``(B,)``; without
+    ``u`` (an unseeded call) fresh uniforms come from torch's global generator.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    if u is None:
+        u = torch.rand(logits.shape[0], dtype=torch.float64, device=logits.device)
+    return sample_by_inversion(probs, u)

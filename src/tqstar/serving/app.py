@@ -1,0 +1,346 @@
+"""The HTTP API (FastAPI): OpenAI chat and text completions over presets, models, limits, health and metrics.
+
+    POST /v1/chat/completions    messages → one response (or a Server-Sent Events stream of chunks)
+    POST /v1/completions         prompt → one response (or a stream)
+    GET  /v1/models              the presets, each with its decoding parameters (``tqstar`` metadata)
+    GET  /v1/tqstar/limits       the server's caps and every preset's parameters (for a playground's controls)
+    GET  /health                 200 once the models are loaded and the engine runs; 503 while shutting down
+    GET  /metrics                Prometheus text format (:mod:`~tqstar.serving.metrics`)
+
+A request names a preset as its ``model`` and may override the preset's TQ* parameters in ``"tqstar": {...}``;
+the parameters are checked exactly as the command line checks them (:class:`~tqstar.params.DecodeParams`, then
+the engine against the loaded models) and against the server's limits. A request cannot load a model, read a
+file or run code: it picks a preset and sets numbers. The decoding itself happens in the engine thread
+(:mod:`~tqstar.serving.scheduler`); handlers only validate, queue and relay events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ConfigError, PromptTooLongError, TQStarError
+from ..params import DecodeParams
+from .config import ServeConfig
+from .detok import IncrementalText
+from .metrics import ServerMetrics
+from .protocol import (
+    FINISH_REASONS,
+    OVERRIDABLE,
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    chunk_body,
+    completion_body,
+    new_id,
+    usage,
+)
+from .scheduler import Done, Failed, Scheduler, Ticket, Token
+
+POLL_S = 0.25  # how often a waiting handler checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was queued or decoding (the request is cancelled)."""
+
+
+def create_app(engine, config: ServeConfig) -> FastAPI:
+    """The app serving ``engine`` (an :class:`~tqstar.engine.Engine`, models loaded) with ``config``'s presets.
+
+    The engine thread starts with the app and stops (after the shutdown grace) when the app shuts down.
+    """
+    metrics = ServerMetrics()
+    scheduler = Scheduler(engine, config.limits, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(scheduler.close, config.limits.shutdown_grace_s + 5)
+
+    app = FastAPI(title="tqstar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.metrics, app.state.config = scheduler, metrics, config
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    api = _Api(engine, config, scheduler, metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}; see GET /v1/models"
+                                          " and the docs for the routes", code="not_found" if exc.status_code == 404
+                         else None)
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.requests.labels(_endpoint(request.url.path), "500").inc()
+            raise
+        metrics.requests.labels(_endpoint(request.url.path), str(response.status_code)).inc()
+        return response
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await api.complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await api.complete(request, chat=False)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        api.authorize(request)
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
+             "tqstar": {"params": _public(params)}} for name, params in config.presets]}
+
+    @app.get("/v1/tqstar/limits")
+    async def limits(request: Request) -> dict[str, Any]:
+        api.authorize(request)
+        return {"limits": dataclasses.asdict(config.limits), "overridable": list(OVERRIDABLE),
+                "presets": {name: _public(params) for name, params in config.presets}}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = scheduler.ready
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+class _Api:
+    """The completion handlers' logic: validate, build the row, queue it, relay its events."""
+
+    def __init__(self, engine, config: ServeConfig, scheduler: Scheduler, metrics: ServerMetrics) -> None:
+        self.engine, self.config, self.scheduler, self.metrics = engine, config, scheduler, metrics
+        self.limits = config.limits
+        self.started = int(time.time())
+        keys = os.environ.get(config.api_keys_env, "")
+        self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
+
+    def authorize(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
+        if not any(hmac.compare_digest(given, key) for key in self.keys):
+            raise APIError(401, "missing or wrong API key; send `Authorization: Bearer <key>` with a key from the"
+                                f" server's {self.config.api_keys_env}", code="invalid_api_key")
+
+    async def complete(self, request: Request, *, chat: bool) -> Response:
+        self.authorize(request)
+        body = await self._json(request)
+        try:
+            req = (ChatRequest if chat else CompletionRequest).model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        prompt = req.prompt() if chat else req.text()
+        ticket = await run_in_threadpool(self._ticket, req, prompt, asyncio.get_running_loop())
+        self.scheduler.submit(ticket)
+        meta = {"chat": chat, "id": new_id(chat), "model": req.model}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._stream(request, ticket, meta, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            while True:
+                event = await self._next(request, ticket)
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Done):
+                    return JSONResponse(self._body(meta, event, ticket))
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; logged and counted as the client going away
+        finally:
+            self.scheduler.cancel(ticket)
+
+    # ---- building a row ---------------------------------------------------------------------------------
+    async def _json(self, request: Request) -> Any:
+        size, chunks = 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.limits.max_body_bytes:
+                raise APIError(413, f"the request body is over the server's {self.limits.max_body_bytes}-byte limit;"
+                                    " send a shorter prompt", code="request_too_large")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the request body is not valid JSON ({exc}); send a JSON object",
+                           code="invalid_json") from None
+
+    def _ticket(self, req: ChatRequest | CompletionRequest, prompt: str | list[dict[str, str]],
+                loop: asyncio.AbstractEventLoop) -> Ticket:
+        """The validated, encoded row of ``req`` (runs in a worker thread: encoding may call a model server)."""
+        preset = self.config.preset(req.model)
+        if preset is None:
+            raise APIError(404, f"model {req.model!r} is not served here; use one of "
+                                f"{', '.join(name for name, _ in self.config.presets)} (GET /v1/models)",
+                           param="model", code="model_not_found")
+        refused = req.unsupported()
+        if refused is not None:
+            raise APIError(400, refused[1], param=refused[0], code="unsupported_parameter")
+        params = self._params(preset, req)
+        budget = req.token_budget()
+        budget = min(preset.max_new_tokens, self.limits.max_tokens) if budget is None else budget
+        if not 1 <= budget <= self.limits.max_tokens:
+            field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            raise APIError(400, f"`{field}` must be between 1 and {self.limits.max_tokens} on this server, got"
+                                f" {budget}; ask for fewer tokens", param=field)
+        try:
+            state = self.engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
+                                          max_new_tokens=budget, stop=req.stop_strings(), trace=req.tqstar.trace)
+        except PromptTooLongError as exc:
+            raise APIError(400, str(exc), param="messages" if isinstance(prompt, list) else "prompt",
+                           code="context_length_exceeded") from None
+        except ConfigError as exc:
+            raise _param_error(exc) from None
+        n_prompt = len(state.prompt_ids["sft"])
+        if n_prompt > self.limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt is {n_prompt} tokens, over the server's {self.limits.max_prompt_tokens}"
+                                "-token limit; shorten it", param="messages" if isinstance(prompt, list) else "prompt",
+                           code="context_length_exceeded")
+        return Ticket(state=state, params=params, detok=IncrementalText(self.engine.models.sft.decode, state.stop),
+                      loop=loop, deadline=time.monotonic() + self.limits.request_timeout_s)
+
+    def _params(self, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
+        """The preset with the request's overrides, checked like the command line's and against the limits."""
+        changes: dict[str, Any] = req.tqstar.overrides()
+        if req.temperature is not None:
+            changes["temperature"] = req.temperature
+        try:
+            params = preset.replace(**changes) if changes else preset
+            self.engine.check(params)
+        except TQStarError as exc:
+            raise _param_error(exc) from None
+        over = self.limits.check(params)
+        if over is not None:
+            raise APIError(400, over[1], param=_param_name(over[0]))
+        return params
+
+    # ---- relaying events --------------------------------------------------------------------------------
+    async def _next(self, request: Request, ticket: Ticket) -> Token | Done | Failed:
+        """The ticket's next event; a client that went away cancels it (checked every ``POLL_S``)."""
+        while True:
+            try:
+                return await asyncio.wait_for(ticket.events.get(), POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    self.scheduler.cancel(ticket)
+                    raise ClientGone from None
+
+    async def _stream(self, request: Request, ticket: Ticket, meta: dict[str, Any],
+                      include_usage: bool) -> AsyncIterator[str]:
+        chat, created = meta["chat"], int(time.time())
+        chunk = dict(chat=chat, id=meta["id"], model=meta["model"], created=created)
+        try:
+            if chat:
+                yield _sse(chunk_body(**chunk, text="", first=True))
+            while True:
+                event = await self._next(request, ticket)
+                if isinstance(event, Token):
+                    extension = {"trace": event.trace} if event.trace is not None else None
+                    yield _sse(chunk_body(**chunk, text=event.text, extension=extension))
+                    continue
+                if isinstance(event, Done):
+                    if event.rest:
+                        yield _sse(chunk_body(**chunk, text=event.rest))
+                    response = event.response
+                    yield _sse(chunk_body(**chunk, text=None, finish_reason=FINISH_REASONS[response.finish_reason],
+                                          usage=usage(event.prompt_tokens, len(response.token_ids))
+                                          if include_usage else None,
+                                          extension=_extension(response, ticket.params, trace=False)))
+                else:
+                    yield _sse(event.error.body())
+                break
+            yield "data: [DONE]\n\n"
+        except ClientGone:
+            return
+        finally:
+            self.scheduler.cancel(ticket)
+
+    def _body(self, meta: dict[str, Any], event: Done, ticket: Ticket) -> dict[str, Any]:
+        response = event.response
+        return completion_body(chat=meta["chat"], id=meta["id"], model=meta["model"], text=response.text,
+                               finish_reason=FINISH_REASONS[response.finish_reason],
+                               usage=usage(event.prompt_tokens, len(response.token_ids)),
+                               extension=_extension(response, ticket.params, trace=True))
+
+
+def _extension(response, params: DecodeParams, *, trace: bool) -> dict[str, Any]:
+    """The ``tqstar`` object of a response: reward, KL, accounting, the effective parameters (and the trace)."""
+    out = {"method": response.method, "reward": response.reward, "kl": response.kl, "kl_bound": response.kl_bound,
+           "finish": response.finish_reason, "accounting": dataclasses.asdict(response.accounting),
+           "params": _public(params)}
+    if trace and response.trace is not None:
+        out["trace"] = response.trace
+    return out
+
+
+def _public(params: DecodeParams) -> dict[str, Any]:
+    values = dataclasses.asdict(params)
+    values["stop"] = list(params.stop)
+    return values
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _endpoint(path: str) -> str:
+    known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/tqstar/limits", "/health", "/metrics")
+    return path if path in known else "other"
+
+
+_PARAM = re.compile(r"^`([a-z_]+)`")
+
+
+def _param_name(name: str) -> str:
+    if name in OVERRIDABLE:
+        return f"tqstar.{name}"
+    return {"max_new_tokens": "max_tokens"}.get(name, name)
+
+
+def _param_error(exc: TQStarError) -> APIError:
+    """A 400 naming the request field a parameter error is about (``tqstar.alpha``, ``temperature``, ...)."""
+    match = _PARAM.match(str(exc))
+    return APIError(400, str(exc), param=_param_name(match.group(1)) if match else None)
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    """A 400 naming the first invalid field (``messages.0.role``) with pydantic's reason."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    got = "" if first["type"] == "missing" else f", got {repr(first.get('input'))[:80]}"
+    reason = first["msg"][:1].lower() + first["msg"][1:]
+    return APIError(400, f"`{where}`: {reason}{got}; fix that field of the request", param=where)

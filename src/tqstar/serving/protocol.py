@@ -1,0 +1,189 @@
+"""The OpenAI wire shapes the server reads and writes, as pydantic models, and the ``tqstar`` extension.
+
+Requests: :class:`ChatRequest` (``POST /v1/chat/completions``) and :class:`CompletionRequest`
+(``POST /v1/completions``). Both accept the OpenAI fields tqstar can honour (``max_tokens`` /
+``max_completion_tokens``, ``temperature``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``,
+``n`` = 1, ``user``) and an extension object ``"tqstar": {"alpha": 2, "k": 10, "trace": true}`` that overrides
+the preset's decoding parameters (:data:`OVERRIDABLE`). Fields that would change what OpenAI promises and that
+tqstar cannot do (``n`` > 1, ``logprobs``, tools, ``top_p`` < 1, ...) are refused by name rather than ignored.
+
+Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Decoding parameters a request may set in its ``tqstar`` object (the rest belong to the preset).
+OVERRIDABLE = ("alpha", "k", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "bon_n", "prune",
+               "prune_probe", "reuse_rollouts")
+
+#: OpenAI's ``finish_reason`` for tqstar's (EOS and a stop string are both "stop").
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+class APIError(Exception):
+    """An answer with an HTTP error status and an OpenAI-shaped error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class TQStarOptions(BaseModel):
+    """The request's ``tqstar`` extension: per-request overrides of the preset's TQ* parameters, and the trace.
+
+    Values are checked by :class:`~tqstar.params.DecodeParams` (the same checks as the command line) and the
+    server's limits, so a bad one is a 400 that names ``tqstar.<field>``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float | None = None
+    k: int | None = None
+    n_rollouts: int | None = None
+    rollout_len: int | None = None
+    rollout_temperature: float | None = None
+    beta: float | None = None
+    bon_n: int | None = None
+    prune: bool | None = None
+    prune_probe: int | None = None
+    reuse_rollouts: bool | None = None
+    trace: bool = False
+
+    def overrides(self) -> dict[str, Any]:
+        return {name: value for name in OVERRIDABLE if (value := getattr(self, name)) is not None}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    """Fields common to both endpoints. Unknown fields are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    user: str | None = None
+    top_p: float | None = None
+    tqstar: TQStarOptions = Field(default_factory=TQStarOptions)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """``(field, why)`` of the first field set to something tqstar cannot honour, else ``None``."""
+        if self.n != 1:
+            return "n", f"`n` must be 1 (one response per request), got {self.n}; send {self.n} requests instead"
+        if self.top_p is not None and self.top_p != 1:
+            return "top_p", (f"`top_p` must be 1 (tqstar samples from softmax(score/temperature) over the top-k"
+                             f" candidates), got {self.top_p}; set `tqstar.k` instead")
+        extra = self.model_extra or {}
+        for name in ("logprobs", "top_logprobs", "tools", "functions", "tool_choice", "response_format", "echo",
+                     "best_of", "suffix", "logit_bias"):
+            value = extra.get(name)
+            if value in (None, False, [], {}) or (name == "best_of" and value == 1):  # absent or the default
+                continue
+            return name, f"`{name}` is not supported by tqstar, got {value!r}; leave it out"
+        return None
+
+    def stop_strings(self) -> tuple[str, ...]:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(stop)
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict[str, str]:
+        """The message as tqstar's prompt encoding takes it (``developer`` is OpenAI's newer ``system``)."""
+        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+
+    def prompt(self) -> list[dict[str, str]]:
+        return [message.as_dict() for message in self.messages]
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+    def text(self) -> str:
+        """The one prompt; a list must hold exactly one string (one response per request)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise APIError(400, f"`prompt` must be one string, got a list of {len(self.prompt)}; send one request"
+                                " per prompt", param="prompt")
+        return self.prompt[0]
+
+
+# ---- responses -----------------------------------------------------------------------------------------------
+def new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(*, chat: bool, id: str, model: str, text: str, finish_reason: str, usage: dict[str, int],
+                    extension: dict[str, Any]) -> dict[str, Any]:
+    """A whole ``chat.completion`` or ``text_completion`` object."""
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
+                  "logprobs": None}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    return {"id": id, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": usage, "tqstar": extension}
+
+
+def chunk_body(*, chat: bool, id: str, model: str, created: int, text: str | None, finish_reason: str | None = None,
+               first: bool = False, usage: dict[str, int] | None = None,
+               extension: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed chunk: ``chat.completion.chunk`` (a ``delta``) or ``text_completion`` (a ``text``)."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+    body: dict[str, Any] = {"id": id, "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": created, "model": model, "choices": [choice]}
+    if usage is not None:
+        body["usage"] = usage
+    if extension is not None:
+        body["tqstar"] = extension
+    return body

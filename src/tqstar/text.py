@@ -1,0 +1,41 @@
+"""Response text from token ids: the one way every path (rewards, stop strings, final text) turns tokens into text.
+
+* An incomplete trailing character — a multi-byte character whose last bytes are in tokens not generated yet,
+  which a byte-level tokenizer decodes as U+FFFD — is dropped, so a reward never reads a replacement character
+  that the full text would not contain.
+* Text is cut before the first stop string: a response that completes a stop string ends there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .lm.base import LanguageModel
+
+REPLACEMENT = "\ufffd"
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (not including) the first stop string in it."""
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def response_text(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+    """The text of response tokens ``ids`` as a reward must see it: decoded, an incomplete trailing character
+    dropped, cut before the first stop string."""
+    return cut_at_stop(lm.decode(list(ids)).rstrip(REPLACEMENT), stop)
+
+
+def hits_stop(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> bool:
+    """Whether the text of ``ids`` contains a stop string."""
+    return bool(stop) and any(s in lm.decode(list(ids)) for s in stop)
+
+
+def stop_length(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> int | None:
+    """The fewest leading tokens of ``ids`` whose text contains a stop string (``None``: none does)."""
+    if not hits_stop(lm, ids, stop):
+        return None
+    return next(n for n in range(1, len(ids) + 1) if hits_stop(lm, ids[:n], stop))

@@ -1,0 +1,127 @@
+"""The server's parts without a server: incremental detokenisation, the serve config, the request models."""
+
+from __future__ import annotations
+
+import pytest
+
+from tqstar.errors import ConfigError
+from tqstar.params import DecodeParams
+from tqstar.serving.config import Limits, ServeConfig
+from tqstar.serving.detok import IncrementalText, held_back
+from tqstar.serving.protocol import ChatRequest, CompletionRequest
+
+
+# ---- detok -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,stop,hold", [
+    ("hello wor", ("world",), 3),
+    ("hello w", ("world", "wx"), 1),
+    ("hello", ("world",), 0),
+    ("abc\ufffd", (), 1),
+    ("ab\ufffd\ufffd", ("zz",), 2),
+    ("the end<", ("<end>", "<e"), 1),
+    ("x <en", ("<end>",), 3),
+])
+def test_held_back_is_the_longest_stop_prefix_or_broken_character(text, stop, hold):
+    assert held_back(text, stop) == hold
+
+
+def _byte_tokens(text: str) -> tuple[list[int], callable]:
+    """Byte-level "tokens": one per UTF-8 byte, decoded like a byte-level BPE (broken characters as U+FFFD)."""
+    data = text.encode()
+    return list(range(len(data))), lambda ids: data[: len(ids)].decode(errors="replace") if ids else ""
+
+
+def _stream(decode, ids, stop, final):
+    detok = IncrementalText(decode, stop)
+    pieces = [detok.update(ids[: j + 1]) for j in range(len(ids))]
+    return pieces, detok.finish(final)
+
+
+def test_multibyte_characters_are_never_split():
+    text = "tea ☕ and crème brûlée 🍵"
+    ids, decode = _byte_tokens(text)
+    pieces, rest = _stream(decode, ids, (), text)
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + rest == text
+    assert sum(1 for p in pieces if p) > 5  # it streams, not all at the end
+
+
+def test_a_stop_string_that_completes_is_never_sent():
+    text = "say hello <end> and more"
+    ids, decode = _byte_tokens(text)
+    pieces, rest = _stream(decode, ids, ("<end>",), "say hello ")
+    assert "".join(pieces) + rest == "say hello "
+    assert not any("<" in p for p in pieces)
+
+
+def test_held_back_text_is_released_when_it_is_not_a_stop():
+    text = "a <en> b"
+    ids, decode = _byte_tokens(text)
+    detok = IncrementalText(decode, ("<end>",))
+    sent = ""
+    for j in range(len(ids)):
+        sent += detok.update(ids[: j + 1])
+        if text[: j + 1].endswith("<en"):
+            assert sent == "a "  # "<en" may still become "<end>"
+    assert sent == text
+
+
+def test_text_that_a_tokenizer_rewrites_is_delayed_not_contradicted():
+    outputs = {1: "a", 2: "a ,", 3: "a, b"}  # clean-up rewrites " ," once the next token arrives
+    detok = IncrementalText(lambda ids: outputs[len(ids)], ())
+    pieces = [detok.update([0] * n) for n in (1, 2, 3)]
+    assert pieces == ["a", " ,", ""]
+    assert detok.finish("a, b") == ""  # cannot be reconciled: nothing contradictory is sent
+
+
+# ---- config ----------------------------------------------------------------------------------------------------
+def test_default_presets_follow_the_models_given():
+    tiny = ServeConfig.from_dict({})
+    assert [name for name, _ in tiny.presets] == ["tiny-tq", "tiny-cd", "tiny-baseline", "tiny-sft"]
+    assert dict(tiny.presets)["tiny-cd"].method == "cd"
+
+
+def test_presets_start_from_decode_and_are_checked_by_name():
+    config = ServeConfig.from_dict({"decode": {"k": 6, "alpha": 3}, "presets": {"a": {"method": "cd", "alpha": 1}}})
+    assert dict(config.presets)["a"].k == 6 and dict(config.presets)["a"].alpha == 1
+    with pytest.raises(ConfigError, match=r"preset 'bad': `alpha` must be a finite number >= 0, got -1"):
+        ServeConfig.from_dict({"presets": {"bad": {"alpha": -1}}})
+    with pytest.raises(ConfigError, match=r"preset 'big': `k` must be <= 50 on this server, got 60"):
+        ServeConfig.from_dict({"presets": {"big": {"k": 60}}})
+    with pytest.raises(ConfigError, match="preset name 'no spaces'"):
+        ServeConfig.from_dict({"presets": {"no spaces": {}}})
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"prompts": ["x"]}, "`prompts` is a `tqstar generate` setting"),
+    ({"limits": {"max_batch": 0}}, r"`limits.max_batch` must be a number > 0, got 0"),
+    ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer >= 1, got 2.5"),
+    ({"limits": {"max_bogus": 1}}, "unknown key `max_bogus` in limits"),
+    ({"port": 70000}, r"`port` must be an integer in 0..65535, got 70000"),
+    ({"presets": {"t": {"trace": True}}}, "preset 't' sets `trace`"),
+])
+def test_bad_serve_configs_fail_before_loading(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ServeConfig.from_dict(data)
+
+
+def test_limits_cap_the_overrides():
+    limits = Limits(max_k=5, max_alpha=10)
+    assert limits.check(DecodeParams(k=5, alpha=10)) is None
+    assert limits.check(DecodeParams(k=6))[0] == "k"
+    assert limits.check(DecodeParams(k=5, alpha=11))[0] == "alpha"
+
+
+# ---- protocol --------------------------------------------------------------------------------------------------
+def test_requests_read_openai_fields():
+    chat = ChatRequest.model_validate({"model": "m", "messages": [
+        {"role": "developer", "content": "be kind"},
+        {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}],
+        "stop": "x", "max_completion_tokens": 5, "tqstar": {"alpha": 2, "trace": True}})
+    assert chat.prompt() == [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi there"}]
+    assert chat.stop_strings() == ("x",) and chat.token_budget() == 5
+    assert chat.tqstar.overrides() == {"alpha": 2} and chat.tqstar.trace
+    text = CompletionRequest.model_validate({"model": "m", "prompt": ["one"], "max_tokens": 3, "best_of": 1})
+    assert text.text() == "one" and text.token_budget() == 3 and text.unsupported() is None
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "top_p": 0.5}).unsupported()[0] == "top_p"
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).unsupported()[0] == "echo"
