@@ -15,14 +15,11 @@ the reason*.
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ import yaml
 
 from tqstar.errors import ServerRejectedError
 from tqstar.http import JsonClient
-from tqstar.servers import free_port, servers_dir
+from tqstar.servers import ServerProcess, free_port, servers_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_TESTS = ROOT / "tests" / "js" / "logic.test.mjs"
@@ -93,47 +90,23 @@ def driver(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_paths, tmp_path_factory):
-    """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset."""
+    """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset; yields its URL."""
     for module in ("fastapi", "uvicorn"):
         pytest.importorskip(module, reason=f"`tqstar serve` needs {module}: pip install -e '.[serve]'")
     work = tmp_path_factory.mktemp("serve")
-    port = free_port()
     config = {
         "sft": str(tiny_paths["sft"]), "baseline": str(tiny_paths["baseline"]),
-        "reward": "conftest:vowel_share",  # declares its range [0, 1], so pruning shows in the trace
+        "reward": "sentiment",  # declares its range [-1, 1], so candidates get pruned
         "decode": {"k": 4, "alpha": 2.0, "rollout_len": 3, "max_new_tokens": 8},
-        "presets": {"tiny-sft": {"method": "sft"}, "tiny-tq": {"method": "tq-direct"}},
+        # prune_probe values the top candidates first, so the rest can be pruned without a reused rollout
+        "presets": {"tiny-sft": {"method": "sft"}, "tiny-tq": {"method": "tq-direct", "prune_probe": 2}},
         "limits": {"max_alpha": MAX_ALPHA, "max_tokens": 32},
-        "host": "127.0.0.1", "port": port,
     }
     (work / "serve.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    log_path = work / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tqstar.cli", "serve", "--config", str(work / "serve.yaml")],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"tqstar serve exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "health", timeout=5) as res:
-                    if res.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"tqstar serve not ready after 180 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    port = free_port()
+    argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(work / "serve.yaml"), "--port", str(port)]
+    with ServerProcess("tqstar", argv, port, work / "serve.log", ready_timeout_s=180) as process:
+        yield process.url + "/"
 
 
 def load(driver, url: str):
@@ -187,6 +160,15 @@ def candidate_order(row: dict) -> list[int]:
     return [row["candidates"][i] for i in order]
 
 
+def same(shown: str, value: float | None) -> bool:
+    """A number the page holds (JS ``String(v)``) equals the API's up to float32 noise: two identical requests to
+    one server already differ in the last float32 bits of a log-prob (measured; the backend reuses cached
+    prefixes), while the tokens, candidates and choices are the same."""
+    if value is None:
+        return shown == "null"
+    return math.isclose(float(shown), value, rel_tol=1e-5, abs_tol=1e-6)
+
+
 def number(text: str) -> float:
     return float(text.replace("−", "-").split()[0])
 
@@ -196,6 +178,28 @@ def text_of(driver, element) -> str:
 
 
 @pytest.mark.browser
+def check_step(driver, span, step: int, row: dict) -> None:
+    """The token's colour rank and its step table (order, numbers, chosen / pruned / reused) against ``row``."""
+    from selenium.webdriver.common.by import By
+
+    rank = sorted(row["logp_sft"], reverse=True).index(row["logp_sft"][row["candidates"].index(row["chosen"])])
+    assert span.get_attribute("data-rank") == str(rank)
+    span.click()
+    panel = driver.find_element(By.CSS_SELECTOR, "#answer-b .step")
+    assert panel.is_displayed() and panel.get_attribute("data-step") == str(step)
+    rows = panel.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert [int(r.get_attribute("data-token-id")) for r in rows] == candidate_order(row)
+    by_id = {z: i for i, z in enumerate(row["candidates"])}
+    for tr in rows:
+        i = by_id[int(tr.get_attribute("data-token-id"))]
+        for attr, key in (("data-logp", "logp_sft"), ("data-q", "q"), ("data-score", "score"), ("data-p", "p_dec")):
+            assert same(tr.get_attribute(attr), row[key][i]), (attr, tr.get_attribute(attr), row[key][i])
+        badges = {b.text for b in tr.find_elements(By.CLASS_NAME, "badge")}
+        expected = {name for name, on in (("chosen", row["candidates"][i] == row["chosen"]),
+                                          ("pruned", row["pruned"][i]), ("reused", row["reused"][i])) if on}
+        assert badges == expected and set(tr.get_attribute("class").split()) == expected
+
+
 def test_streamed_answers_and_steps_match_the_api(driver, server):
     from selenium.webdriver.common.by import By
 
@@ -203,13 +207,15 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
     assert driver.find_element(By.ID, "preset-a").get_attribute("value") == "tiny-sft"
     assert driver.find_element(By.ID, "preset-b").get_attribute("value") == "tiny-tq"
     assert driver.find_element(By.ID, "alpha").get_attribute("max") == str(MAX_ALPHA)
-    fill(driver, prompt=PROMPT, alpha="3", k="5", rollout_len="2", max_tokens="7", seed="11")
+    fill(driver, prompt=PROMPT, alpha="1", k="8", rollout_len="2", max_tokens="7", seed="11")
     requests = generate(driver)
-    assert requests[1]["tqstar"] == {"trace": True, "alpha": 3, "k": 5, "rollout_len": 2}
+    assert requests[1]["tqstar"] == {"trace": True, "alpha": 1, "k": 8, "rollout_len": 2}
     assert requests[0]["tqstar"] == {"trace": True}  # the SFT preset takes no α, k or rollout length
     assert [r["seed"] for r in requests] == [11, 11] and [r["max_tokens"] for r in requests] == [7, 7]
     assert requests[0]["messages"] == [{"role": "user", "content": PROMPT}]
     driver.save_screenshot(str(ARTIFACTS / "generated.png"))
+    ran = driver.find_element(By.CSS_SELECTOR, "#answer-b .params").text
+    assert ran.startswith("ran: method tq-direct · k 8 · alpha 1 · n_rollouts 1 · rollout_len 2"), ran
 
     for column, request in zip(("a", "b"), requests):
         section = driver.find_element(By.ID, f"answer-{column}")
@@ -224,29 +230,16 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
         steps = api["tqstar"]["accounting"]["steps"] or len(api["tqstar"]["trace"])
         assert abs(number(figures["rollouts"]) - api["tqstar"]["accounting"]["rollouts"] / steps) <= 6e-3
 
-    # Open the TQ* answer's step with the most candidates pruned (else the first) and compare with the API trace.
+    # Open the TQ* answer's step with the most candidates pruned, and one with a reused rollout if there is one.
     trace = api_answer(server, requests[1])["tqstar"]["trace"]
     spans = driver.find_elements(By.CSS_SELECTOR, "#answer-b .tok[data-step]")
     assert len(spans) == len(trace)
-    step = max(range(len(trace)), key=lambda i: sum(q is None for q in trace[i]["q"]))
-    row = trace[step]
-    rank = sorted(row["logp_sft"], reverse=True).index(row["logp_sft"][row["candidates"].index(row["chosen"])])
-    assert spans[step].get_attribute("data-rank") == str(rank)
-    spans[step].click()
-    panel = driver.find_element(By.CSS_SELECTOR, "#answer-b .step")
-    assert panel.is_displayed() and panel.get_attribute("data-step") == str(step)
-    rows = panel.find_elements(By.CSS_SELECTOR, "tbody tr")
-    assert [int(r.get_attribute("data-token-id")) for r in rows] == candidate_order(row)
-    by_id = {z: i for i, z in enumerate(row["candidates"])}
-    for tr in rows:
-        i = by_id[int(tr.get_attribute("data-token-id"))]
-        assert float(tr.get_attribute("data-logp")) == row["logp_sft"][i]
-        q = tr.get_attribute("data-q")
-        assert q == "null" if row["q"][i] is None else float(q) == row["q"][i]
-        assert float(tr.get_attribute("data-p")) == row["p_dec"][i]
-        assert ("chosen" in tr.get_attribute("class").split()) == (row["candidates"][i] == row["chosen"])
-        assert ("pruned" in tr.get_attribute("class").split()) == (row["q"][i] is None)
-    driver.save_screenshot(str(ARTIFACTS / "step.png"))
+    pruned = max(range(len(trace)), key=lambda i: sum(trace[i]["pruned"]))
+    assert any(trace[pruned]["pruned"]), "no candidate was pruned: the test no longer shows pruning"
+    reused = [i for i, row in enumerate(trace) if any(row["reused"])]
+    for step in [pruned, *reused[:1]]:
+        check_step(driver, spans[step], step, trace[step])
+        driver.save_screenshot(str(ARTIFACTS / f"step-{step}.png"))
 
     resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(name.startswith(server) for name in resources), resources  # nothing from a CDN

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  SSEParser, answerSummary, chatMessages, controlSpecs, defaultPair, deviation, errorMessage, fmt,
+  SSEParser, answerSummary, chatMessages, controlSpecs, defaultPair, describeParams, deviation, errorMessage, fmt,
   normaliseRange, presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "../../src/tqstar/serving/static/logic.js";
 
@@ -64,6 +64,18 @@ test("defaultPair compares the plain SFT preset with the TQ* preset, whatever th
 
 test("presetsFrom reads the parameters either directly or under params", () => {
   assert.deepEqual(presetsFrom({ data: [{ id: "p", tqstar: { params: { method: "cd" } } }] })[0].params, { method: "cd" });
+});
+
+test("describeParams shows only what the method uses", () => {
+  const all = { method: "sft", k: 4, alpha: 2, n_rollouts: 1, rollout_len: 3, beta: 1, bon_n: 4, bon_policy: "sft", temperature: 0 };
+  assert.equal(describeParams(all), "method sft · temperature 0");
+  assert.equal(describeParams({ ...all, method: "tq-direct" }),
+    "method tq-direct · k 4 · alpha 2 · n_rollouts 1 · rollout_len 3 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "tq-indirect" }),
+    "method tq-indirect · k 4 · alpha 2 · n_rollouts 1 · rollout_len 3 · beta 1 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "args" }), "method args · k 4 · alpha 2 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "bon" }), "method bon · bon_n 4 · bon_policy sft · temperature 0");
+  assert.equal(describeParams({ method: "cd", k: 3 }), "method cd · k 3");
 });
 
 test("chatMessages adds the system turn only when written", () => {

@@ -1,7 +1,8 @@
 // The playground page: reads the presets and caps, streams two answers through the public
 // /v1/chat/completions endpoint at once, and renders each token as a focusable span that opens its step.
 import {
-  CONTROLS, answerSummary, chatMessages, controlSpecs, defaultPair, deviation, errorMessage, fmt, presetsFrom,
+  CONTROLS, answerSummary, chatMessages, controlSpecs, defaultPair, describeParams, deviation, errorMessage, fmt,
+  presetsFrom,
   readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "./logic.js";
 
@@ -79,15 +80,10 @@ function renderAnswerShell(id) {
   section.querySelector(".title").id = `answer-${id}-title`;
   const preset = state.presets.find((p) => p.id === $(`preset-${id}`).value);
   section.querySelector(".title").textContent = preset ? preset.id : "—";
-  section.querySelector(".params").textContent = preset ? describe(preset.params) : "";
+  section.querySelector(".params").textContent = preset ? `preset: ${describeParams(preset.params)}` : "";
   section.querySelector(".close").addEventListener("click", () => closeStep(section));
   section.querySelector(".step").addEventListener("keydown", (e) => { if (e.key === "Escape") closeStep(section); });
   return section;
-}
-
-function describe(params) {
-  const shown = ["method", "k", "alpha", "n_rollouts", "rollout_len", "temperature"];
-  return shown.filter((k) => params[k] !== undefined).map((k) => `${k} ${params[k]}`).join(" · ");
 }
 
 function controlValues() {
@@ -152,6 +148,11 @@ async function streamAnswer(id, body, signal) {
   if (!finish) return fail(section, { message: "The stream ended before the answer finished.", field: null });
   section.dataset.state = "done";
   section.dataset.finishReason = finish.reason;
+  if (finish.tqstar.params) section.querySelector(".params").textContent = `ran: ${describeParams(finish.tqstar.params)}`;
+  if (!steps.length && tokens.childElementCount) {
+    tokens.after(el("p", { class: "hint", text: "This method decodes one model over its full vocabulary: it has no"
+      + " per-token candidates to show." }));
+  }
   const summary = section.querySelector(".summary");
   for (const item of answerSummary(finish.tqstar, steps.length)) {
     summary.append(el("div", { "data-key": item.key }, [el("dt", { text: item.label }), el("dd", { text: item.value })]));

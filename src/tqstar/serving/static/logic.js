@@ -52,6 +52,18 @@ export function defaultPair(presets) {
   return [sft, tq];
 }
 
+/** The parameters that matter for a preset's method, as "method tq-direct · k 10 · alpha 2 · ...". */
+export function describeParams(params) {
+  const method = params.method;
+  const names = ["method"];
+  if (TOKEN_METHODS.includes(method)) names.push("k", "alpha");
+  if (ROLLOUT_METHODS.includes(method)) names.push("n_rollouts", "rollout_len");
+  if (method === "tq-indirect") names.push("beta");
+  if (method === "bon") names.push("bon_n", "bon_policy");
+  names.push("temperature");
+  return names.filter((n) => params[n] !== undefined && params[n] !== null).map((n) => `${n} ${params[n]}`).join(" · ");
+}
+
 /** Chat messages for the request: an optional system turn, then the user's prompt. */
 export function chatMessages(system, user) {
   const messages = [];
