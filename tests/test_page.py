@@ -294,3 +294,42 @@ def test_keyboard_and_phone_width(driver, server):
         assert console_errors(driver) == []
     finally:
         driver.set_window_size(1280, 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_playground_on_smollm2(driver, tmp_path):
+    """The docs' screenshot (docs/playground.png): SmolLM2 greedy vs TQ* steered by its DPO baseline towards VADER
+    sentiment (setups/serve-smollm2.yaml), 24 tokens, the step of the token that moved furthest from the SFT
+    model opened. Writes tests-artifacts/page/playground-smollm2.png."""
+    from selenium.webdriver.common.by import By
+
+    from tqstar.errors import ModelLoadError
+    from tqstar.models import smollm2_dir
+
+    try:
+        smollm2_dir()
+    except ModelLoadError as exc:
+        pytest.skip(f"SmolLM2 is not installed ({exc}); make models installs it")
+    port = free_port()
+    argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(ROOT / "setups" / "serve-smollm2.yaml"),
+            "--port", str(port)]
+    with ServerProcess("tqstar", argv, port, tmp_path / "serve.log", ready_timeout_s=300) as process:
+        driver.set_window_size(1280, 1500)
+        try:
+            load(driver, process.url + "/")
+            assert [driver.find_element(By.ID, f"preset-{c}").get_attribute("value") for c in "ab"] == \
+                ["smollm2-sft", "smollm2-tq"]
+            fill(driver, prompt="Tell me about your day at the park.", max_tokens="24")
+            generate(driver, timeout=600)
+            for column in "ab":
+                state = driver.find_element(By.ID, f"answer-{column}").get_attribute("data-state")
+                assert state == "done", driver.find_element(By.ID, f"answer-{column}").text
+            spans = driver.find_elements(By.CSS_SELECTOR, "#answer-b .tok[data-step]")
+            furthest = max(spans, key=lambda s: (s.get_attribute("data-level") != "0", s.get_attribute("data-level")))
+            furthest.click()
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.save_screenshot(str(ARTIFACTS / "playground-smollm2.png"))
+            assert console_errors(driver) == []
+        finally:
+            driver.set_window_size(1280, 1000)
