@@ -88,12 +88,10 @@ def driver(tmp_path_factory):
     browser.quit()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_paths, tmp_path_factory):
-    """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset; yields its URL."""
+def start_serve(tiny_paths, work: Path, **extra) -> ServerProcess:
+    """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset (and ``extra``)."""
     for module in ("fastapi", "uvicorn"):
         pytest.importorskip(module, reason=f"`tqstar serve` needs {module}: pip install -e '.[serve]'")
-    work = tmp_path_factory.mktemp("serve")
     config = {
         "sft": str(tiny_paths["sft"]), "baseline": str(tiny_paths["baseline"]),
         "reward": "sentiment",  # declares its range [-1, 1], so candidates get pruned
@@ -102,10 +100,18 @@ def server(tiny_paths, tmp_path_factory):
         "presets": {"tiny-sft": {"method": "sft"}, "tiny-tq": {"method": "tq-direct", "prune_probe": 2}},
         "limits": {"max_alpha": MAX_ALPHA, "max_tokens": 32},
     }
-    (work / "serve.yaml").write_text(yaml.safe_dump(config))
+    for key, value in extra.items():
+        config[key] = {**config[key], **value}
+    (work / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(work / "serve.yaml"), "--port", str(port)]
-    with ServerProcess("tqstar", argv, port, work / "serve.log", ready_timeout_s=180) as process:
+    return ServerProcess("tqstar", argv, port, work / "serve.log", ready_timeout_s=180)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_paths, tmp_path_factory):
+    """The URL of the tiny server the page is loaded from."""
+    with start_serve(tiny_paths, tmp_path_factory.mktemp("serve")) as process:
         yield process.url + "/"
 
 
@@ -333,3 +339,35 @@ def test_playground_on_smollm2(driver, tmp_path):
             assert console_errors(driver) == []
         finally:
             driver.set_window_size(1280, 1000)
+
+
+@pytest.mark.browser
+def test_a_full_queue_shows_the_servers_429(driver, tiny_paths, tmp_path):
+    """One row, one queue place: while a slow API stream holds the row, one of the page's two requests waits and
+    the other is refused with 429; the page says the server is busy there and finishes the other answer."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    slow = {"method": "tq-direct", "k": 10, "rollout_len": 20, "prune": False, "reuse_rollouts": False}
+    with start_serve(tiny_paths, tmp_path, presets={"slow": slow}, limits={"max_batch": 1, "max_queue": 1}) as s:
+        load(driver, s.url + "/")
+        fill(driver, prompt=PROMPT, max_tokens="3")
+        with httpx.Client(timeout=60) as client:
+            request = client.build_request("POST", s.url + "/v1/completions", json={
+                "model": "slow", "prompt": PROMPT, "max_tokens": 32, "stream": True})
+            holder = client.send(request, stream=True)  # takes the one row
+            try:
+                assert holder.status_code == 200
+                driver.find_element(By.ID, "generate").click()
+                states = lambda d: [d.find_element(By.ID, f"answer-{c}").get_attribute("data-state") for c in "ab"]  # noqa: E731
+                WebDriverWait(driver, 60).until(lambda d: "error" in states(d))
+            finally:
+                holder.close()  # frees the row: the waiting request runs
+        body = driver.find_element(By.TAG_NAME, "body")
+        WebDriverWait(driver, 120).until(lambda d: body.get_attribute("data-done") == "true")
+        assert sorted(states(driver)) == ["done", "error"]
+        busy = driver.find_element(By.CSS_SELECTOR, ".answer[data-state=error] .error").text
+        assert busy.startswith("The server is busy: the server's queue is full (1 requests waiting)"), busy
+        driver.save_screenshot(str(ARTIFACTS / "busy.png"))
+        assert console_errors(driver, allowed_status=429) == []

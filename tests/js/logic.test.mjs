@@ -203,7 +203,8 @@ test("errorMessage reads the OpenAI error shape and names the field", () => {
   assert.deepEqual(bad, { message: "`alpha` must be <= 10, got 99", field: "alpha" });
   const unnamed = errorMessage(400, { error: { message: "too long", param: "max_tokens" } });
   assert.deepEqual(unnamed, { message: "too long (field: max_tokens)", field: "max_tokens" });
-  assert.match(errorMessage(429, { error: { message: "queue full" } }).message, /busy: queue full\. Try again/);
+  assert.equal(errorMessage(429, { error: { message: "queue full; retry" } }).message, "The server is busy: queue full; retry");
+  assert.equal(errorMessage(429, "").message, "The server is busy; try again in a moment.");
   assert.equal(errorMessage(0, "Failed to fetch").message, "Could not reach the server: Failed to fetch.");
   assert.equal(errorMessage(502, "").message, "The server answered HTTP 502.");
   assert.equal(errorMessage(422, { detail: "bad body" }).message, "bad body");

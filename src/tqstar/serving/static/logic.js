@@ -247,7 +247,7 @@ export function errorMessage(status, body) {
   let text = err?.message ?? (typeof err?.detail === "string" ? err.detail : null)
     ?? (typeof body === "string" && body.trim() ? body.trim() : null);
   const field = errorField(err?.param);
-  if (status === 429) text = `The server is busy: ${text ?? "too many requests"}. Try again in a moment.`;
+  if (status === 429) text = text ? `The server is busy: ${text}` : "The server is busy; try again in a moment.";
   else if (status === 0) text = `Could not reach the server: ${text ?? "no answer"}.`;
   else if (!text) text = `The server answered HTTP ${status}.`;
   if (field && !text.includes(field)) text += ` (field: ${field})`;
