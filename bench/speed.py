@@ -64,7 +64,7 @@ RANDOM_SHAPES = {"random-0.5b": (1536, 16, 12, 4, 4096), "random-1b": (2048, 16,
 RANDOM_VOCAB = 32000
 
 
-def load_models(which: str, dtype: str = "float32", device: str = "cpu") -> tuple[str, TransformersLM]:
+def load_models(which: str, device: str = "cpu", dtype: str = "float32") -> tuple[str, TransformersLM]:
     if which in RANDOM_SHAPES:
         return random_llama(which, dtype, device)
     if which in ("auto", "smollm2"):
@@ -223,7 +223,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    name, sft = load_models(args.model, args.dtype, args.device)
+    name, sft = load_models(args.model, args.device, args.dtype)
     baseline = sft.with_prompt_format(system_prompt=SYSTEM, name="prompted baseline")
     reward = make_reward(args.reward, sft)
     engine = Engine(sft, baseline, reward)

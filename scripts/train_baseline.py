@@ -26,11 +26,14 @@ import torch
 def sample_pairs(lm, reward, prompts, samples, max_new_tokens, min_gap, seed, batch_prompts=8):
     from tqdm.auto import tqdm
 
+    from tqstar.randomness import prompt_key, stream_seed
+
     pairs, gaps = [], []
     for start in tqdm(range(0, len(prompts), batch_prompts), desc="sampling pairs"):
         batch = prompts[start:start + batch_prompts]
         prefixes = [lm.encode_prompt(p) for p in batch for _ in range(samples)]
-        out = lm.rollout(prefixes, max_new_tokens, temperature=1.0, seed=seed + start)
+        seeds = [stream_seed(seed, prompt_key(p), "bon", 0, -1, i) for p in batch for i in range(samples)]
+        out = lm.rollout(prefixes, max_new_tokens, temperature=1.0, seeds=seeds)
         texts = [lm.decode(t) for t in out.tokens]
         values = reward.score([p for p in batch for _ in range(samples)], texts)
         for i, prompt in enumerate(batch):

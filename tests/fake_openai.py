@@ -77,7 +77,8 @@ class FakeServer:
             else:
                 text = body.get("prompt", body.get("content"))
                 add = body.get("add_special_tokens", body.get("add_special", False))
-                ids = tok(text, add_special_tokens=bool(add))["input_ids"]
+                split = self.flavor == "llama.cpp" and not body.get("parse_special", True)  # vLLM always parses
+                ids = tok(text, add_special_tokens=bool(add), split_special_tokens=split)["input_ids"]
             return 200, {"tokens": [(int(i) + shift) % len(tok) for i in ids]}
         if path == "/detokenize":
             text = tok.decode([(int(i) - shift) % len(tok) for i in body["tokens"]], skip_special_tokens=False)

@@ -16,6 +16,7 @@ import torch
 from conftest import vowel_share
 
 from tqstar.engine import Engine
+from tqstar.evaluation import Evaluation, MethodRun, read_rows
 from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams
 from tqstar.randomness import USES, prompt_key, stream_seed, uniforms
@@ -149,6 +150,24 @@ def test_tiny_pruning_and_reuse_are_exact_with_stop_strings_and_eos(sft, baselin
     assert_speedups_exact(engine, PROMPTS, params)
     responses = engine.generate(PROMPTS, params, progress=False)
     assert {r.finish_reason for r in responses} - {"length"}, "neither EOS nor a stop string was reached"
+
+
+def test_an_eval_resume_writes_the_rows_an_uninterrupted_run_writes(tiny_engine, tmp_path):
+    """Rows lost from the middle of a results file are re-decoded in other batches, to the same text."""
+    methods = [MethodRun(m, DecodeParams(method=m, k=4, alpha=2.0, rollout_len=3, max_new_tokens=4, **SAMPLED[m]))
+               for m in ("tq-direct", "sft", "bon")]
+    path = tmp_path / "out.jsonl"
+
+    def evaluate():
+        Evaluation(tiny_engine, PROMPTS, methods, path, fingerprint={}, batch_size=2, progress=False).run()
+        _, rows = read_rows(path)
+        return {(r["method"], r["prompt_index"]): (r["token_ids"], r["text"]) for r in rows}
+
+    complete = evaluate()
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for i, line in enumerate(lines) if i == 0 or i % 2))  # lose every other row
+    assert len(read_rows(path)[1]) < len(complete)
+    assert evaluate() == complete
 
 
 # ---- the streams themselves ---------------------------------------------------------------------------------

@@ -101,6 +101,43 @@ def test_non_numeric_reward_raises_reward_error(fn):
         CallableReward(fn, name="bad").score(["p"], ["the offending response"])
 
 
+@pytest.mark.parametrize("value", [2.0, -0.25])
+def test_value_outside_the_declared_range_names_text_value_and_range(value):
+    """Pruning and the KL bound trust the declared range, so a value outside it is an error, not a silent change."""
+    def liar(prompts, responses):
+        return [0.5 if r == "fine" else value for r in responses]
+
+    reward = CallableReward(_ranged(liar, (0.0, 1.0)))
+    with pytest.raises(RewardError) as info:
+        reward.score(["p", "p"], ["fine", "the offending response"])
+    assert str(info.value) == (
+        f"reward liar returned {value!r} for the response 'the offending response', outside its declared range"
+        " [0, 1]; fix the reward or its range, or pass check_range=False (check_range: false) to drop the range"
+        " and the pruning and KL bound that trust it"
+    )
+    assert reward.score(["p", "p"], ["fine", "fine"]) == [0.5, 0.5]  # the bounds themselves and values inside pass
+    assert CallableReward(_constant(1.0), range=(0.0, 1.0)).score(["p"], ["x"]) == [1.0]
+
+
+def test_check_range_false_drops_the_range_instead_of_checking_it():
+    def liar(prompts, responses):
+        return [2.0] * len(responses)
+
+    reward = CallableReward(_ranged(liar, (0.0, 1.0)), check_range=False)
+    assert reward.range is None  # the decoder then neither prunes nor reports a KL bound
+    assert reward.score(["p"], ["x"]) == [2.0]
+    spec = RewardSpec("1*conftest:vowel_share + 1*conftest:vowel_share", check_range=False)
+    assert spec.load().range is None
+    assert RewardSpec("conftest:vowel_share").load().range == (0.0, 1.0)
+
+
+def test_range_check_allows_float_rounding_at_the_bounds():
+    rounded = (0.1 + 0.2) / 0.3  # 1.0000000000000002
+    assert CallableReward(_constant(rounded), range=(0.0, 1.0)).score(["p"], ["x"]) == [rounded]
+    with pytest.raises(RewardError, match="outside its declared range"):
+        CallableReward(_constant(1.001), range=(0.0, 1.0)).score(["p"], ["x"])
+
+
 # ---- WeightedReward -------------------------------------------------------------------------------------------
 def test_weighted_reward_values_and_range():
     a = CallableReward(_ranged(_constant(0.5), (-1.0, 1.0)), name="a")
@@ -313,3 +350,20 @@ def test_weighted_builtins():
     sentiment, harmless = load_reward("sentiment"), load_reward("harmless")
     expected = [0.7 * s + 0.3 * h for s, h in zip(sentiment.score(texts, texts), harmless.score(texts, texts))]
     assert reward.score(texts, texts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_decoding_with_a_reward_outside_its_range_fails_unless_unchecked(sft, baseline):
+    from tqstar import DecodeParams, Engine
+
+    def liar(prompts, responses):
+        return [2.0 + len(r) % 3 for r in responses]
+
+    params = DecodeParams(method="tq-direct", k=3, alpha=1.0, rollout_len=3, max_new_tokens=3, trace=True)
+    with pytest.raises(RewardError, match=r"^reward liar returned .* outside its declared range \[0, 1\]"):
+        Engine(sft, baseline, CallableReward(liar, range=(0.0, 1.0))).generate(["the cat sat"], params, progress=False)
+    unchecked = CallableReward(liar, range=(0.0, 1.0), check_range=False)
+    (response,) = Engine(sft, baseline, unchecked).generate(["the cat sat"], params, progress=False)
+    assert len(response.token_ids) == 3 and response.accounting.pruned == 0  # no range: no pruning
+    # and only the reward-free bound, -log min π_sft over the top-k, summed over the steps
+    reward_free = sum(-min(row["logp_sft"]) for row in response.trace)
+    assert response.kl_bound == pytest.approx(reward_free, rel=1e-5)

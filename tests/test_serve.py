@@ -19,6 +19,7 @@ import openai
 import pytest
 import yaml
 
+from tqstar.errors import ConfigError
 from tqstar.servers import ServerProcess, free_port
 from tqstar.serving.config import ServeConfig
 
@@ -454,3 +455,46 @@ def test_cors_origins_let_a_browser_page_call_the_api(engine, config):
         assert r.headers["access-control-allow-origin"] == "http://localhost:5173"
         r = c.get("/v1/models", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_an_unexpected_failure_is_an_openai_shaped_500(engine, config, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from tqstar.serving.app import create_app
+
+    app = create_app(engine, ServeConfig.from_dict(config))
+
+    def broken(prompt):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(engine.models.sft, "encode_prompt", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+
+
+def test_presets_with_named_baselines_decode_with_them(tiny_paths, config):
+    """A prompted baseline on the SFT weights (shared, not loaded twice) beside the top-level baseline."""
+    from fastapi.testclient import TestClient
+
+    from tqstar import Engine
+    from tqstar.serving.app import create_app
+    from tqstar.serving.server import build_engines
+
+    named = {**config, "baselines": {"kind": {"path": str(tiny_paths["sft"]), "system_prompt": "be kind"}},
+             "presets": {"kind-tq": {"method": "tq-direct", "baseline": "kind"}, "tiny-tq": {"method": "tq-direct"}}}
+    serve_config = ServeConfig.from_dict(named)
+    engines = build_engines(serve_config)
+    kind = engines["kind"].models
+    assert kind.baseline.model is kind.sft.model is engines[None].models.sft.model
+    assert kind.reward is engines[None].models.reward
+    assert kind.baseline.encode_prompt("x") != kind.sft.encode_prompt("x")
+    want = Engine(kind.sft, kind.baseline, kind.reward).generate([PROMPTS[6]], _params(named, "kind-tq",
+                                                                 max_new_tokens=8), progress=False)[0]
+    with TestClient(create_app(engines, serve_config)) as c:
+        models = c.get("/v1/models").json()["data"]
+        assert [m["tqstar"]["baseline"] for m in models] == ["kind", None]
+        r = c.post("/v1/completions", json={"model": "kind-tq", "prompt": PROMPTS[6], "max_tokens": 8}).json()
+        assert r["choices"][0]["text"] == want.text
+    with pytest.raises(ConfigError, match="preset 'x' names baseline 'nope', which `baselines` does not define"):
+        ServeConfig.from_dict({**named, "presets": {"x": {"baseline": "nope"}}})

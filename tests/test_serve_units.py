@@ -8,7 +8,7 @@ from tqstar.errors import ConfigError
 from tqstar.params import DecodeParams
 from tqstar.serving.config import Limits, ServeConfig
 from tqstar.serving.detok import IncrementalText, held_back
-from tqstar.serving.protocol import ChatRequest, CompletionRequest
+from tqstar.serving.protocol import ChatRequest, CompletionRequest, json_safe
 
 
 # ---- detok -----------------------------------------------------------------------------------------------------
@@ -125,3 +125,8 @@ def test_requests_read_openai_fields():
     assert text.text() == "one" and text.token_budget() == 3 and text.unsupported() is None
     assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "top_p": 0.5}).unsupported()[0] == "top_p"
     assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True}).unsupported()[0] == "echo"
+
+
+def test_json_safe_drops_non_finite_numbers():
+    assert json_safe({"a": [1.0, float("-inf"), None], "b": float("nan"), "c": (2, "x")}) == \
+        {"a": [1.0, None, None], "b": None, "c": [2, "x"]}

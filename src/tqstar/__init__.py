@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import Engine
+from .decoder import Decoder
+from .engine import Engine, TokenProgress
 from .errors import (
     ConfigError,
     ModelLoadError,
@@ -16,7 +17,7 @@ from .lm.hf import TransformersLM
 from .lm.tabular import TabularLM
 from .params import METHODS, DecodeParams
 from .reward import CallableReward, Reward, RewardSpec, TransformersReward, WeightedReward, load_reward
-from .state import Accounting, Response
+from .state import Accounting, PromptState, Response
 
 __version__ = "0.1.0"
 
@@ -25,11 +26,13 @@ __all__ = [
     "CallableReward",
     "ConfigError",
     "DecodeParams",
+    "Decoder",
     "Engine",
     "FullVocabLM",
     "LanguageModel",
     "METHODS",
     "ModelLoadError",
+    "PromptState",
     "PromptTooLongError",
     "Response",
     "Reward",
@@ -39,6 +42,7 @@ __all__ = [
     "StepOutput",
     "TQStarError",
     "TabularLM",
+    "TokenProgress",
     "TopLogprobs",
     "TransformersLM",
     "TransformersReward",

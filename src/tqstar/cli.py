@@ -161,7 +161,8 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         adapter = getattr(args, f"{role}_adapter")
         tokenizer = getattr(args, f"{role}_tokenizer")
         if (path is None and system is None and adapter is None and tokenizer is None and args.dtype is None
-                and args.device is None and not args.no_chat_template):
+                and args.device is None and not args.no_chat_template and not args.parse_special_tokens
+                and not args.allow_download):
             continue
         spec = data.get(role)
         spec = {"path": spec} if isinstance(spec, str) else dict(spec or {})
@@ -177,6 +178,9 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
                 spec[key] = value
         if args.no_chat_template:
             spec["chat_template"] = False
+        for key in ("parse_special_tokens", "allow_download"):
+            if getattr(args, key):
+                spec[key] = True
         data[role] = spec
     for role in ("reward", "baseline_reward"):
         spec = getattr(args, role)
@@ -307,6 +311,10 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     models.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     models.add_argument("--no-chat-template", action="store_true", help="format prompts as raw text")
+    models.add_argument("--parse-special-tokens", action="store_true",
+                        help="let prompt text write control tokens such as <|im_end|> (default: they are text)")
+    models.add_argument("--allow-download", action="store_true",
+                        help="fetch hub ids not in the local hub cache (default: nothing is downloaded)")
     models.add_argument("--sft-system-prompt", help="system prompt for the SFT model")
     models.add_argument("--baseline-system-prompt", help="system prompt for the baseline (a prompted baseline)")
     models.add_argument("--sft-adapter", help="PEFT (LoRA) adapter directory merged into the SFT model")

@@ -6,10 +6,11 @@ and that model paths exist. ``RunConfig.build()`` then loads the models and retu
 
 YAML layout (every key optional; command-line flags override the file)::
 
-    sft: path/to/sft                 # or {path, adapter, dtype, device, chat_template, system_prompt}
+    sft: path/to/sft                 # or {path, adapter, dtype, device, chat_template, system_prompt,
+                                     #   parse_special_tokens, allow_download}
     baseline: openai:http://gpu1:8000#dpo   # a served model: {path, tokenizer, api_key_env, timeout, retries,
                                             #   max_in_flight, chat_template, system_prompt}
-    reward: sentiment                # or {spec, format, truncate, sigmoid, label, range}
+    reward: sentiment                # or {spec, format, truncate, sigmoid, label, range, check_range}
     baseline_reward: harmless        # tq-indirect only
     decode: {method: tq-direct, k: 10, alpha: 1.0, n_rollouts: 1, rollout_len: 20, max_new_tokens: 64}
     prompts: ["How do I make tea?"]
@@ -29,7 +30,7 @@ from typing import Any
 from .errors import ConfigError
 from .http import JsonClient
 from .lm.base import LanguageModel
-from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir
+from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
 from .lm.remote import RemoteLM, is_remote_spec, parse_spec
 from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
 from .params import DecodeParams
@@ -41,7 +42,9 @@ from .reward import RewardSpec
 class ModelSpec:
     """A causal LM: a local path (or hub id, or ``smollm2``) with an optional LoRA adapter merged at load time,
     dtype and device; or a model on a server, ``openai:<base_url>#<served_name>`` (see :mod:`tqstar.lm.remote`),
-    with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both."""
+    with an optional local ``tokenizer`` directory and the connection settings. Prompt formatting for both.
+    ``allow_download``: fetch a hub id that is not in the local hub cache (otherwise nothing is downloaded).
+    ``parse_special_tokens``: let prompt text write control tokens (``<|im_end|>``, ``</s>``); off, they are text."""
 
     path: str
     adapter: str | None = None
@@ -54,6 +57,8 @@ class ModelSpec:
     timeout: float = 120.0
     retries: int = 4
     max_in_flight: int = 8
+    allow_download: bool = False
+    parse_special_tokens: bool = False
 
     @property
     def remote(self) -> bool:
@@ -77,7 +82,8 @@ class ModelSpec:
         if self.path in BUILTIN_MODELS:
             package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
         else:
-            _check_model_path(self.path)
+            _check_model_path(self.path, self.allow_download)
+        check_device(self.device)
         if self.adapter is not None:
             check_adapter_dir(resolve_adapter(self.adapter), repr(self.adapter))
 
@@ -149,14 +155,17 @@ class RunConfig:
                 tokenizer = resolve_model(spec.tokenizer) if spec.tokenizer else None
                 return RemoteLM(url, served, tokenizer=tokenizer, chat_template=spec.chat_template,
                                 system_prompt=spec.system_prompt, api_key_env=spec.api_key_env, timeout=spec.timeout,
-                                retries=spec.retries, concurrency=spec.max_in_flight, name=name)
+                                retries=spec.retries, concurrency=spec.max_in_flight, name=name,
+                                parse_special_tokens=spec.parse_special_tokens)
             key = (spec.path, spec.adapter, spec.dtype, spec.device)
             if key in loaded:  # same weights, maybe another prompt format: share them
                 return loaded[key].with_prompt_format(chat_template=spec.chat_template,
-                                                      system_prompt=spec.system_prompt, name=name)
+                                                      system_prompt=spec.system_prompt, name=name,
+                                                      parse_special_tokens=spec.parse_special_tokens)
             lm = TransformersLM.from_pretrained(
                 resolve_model(spec.path), adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
-                chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name)
+                chat_template=spec.chat_template, system_prompt=spec.system_prompt, name=name,
+                allow_download=spec.allow_download, parse_special_tokens=spec.parse_special_tokens)
             loaded[key] = lm
             return lm
 

@@ -14,7 +14,8 @@ row needs — its seed and random streams, step counter, budget, stop strings, r
 trace — lives on its :class:`~tqstar.state.PromptState`. :meth:`Decoder.run` steps until every row is done.
 ``sft``/``baseline`` decode one token per step from their model's full distribution; ``bon`` finishes a row in
 one step (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives in helpers so the step reads top to
-bottom.
+bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back top-k results and continuations
+there (a GPU backend moves only those small tensors), so nothing here depends on the models' device.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ class Decoder:
         self.models = models
         self.params = params
         self.estimator = ESTIMATORS[params.method](models, params) if params.is_token_level else None
-        reward_range = models.reward.range if models.reward is not None else None
-        self.reward_range = reward_range
-        # pruning bound: greedy choice, a declared reward range, pruning on
-        self.r_max = reward_range[1] if reward_range is not None and params.prune and params.temperature == 0 else None
+        self.reward_range = models.reward.range if models.reward is not None else None
+        prunes = self.reward_range is not None and params.prune and params.temperature == 0  # greedy choice only
+        self.r_max = self.reward_range[1] if prunes else None
 
     def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
         """Step ``rows`` until all are done; returns them."""

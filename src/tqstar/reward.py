@@ -6,8 +6,12 @@ callable given as ``module:function`` (:class:`CallableReward`), a weighted sum 
 and two offline built-ins (``sentiment``: VADER compound in [-1, 1]; ``harmless``: 1 - P(profane) in [0, 1];
 ``pip install 'tqstar[rewards]'``).
 
-A reward may declare its range ``[R_min, R_max]``; the decoder reports the per-token KL bound with it.
-Every value is checked: a NaN or inf raises :class:`~tqstar.errors.RewardError` naming the text.
+A reward may declare its range ``[R_min, R_max]``: pruning trusts it (a candidate that cannot win even at R_max is
+skipped) and the decoder reports the per-token KL bound with it. Every value is checked in one place
+(:meth:`Reward.score`): a NaN or inf, or a value outside the declared range, raises
+:class:`~tqstar.errors.RewardError` naming the text, the value and the range. A reward whose range is only a
+guide opts out with ``check_range=False`` (YAML ``check_range: false``): its ``range`` is then ``None``, which
+turns pruning and the reward-based KL bound off.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ModelLoadError, RewardError, preview
+from .errors import ConfigError, RewardError, preview
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -30,7 +34,10 @@ _SCORING = threading.RLock()
 
 
 class Reward(ABC):
-    """Scores (prompt, response) text pairs. Subclasses implement :meth:`_score`."""
+    """Scores (prompt, response) text pairs. Subclasses implement :meth:`_score`.
+
+    ``range``: the declared ``(R_min, R_max)``, or ``None``; every value :meth:`score` returns lies inside it.
+    """
 
     name: str = "reward"
     range: Range | None = None
@@ -44,7 +51,8 @@ class Reward(ABC):
     cache_size: int = 65536
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """Score ``responses`` to ``prompts`` (equal-length lists); raises :class:`RewardError` on NaN/inf."""
+        """Score ``responses`` to ``prompts`` (equal-length lists); raises :class:`RewardError` on NaN/inf and on
+        a value outside :attr:`range`."""
         prompts, responses = list(prompts), list(responses)
         assert len(prompts) == len(responses), "prompts and responses must pair up"
         if not responses:
@@ -99,18 +107,36 @@ class Reward(ABC):
                     f"reward {self.name} returned {value!r} for the response {preview(text)}; make the reward"
                     " return finite numbers for every text"
                 )
+            if self.range is not None and not _inside(number, self.range):
+                raise RewardError(
+                    f"reward {self.name} returned {number!r} for the response {preview(text)}, outside its declared"
+                    f" range [{self.range[0]:g}, {self.range[1]:g}]; fix the reward or its range, or pass"
+                    " check_range=False (check_range: false) to drop the range and the pruning and KL bound that"
+                    " trust it"
+                )
             values.append(number)
         return values
 
 
+def _inside(value: float, bounds: Range) -> bool:
+    """``R_min <= value <= R_max`` up to float rounding (a weighted sum of in-range parts must pass)."""
+    slack = 1e-9 * max(1.0, abs(bounds[0]), abs(bounds[1]))
+    return bounds[0] - slack <= value <= bounds[1] + slack
+
+
 class CallableReward(Reward):
-    """A Python function ``fn(prompts, responses) -> list[float]`` as a reward."""
+    """A Python function ``fn(prompts, responses) -> list[float]`` as a reward.
+
+    ``range`` (default: the function's ``reward_range`` attribute) is checked on every value unless
+    ``check_range=False``, which drops it.
+    """
 
     def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], *, name: str | None = None,
-                 range: Range | None = None) -> None:
+                 range: Range | None = None, check_range: bool = True) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "callable")
-        self.range = range if range is not None else getattr(fn, "reward_range", None)
+        declared = range if range is not None else getattr(fn, "reward_range", None)
+        self.range = tuple(declared) if declared is not None and check_range else None
 
     def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
         return self.fn(prompts, responses)
@@ -141,7 +167,7 @@ class TransformersReward(Reward):
     """A ``transformers`` sequence-classification reward model, with its own tokenizer and input format.
 
     Args:
-        path: model directory (or hub id when a hub is reachable).
+        path: model directory (or a hub id in the local hub cache; nothing is downloaded).
         format: how a (prompt, response) pair becomes the model's input. ``None`` uses the tokenizer's chat
             template (user + assistant turns) when it has one, else ``"{prompt}\\n{response}"``; a string with
             ``{prompt}`` and ``{response}`` fields, e.g. ``"Human: {prompt}\\n\\nAssistant: {response}"``.
@@ -149,26 +175,26 @@ class TransformersReward(Reward):
             Without it, an over-long input is an error.
         sigmoid: report ``sigmoid(logit)`` in (0, 1) instead of the logit (its range is then known).
         label: which output logit is the reward when the head has more than one.
-        range: declared ``(R_min, R_max)`` of the raw output, if known.
+        range: declared ``(R_min, R_max)`` of the raw output, if known (checked on every value).
+        check_range: ``False`` drops the range (``sigmoid``'s too), so nothing is checked, pruned or bounded by it.
     """
 
     def __init__(self, path: str, *, format: str | None = None, truncate: bool = False, sigmoid: bool = False,
                  label: int | None = None, range: Range | None = None, batch_size: int = 16,
-                 device: str = "cpu", dtype: str = "float32", name: str | None = None) -> None:
+                 device: str = "cpu", dtype: str = "float32", name: str | None = None,
+                 check_range: bool = True) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from .lm.hf import DTYPES, _check_model_path
+        from .lm.hf import DTYPES, _check_model_path, check_device, load_pretrained
 
+        check_device(device)
         _check_model_path(str(path))
         if format is not None and ("{response}" not in format):
             raise ConfigError(f"reward `format` must contain {{response}}, got {format!r}")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype])
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a reward model from {str(path)!r} ({exc}); give a directory of an"
-                                 " AutoModelForSequenceClassification model with its tokenizer") from exc
+        self.tokenizer, self.model = load_pretrained(
+            AutoModelForSequenceClassification, str(path), what="a reward model", dtype=DTYPES[dtype],
+            fix="give the directory of a trained AutoModelForSequenceClassification reward model with its tokenizer")
         self.model.to(device).eval()
         labels = self.model.config.num_labels
         if label is None and labels != 1:
@@ -186,7 +212,7 @@ class TransformersReward(Reward):
             self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**9 else 10**9,
         )
         self.name = name or str(path)
-        self.range = (0.0, 1.0) if sigmoid else range
+        self.range = None if not check_range else (0.0, 1.0) if sigmoid else range
 
     def _text(self, prompt: str, response: str) -> str:
         if self.format is not None:
@@ -257,7 +283,8 @@ class RewardSpec:
 
     ``spec`` is one of: a built-in name (``sentiment``, ``harmless``); ``module:function``; a reward-model
     directory (optionally prefixed ``hf:``); or a weighted sum such as ``0.7*sentiment + 0.3*harmless`` (each
-    term ``WEIGHT*SPEC``). The options apply to reward-model directories.
+    term ``WEIGHT*SPEC``). The options apply to reward-model directories, except ``range`` (also for
+    ``module:function``) and ``check_range`` (every term: ``False`` drops every range, see :class:`Reward`).
     """
 
     spec: str
@@ -268,6 +295,7 @@ class RewardSpec:
     range: Range | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    check_range: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec.strip():
@@ -305,12 +333,15 @@ class RewardSpec:
 
     def _load_one(self, spec: str) -> Reward:
         if spec in BUILTIN_REWARDS:
-            return BUILTIN_REWARDS[spec]()
+            reward = BUILTIN_REWARDS[spec]()
+            if not self.check_range:
+                reward.range = None
+            return reward
         if Path(spec).expanduser().is_dir():
             return TransformersReward(str(Path(spec).expanduser()), format=self.format, truncate=self.truncate,
                                       sigmoid=self.sigmoid, label=self.label, range=self.range,
-                                      device=self.device, dtype=self.dtype)
-        return CallableReward(_import_callable(spec), range=self.range)
+                                      device=self.device, dtype=self.dtype, check_range=self.check_range)
+        return CallableReward(_import_callable(spec), range=self.range, check_range=self.check_range)
 
 
 def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:

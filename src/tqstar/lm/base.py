@@ -16,7 +16,7 @@ correct, slow default ``rollout`` (which it overrides for speed) come from there
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,8 @@ from ..errors import ConfigError, PromptTooLongError, preview
 from ..randomness import sample_tokens, uniforms
 
 TokenIds = Sequence[int]
+#: A prompt: a str (one user turn) or chat messages ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+Prompt = str | Sequence[Mapping[str, str]]
 
 
 @dataclass
@@ -84,8 +86,10 @@ class LanguageModel(ABC):
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     @abstractmethod
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """The token ids that start a response to ``prompt`` (chat template, system prompt applied)."""
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """The token ids that start a response to ``prompt`` (chat template, system prompt applied). Message text
+        is encoded as text: control tokens written in it never become control tokens unless the backend was
+        built with ``parse_special_tokens=True``."""
 
     @abstractmethod
     def decode(self, ids: TokenIds) -> str:

@@ -16,15 +16,24 @@ Caching, the way vLLM's automatic prefix caching does it but for one process:
 A call whose sequences do not all extend a stored row is encoded from scratch (left padding); results never
 depend on the cache, only speed does.
 
-Sliding-window attention layers are not modelled by the cache (they are treated as full attention); models
-that use them are refused at load time.
+Sliding-window attention (Mistral-7B-v0.1, Mixtral, Phi-3-mini-4k, StarCoder2: ``config.sliding_window``; Gemma-2/3,
+Qwen2 with ``use_sliding_window``: some ``config.layer_types`` are ``"sliding_attention"``) is modelled in *real-token*
+positions: once a row is longer than the window, the forward pass gets a 4D additive mask in which the token at
+real position ``p`` attends to the real tokens at positions ``p - W + 1 .. p`` only (``W`` = ``sliding_window``,
+pads excluded), which is what the model computes on the sequence alone. A cache that padded or gathered rows
+cannot use transformers' own sliding mask, which counts cache slots rather than tokens. Models with other layer
+types (chunked or linear attention) are refused at load time.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +44,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from .base import (
     FullVocabLM,
+    Prompt,
     RolloutOutput,
     StepOutput,
     TokenIds,
@@ -97,6 +107,8 @@ class TransformersLM(FullVocabLM):
             baseline (the SFT weights with an aligning system prompt) is a legitimate cheap aligned model.
         prefix_cache: keep and reuse the KV cache across calls (default). ``False`` re-encodes every sequence
             in full on every call — the same results, for measuring what the cache saves.
+        parse_special_tokens: let prompt text write control tokens (``<|im_end|>``, ``</s>``); by default they are
+            encoded as ordinary text (see :func:`encode_with_tokenizer`).
     """
 
     def __init__(
@@ -108,8 +120,10 @@ class TransformersLM(FullVocabLM):
         chat_template: bool | str = True,
         system_prompt: str | None = None,
         prefix_cache: bool = True,
+        parse_special_tokens: bool = False,
     ) -> None:
         self.model = model
+        self.parse_special_tokens = parse_special_tokens
         self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -121,12 +135,7 @@ class TransformersLM(FullVocabLM):
         if not self.eos_token_ids:
             raise ModelLoadError(f"model {self.name} defines no EOS token; set eos_token_id in its generation_config")
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        layer_types = getattr(model.config, "layer_types", None) or []
-        if any("sliding" in str(t) for t in layer_types) or getattr(model.config, "use_sliding_window", False):
-            raise ModelLoadError(
-                f"model {self.name} uses sliding-window attention, which the tqstar prefix cache does not model;"
-                " use a full-attention model"
-            )
+        self._windows = attention_windows(model.config, self.name)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
         self._rows: _Rows | None = None
         # transformers >= 5.x names the cache argument `cache`; older releases `past_key_values`.
@@ -145,32 +154,35 @@ class TransformersLM(FullVocabLM):
         trust_remote_code: bool = False,
         name: str | None = None,
         adapter: str | os.PathLike | None = None,
+        allow_download: bool = False,
+        parse_special_tokens: bool = False,
     ) -> TransformersLM:
-        """Load a causal LM and its tokenizer from a local directory (or a hub id when a hub is reachable).
+        """Load a causal LM and its tokenizer from a local directory, or a hub id already in the local hub cache.
 
         ``adapter``: a PEFT (LoRA) adapter directory, merged into the weights at load time (needs ``peft``).
+        ``allow_download``: fetch a hub id that is not cached (otherwise nothing is downloaded and a path that does
+        not exist fails at once).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
         path = str(path)
-        _check_model_path(path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a causal LM from {path!r} ({exc}); give a directory with"
-                                 " config.json, weights and a tokenizer") from exc
+        check_device(device)
+        _check_model_path(path, allow_download)
+        tokenizer, model = load_pretrained(
+            AutoModelForCausalLM, path, what="a causal LM", allow_download=allow_download,
+            fix="give a directory with config.json, weights and a tokenizer", dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code)
         if adapter is not None:
-            model = _merge_adapter(model, str(adapter))
+            model = _merge_adapter(model, str(adapter), path)
         model.to(device).eval()
-        return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt)
+        return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt,
+                   parse_special_tokens=parse_special_tokens)
 
     def with_prompt_format(self, *, chat_template: bool | str | None = None, system_prompt: str | None = None,
-                           name: str | None = None, prefix_cache: bool | None = None) -> TransformersLM:
+                           name: str | None = None, prefix_cache: bool | None = None,
+                           parse_special_tokens: bool | None = None) -> TransformersLM:
         """A sibling that shares the weights but formats prompts differently (its own prefix cache).
 
         ``None`` keeps this model's setting; ``system_prompt=""`` removes the system prompt.
@@ -182,11 +194,14 @@ class TransformersLM(FullVocabLM):
             chat_template=self.chat_template if chat_template is None else chat_template,
             system_prompt=self.system_prompt if system_prompt is None else (system_prompt or None),
             prefix_cache=self.prefix_cache if prefix_cache is None else prefix_cache,
+            parse_special_tokens=self.parse_special_tokens if parse_special_tokens is None else parse_special_tokens,
         )
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name)
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """``prompt``: a str (one user turn) or chat messages; see :func:`encode_with_tokenizer`."""
+        return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
+                                     self.parse_special_tokens)
 
     def decode(self, ids: TokenIds) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -332,7 +347,7 @@ class TransformersLM(FullVocabLM):
         cache = _make_cache(kv)
         out = self.model(
             input_ids=ids,
-            attention_mask=full_mask,
+            attention_mask=self._attention_mask(full_mask, positions),
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
@@ -340,6 +355,55 @@ class TransformersLM(FullVocabLM):
         )
         new_kv = [(layer.keys, layer.values) for layer in cache.layers]  # the forward pass appended in place
         return out.logits[:, -1].float(), new_kv
+
+
+    def _attention_mask(self, full_mask: torch.Tensor, positions: torch.Tensor):
+        """The 2D padding mask ``(R, T + S)`` for full attention; for a windowed model whose rows outgrow the window,
+        4D additive masks ``(R, 1, S, T + S)`` in real-token positions (one per layer type when the types mix)."""
+        windows = self._windows
+        if windows is None or int(full_mask.sum(dim=1).max()) <= min(w for w in windows.values() if w is not None):
+            return full_mask  # no row reaches past its window: plain causal attention is the same
+        dtype = self.model.dtype
+        masks = {kind: window_mask(full_mask, positions, window, dtype) for kind, window in windows.items()}
+        return masks[""] if "" in masks else masks
+
+
+def attention_windows(config, name: str) -> dict[str, int | None] | None:
+    """How far back each layer type attends, in tokens: ``None`` when every layer attends to the whole sequence;
+    ``{"": W}`` when every layer has the window ``W``; ``{layer type: W or None}`` when sliding and full layers mix
+    (the model then takes a mask per layer type). Raises :class:`ModelLoadError` on layer types it cannot model."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or [])
+    unknown = sorted(types - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise ModelLoadError(f"model {name} has {unknown[0]!r} layers, which the tqstar prefix cache does not model;"
+                             " use a model with full or sliding-window attention")
+    if not window or (types and "sliding_attention" not in types):
+        return None
+    if types == {"full_attention", "sliding_attention"}:
+        return {"full_attention": None, "sliding_attention": int(window)}
+    return {"": int(window)}
+
+
+def window_mask(full_mask: torch.Tensor, positions: torch.Tensor, window: int | None,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask ``(R, 1, S, T + S)`` for the last ``S`` columns of ``full_mask`` ``(R, T + S)``.
+
+    Query ``j`` of row ``r`` (real position ``q = positions[r, j]``) attends to key ``c`` iff ``c`` is a real token
+    (``full_mask[r, c] = 1``) at real position ``k`` with ``q - window < k <= q`` (``window=None``: ``k <= q``).
+    A pad query also attends to itself, so no row of the mask is empty (an empty row would turn into NaN).
+    """
+    width, steps = full_mask.shape[1], positions.shape[1]
+    keys = (full_mask.cumsum(dim=1) - 1)[:, None, :]  # (R, 1, T + S) real position of every key
+    query = positions[:, :, None]  # (R, S, 1)
+    allowed = full_mask.bool()[:, None, :] & (keys <= query)  # (R, S, T + S)
+    if window is not None:
+        allowed &= keys > query - window
+    columns = torch.arange(width, device=full_mask.device)
+    allowed |= columns[None, None, :] == columns[width - steps:][None, :, None]  # the query itself
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=full_mask.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, S, T + S)
 
 
 def _make_cache(kv):
@@ -381,32 +445,98 @@ def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tupl
     return rows, kept
 
 
-def encode_with_tokenizer(tokenizer, prompt: str, chat_template: bool | str, system_prompt: str | None,
-                          name: str) -> list[int]:
-    """The ids that start a response to ``prompt``: the tokenizer's chat template (or ``chat_template`` when it is a
-    Jinja string) with an optional system message, else the raw text (system prompt first, blank line between)."""
-    tok, template = tokenizer, chat_template
-    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
+ROLES = ("system", "user", "assistant")
+
+
+def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[dict[str, str]]:
+    """``prompt`` as chat messages: a str is one user turn; a list is checked (``role`` one of :data:`ROLES`,
+    ``content`` a str). ``system_prompt`` goes first unless the messages bring their own system message."""
+    if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        ids = tok.apply_chat_template(
-            messages,
-            add_generation_prompt=True,
-            tokenize=True,
-            chat_template=template if isinstance(template, str) else None,
-            return_dict=False,
-        )
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
     else:
-        text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
-        ids = tok(text, add_special_tokens=True)["input_ids"]
+        messages = list(prompt) if isinstance(prompt, Sequence) else []
+        if not messages or not all(isinstance(m, Mapping) and m.get("role") in ROLES
+                                   and isinstance(m.get("content"), str) for m in messages):
+            raise ConfigError(f"prompt {str(prompt)[:80]!r} for {name} must be a str or a non-empty list of"
+                              " {'role': 'system'|'user'|'assistant', 'content': str} messages")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def encode_with_tokenizer(tokenizer, prompt: Prompt, chat_template: bool | str, system_prompt: str | None,
+                          name: str, parse_special_tokens: bool = False) -> list[int]:
+    """The ids that start a response to ``prompt`` (a str or chat messages, see :func:`chat_messages`): the
+    tokenizer's chat template (or ``chat_template`` when it is a Jinja string), else the raw text of the messages
+    (system prompt first, blank lines between).
+
+    Message contents are encoded as *text*: a control token written in them (``<|im_end|>``, ``</s>``) becomes
+    ordinary tokens, so a prompt cannot open chat turns or end the sequence; only the template's own markup is
+    control tokens. Contents free of control-token strings encode exactly as the plain rendered text does.
+    ``parse_special_tokens=True`` lets contents write control tokens (the tokenizer's default behaviour).
+    """
+    tok, template = tokenizer, chat_template
+    messages = chat_messages(prompt, system_prompt, name)
+    injected = not parse_special_tokens and _has_control_tokens(tok, [m["content"] for m in messages])
+    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
+        options = {"chat_template": template if isinstance(template, str) else None}
+        if messages[-1]["role"] == "assistant":  # continue the given start of the response
+            options.update(continue_final_message=True, add_generation_prompt=False)
+        else:
+            options.update(add_generation_prompt=True)
+        ids = _encode_chat(tok, messages, options) if injected else _flat(
+            tok.apply_chat_template(messages, tokenize=True, return_dict=False, **options))
+    else:
+        text = "\n\n".join(m["content"] for m in messages)
+        ids = tok(text, add_special_tokens=True, split_special_tokens=injected)["input_ids"]
     if not ids:
-        raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {name}; give a non-empty prompt")
+        raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens for {name}; give a non-empty prompt")
     return list(ids)
+
+
+def _has_control_tokens(tokenizer, texts: Sequence[str]) -> bool:
+    """Whether any text spells one of the tokenizer's special (control) tokens."""
+    specials = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    specials += list(tokenizer.all_special_tokens)
+    return any(s and s in text for s in specials for text in texts)
+
+
+def _encode_chat(tokenizer, messages: list[dict[str, str]], options: dict) -> list[int]:
+    """The chat template rendered around placeholders; the template's text is encoded with its control tokens,
+    each message content with ``split_special_tokens=True`` (control-token strings become ordinary tokens)."""
+    marks = placeholders(len(messages))
+    shown = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    rendered = tokenizer.apply_chat_template(shown, tokenize=False, **options)
+    return encode_around(
+        rendered, dict(zip(marks, (m["content"] for m in messages))),
+        text=lambda t: tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"],
+        markup=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
+
+
+def placeholders(count: int) -> list[str]:
+    """``count`` distinct plain-word placeholders that no prompt will contain (a fresh random stem per call)."""
+    stem = uuid.uuid4().hex
+    return [f"TQSTAR{stem}X{i}X" for i in range(count)]
+
+
+def encode_around(rendered: str, contents: Mapping[str, str], *, text: Callable[[str], list[int]],
+                  markup: Callable[[str], list[int]]) -> list[int]:
+    """Ids of ``rendered`` with each placeholder (a key of ``contents``) replaced by its content: contents are
+    encoded by ``text`` (no control tokens), the template's markup between them by ``markup``."""
+    ids: list[int] = []
+    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, contents)) + ")", rendered)):
+        if i % 2:
+            ids += text(contents[piece])
+        elif piece:
+            ids += markup(piece)
+    return ids
+
+
+def _flat(ids) -> list[int]:
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return list(ids[0]) if ids and isinstance(ids[0], list) else list(ids)
 
 
 def eos_ids(gen, tokenizer) -> frozenset[int]:
@@ -427,21 +557,103 @@ def check_adapter_dir(adapter: str, shown: str | None = None) -> None:
                              " directory")
 
 
-def _merge_adapter(model, adapter: str):
+def _merge_adapter(model, adapter: str, base: str):
     check_adapter_dir(adapter)
     try:
         from peft import PeftModel
     except ImportError as exc:
         raise ModelLoadError("loading an adapter needs peft; pip install 'tqstar[train]'") from exc
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    try:
+        with quiet_loading():
+            return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"adapter {adapter!r} does not fit the model {base!r} ({_first_line(exc)}); give an"
+                             " adapter trained on this base model") from exc
 
 
-def _check_model_path(path: str) -> None:
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Within the block: no ``transformers`` progress bars ("Loading weights") or load reports, and no
+    FutureWarnings (peft's, on every adapter load). tqstar checks what matters itself (:func:`load_pretrained`)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained(auto_class, path: str, *, what: str, fix: str, allow_download: bool = False, **kwargs):
+    """``(tokenizer, model)`` from ``auto_class.from_pretrained(path)``: quietly, offline unless ``allow_download``,
+    and refused (:class:`ModelLoadError`) when any weight would be newly initialised (e.g. a causal LM's directory
+    loaded as a sequence classifier gets a random scoring head, and so different scores every run)."""
+    from transformers import AutoTokenizer
+
+    offline = {"local_files_only": not allow_download}
+    trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
+    try:
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(path, **offline, **trust)
+            model, info = auto_class.from_pretrained(path, output_loading_info=True, **offline, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {what} from {path!r} ({_first_line(exc)}); {fix}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(f"{path!r} has no trained weights for {', '.join(missing[:3])}, which loading it as"
+                             f" {what} would initialise at random; {fix}")
+    return tokenizer, model
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` names a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "torch built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {device!r} is not available ({reason}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} is not available ({torch.cuda.device_count()} CUDA GPUs are"
+                              " visible); use cuda:0 or --device cpu")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available (no Apple GPU); use --device cpu")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line and 200 characters (to quote inside one sentence)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _check_model_path(path: str, allow_download: bool = False) -> None:
+    """Fail at once on a model path that does not exist, unless it is a hub id already in the local hub cache or
+    ``allow_download`` is set (nothing is downloaded otherwise)."""
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
             raise ModelLoadError(f"model directory {path!r} has no config.json; give a transformers model directory")
         return
-    if path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model path {path!r} does not exist; give a local model directory or a hub id"
-                             " such as 'org/name'")
+    hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if hub_id and (allow_download or _in_hub_cache(path)):
+        return
+    raise ModelLoadError(f"model path {path!r} does not exist; give a local model directory"
+                         + (" (or allow_download: true to fetch the hub id)" if hub_id else ""))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds ``repo_id``'s config.json (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False

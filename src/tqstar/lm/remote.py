@@ -45,7 +45,8 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
 from ..http import JsonClient
-from .base import LanguageModel, RolloutOutput, TokenIds, TopLogprobs, rollout_budgets
+from .base import LanguageModel, Prompt, RolloutOutput, TokenIds, TopLogprobs, rollout_budgets
+from .hf import chat_messages, encode_around, encode_with_tokenizer, placeholders
 
 SCHEME = "openai:"
 # Text the start-up check tokenizes on both sides: words, digits, punctuation, accents, CJK, emoji, whitespace.
@@ -75,7 +76,8 @@ class RemoteLM(LanguageModel):
         base_url: the server (``http://host:port``; a trailing ``/v1`` is accepted).
         model: the served model name (vLLM's ``--served-model-name``).
         tokenizer: a local tokenizer directory (recommended) or a loaded tokenizer; ``None`` uses the server's.
-        chat_template / system_prompt: prompt formatting, as for :class:`~tqstar.lm.hf.TransformersLM`.
+        chat_template / system_prompt / parse_special_tokens: prompt formatting, as for
+            :class:`~tqstar.lm.hf.TransformersLM`.
         eos_token_ids: EOS ids when neither the local tokenizer nor the server tells them.
         api_key_env, timeout, retries, backoff: see :class:`~tqstar.http.JsonClient`.
         concurrency: requests in flight at once from this model (over all threads).
@@ -91,7 +93,8 @@ class RemoteLM(LanguageModel):
     def __init__(self, base_url: str, model: str, *, tokenizer: Any = None, chat_template: bool | str = True,
                  system_prompt: str | None = None, eos_token_ids: Sequence[int] | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
-                 concurrency: int = 8, max_batch: int = 256, name: str | None = None) -> None:
+                 concurrency: int = 8, max_batch: int = 256, name: str | None = None,
+                 parse_special_tokens: bool = False) -> None:
         if max_batch < 1:
             raise ConfigError(f"`max_batch` must be >= 1, got {max_batch}")
         self.client = JsonClient(base_url, api_key_env=api_key_env, timeout=timeout, retries=retries,
@@ -99,6 +102,7 @@ class RemoteLM(LanguageModel):
         self.base_url, self.model = self.client.root, model
         self.name = name or f"{model} at {self.client.root}"
         self.chat_template, self.system_prompt = chat_template, system_prompt
+        self.parse_special_tokens = parse_special_tokens
         self.max_batch = max_batch
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tqstar-http")
         self._lock = threading.Lock()
@@ -181,29 +185,47 @@ class RemoteLM(LanguageModel):
                     " model's own tokenizer directory, or none to use the server's")
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """``prompt``: a str or chat messages, encoded as for :class:`~tqstar.lm.hf.TransformersLM` (message text
+        never becomes control tokens unless ``parse_special_tokens``). Without a local tokenizer the server
+        encodes: llama-server can tokenize text without control tokens; vLLM cannot, so it needs the opt-in."""
         if self.tokenizer is not None:
-            from .hf import encode_with_tokenizer
-
-            return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name)
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+            return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
+                                         self.parse_special_tokens)
+        messages = chat_messages(prompt, self.system_prompt, self.name)
+        if self.flavor != "llama.cpp" and not self.parse_special_tokens:
+            raise ConfigError(f"{self.name} tokenizes prompts on the server, which reads control tokens such as"
+                              " <|im_end|> in prompt text; give the served model's tokenizer directory (tokenizer:)"
+                              " or set parse_special_tokens: true to accept that")
         if not self.chat_template:
-            text = f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
-            ids = self._server_tokenize(text, add_special=True)
+            ids = self._server_tokenize("\n\n".join(m["content"] for m in messages), add_special=True,
+                                        special=self.parse_special_tokens)
         elif isinstance(self.chat_template, str):
             raise ConfigError(f"a chat_template string needs a local tokenizer for {self.name}; give tokenizer:")
         elif self.flavor == "llama.cpp":
-            text = self.client.post("/apply-template", {"messages": messages})["prompt"]
-            ids = self._server_tokenize(text, special=True)
+            ids = self._server_chat_ids(messages)
         else:
             ids = self._tokens(self.client.post("/tokenize", {"model": self.model, "messages": messages,
                                                                "add_generation_prompt": True,
                                                                "add_special_tokens": False}))
         if not ids:
-            raise ConfigError(f"prompt {prompt!r} encodes to no tokens for {self.name}; give a non-empty prompt")
+            raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens for {self.name}; give a non-empty"
+                              " prompt")
         return ids
+
+    def _server_chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """llama-server: the template's text with its control tokens; a message content that spells control tokens
+        is rendered as a placeholder and tokenized as plain text (``parse_special: false``)."""
+        spelt = [not self.parse_special_tokens and self._server_tokenize(m["content"], special=True)
+                 != self._server_tokenize(m["content"]) for m in messages]
+        marks = placeholders(len(messages))
+        shown = [{**m, "content": mark if s else m["content"]} for m, mark, s in zip(messages, marks, spelt)]
+        text = self.client.post("/apply-template", {"messages": shown})["prompt"]
+        if not any(spelt):
+            return self._server_tokenize(text, special=True)
+        contents = {mark: m["content"] for m, mark, s in zip(messages, marks, spelt) if s}
+        return encode_around(text, contents, text=self._server_tokenize,
+                             markup=lambda piece: self._server_tokenize(piece, special=True))
 
     def decode(self, ids: TokenIds) -> str:
         ids = [int(i) for i in ids if int(i) not in self.eos_token_ids]

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engine import Engine
 from ..errors import ConfigError, PromptTooLongError, TQStarError
 from ..params import DecodeParams
 from .config import ServeConfig
@@ -50,6 +51,7 @@ from .protocol import (
     CompletionRequest,
     chunk_body,
     completion_body,
+    json_safe,
     new_id,
     usage,
 )
@@ -63,13 +65,16 @@ class ClientGone(Exception):
     """The client disconnected while its request was queued or decoding (the request is cancelled)."""
 
 
-def create_app(engine, config: ServeConfig) -> FastAPI:
-    """The app serving ``engine`` (an :class:`~tqstar.engine.Engine`, models loaded) with ``config``'s presets.
+def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfig) -> FastAPI:
+    """The app serving ``config``'s presets with ``engines`` (models loaded; see
+    :func:`~tqstar.serving.server.build_engines`): one :class:`~tqstar.engine.Engine`, or one per baseline name
+    (``None``: the top-level baseline).
 
     The engine thread starts with the app and stops (after the shutdown grace) when the app shuts down.
     """
+    engines = {None: engines} if isinstance(engines, Engine) else dict(engines)
     metrics = ServerMetrics()
-    scheduler = Scheduler(engine, config.limits, metrics)
+    scheduler = Scheduler(config.limits, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,11 +91,17 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    api = _Api(engine, config, scheduler, metrics)
+    api = _Api(engines, config, scheduler, metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged by the server
+        error = APIError(500, f"the server failed on this request ({type(exc).__name__}); its log has the details",
+                         type="server_error", code="internal_error")
+        return JSONResponse(error.body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -99,15 +110,7 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
                          else None)
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.requests.labels(_endpoint(request.url.path), "500").inc()
-            raise
-        metrics.requests.labels(_endpoint(request.url.path), str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountRequests, metrics=metrics)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -122,7 +125,8 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
         api.authorize(request)
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
-             "tqstar": {"params": _public(params)}} for name, params in config.presets]}
+             "tqstar": {"params": _public(params), "baseline": config.baseline_of(name)}}
+            for name, params in config.presets]}
 
     @app.get("/v1/tqstar/limits")
     async def limits(request: Request) -> dict[str, Any]:
@@ -147,12 +151,41 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
     return app
 
 
+class _CountRequests:
+    """ASGI middleware: count every answered HTTP request by endpoint and status (``tqstar_requests_total``).
+
+    Plain ASGI rather than ``@app.middleware``: it only watches ``http.response.start``, so streamed responses
+    pass through untouched."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception before any answer
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self.metrics.requests.labels(_endpoint(scope["path"]), str(status)).inc()
+
+
 class _Api:
     """The completion handlers' logic: validate, build the row, queue it, relay its events."""
 
-    def __init__(self, engine, config: ServeConfig, scheduler: Scheduler, metrics: ServerMetrics) -> None:
-        self.engine, self.config, self.scheduler, self.metrics = engine, config, scheduler, metrics
+    def __init__(self, engines: dict[str | None, Engine], config: ServeConfig, scheduler: Scheduler,
+                 metrics: ServerMetrics) -> None:
+        self.engines, self.config, self.scheduler, self.metrics = engines, config, scheduler, metrics
         self.limits = config.limits
+        self._checked: set[tuple] = set()  # (engine, group key) pairs that passed Engine.check
         self.started = int(time.time())
         keys = os.environ.get(config.api_keys_env, "")
         self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
@@ -220,7 +253,8 @@ class _Api:
         refused = req.unsupported()
         if refused is not None:
             raise APIError(400, refused[1], param=refused[0], code="unsupported_parameter")
-        params = self._params(preset, req)
+        engine = self.engines[self.config.baseline_of(req.model)]
+        params = self._params(engine, preset, req)
         budget = req.token_budget()
         budget = min(preset.max_new_tokens, self.limits.max_tokens) if budget is None else budget
         if not 1 <= budget <= self.limits.max_tokens:
@@ -228,7 +262,7 @@ class _Api:
             raise APIError(400, f"`{field}` must be between 1 and {self.limits.max_tokens} on this server, got"
                                 f" {budget}; ask for fewer tokens", param=field)
         try:
-            state = self.engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
+            state = engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
                                           max_new_tokens=budget, stop=req.stop_strings(), trace=req.tqstar.trace)
         except PromptTooLongError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(prompt, list) else "prompt",
@@ -240,17 +274,21 @@ class _Api:
             raise APIError(400, f"the prompt is {n_prompt} tokens, over the server's {self.limits.max_prompt_tokens}"
                                 "-token limit; shorten it", param="messages" if isinstance(prompt, list) else "prompt",
                            code="context_length_exceeded")
-        return Ticket(state=state, params=params, detok=IncrementalText(self.engine.models.sft.decode, state.stop),
+        return Ticket(engine=engine, state=state, params=params, detok=IncrementalText(engine.models.sft.decode,
+                                                                                       state.stop),
                       loop=loop, deadline=time.monotonic() + self.limits.request_timeout_s)
 
-    def _params(self, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
+    def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
         """The preset with the request's overrides, checked like the command line's and against the limits."""
         changes: dict[str, Any] = req.tqstar.overrides()
         if req.temperature is not None:
             changes["temperature"] = req.temperature
         try:
             params = preset.replace(**changes) if changes else preset
-            self.engine.check(params)
+            checked = (id(engine), params.group_key())
+            if checked not in self._checked:  # once per parameter set: a served model's k check is a round trip
+                engine.check(params)
+                self._checked.add(checked)
         except TQStarError as exc:
             raise _param_error(exc) from None
         over = self.limits.check(params)
@@ -279,7 +317,7 @@ class _Api:
             while True:
                 event = await self._next(request, ticket)
                 if isinstance(event, Token):
-                    extension = {"trace": event.trace} if event.trace is not None else None
+                    extension = {"trace": json_safe(event.trace)} if event.trace is not None else None
                     yield _sse(chunk_body(**chunk, text=event.text, extension=extension))
                     continue
                 if isinstance(event, Done):
@@ -314,7 +352,7 @@ def _extension(response, params: DecodeParams, *, trace: bool) -> dict[str, Any]
            "params": _public(params)}
     if trace and response.trace is not None:
         out["trace"] = response.trace
-    return out
+    return json_safe(out)
 
 
 def _public(params: DecodeParams) -> dict[str, Any]:

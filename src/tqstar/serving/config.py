@@ -7,8 +7,11 @@ YAML layout (every key optional; command-line flags override the file)::
     reward: sentiment
     decode: {k: 10, alpha: 2, max_new_tokens: 64}   # defaults every preset starts from
     name: smollm2                         # prefix of the default preset names (default: the SFT model's name)
+    baselines:                            # more baselines by name, for presets that name one
+      prompted: {path: smollm2, system_prompt: "You are a cheerful assistant."}
     presets:                              # model id -> decoding parameters (over `decode`)
       smollm2-tq: {method: tq-direct}
+      smollm2-tq-prompted: {method: tq-direct, baseline: prompted}
       smollm2-sft: {method: sft}
     limits: {max_batch: 16, max_queue: 64, max_tokens: 512, max_prompt_tokens: 2048}
     host: 127.0.0.1
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, _known
+from ..config import ModelSpec, RunConfig, _known
 from ..errors import ConfigError
 from ..params import DecodeParams
 
@@ -94,6 +97,8 @@ class ServeConfig:
     port: int = 8000
     api_keys_env: str = "TQSTAR_API_KEYS"
     cors_origins: tuple[str, ...] = ()
+    baselines: tuple[tuple[str, ModelSpec], ...] = ()
+    preset_baselines: tuple[tuple[str, str], ...] = ()  # preset -> the named baseline it decodes with
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -112,8 +117,8 @@ class ServeConfig:
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         """Build and validate from a mapping (a YAML file merged with flags)."""
         data = {k: v for k, v in data.items() if v is not None}
-        own = {k: data.pop(k) for k in ("presets", "limits", "host", "port", "api_keys_env", "name", "cors_origins")
-               if k in data}
+        own = {k: data.pop(k) for k in ("presets", "limits", "host", "port", "api_keys_env", "name", "cors_origins",
+                                         "baselines") if k in data}
         for key in _RUN_ONLY:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
@@ -125,12 +130,23 @@ class ServeConfig:
             presets = default_presets(own.get("name") or model_name(run), run)
         if not isinstance(presets, dict):
             raise ConfigError(f"`presets` must map model ids to decoding parameters, got {presets!r}")
-        built = []
+        baselines = own.get("baselines") or {}
+        if not isinstance(baselines, dict):
+            raise ConfigError(f"`baselines` must map names to model specs, got {baselines!r}")
+        named = tuple((str(name), ModelSpec.parse(spec, f"baselines.{name}")) for name, spec in baselines.items())
+        built, preset_baselines = [], []
         for name, values in presets.items():
             if not isinstance(name, str) or not PRESET_NAME.match(name):
                 raise ConfigError(f"preset name {name!r} must be 1-64 letters, digits or ._:- ; rename it")
             if not isinstance(values, dict):
                 raise ConfigError(f"preset {name!r} must be a mapping of decoding parameters, got {values!r}")
+            values = dict(values)
+            baseline = values.pop("baseline", None)
+            if baseline is not None:
+                if baseline not in baselines:
+                    raise ConfigError(f"preset {name!r} names baseline {baseline!r}, which `baselines` does not define;"
+                                      f" add it there (defined: {', '.join(baselines) or 'none'})")
+                preset_baselines.append((name, baseline))
             try:
                 built.append((name, DecodeParams.from_dict({**defaults, **values})))
             except ConfigError as exc:
@@ -142,10 +158,15 @@ class ServeConfig:
         if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
             raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}")
         return cls(run=run, presets=tuple(built), limits=Limits(**_known(limits, Limits, "limits")),
-                   cors_origins=tuple(origins), **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
+                   cors_origins=tuple(origins), baselines=named, preset_baselines=tuple(preset_baselines),
+                   **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
 
     def preset(self, name: str) -> DecodeParams | None:
         return dict(self.presets).get(name)
+
+    def baseline_of(self, preset: str) -> str | None:
+        """The named baseline ``preset`` decodes with (``None``: the top-level ``baseline``)."""
+        return dict(self.preset_baselines).get(preset)
 
 
 def model_name(run: RunConfig) -> str:

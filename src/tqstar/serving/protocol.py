@@ -12,6 +12,7 @@ Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal
@@ -148,6 +149,18 @@ class CompletionRequest(_Request):
 
 
 # ---- responses -----------------------------------------------------------------------------------------------
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (a −inf log-probability, an unbounded KL) as ``None``: JSON has no
+    NaN or Infinity, and strict clients (browsers' ``JSON.parse``) reject them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 

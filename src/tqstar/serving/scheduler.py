@@ -3,8 +3,9 @@
 Each request is a :class:`Ticket` holding one :class:`~tqstar.state.PromptState` row. The engine thread loops::
 
     admit    waiting tickets join at the step boundary, up to ``limits.max_batch`` rows in all
-    step     for each group of rows that can share a step (same ``DecodeParams.group_key()``: method, k, alpha,
-             rollouts, temperature, ...), in turn: ``Decoder.step(rows)`` advances every row by one token
+    step     for each group of rows that can share a step (the same engine, i.e. baseline, and the same
+             ``DecodeParams.group_key()``: method, k, alpha, rollouts, temperature, ...), in turn:
+             ``Decoder.step(rows)`` advances every row by one token
     emit     each newly committed token goes to its request's event queue (text that is safe to send, see
              :mod:`~tqstar.serving.detok`); rows that finished are scored together (``Engine.finish``) and leave
     drop     cancelled rows (a client that went away) and rows past their deadline leave before the next step
@@ -25,6 +26,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..decoder import Decoder
+from ..engine import Engine
 from ..errors import ServerError, TQStarError
 from ..params import DecodeParams
 from ..state import PromptState, Response
@@ -65,6 +68,7 @@ class Failed:
 class Ticket:
     """One request's row and the queue its events go to (read on the event loop ``loop``)."""
 
+    engine: Engine
     state: PromptState
     params: DecodeParams
     detok: IncrementalText
@@ -85,18 +89,19 @@ class Ticket:
 
 @dataclass(eq=False)
 class Group:
-    """Rows that share a step: one decoder for their common parameters."""
+    """Rows that share a step: one engine (models) and one decoder for their common parameters."""
 
+    engine: Engine
     params: DecodeParams
-    decoder: Any
+    decoder: Decoder
     tickets: list[Ticket] = field(default_factory=list)
 
 
 class Scheduler:
     """The engine thread and its queue. ``submit`` / ``cancel`` / ``shutdown`` may be called from any thread."""
 
-    def __init__(self, engine, limits: Limits, metrics: ServerMetrics) -> None:
-        self.engine, self.limits, self.metrics = engine, limits, metrics
+    def __init__(self, limits: Limits, metrics: ServerMetrics) -> None:
+        self.limits, self.metrics = limits, metrics
         self._cond = threading.Condition()
         self._waiting: deque[Ticket] = deque()
         self._groups: dict[Hashable, Group] = {}
@@ -189,10 +194,13 @@ class Scheduler:
                     self._fail(ticket, _shutdown_error() if self._closed else _timeout_error(self.limits))
         while self._waiting and self._active() < self.limits.max_batch:
             ticket = self._waiting.popleft()
-            key = ticket.params.group_key()
+            key = (id(ticket.engine), ticket.params.group_key())
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = Group(ticket.params, self.engine.decoder(ticket.params))
+                # checked when the request came in (Engine.decoder would check again: a served model's k check
+                # is a round trip to its server, under this lock)
+                group = self._groups[key] = Group(ticket.engine, ticket.params,
+                                                  Decoder(ticket.engine.models, ticket.params))
             group.tickets.append(ticket)
         self.metrics.queue_depth.set(len(self._waiting))
         self.metrics.active_rows.set(self._active())
@@ -216,7 +224,7 @@ class Scheduler:
         done = [t for t in group.tickets if id(t.state) in done_ids]
         if done:
             group.tickets = [t for t in group.tickets if id(t.state) not in done_ids]
-            self._finish(done, group.params)
+            self._finish(done, group)
 
     def _drop(self, group: Group) -> None:
         """Remove cancelled rows, rows past their deadline, and (after the shutdown grace) every row."""
@@ -242,9 +250,9 @@ class Scheduler:
             ticket.push(Token(state.response[j], text, row))
             ticket.sent = j + 1
 
-    def _finish(self, tickets: list[Ticket], params: DecodeParams) -> None:
+    def _finish(self, tickets: list[Ticket], group: Group) -> None:
         try:
-            responses = self.engine.finish([t.state for t in tickets], params)
+            responses = group.engine.finish([t.state for t in tickets], group.params)
         except Exception as exc:  # noqa: BLE001 - these rows end with the error; the server goes on
             for ticket in tickets:
                 self._fail(ticket, _error_for(exc))

@@ -11,19 +11,40 @@ import signal
 import sys
 from types import FrameType
 
+from ..config import ModelSpec, RunConfig
+from ..engine import Engine
 from ..errors import ConfigError
+from ..lm.base import LanguageModel
+from ..lm.hf import TransformersLM
 from .config import ServeConfig
 
 
-def build_engine(config: ServeConfig):
-    """Load the models and rewards once and check every preset against them (a bad preset names itself)."""
+def build_engines(config: ServeConfig) -> dict[str | None, Engine]:
+    """Load the models and rewards once; one :class:`Engine` per baseline (``None``: the top-level one, then each
+    of ``baselines`` by name), all sharing the SFT model and the rewards. Every preset is checked against its
+    engine (a bad one names itself)."""
     engine = config.run.build(check=False)
+    engines: dict[str | None, Engine] = {None: engine}
+    m = engine.models
+    for name, spec in config.baselines:
+        engines[name] = Engine(m.sft, _load_baseline(spec, name, config.run.sft, m.sft), m.reward, m.baseline_reward)
     for name, params in config.presets:
         try:
-            engine.check(params)
+            engines[config.baseline_of(name)].check(params)
         except ConfigError as exc:
             raise ConfigError(f"preset {name!r}: {exc}") from exc
-    return engine
+    return engines
+
+
+def _load_baseline(spec: ModelSpec, name: str, sft_spec: ModelSpec | None, sft: LanguageModel) -> LanguageModel:
+    """A named baseline; one on the SFT model's own weights (a prompted baseline) shares them."""
+    same = (sft_spec is not None and not spec.remote and isinstance(sft, TransformersLM)
+            and (spec.path, spec.adapter, spec.dtype, spec.device)
+            == (sft_spec.path, sft_spec.adapter, sft_spec.dtype, sft_spec.device))
+    if same:
+        return sft.with_prompt_format(chat_template=spec.chat_template, system_prompt=spec.system_prompt or "",
+                                      name=f"baseline {name} ({spec.path})")
+    return RunConfig(sft=spec).build(check=False).models.sft
 
 
 def serve(config: ServeConfig) -> int:
@@ -36,8 +57,8 @@ def serve(config: ServeConfig) -> int:
         raise ConfigError(f"`tqstar serve` needs {exc.name}, which is not installed; install the server's"
                           " dependencies with pip install 'tqstar[serve]'") from exc
 
-    engine = build_engine(config)
-    app = create_app(engine, config)
+    engines = build_engines(config)
+    app = create_app(engines, config)
     scheduler, grace = app.state.scheduler, config.limits.shutdown_grace_s
 
     class Server(uvicorn.Server):
