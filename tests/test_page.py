@@ -321,7 +321,7 @@ def test_playground_on_smollm2(driver, tmp_path):
     argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(ROOT / "setups" / "serve-smollm2.yaml"),
             "--port", str(port)]
     with ServerProcess("tqstar", argv, port, tmp_path / "serve.log", ready_timeout_s=300) as process:
-        driver.set_window_size(1280, 1500)
+        driver.set_window_size(1280, 1380)
         try:
             load(driver, process.url + "/")
             assert [driver.find_element(By.ID, f"preset-{c}").get_attribute("value") for c in "ab"] == \
