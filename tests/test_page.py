@@ -213,6 +213,9 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
     assert driver.find_element(By.ID, "preset-a").get_attribute("value") == "tiny-sft"
     assert driver.find_element(By.ID, "preset-b").get_attribute("value") == "tiny-tq"
     assert driver.find_element(By.ID, "alpha").get_attribute("max") == str(MAX_ALPHA)
+    defaults = {name: driver.find_element(By.ID, name).get_attribute("value") for name in
+                ("alpha", "k", "rollout_len", "max_tokens", "seed")}
+    assert defaults == {"alpha": "2", "k": "4", "rollout_len": "3", "max_tokens": "8", "seed": "0"}  # tiny-tq's
     fill(driver, prompt=PROMPT, alpha="1", k="8", rollout_len="2", max_tokens="7", seed="11")
     requests = generate(driver)
     assert requests[1]["tqstar"] == {"trace": True, "alpha": 1, "k": 8, "rollout_len": 2}

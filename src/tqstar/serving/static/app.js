@@ -2,8 +2,7 @@
 // /v1/chat/completions endpoint at once, and renders each token as a focusable span that opens its step.
 import {
   CONTROLS, answerSummary, chatMessages, controlSpecs, defaultPair, describeParams, deviation, errorMessage, fmt,
-  presetsFrom,
-  readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
+  presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "./logic.js";
 
 const LABELS = { alpha: "α", k: "k", rollout_len: "rollout length", max_tokens: "max tokens" };
@@ -50,7 +49,7 @@ function showFormError(message) {
 /** Fill the preset choosers and the controls' bounds from the server. */
 async function init() {
   const models = await getJson("v1/models");
-  const limits = (await getJson("v1/tqstar/limits")) ?? models?.tqstar?.limits ?? null;
+  const limits = await getJson("v1/tqstar/limits");
   state.presets = presetsFrom(models);
   const specs = controlSpecs(limits);
   for (const select of [$("preset-a"), $("preset-b")]) {
@@ -66,8 +65,9 @@ async function init() {
     const { min, max } = specs[name];
     if (min !== null) input.min = min;
     if (max !== null) input.max = max;
-    const preset = name === "max_tokens" ? defaults.max_new_tokens ?? defaults.max_tokens : defaults[name];
-    if (preset !== undefined && input.value === "") input.value = preset;
+    // Start from the right-hand preset's value; max tokens as the server would default it (capped by its limit).
+    const preset = name === "max_tokens" ? defaults.max_new_tokens : defaults[name];
+    if (preset !== undefined && input.value === "") input.value = max === null ? preset : Math.min(preset, max);
     if (max !== null) caps.push(`${LABELS[name]} ${min ?? ""}–${max}`);
   }
   $("limits").textContent = caps.length ? `Server limits: ${caps.join(", ")}.` : "";
