@@ -78,7 +78,6 @@ class Ticket:
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     sent: int = 0  # tokens already pushed
-    over: bool = False  # Done or Failed pushed
 
     def push(self, event: Token | Done | Failed) -> None:
         try:
@@ -133,7 +132,7 @@ class Scheduler:
             self._cond.notify()
 
     def cancel(self, ticket: Ticket) -> None:
-        """Drop ``ticket`` before the next step (a no-op once it is over)."""
+        """Drop ``ticket`` before the next step (a no-op once it has finished or failed: it left already)."""
         ticket.cancelled = True
         with self._cond:
             self._cond.notify()
@@ -224,6 +223,7 @@ class Scheduler:
         done = [t for t in group.tickets if id(t.state) in done_ids]
         if done:
             group.tickets = [t for t in group.tickets if id(t.state) not in done_ids]
+            self.metrics.active_rows.set(self._active())  # before their answers go out
             self._finish(done, group)
 
     def _drop(self, group: Group) -> None:
@@ -260,7 +260,6 @@ class Scheduler:
         for ticket, response in zip(tickets, responses):
             prompt_tokens = len(ticket.state.prompt_ids["sft"])
             self.metrics.finished(prompt_tokens, len(response.token_ids), response.accounting)
-            ticket.over = True
             ticket.push(Done(response, ticket.detok.finish(response.text), prompt_tokens))
 
     def _fail_all(self, group: Group, exc: BaseException) -> None:
@@ -270,7 +269,6 @@ class Scheduler:
         group.tickets = []
 
     def _fail(self, ticket: Ticket, error: APIError) -> None:
-        ticket.over = True
         ticket.push(Failed(error))
 
 

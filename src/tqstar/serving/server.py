@@ -7,6 +7,7 @@ On SIGTERM (or Ctrl-C) the server stops accepting connections and requests, lets
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -71,6 +72,9 @@ def serve(config: ServeConfig) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(config.api_keys_env):
+        print(f"tqstar: warning: listening on {config.host} without API keys; anyone who can reach it can use it"
+              f" (set {config.api_keys_env} to comma-separated keys)", file=sys.stderr)
     names = ", ".join(name for name, _ in config.presets)
     print(f"tqstar: serving {names} on http://{config.host}:{config.port}/v1", file=sys.stderr, flush=True)
     Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
