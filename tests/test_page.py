@@ -353,15 +353,17 @@ def test_a_full_queue_shows_the_servers_429(driver, tiny_paths, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     slow = {"method": "tq-direct", "k": 10, "rollout_len": 20, "prune": False, "reuse_rollouts": False}
-    with start_serve(tiny_paths, tmp_path, presets={"slow": slow}, limits={"max_batch": 1, "max_queue": 1}) as s:
+    with start_serve(tiny_paths, tmp_path, presets={"slow": slow}, limits={"max_batch": 1, "max_queue": 1, "max_tokens": 400}) as s:
         load(driver, s.url + "/")
         fill(driver, prompt=PROMPT, max_tokens="3")
         with httpx.Client(timeout=60) as client:
             request = client.build_request("POST", s.url + "/v1/completions", json={
-                "model": "slow", "prompt": PROMPT, "max_tokens": 32, "stream": True})
-            holder = client.send(request, stream=True)  # takes the one row
+                "model": "slow", "prompt": PROMPT, "max_tokens": 400, "stream": True})  # runs until closed
+            holder = client.send(request, stream=True)
             try:
                 assert holder.status_code == 200
+                lines = holder.iter_lines()  # kept alive until the end: the stream stays open
+                next(line for line in lines if line.startswith("data:"))  # decoding: it holds the one row
                 driver.find_element(By.ID, "generate").click()
                 states = lambda d: [d.find_element(By.ID, f"answer-{c}").get_attribute("data-state") for c in "ab"]  # noqa: E731
                 WebDriverWait(driver, 60).until(lambda d: "error" in states(d))
