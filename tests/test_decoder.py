@@ -377,8 +377,9 @@ def test_eos_sets_must_agree(sft, baseline):
 # ---- plain decoding stops as it generates; the trace; progress; wall time ------------------------------------
 @pytest.mark.parametrize("method", ["sft", "baseline", "bon"])
 def test_plain_methods_stop_at_stop_strings_while_generating(engine, method):
+    # (bon with one sample: with more, a stop may cut the sample that won, and another one without the stop wins)
     params = DecodeParams(method=method, max_new_tokens=12,
-                          **({"temperature": 1.0, "bon_n": 3} if method == "bon" else {}))
+                          **({"temperature": 1.0, "bon_n": 1} if method == "bon" else {}))
     full = engine.generate(PROMPTS, params, progress=False)
     word = next(w for r in full for w in r.text.split()[1:3])
     lm = engine.models.lm(params.bon_policy if method == "bon" else method)
@@ -389,7 +390,10 @@ def test_plain_methods_stop_at_stop_strings_while_generating(engine, method):
     for r in stopped:
         assert word in lm.decode(r.token_ids) and word not in lm.decode(r.token_ids[:-1])  # ends at the stop
         assert word not in r.text and r.accounting.steps == len(r.token_ids)
-    if method != "bon":  # one forward token per generated token: nothing is computed past the stop
+    if method == "bon":  # every sample stops as it generates: fewer sampled tokens than without the stop
+        assert sum(r.accounting.rollout_tokens for r in cut) < sum(f.accounting.rollout_tokens for f in full)
+        assert all(r.accounting.rollouts == 1 for r in cut)
+    else:  # one forward token per generated token: nothing is computed past the stop
         for r, f in zip(cut, full):
             if r.finish_reason == "stop":
                 assert len(r.token_ids) < len(f.token_ids)

@@ -242,6 +242,20 @@ def test_32_concurrent_streams_share_steps_and_each_gets_its_answer(server, engi
     assert _metric(server.url, "tqstar_active_rows") == 0 and _metric(server.url, "tqstar_queue_depth") == 0
 
 
+def test_requests_on_different_presets_run_in_their_own_groups_at_once(server, engine, config):
+    """tq, cd, sft and a sampled preset at once: each group steps in turn and each answer is its own."""
+    jobs = [(preset, PROMPTS[20 + i]) for i, preset in enumerate(["tiny-tq", "tiny-cd", "tiny-sft", "tiny-sample"] * 2)]
+    want = [_expected(engine, config, preset, [_chat(prompt)], 10, seed=3)[0].text for preset, prompt in jobs]
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0) as client:
+            answers = await asyncio.gather(*(client.chat.completions.create(
+                model=preset, messages=_chat(prompt), max_tokens=10, seed=3) for preset, prompt in jobs))
+        return [a.choices[0].message.content for a in answers]
+
+    assert asyncio.run(run()) == want
+
+
 # ---- bad requests --------------------------------------------------------------------------------------------
 BAD = [
     # (body or raw bytes, status, param, code)

@@ -95,7 +95,8 @@ def test_presets_start_from_decode_and_are_checked_by_name():
 @pytest.mark.parametrize("data,message", [
     ({"prompts": ["x"]}, "`prompts` is a `tqstar generate` setting"),
     ({"limits": {"max_batch": 0}}, r"`limits.max_batch` must be a number > 0, got 0"),
-    ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer >= 1, got 2.5"),
+    ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer, got 2.5"),
+    ({"bogus": 1}, "unknown key `bogus` in config; valid keys are .*presets"),
     ({"limits": {"max_bogus": 1}}, "unknown key `max_bogus` in limits"),
     ({"port": 70000}, r"`port` must be an integer in 0..65535, got 70000"),
     ({"presets": {"t": {"trace": True}}}, "preset 't' sets `trace`"),
@@ -130,3 +131,16 @@ def test_requests_read_openai_fields():
 def test_json_safe_drops_non_finite_numbers():
     assert json_safe({"a": [1.0, float("-inf"), None], "b": float("nan"), "c": (2, "x")}) == \
         {"a": [1.0, None, None], "b": None, "c": [2, "x"]}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["serve", "--port", "70000"], "`port` must be an integer in 0..65535, got 70000"),
+    (["serve", "--max-batch", "0"], "`limits.max_batch` must be a number > 0, got 0"),
+    (["serve", "--sft", "/no/such/model"], "/no/such/model"),
+])
+def test_serve_command_errors_are_one_line_before_loading(argv, message, capsys):
+    from tqstar.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tqstar: error: ") and "\n" not in err and message in err

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
-from typing import Any
+import sysconfig
+import traceback
+from typing import Any, NoReturn
 
 from .errors import TQStarError
 
@@ -21,21 +26,80 @@ DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_te
                 "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so a bad flag is one ``tqstar: error:`` line like every error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
+class UsageError(TQStarError):
+    """A command-line flag that argparse refused."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _quiet_transformers()
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    """Run one command; every error ends as one ``tqstar: error: ...`` line on stderr and exit status 2.
+
+    Errors tqstar raises on purpose (:class:`TQStarError`) are printed as they are. Anything else -- an
+    exception from the user's reward function, a bug -- is turned into one line by :func:`foreign_error`, which
+    names the exception and the code that raised it. ``--debug`` (or ``TQSTAR_DEBUG=1``) shows the traceback.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("TQSTAR_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        _quiet_transformers()
         return args.run(args)
-    except TQStarError as exc:
-        print(f"tqstar: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("tqstar: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one boundary where foreign exceptions become one line
+        if debug:
+            raise
+        message = str(exc) if isinstance(exc, TQStarError) else foreign_error(exc)
+        print(f"tqstar: error: {' '.join(message.splitlines())}", file=sys.stderr)
+        return 2
+
+
+def foreign_error(exc: BaseException) -> str:
+    """One sentence for an exception tqstar did not raise on purpose: what it is and where it came from.
+
+    Raised in user code (a ``module:function`` reward, a module it imports): names the function, file and line
+    and says to fix it there. An ``OSError`` on a path: names the path. Otherwise it is a bug in tqstar.
+    """
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{what} (in {exc.filename}, line {exc.lineno}); fix that file"
+    if isinstance(exc, OSError) and exc.filename:
+        return (f"cannot use {str(exc.filename)!r} ({exc.strerror or what}); check that the path exists and is"
+                " accessible")
+    frame = _user_frame(exc)
+    if frame is not None:
+        return (f"{what}, raised in your code: {frame.name} ({frame.filename}, line {frame.lineno}); fix it there, or"
+                " rerun with --debug (or TQSTAR_DEBUG=1) for the traceback")
+    return (f"unexpected {what}; this is a bug in tqstar: please report it with the traceback that --debug (or"
+            " TQSTAR_DEBUG=1) shows")
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback that is neither tqstar's nor an installed library's."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    library = tuple(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(package) and not path.startswith(library) and not frame.filename.startswith("<"):
+            return frame
+    return None
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: in a log file their cursor codes are noise."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _quiet_transformers() -> None:
@@ -51,8 +115,12 @@ def _quiet_transformers() -> None:
 
 # ---- generate ------------------------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> int:
+    """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
     from .config import RunConfig, load_yaml
+    from .files import ReplaceOnSuccess, check_output
 
+    if args.output:
+        check_output(args.output, "output file")
     config = RunConfig.from_dict(_merge(load_yaml(args.config) if args.config else {}, args))
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -60,7 +128,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
     engine = config.build()
-    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
+    out = ReplaceOnSuccess(args.output) if args.output else sys.stdout
     fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
 
     def emit(response) -> None:
@@ -75,10 +143,18 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         engine.generate(list(config.prompts), config.decode, batch_size=config.batch_size,
                         concurrency=config.concurrency, truncate_prompt=config.truncate_prompt,
-                        progress=not args.no_progress, on_response=emit)
+                        progress=_progress(args), on_response=emit)
+    except BaseException:
+        if isinstance(out, ReplaceOnSuccess):
+            kept = out.abort()
+            if kept is not None:
+                print(f"tqstar: {args.output} is unchanged; the responses finished before the error are in {kept}",
+                      file=sys.stderr)
+        raise
+    else:
+        if isinstance(out, ReplaceOnSuccess):
+            out.commit()
     finally:
-        if out is not sys.stdout:
-            out.close()
         print_server_stats(engine)
     return 0
 
@@ -127,7 +203,10 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
 def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Flags override the YAML file."""
     data = _merge_models(data, args)
-    decode = dict(data.get("decode") or {})
+    decode = data.get("decode") or {}
+    if not isinstance(decode, dict):
+        return data  # refused with its value by RunConfig
+    decode = dict(decode)
     for name in DECODE_FLAGS:
         value = getattr(args, name)
         if value is not None:
@@ -139,6 +218,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     data["decode"] = decode
     if args.prompt:
         data["prompts"] = list(args.prompt)
+    if args.column:
+        data["prompts_column"] = args.column
     if args.prompts_file:
         data["prompts_file"] = args.prompts_file
         if not args.prompt:
@@ -165,6 +246,8 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
                 and not args.allow_download):
             continue
         spec = data.get(role)
+        if spec is not None and not isinstance(spec, (str, dict)):
+            continue  # refused with its value by RunConfig
         spec = {"path": spec} if isinstance(spec, str) else dict(spec or {})
         if path is not None:
             spec["path"] = path
@@ -187,12 +270,25 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         if spec is not None:
             data[role] = spec
     reward = data.get("reward")
-    if reward is not None and (args.reward_format or args.reward_truncate or args.reward_sigmoid):
+    options = [flag for flag, value in (("--reward-format", args.reward_format), ("--reward-truncate",
+               args.reward_truncate), ("--reward-sigmoid", args.reward_sigmoid)) if value]
+    if options and reward is None:
+        raise TQStarError(f"{options[0]} applies to a reward model; give the model with --reward DIR")
+    if isinstance(reward, (str, dict)) and options:
         reward = {"spec": reward} if isinstance(reward, str) else dict(reward)
-        reward.update({k: v for k, v in (("format", args.reward_format), ("truncate", args.reward_truncate or None),
+        reward.update({k: v for k, v in (("format", unescape(args.reward_format)),
+                                         ("truncate", args.reward_truncate or None),
                                          ("sigmoid", args.reward_sigmoid or None)) if v is not None})
         data["reward"] = reward
     return data
+
+
+def unescape(text: str | None) -> str | None:
+    r"""``\n``, ``\t`` and ``\\`` in a flag's value as a newline, a tab and a backslash (shells pass them
+    literally); any other backslash stays as it is."""
+    if text is None:
+        return None
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 # ---- serve --------------------------------------------------------------------------------------------------
@@ -232,16 +328,17 @@ def run_eval(args: argparse.Namespace) -> int:
     data = load_yaml(args.config)
     if args.output:
         data["output"] = args.output
-    if args.prompts or args.limit:
+    if args.prompts is not None or args.limit is not None or args.column is not None:
         prompts = data.get("prompts") or {}
-        prompts = {"source": prompts} if isinstance(prompts, str) else dict(prompts)
-        if args.prompts:
-            prompts["source"] = args.prompts
-        if args.limit:
-            prompts["limit"] = args.limit
+        prompts = {"source": prompts} if isinstance(prompts, str) else dict(prompts) if isinstance(prompts, dict) \
+            else {"source": prompts}
+        for key, value in (("source", args.prompts), ("limit", args.limit), ("column", args.column)):
+            if value is not None:
+                prompts[key] = value
         data["prompts"] = prompts
     config = EvalConfig.from_dict(data)
-    evaluation = config.build(progress=not args.no_progress)
+    _check_report_flags(args)
+    evaluation = config.build(progress=_progress(args))
     try:
         path = evaluation.run()
     finally:
@@ -251,10 +348,29 @@ def run_eval(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def _check_report_flags(args: argparse.Namespace) -> None:
+    """The report's flags, checked before an evaluation spends time on models."""
+    from .files import check_output
+
+    if args.out_dir:
+        check_output(args.out_dir, "--out-dir", directory=True)
+    if bool(args.llm_judge_url) != bool(args.llm_judge_model):
+        raise TQStarError("the LLM judge needs both --llm-judge-url and --llm-judge-model; give both or neither")
+
+
 def run_report(args: argparse.Namespace) -> int:
     from .judge import LLMJudge
-    from .report import report
+    from .report import merge_files, report_rows
 
+    _check_report_flags(args)
+    if args.coherence not in ("none", "minilm") and not os.path.isdir(args.coherence):
+        raise TQStarError(f"--coherence {args.coherence!r} is not a directory; give an embedding model directory,"
+                          " 'minilm' or 'none'")
+    rows = merge_files(args.file)  # every file checked before any model loads
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    if args.reference not in methods:
+        raise TQStarError(f"reference method {args.reference!r} is not in the results (methods: {', '.join(methods)});"
+                          " pick one of them with --reference")
     llm_judge = None
     if args.llm_judge_url or args.llm_judge_model:
         llm_judge = LLMJudge(args.llm_judge_url or "", args.llm_judge_model or "")
@@ -264,10 +380,10 @@ def run_report(args: argparse.Namespace) -> int:
 
         try:
             coherence = Coherence(None if args.coherence == "minilm" else args.coherence)
-        except TQStarError as exc:
-            print(f"tqstar: coherence skipped: {exc}", file=sys.stderr)
-    _, text = report(args.file, reference=args.reference, out_dir=args.out_dir, coherence=coherence, title=args.title,
-                     llm_judge=llm_judge)
+        except (TQStarError, OSError, ValueError) as exc:  # transformers' own errors for a directory it cannot load
+            print(f"tqstar: coherence skipped: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+    _, text = report_rows(rows, reference=args.reference, out_dir=args.out_dir, coherence=coherence,
+                          title=args.title, llm_judge=llm_judge)
     print(text)
     if args.out_dir:
         print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
@@ -278,6 +394,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_testbed(args: argparse.Namespace) -> int:
     from .testbed import exact_report, format_matched, format_report
 
+    _check_testbed_flags(args)
     rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                           horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
                           temperature=args.temperature, seed=args.seed)
@@ -290,6 +407,30 @@ def run_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_TESTBED_SEQUENCES = 10**6
+
+
+def _check_testbed_flags(args: argparse.Namespace) -> None:
+    """Every testbed flag against its range, before any enumeration starts."""
+    checks = [("--instances", args.instances, args.instances >= 1, "an integer >= 1"),
+              ("--vocab-size", args.vocab_size, args.vocab_size >= 2, "an integer >= 2"),
+              ("--horizon", args.horizon, args.horizon >= 1, "an integer >= 1"),
+              ("--beta-baseline", args.beta_baseline, math.isfinite(args.beta_baseline) and args.beta_baseline > 0,
+               "a finite number > 0"),
+              ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature > 0,
+               "a finite number > 0"),
+              ("--k", args.k, args.k is None or 1 <= args.k <= args.vocab_size,
+               f"an integer from 1 to --vocab-size ({args.vocab_size})")]
+    checks += [("--alphas", alpha, math.isfinite(alpha) and alpha > 0, "finite numbers > 0") for alpha in args.alphas]
+    for flag, value, ok, constraint in checks:
+        if not ok:
+            raise TQStarError(f"{flag} must be {constraint}, got {value:g}")
+    sequences = args.vocab_size ** args.horizon
+    if sequences > MAX_TESTBED_SEQUENCES:
+        raise TQStarError(f"--vocab-size {args.vocab_size} with --horizon {args.horizon} enumerates {sequences:.3g}"
+                          f" sequences; keep vocab-size ** horizon <= {MAX_TESTBED_SEQUENCES:,}")
+
+
 def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
     parser.add_argument("--out-dir", help="write table.md, table.csv and plots here")
@@ -299,8 +440,13 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="", help="title of the plots")
 
 
-def _model_flags(parser: argparse.ArgumentParser) -> None:
-    """The model and reward flags ``generate`` and ``serve`` share (read by :func:`_merge_models`)."""
+def _models_command(sub, name: str, run, description: str, config_help: str, *, help: str) -> argparse.ArgumentParser:
+    """A command that loads models (``generate``, ``serve``): ``--config`` and the model and reward flags (read by
+    :func:`_merge_models`)."""
+    parser = sub.add_parser(name, help=help, description=description + " With no --sft, the built-in tiny random"
+                                                                        " models and the sentiment reward are used.")
+    parser.set_defaults(run=run)
+    parser.add_argument("--config", help=config_help)
     models = parser.add_argument_group("models")
     models.add_argument("--sft", help="SFT (reference) model directory, hub id, 'smollm2', or a served model"
                                       " openai:<base_url>#<served_name>")
@@ -324,22 +470,22 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     rewards.add_argument("--reward", help="target reward: sentiment, harmless, module:function, a reward-model"
                                           " directory, or a weighted sum like '0.7*sentiment+0.3*harmless'")
     rewards.add_argument("--baseline-reward", help="the reward the baseline was aligned to (tq-indirect)")
-    rewards.add_argument("--reward-format", help="reward-model input format, e.g. 'Human: {prompt}\\n\\nAssistant: {response}'")
+    rewards.add_argument("--reward-format", help="reward-model input format with {prompt} and {response}; \\n and"
+                                                 " \\t in it are a newline and a tab, e.g."
+                                                 " 'Human: {prompt}\\n\\nAssistant: {response}'")
     rewards.add_argument("--reward-truncate", action="store_true", help="truncate over-long reward-model inputs")
     rewards.add_argument("--reward-sigmoid", action="store_true", help="report sigmoid(logit) of the reward model")
-
+    return parser
 
 # ---- parser --------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tqstar", description="Transfer Q* decoding-time alignment.")
+    parser = _Parser(prog="tqstar", description="Transfer Q* decoding-time alignment. Errors are one line; add"
+                                                " --debug (or set TQSTAR_DEBUG=1) to see a traceback.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also TQSTAR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command")
 
-    g = sub.add_parser("generate", help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)",
-                       description="Decode prompts. With no --sft, the built-in tiny random models and the"
-                                   " sentiment reward are used.")
-    g.set_defaults(run=run_generate)
-    g.add_argument("--config", help="YAML config file; flags override it")
-    _model_flags(g)
+    g = _models_command(sub, "generate", run_generate, "Decode prompts.", "YAML config file; flags override it",
+                        help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)")
     dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
     dec.add_argument("--method", help="tq-direct (default), tq-indirect, cd, args, none, sft, baseline, bon")
     dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
@@ -357,7 +503,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--bon-policy", choices=["sft", "baseline"], help="model bon samples from (sft)")
     io = g.add_argument_group("prompts and output")
     io.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    io.add_argument("--prompts-file", help="text file (one prompt per line) or JSONL with a 'prompt' field")
+    io.add_argument("--prompts-file", help="text file (one prompt per line), JSONL/JSON/CSV with a 'prompt' field")
+    io.add_argument("--column", help="the prompt field of a JSONL/JSON/CSV --prompts-file (prompt)")
     io.add_argument("--output", "-o", help="write here instead of stdout (JSONL when it ends in .jsonl)")
     io.add_argument("--format", choices=["text", "jsonl"], help="output format (text)")
     io.add_argument("--trace", action="store_true", help="print the per-step candidate table")
@@ -367,12 +514,9 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("serve", help="an OpenAI-compatible server over presets (continuous batching, streaming)",
-                       description="Serve presets (model ids) over the OpenAI chat and completions API. With no"
-                                   " --sft, the built-in tiny random models and the sentiment reward are used.")
-    s.set_defaults(run=run_serve)
-    s.add_argument("--config", help="YAML: models, rewards, presets, limits, host, port; flags override it")
-    _model_flags(s)
+    s = _models_command(sub, "serve", run_serve, "Serve presets (model ids) over the OpenAI chat and completions API.",
+                        "YAML: models, rewards, presets, limits, host, port; flags override it",
+                        help="an OpenAI-compatible server over presets (continuous batching, streaming)")
     net = s.add_argument_group("server")
     net.add_argument("--host", help="address to bind (127.0.0.1; 0.0.0.0 exposes the server to the network)")
     net.add_argument("--port", type=int, help="port (8000)")
@@ -393,7 +537,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", required=True, help="YAML: models, rewards, judges, methods, prompts, output")
     e.add_argument("--output", "-o", help="results JSONL (overrides the config's `output`)")
     e.add_argument("--prompts", help="prompt set: rtp, dna, mtbench (optionally :train/:test/:all), a file, hf:NAME")
-    e.add_argument("--limit", type=int, help="first N prompts of the set")
+    e.add_argument("--limit", type=int, help="first N prompts of the set (N >= 1)")
+    e.add_argument("--column", help="the prompt field of a JSONL/JSON/CSV file or dataset (prompt)")
     e.add_argument("--no-progress", action="store_true")
     _report_flags(e)
 

@@ -23,11 +23,17 @@ YAML layout (every key optional; command-line flags override the file)::
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
+from .files import check_output, read_text
 from .http import JsonClient
 from .lm.base import LanguageModel
 from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
@@ -94,8 +100,11 @@ class ModelSpec:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict):
-            return cls(**_known(value, cls, what))
-        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {value!r}")
+            values = _known(value, cls, what)
+            if "path" not in values:
+                raise ConfigError(f"`{what}` has no `path`; give the model as {{path: DIR}} or as a plain path")
+            return cls(**values)
+        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {describe(value)}")
 
 
 @dataclass(frozen=True)
@@ -121,23 +130,26 @@ class RunConfig:
                                              if spec is None or not spec.remote])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Build and validate from a mapping (a YAML file merged with flags)."""
+    def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = ()) -> RunConfig:
+        """Build and validate from a mapping (a YAML file merged with flags); ``extra_keys`` are the other keys
+        the caller's file may hold (named when a key is unknown)."""
         data = dict(data)
-        prompts = list(data.pop("prompts", None) or [])
-        prompts_file = data.pop("prompts_file", None)
+        prompts = _prompt_list(data.pop("prompts", None))
+        prompts_file = _typed(data.pop("prompts_file", None), str, "prompts_file", "a file path")
+        column = _typed(data.pop("prompts_column", None), str, "prompts_column", "a column name")
         if prompts_file:
-            prompts.extend(read_prompt_file(prompts_file))
-        known = _known(data, cls, "config")
+            prompts.extend(read_prompt_file(prompts_file, column))
+        known = _known(data, cls, what, extra_keys)
         return cls(
             sft=ModelSpec.parse(known.get("sft"), "sft"),
             baseline=ModelSpec.parse(known.get("baseline"), "baseline"),
             reward=_reward_spec(known.get("reward"), "reward"),
             baseline_reward=_reward_spec(known.get("baseline_reward"), "baseline_reward"),
-            decode=DecodeParams.from_dict(known.get("decode") or {}),
+            decode=DecodeParams.from_dict(_typed(known.get("decode"), dict, "decode",
+                                                 "a mapping like {method: tq-direct, k: 10}") or {}),
             prompts=tuple(prompts),
             batch_size=known.get("batch_size", 8),
-            truncate_prompt=bool(known.get("truncate_prompt", False)),
+            truncate_prompt=_typed(known.get("truncate_prompt", False), bool, "truncate_prompt", "true or false"),
             concurrency=known.get("concurrency", 1),
         )
 
@@ -187,18 +199,47 @@ class RunConfig:
         return engine
 
 
+EVAL_KEYS = ("defaults", "judges", "methods", "output", "prompts")
+
+
+def _prompt_source(value: Any) -> tuple[str, str | None, int | None]:
+    """``(source, column, limit)`` of an eval config's ``prompts`` (a source string or a mapping)."""
+    fix = "a built-in set (rtp, dna, mtbench), a file or hf:NAME"
+    if isinstance(value, str):
+        value = {"source": value}
+    if not isinstance(value, dict) or not value.get("source"):
+        raise ConfigError(f"`prompts` must name a source: {fix}, e.g. prompts: {{source: rtp, limit: 32}}")
+    unknown = sorted(set(map(str, value)) - {"source", "limit", "column"})
+    if unknown:
+        raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
+    source = _typed(value["source"], str, "prompts.source", fix)
+    column = _typed(value.get("column"), str, "prompts.column", "a column name")
+    limit = _typed(value.get("limit"), int, "prompts.limit", "an integer >= 1")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"`prompts.limit` must be an integer >= 1, got {limit}")
+    return source, column, limit
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; give the path of a YAML file")
+    text = read_text(path, "config file", "give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({exc}); fix its syntax") from exc
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({problem}{at}); fix its syntax") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping (key: value lines) at the top level, got"
+                          f" {describe(data)}")
+    bad = next((key for key in data if not isinstance(key, str)), None)
+    if bad is not None:
+        raise ConfigError(f"config file {str(path)!r} has the key {bad!r}, which is not a name; keys are names such"
+                          " as sft, reward, decode")
     return data
 
 
@@ -209,18 +250,118 @@ def _reward_spec(value: Any, what: str) -> RewardSpec | None:
         return RewardSpec(value)
     if isinstance(value, dict):
         values = _known(value, RewardSpec, what)
+        if "spec" not in values:
+            raise ConfigError(f"`{what}` has no `spec`; give the reward as {{spec: SPEC, ...}} or as a plain spec")
         if values.get("range") is not None:
             values["range"] = tuple(values["range"])
+        if values.get("format") is not None:
+            check_format(values["format"], f"{what}.format")
         return RewardSpec(**values)
-    raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {value!r}")
+    raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {describe(value)}")
 
 
-def _known(values: dict[str, Any], cls: type, what: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)} | ({"prompts_file"} if cls is RunConfig else set())
-    unknown = sorted(set(values) - names)
+def _judge_spec(value: Any, what: str) -> RewardSpec:
+    if value is None:
+        raise ConfigError(f"`{what}` has no reward spec; give one, e.g. {what.split('.')[-1]}: harmless")
+    spec = _reward_spec(value, what)
+    assert spec is not None
+    return spec
+
+
+def check_format(fmt: str, what: str) -> None:
+    """Raise :class:`ConfigError` unless ``fmt`` is a format string over ``{prompt}`` and ``{response}`` only
+    (checked here, before any model loads, not when the first text is scored)."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"`{what}` {fmt!r} is not a valid format string ({exc}); write a literal brace as"
+                          " {{ or }}") from None
+    unknown = next((name for name in fields if re.split(r"[.\[]", name)[0] not in ("prompt", "response")), None)
+    if unknown is not None:
+        raise ConfigError(f"`{what}` {fmt!r} uses the field {{{unknown}}}; the fields are {{prompt}} and"
+                          " {response} (write a literal brace as {{ or }})")
+    if "response" not in fields:
+        raise ConfigError(f"`{what}` must contain {{response}}, got {fmt!r}")
+    try:
+        fmt.format(prompt="p", response="r")
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"`{what}` {fmt!r} cannot be filled in ({type(exc).__name__}: {exc}); use plain"
+                          " {prompt} and {response} fields") from None
+
+
+def _known(values: dict[str, Any], cls: type, what: str, extra_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """``values`` without nulls, after checking every key is a field of ``cls`` and every value has the field's
+    type (for dataclasses whose fields are plain types: strings, numbers, booleans, tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if cls is RunConfig:
+        names |= {"prompts_file", "prompts_column"}
+    unknown = sorted(set(map(str, values)) - names - set(extra_keys))
     if unknown:
-        raise ConfigError(f"unknown key `{unknown[0]}` in {what}; valid keys are {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown key `{unknown[0]}` in {what}; valid keys are"
+                          f" {', '.join(sorted(names | set(extra_keys)))}")
+    hints = typing.get_type_hints(cls) if cls is not RunConfig else {}
+    for key, value in values.items():
+        if key in hints and value is not None and not _accepts(hints[key], value):
+            raise ConfigError(f"`{_dotted(what, key)}` must be {_phrase(hints[key])}, got {describe(value)}")
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _dotted(what: str, key: str) -> str:
+    return key if what == "config" else f"{what}.{key}"
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (from YAML) fits the type ``hint``; an int is a fine float, a bool is not a number."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_accepts(args[0], v) for v in value)
+        return len(value) == len(args) and all(_accepts(a, v) for a, v in zip(args, value))
+    return isinstance(value, hint)
+
+
+def _phrase(hint: Any) -> str:
+    """How a message names the type ``hint``: "a string", "an integer", "true or false", "a list of 2 numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_phrase(a) for a in args if a is not type(None))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "a list of " + _phrase(args[0]).removeprefix("a ").removeprefix("an ") + "s"
+        return f"a list of {len(args)} " + _phrase(args[0]).removeprefix("a ").removeprefix("an ") + "s"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, hint.__name__)
+
+
+def _typed(value: Any, kind: type, what: str, phrase: str) -> Any:
+    """``value`` itself when it is ``None`` or a ``kind`` (bool is not an int); else a :class:`ConfigError`."""
+    if value is None or _accepts(kind, value):
+        return value
+    raise ConfigError(f"`{what}` must be {phrase}, got {describe(value)}")
+
+
+def _prompt_list(value: Any) -> list[str]:
+    """The ``prompts`` of a run config: a list of non-empty strings."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]")
+    for i, prompt in enumerate(value):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"`prompts[{i}]` must be a non-empty string, got {describe(prompt)}; quote it or remove"
+                              " it")
+    return list(value)
 
 
 @dataclass(frozen=True)
@@ -249,28 +390,28 @@ class EvalConfig:
         from .evaluation import expand_methods
 
         data = dict(data)
+        for key, where in (("decode", "under `defaults` (every method) or in each method"),
+                           ("prompts_file", "as `prompts: {source: FILE}`"),
+                           ("prompts_column", "as `prompts: {source: FILE, column: NAME}`")):
+            if key in data:
+                raise ConfigError(f"`{key}` is not an eval config key; give it {where}")
         methods = data.pop("methods", None)
-        defaults = data.pop("defaults", None) or {}
-        judges = data.pop("judges", None) or {}
-        prompts = data.pop("prompts", None) or {}
-        output = data.pop("output", None) or "eval.jsonl"
-        if isinstance(prompts, str):
-            prompts = {"source": prompts}
-        if not isinstance(prompts, dict) or not prompts.get("source"):
-            raise ConfigError("`prompts` must name a source: a built-in set (rtp, dna, mtbench), a file or hf:NAME")
-        unknown = sorted(set(prompts) - {"source", "limit", "column"})
-        if unknown:
-            raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
-        if not isinstance(judges, dict):
-            raise ConfigError(f"`judges` must map names to reward specs, got {judges!r}")
+        if methods is not None and not isinstance(methods, list):
+            raise ConfigError(f"`methods` must be a list of mappings, got {describe(methods)}; write"
+                              " methods: [{method: tq-direct}]")
+        defaults = _typed(data.pop("defaults", None), dict, "defaults", "a mapping of decoding parameters") or {}
+        judges = _typed(data.pop("judges", None), dict, "judges", "a mapping of names to reward specs") or {}
+        output = _typed(data.pop("output", None), str, "output", "a file path") or "eval.jsonl"
+        check_output(output, "output file")
+        source, column, limit = _prompt_source(data.pop("prompts", None))
         return cls(
-            run=RunConfig.from_dict(data),
+            run=RunConfig.from_dict(data, extra_keys=EVAL_KEYS),
             methods=tuple(expand_methods(methods or [], defaults)),
-            judges=tuple((name, _reward_spec(spec, f"judges.{name}")) for name, spec in judges.items()),
-            prompt_source=str(prompts["source"]),
-            prompt_column=prompts.get("column"),
-            prompt_limit=prompts.get("limit"),
-            output=str(output),
+            judges=tuple((str(name), _judge_spec(spec, f"judges.{name}")) for name, spec in judges.items()),
+            prompt_source=source,
+            prompt_column=column,
+            prompt_limit=limit,
+            output=output,
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -280,15 +421,19 @@ class EvalConfig:
             "baseline": dataclasses.asdict(run.baseline) if run.baseline else None,
             "reward": dataclasses.asdict(run.reward) if run.reward else None,
             "baseline_reward": dataclasses.asdict(run.baseline_reward) if run.baseline_reward else None,
+            "judges": {name: dataclasses.asdict(spec) for name, spec in self.judges},
             "prompt_source": self.prompt_source,
         }
 
     def build(self, progress: bool = True):
         """Load everything and return a ready :class:`~tqstar.evaluation.Evaluation`."""
-        from .evaluation import Evaluation
+        from .evaluation import OUTPUT_FIX, Evaluation, check_resumable, fingerprint_of, scan
         from .prompts import load_prompts
 
         prompts = load_prompts(self.prompt_source, column=self.prompt_column, limit=self.prompt_limit)
+        # a file that is not ours, or holds another configuration's results, is refused before any model loads
+        check_resumable(scan(self.output, OUTPUT_FIX), fingerprint_of(self.fingerprint(), prompts, self.methods),
+                        self.output)
         engine = self.run.build(check=False)
         judges = {name: spec.load() for name, spec in self.judges}
         return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,

@@ -27,8 +27,7 @@ import torch
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState
-from .text import hits_stop, response_text
-from .trajectory import best_of_n, plain_tokens
+from .trajectory import best_of_n, commit_tokens, plain_tokens
 from .value import ESTIMATORS
 
 #: ``on_step(stepped, finished)``: called after every step with the rows it advanced and those that finished.
@@ -65,7 +64,7 @@ class Decoder:
         if self.params.method == "bon":
             return self._finish_best_of_n(active)
         if not self.params.is_token_level:
-            return self._commit(active, plain_tokens(self.models, self.params, active), self.models.lm(self.params.method))
+            return commit_tokens(active, plain_tokens(self.models, self.params, active), self.models.lm(self.params.method))
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
@@ -81,7 +80,7 @@ class Decoder:
         log_dec = decision_logprobs(scores, p.temperature)  # (B, k)
         chosen = candidates.gather(-1, choose(log_dec, p.temperature, rows)[:, None]).squeeze(-1)  # (B,)
         self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen)
-        return self._commit(rows, chosen.tolist(), sft)
+        return commit_tokens(rows, chosen.tolist(), sft)
 
     def estimate(self, rows: list[PromptState], top_lp: torch.Tensor,
                  candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,25 +134,12 @@ class Decoder:
                     "pruned": q[b].isnan().tolist(),
                 })
 
-    def _commit(self, rows: list[PromptState], tokens: list[int], lm) -> list[PromptState]:
-        """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the finished."""
-        finished = []
-        for row, token in zip(rows, tokens):
-            row.commit(token)
-            reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
-                      else "length" if row.remaining <= 0 else None)
-            if reason is not None:
-                row.finish(reason, response_text(lm, row.response, row.stop))
-                finished.append(row)
-        return finished
-
     def _finish_best_of_n(self, rows: list[PromptState]) -> list[PromptState]:
-        lm = self.models.lm(self.params.bon_policy)
-        for row, (tokens, reason) in zip(rows, best_of_n(self.models, self.params, rows)):
-            row.response = tokens
+        for row, best in zip(rows, best_of_n(self.models, self.params, rows)):
+            row.response = list(best.response)
             row.step += 1
-            row.accounting.steps = len(tokens)
-            row.finish(reason, response_text(lm, tokens, row.stop))
+            row.accounting.steps = len(best.response)
+            row.finish(best.finish_reason or "length", best.text)
         return rows
 
 

@@ -28,16 +28,17 @@ def run_demo(*, max_new_tokens: int = 32, k: int = 10, alpha: float = 2.0, rollo
              prompts: list[str] | None = None, out=sys.stdout) -> dict[str, list]:
     """Decode the demo prompts with the three methods and print them side by side; returns the responses."""
     prompts = prompts or DEMO_PROMPTS
-    sft = TransformersLM.from_pretrained(smollm2_dir(), name="SmolLM2-135M-Instruct")
-    baseline = TransformersLM.from_pretrained(smollm2_dir(), adapter=adapter_dir("smollm2-sentiment-dpo"),
-                                              name="SmolLM2 + DPO(sentiment) adapter")
-    engine = Engine(sft, baseline, load_reward("sentiment"))
-    runs = {
+    runs = {  # built (and so validated) before any model loads
         "SFT (greedy)": DecodeParams(method="sft", max_new_tokens=max_new_tokens),
         "baseline (greedy)": DecodeParams(method="baseline", max_new_tokens=max_new_tokens),
         f"TQ* direct (α={alpha:g}, k={k}, L={rollout_len})": DecodeParams(
             method="tq-direct", k=k, alpha=alpha, rollout_len=rollout_len, max_new_tokens=max_new_tokens),
     }
+    reward = load_reward("sentiment")
+    sft = TransformersLM.from_pretrained(smollm2_dir(), name="SmolLM2-135M-Instruct")
+    baseline = TransformersLM.from_pretrained(smollm2_dir(), adapter=adapter_dir("smollm2-sentiment-dpo"),
+                                              name="SmolLM2 + DPO(sentiment) adapter")
+    engine = Engine(sft, baseline, reward)
     results, seconds = {}, {}
     for label, params in runs.items():
         print(f"decoding: {label}", file=sys.stderr)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm.auto import tqdm
 
 from .decoder import Decoder, OnStep
-from .errors import ConfigError, VocabularyMismatchError
+from .errors import ConfigError, VocabularyMismatchError, require_type
 from .lm.base import LanguageModel
 from .params import DecodeParams
 from .randomness import prompt_key
@@ -40,6 +40,18 @@ class Engine:
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
                  baseline_reward: Reward | None = None) -> None:
+        for role, model in (("sft", sft), ("baseline", baseline)):
+            if model is not None or role == "sft":
+                path = repr(model) if isinstance(model, str) else "PATH"
+                hint = f"TransformersLM.from_pretrained({path})"
+                require_type(model, LanguageModel, role, "a LanguageModel", f"load one with {hint}")
+        for role, reward_ in (("reward", reward), ("baseline_reward", baseline_reward)):
+            if reward_ is not None:
+                fix = (f"wrap a function with CallableReward({reward_.__name__})" if callable(reward_)
+                       and hasattr(reward_, "__name__") else
+                       f"load one with load_reward({reward_!r})" if isinstance(reward_, str) else
+                       "load one with load_reward(SPEC)")
+                require_type(reward_, Reward, role, "a Reward or None", fix)
         if baseline is not None:
             check_same_vocabulary(sft, baseline)
             check_same_eos(sft, baseline)
@@ -48,6 +60,7 @@ class Engine:
     def check(self, params: DecodeParams, concurrency: int = 1) -> None:
         """Raise :class:`ConfigError` if ``params`` (and ``concurrency``) cannot run with the models and rewards
         given."""
+        check_params(params)
         m = self.models
         check_concurrency(concurrency, [lm.name for lm in (m.sft, m.baseline) if lm is not None and not lm.thread_safe])
         needs = {
@@ -68,6 +81,7 @@ class Engine:
         """A row for ``prompt`` (a str, or chat messages), encoded for every model the method runs and checked to
         fit their contexts; ``seed``, ``max_new_tokens``, ``stop`` and ``trace`` override ``params`` for this row
         (checked the same way)."""
+        check_params(params)
         changes = {name: value for name, value in (("seed", seed), ("max_new_tokens", max_new_tokens),
                                                    ("stop", None if stop is None else tuple(stop)),
                                                    ("trace", trace)) if value is not None}
@@ -115,6 +129,7 @@ class Engine:
             raise ConfigError("no prompts given; pass at least one prompt")
         if batch_size < 1:
             raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
+        check_params(params)
         batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
         bar = tqdm(total=len(prompts) * params.max_new_tokens, desc=params.method, unit="tok", disable=not progress,
@@ -210,6 +225,12 @@ def reward_prompt(prompt: Prompt) -> str:
         raise ConfigError(f"chat prompt {prompt_key(prompt)[:80]!r} has no user message; add one"
                           ' ({"role": "user", "content": ...})')
     return str(users[-1])
+
+
+def check_params(params: object) -> None:
+    """Raise :class:`ConfigError` unless ``params`` is a :class:`DecodeParams` (a mapping is a common slip)."""
+    require_type(params, DecodeParams, "params", "a DecodeParams", "build it with DecodeParams(...) or"
+                 " DecodeParams.from_dict(values)")
 
 
 def check_concurrency(concurrency: int, local: Sequence[str]) -> None:

@@ -67,3 +67,22 @@ def preview(text: str, width: int = 60) -> str:
     """``text`` on one line, cut to ``width`` characters, quoted: for naming a text in a message."""
     text = text.replace("\n", " ")
     return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def require_type(value: object, expected: type | tuple[type, ...], name: str, what: str, fix: str,
+                 error: type[TQStarError] = ConfigError) -> None:
+    """Raise ``error`` reading "`name` must be <what>, got <value>; <fix>" unless ``value`` is an ``expected``."""
+    if not isinstance(value, expected):
+        raise error(f"`{name}` must be {what}, got {describe(value)}; {fix}")
+
+
+def describe(value: object) -> str:
+    """A short, one-line description of ``value`` for a message: ``'text'``, ``5``, ``function f``, ``dict {...}``."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return preview(value) if isinstance(value, str) else repr(value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        kind = "class" if isinstance(value, type) else "function"
+        return f"{kind} {value.__qualname__}"
+    text = repr(value).replace("\n", " ")
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, (list, tuple, dict, set)) else f"{type(value).__name__} {text}"

@@ -159,7 +159,7 @@ class DecodeParams:
                 f"unknown decoding parameter `{unknown[0]}`; valid ones are " + ", ".join(sorted(names))
             )
         values = dict(values)
-        if "stop" in values and values["stop"] is not None:
+        if isinstance(values.get("stop"), (str, list)):  # one string or a list; other shapes fail the check
             stop = values["stop"]
             values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         return cls(**{k: v for k, v in values.items() if v is not None})

@@ -14,16 +14,20 @@ first 50 % form ``train``, the rest ``test`` (``all`` is every prompt in that sh
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
+from .files import read_text
 from .models import package_file
 
 BUILTIN_SETS = ("rtp", "dna", "mtbench")
 SPLITS = ("train", "test", "all")
 SPLIT_SEED = 0
+SOURCE_FIX = "a built-in set (rtp, dna, mtbench), a file or hf:NAME"
+COLUMN_FIX = "name the prompt column with --column NAME (or `column:` under an eval config's `prompts`)"
 
 
 def load_prompts(source: str, *, column: str | None = None, limit: int | None = None) -> list[str]:
@@ -32,8 +36,10 @@ def load_prompts(source: str, *, column: str | None = None, limit: int | None = 
     ``column`` names the prompt field of a JSONL/CSV file or dataset (default ``prompt``); ``limit`` keeps the
     first ``limit`` prompts. An empty result is an error.
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"`limit` must be an integer >= 1, got {limit}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"`limit` must be an integer >= 1, got {limit!r}")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"the prompt source must be {SOURCE_FIX}, got {source!r}")
     name, _, split = source.partition(":")
     if name in BUILTIN_SETS:
         prompts = builtin_prompts(name, split or "test")
@@ -70,34 +76,56 @@ def builtin_prompts(name: str, split: str = "test") -> list[str]:
 
 
 def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
-    """Prompts from a ``.jsonl``/``.json`` (rows with ``column``), ``.csv`` (a ``column`` header) or text file
-    (one prompt per non-empty line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"prompts file {str(path)!r} does not exist; give a text, JSONL or CSV file")
+    """Prompts from a ``.jsonl`` (one object per line, the prompt under ``column``), ``.json`` (a list of strings
+    or of such objects), ``.csv`` (a ``column`` header) or text file (one prompt per non-empty line).
+
+    The file must be UTF-8 (a byte-order mark is dropped); every prompt must be a non-empty string.
+    """
     column = column or "prompt"
+    text = read_text(path, "prompts file", "give a text, JSONL or CSV file")
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # not one JSON document: read it as JSON lines
+        if isinstance(data, list):
+            return [_prompt(item, column, f"item {i} of {str(path)!r}") for i, item in enumerate(data)]
+        if data is not None:
+            raise ConfigError(f"{str(path)!r} holds a JSON {type(data).__name__}; give a list of prompts (strings or"
+                              f" objects with a {column!r} field), or one object per line")
     if path.suffix in (".jsonl", ".json"):
         prompts = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"line {number} of {str(path)!r} is not valid JSON ({exc.msg}); fix the file") from exc
-            if not isinstance(row, dict) or column not in row:
-                raise ConfigError(f"line {number} of {str(path)!r} has no {column!r} field; name the prompt column"
-                                  " with --column")
-            prompts.append(str(row[column]))
+                raise ConfigError(f"line {number} of {str(path)!r} is not valid JSON ({exc.msg}); fix the file") from None
+            prompts.append(_prompt(row, column, f"line {number} of {str(path)!r}"))
         return prompts
     if path.suffix == ".csv":
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if column not in (reader.fieldnames or []):
-                raise ConfigError(f"{str(path)!r} has no {column!r} column (columns: {', '.join(reader.fieldnames or [])});"
-                                  " name the prompt column with --column")
-            return [row[column] for row in reader if row[column].strip()]
-    return [line for line in path.read_text().splitlines() if line.strip()]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if column not in (reader.fieldnames or []):
+            raise ConfigError(f"{str(path)!r} has no {column!r} column (columns: {', '.join(reader.fieldnames or [])});"
+                              f" {COLUMN_FIX}")
+        return [row[column] for row in reader if (row[column] or "").strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _prompt(item: object, column: str, where: str) -> str:
+    """One prompt of a JSON file: a string, or an object's ``column`` field holding a non-empty string."""
+    if isinstance(item, dict):
+        if column not in item:
+            raise ConfigError(f"{where} has no {column!r} field (fields: {', '.join(map(str, item))}); {COLUMN_FIX}")
+        item = item[column]
+    elif not isinstance(item, str):
+        raise ConfigError(f"{where} is {describe(item)}, not a prompt; give a string or an object with a {column!r}"
+                          " field")
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError(f"{where} has the prompt {describe(item)}; every prompt must be a non-empty string")
+    return item
 
 
 def _hf_dataset(spec: str, column: str) -> list[str]:
@@ -113,5 +141,5 @@ def _hf_dataset(spec: str, column: str) -> list[str]:
                           " available locally (HF_DATASETS_OFFLINE=1 with a cache, or a local path)") from exc
     if column not in data.column_names:
         raise ConfigError(f"dataset {name!r} has no {column!r} column (columns: {', '.join(data.column_names)});"
-                          " name the prompt column with --column")
-    return [str(x) for x in data[column]]
+                          f" {COLUMN_FIX}")
+    return [_prompt(x, column, f"row {i} of dataset {name!r}") for i, x in enumerate(data[column])]

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .evaluation import read_rows
+from .evaluation import RESULTS_FIX, _canonical, _first_difference, read_rows
+from .files import read_bytes
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 
+ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
@@ -163,16 +166,13 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
     table.csv and the plots there."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    rows, prompts = [], None
-    for path in paths:
-        header, part = read_rows(path)
-        if not part:
-            raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
-        if prompts is not None and header["config"]["prompts"] != prompts:
-            raise ConfigError(f"{str(path)!r} was run on other prompts than {str(paths[0])!r}; report files of one"
-                              " prompt set together")
-        prompts = header["config"]["prompts"]
-        rows.extend(part)
+    return report_rows(merge_files(paths), reference=reference, out_dir=out_dir, coherence=coherence, title=title,
+                       llm_judge=llm_judge)
+
+
+def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_dir: str | Path | None = None,
+                coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
+    """:func:`report` of rows already read (see :func:`merge_files`)."""
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
     if out_dir is not None:
@@ -182,6 +182,61 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
         write_csv(table, out_dir / "table.csv")
         plot(table, out_dir, title)
     return table, text
+
+
+def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The rows of evaluation files over one prompt set, each (method, prompt) once.
+
+    Refused: a file given twice, files over other prompts, and a method label in two files that came from
+    different configurations (other models, rewards, judges or parameters: its rows are not one method's).
+    Rows repeated within or across files of one configuration (e.g. two runs that appended at once, before
+    runs were locked) are counted once, with a note on stderr.
+    """
+    seen_paths: dict[Path, str | Path] = {}
+    rows: list[dict[str, Any]] = []
+    keys: set[tuple[str, int]] = set()
+    origin: dict[str, tuple[str | Path, dict[str, Any]]] = {}  # label -> (file, its configuration)
+    prompts = None
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen_paths:
+            raise ConfigError(f"results file {str(path)!r} is given twice; give each file once")
+        seen_paths[resolved] = path
+        read_bytes(path, "results file", RESULTS_FIX)  # exists, is a readable file
+        header, part = read_rows(path)
+        if not part or header is None:
+            raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
+        config = header["config"]
+        if prompts is not None and config.get("prompts") != prompts:
+            raise ConfigError(f"{str(path)!r} was run on other prompts than {str(paths[0])!r}; report files of one"
+                              " prompt set together")
+        prompts = config.get("prompts")
+        shared = {k: v for k, v in config.items() if k not in ("methods", "prompts")}
+        duplicates = 0
+        for row in part:
+            label = row["method"]
+            mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
+            first_file, first = origin.setdefault(label, (path, mine))
+            if _canonical(first) != _canonical(mine):
+                where = "twice in " + repr(str(path)) if first_file == path else (
+                    f"in both {str(first_file)!r} and {str(path)!r}")
+                raise ConfigError(f"method {label!r} appears {where} from different configurations"
+                                  f" ({_first_difference(first, mine)}); report them separately, or give one run"
+                                  " another `label`")
+            missing = next((k for k in ROW_FIELDS if k not in row), None)
+            if missing is not None:
+                raise ConfigError(f"the row of method {label!r}, prompt {row['prompt_index']} in {str(path)!r} has no"
+                                  f" `{missing}`; the file was edited or damaged: rerun tqstar eval on a fresh --output")
+            key = (label, row["prompt_index"])
+            if key in keys:
+                duplicates += 1
+                continue
+            keys.add(key)
+            rows.append(row)
+        if duplicates:
+            print(f"tqstar: {path} repeats {duplicates} (method, prompt) rows already read; counting each once",
+                  file=sys.stderr)
+    return rows
 
 
 def _cell(value: Any) -> str:

@@ -32,10 +32,3 @@ def response_text(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str] = (
 def hits_stop(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> bool:
     """Whether the text of ``ids`` contains a stop string."""
     return bool(stop) and any(s in lm.decode(list(ids)) for s in stop)
-
-
-def stop_length(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> int | None:
-    """The fewest leading tokens of ``ids`` whose text contains a stop string (``None``: none does)."""
-    if not hits_stop(lm, ids, stop):
-        return None
-    return next(n for n in range(1, len(ids) + 1) if hits_stop(lm, ids[:n], stop))

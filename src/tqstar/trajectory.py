@@ -2,9 +2,9 @@
 
 ``sft`` / ``baseline``: decode that model over its full vocabulary, one token per decoder step (greedy at
 temperature 0, else sampled from the row's keyed ``"plain"`` stream at its step), so they stop at EOS, a stop string
-or the budget as they generate, and can stream. ``bon``: one step per row — ``bon_n`` responses from ``bon_policy``
-at ``temperature`` (sample i from the row's keyed stream ``(seed, prompt, "bon", 0, -1, i)``), each cut at the
-token that completes a stop string, keep the one the target reward scores highest. Their KL to the SFT model is not
+or the budget as they generate, and can stream. ``bon``: one decoder step per row — ``bon_n`` responses from ``bon_policy``
+at ``temperature``, sample i decoded exactly as plain decoding of the sub-row ``(seed, prompt#bon<i>)`` (so each
+stops at EOS, a stop string or the budget while it generates), keep the one the target reward scores highest. Their KL to the SFT model is not
 tracked (``Response.kl`` is ``None``); best-of-N's is at most log N − (N − 1)/N.
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from .lm.base import LanguageModel
 from .params import DecodeParams
 from .randomness import stream_seed
 from .state import Models, PromptState
-from .text import response_text, stop_length
+from .text import hits_stop, response_text
 from .value.base import score_texts
 
 
@@ -29,23 +30,40 @@ def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) 
     return [tokens[0] for tokens in out.tokens]
 
 
-def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[tuple[list[int], str]]:
-    """Per row, the best of ``bon_n`` samples (token ids, finish reason); every sample is charged to its row."""
+def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel) -> list[PromptState]:
+    """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the rows that finished."""
+    finished = []
+    for row, token in zip(rows, tokens):
+        row.commit(token)
+        reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+                  else "length" if row.remaining <= 0 else None)
+        if reason is not None:
+            row.finish(reason, response_text(lm, row.response, row.stop))
+            finished.append(row)
+    return finished
+
+
+def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[PromptState]:
+    """Per row, the best by reward of ``bon_n`` samples, each decoded like ``bon_policy`` alone (a sub-row with its
+    own keyed stream, stopping at EOS, a stop string or the budget as it generates); every sample is charged to
+    its row. Returns one finished sample per row (its response, finish reason and text are the row's)."""
     role, n = params.bon_policy, params.bon_n
     lm = models.lm(role)
-    seeds = [stream_seed(r.seed, r.key, "bon", 0, -1, i) for r in rows for i in range(n)]
-    out = lm.rollout([r.seq(role) for r in rows for _ in range(n)], [r.max_new_tokens for r in rows for _ in range(n)],
-                     params.temperature, seeds)
-    samples = []
+    samples = [PromptState(prompt=row.prompt, prompt_ids={role: row.prompt_ids[role]}, key=f"{row.key}#bon{i}",
+                           seed=row.seed, max_new_tokens=row.max_new_tokens, stop=row.stop)
+               for row in rows for i in range(n)]
+    plain = params.replace(method=role)
+    active = samples
+    while active:  # the N samples of every row, one token per pass, as one batch
+        for sample in active:
+            sample.begin_step(len(active))
+        commit_tokens(active, plain_tokens(models, plain, active), lm)
+        active = [s for s in active if not s.done]
     for b, row in enumerate(rows):
-        for tokens, cost in zip(out.tokens[b * n:(b + 1) * n], out.forward_tokens[b * n:(b + 1) * n]):
-            row.accounting.add_forward(role, cost)
+        for sample in samples[b * n:(b + 1) * n]:
+            row.accounting.add_forward(role, sample.accounting.sft_forward_tokens + sample.accounting.baseline_forward_tokens)
             row.accounting.rollouts += 1
-            row.accounting.rollout_tokens += len(tokens)
-            cut = stop_length(lm, tokens, row.stop)
-            reason = "stop" if cut is not None else "eos" if tokens and tokens[-1] in lm.eos_token_ids else "length"
-            samples.append((list(tokens[:cut]), reason))
+            row.accounting.rollout_tokens += len(sample.response)
     owners = [b for b in range(len(rows)) for _ in range(n)]
-    texts = [response_text(lm, tokens, rows[b].stop) for b, (tokens, _) in zip(owners, samples)]
-    rewards = torch.tensor(score_texts(models.reward, rows, owners, texts)).view(len(rows), n)  # (B, N)
-    return [samples[b * n + i] for b, i in enumerate(rewards.argmax(dim=-1).tolist())]
+    rewards = torch.tensor(score_texts(models.reward, rows, owners, [s.text for s in samples])).view(len(rows), n)
+    return [samples[b * n + i] for b, i in enumerate(rewards.argmax(dim=-1).tolist())]  # (B,) best of (B, N)

@@ -223,7 +223,7 @@ class _Api:
                 if isinstance(event, Done):
                     return JSONResponse(self._body(meta, event, ticket))
         except ClientGone:
-            return Response(status_code=499)  # nobody reads it; logged and counted as the client going away
+            return Response(status_code=499)  # nobody reads it; counted as 499, "client closed the request"
         finally:
             self.scheduler.cancel(ticket)
 
@@ -260,10 +260,10 @@ class _Api:
         if not 1 <= budget <= self.limits.max_tokens:
             field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             raise APIError(400, f"`{field}` must be between 1 and {self.limits.max_tokens} on this server, got"
-                                f" {budget}; ask for fewer tokens", param=field)
+                                f" {budget}; ask for 1 to {self.limits.max_tokens} tokens", param=field)
         try:
             state = engine.new_state(prompt, params, seed=req.seed if req.seed is not None else preset.seed,
-                                          max_new_tokens=budget, stop=req.stop_strings(), trace=req.tqstar.trace)
+                                     max_new_tokens=budget, stop=req.stop_strings(), trace=req.tqstar.trace)
         except PromptTooLongError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(prompt, list) else "prompt",
                            code="context_length_exceeded") from None

@@ -36,7 +36,8 @@ from ..errors import ConfigError
 from ..params import DecodeParams
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_RUN_ONLY = ("prompts", "prompts_file", "batch_size", "concurrency", "truncate_prompt")
+_RUN_ONLY = ("prompts", "prompts_file", "prompts_column", "batch_size", "concurrency", "truncate_prompt")
+SERVE_KEYS = ("presets", "baselines", "limits", "host", "port", "api_keys_env", "name", "cors_origins")
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,12 @@ class ServeConfig:
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         """Build and validate from a mapping (a YAML file merged with flags)."""
         data = {k: v for k, v in data.items() if v is not None}
-        own = {k: data.pop(k) for k in ("presets", "limits", "host", "port", "api_keys_env", "name", "cors_origins",
-                                         "baselines") if k in data}
+        own = {k: data.pop(k) for k in SERVE_KEYS if k in data}
         for key in _RUN_ONLY:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
                                   " remove it from the serve config")
-        run = RunConfig.from_dict(data)
+        run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS)  # an unknown key's message lists ours too
         defaults = dict(data.get("decode") or {})
         presets = own.get("presets")
         if presets is None:

@@ -1,0 +1,179 @@
+"""Files the user could lose: eval/report/generate never modify a file before knowing it is theirs to modify.
+
+Each test failed on the code before this was fixed: a notes file given as `eval --output` was erased; `generate -o`
+emptied FILE before decoding; a complete last row without a newline had the next row glued onto it; two evals on
+one file both appended; `report` counted duplicate rows and merged one label from two configurations; the eval
+fingerprint held judge names only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_evaluation import _config as eval_config
+
+from tqstar.cli import main
+from tqstar.evaluation import read_rows
+from tqstar.prompts import read_prompt_file
+from tqstar.report import report
+
+
+def other_judge(prompts, responses):
+    """A judge with the same name in a config as conftest:vowel_share, but another function."""
+    return [float(len(r)) for r in responses]
+
+
+def fails_on_second_prompt(prompts, responses):
+    if any(p == "explode" for p in prompts):
+        raise RuntimeError("reward crashed")
+    return [0.5] * len(responses)
+
+
+def _config(tmp_path: Path, tiny_paths, n_prompts: int = 4, **extra) -> str:
+    """test_evaluation's config (tiny models, a vowel-share reward and judge), with only `sft` by default."""
+    return eval_config(tmp_path, tiny_paths, n_prompts, **{"methods": [{"method": "sft"}], **extra})
+
+
+def _eval(config: str, *flags: str) -> int:
+    return main(["eval", "--config", config, "--no-progress", "--coherence", "none", *flags])
+
+
+def test_eval_never_touches_a_file_that_is_not_its_own(tmp_path, tiny_paths, capsys):
+    notes = tmp_path / "notes.txt"
+    for content in ("my one-line notes", "line one\nline two without newline", '{"key": "json but not ours"}\n'):
+        notes.write_text(content)
+        assert _eval(_config(tmp_path, tiny_paths), "--output", str(notes)) == 2
+        assert notes.read_text() == content
+        assert "is not a tqstar evaluation file" in capsys.readouterr().err
+
+
+def test_generate_output_keeps_old_content_when_decoding_fails(tmp_path, tiny_paths, capsys):
+    out = tmp_path / "out.jsonl"
+    out.write_text("results I want to keep\n")
+    argv = ["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "args", "--k", "2",
+            "--max-new-tokens", "2", "--batch-size", "1", "--reward", "test_files:fails_on_second_prompt",
+            "--prompt", "fine", "--prompt", "explode", "-o", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert out.read_text() == "results I want to keep\n"
+    assert "RuntimeError: reward crashed" in err and f"{out} is unchanged" in err
+    partial = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and json.loads(partial[0].read_text())["prompt"] == "fine"  # the finished work
+    assert main(argv[:-7] + ["--prompt", "fine", "-o", str(out), "--no-progress"]) == 0  # success replaces it
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["fine"]
+
+
+def test_a_complete_last_row_without_newline_is_not_glued_onto(tmp_path, tiny_paths):
+    config = _config(tmp_path, tiny_paths)
+    assert _eval(config) == 0
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # e.g. edited in an editor that drops the final newline
+    more = _config(tmp_path, tiny_paths, methods=[{"method": "sft"}, {"method": "args", "alpha": 1.0}])
+    assert _eval(more) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 2 * 4 and all(json.loads(line) for line in lines)
+    assert _eval(more) == 0  # and later runs accept the file
+    assert len(path.read_text().splitlines()) == 9
+
+
+def test_a_second_eval_on_the_same_file_is_refused_while_the_first_runs(tmp_path, tiny_paths, capsys):
+    config = _config(tmp_path, tiny_paths, n_prompts=200, batch_size=1,
+                     methods=[{"method": "tq-direct", "alpha": 1.0}])
+    path = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
+                                                        str(Path(__import__("tqstar").__file__).parents[1])])}
+    first = subprocess.Popen([sys.executable, "-m", "tqstar.cli", "eval", "--config", config, "--no-progress",
+                              "--coherence", "none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not path.exists() or len(path.read_bytes().splitlines()) < 2):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run must still be running"
+        assert _eval(config) == 2
+        err = capsys.readouterr().err
+        assert "is being written by another tqstar eval right now" in err and "give another --output" in err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    _, rows = read_rows(path)
+    keys = [(r["method"], r["prompt_index"]) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_report_counts_each_row_once_and_refuses_a_file_given_twice(tmp_path, tiny_paths, capsys):
+    assert _eval(_config(tmp_path, tiny_paths)) == 0
+    path = tmp_path / "out.jsonl"
+    with pytest.raises(Exception, match="is given twice"):
+        report([path, tmp_path / "." / "out.jsonl"])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + lines[1:]))  # every row twice, as two unlocked runs wrote them
+    capsys.readouterr()
+    table, _ = report(path)
+    assert table[0]["n"] == 4
+    assert "repeats 4 (method, prompt) rows" in capsys.readouterr().err
+
+
+def test_report_refuses_one_label_from_two_configurations(tmp_path, tiny_paths, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert _eval(_config(a, tiny_paths, methods=[{"method": "sft"}, {"method": "args", "alpha": 1.0}])) == 0
+    (b / "prompts.txt").write_text((a / "prompts.txt").read_text())
+    other = _config(b, tiny_paths, reward="test_files:other_judge", prompts={"source": str(a / "prompts.txt")},
+                    methods=[{"method": "sft"}, {"method": "args", "alpha": 1.0, "label": "args-other"}])
+    assert _eval(other) == 0
+    capsys.readouterr()
+    assert main(["report", str(a / "out.jsonl"), str(b / "out.jsonl"), "--coherence", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "method 'sft' appears in both" in err and "from different configurations (`reward` differs)" in err
+
+
+def test_eval_fingerprint_holds_each_judges_spec(tmp_path, tiny_paths, capsys):
+    assert _eval(_config(tmp_path, tiny_paths)) == 0
+    header, _ = read_rows(tmp_path / "out.jsonl")
+    assert header["config"]["judges"]["length"]["spec"] == "conftest:vowel_share"
+    capsys.readouterr()
+    assert _eval(_config(tmp_path, tiny_paths, judges={"length": "test_files:other_judge"})) == 2
+    assert "holds results of a different configuration (`judges` differs)" in capsys.readouterr().err
+
+
+def test_prompt_files_drop_a_bom_and_read_json_arrays(tmp_path):
+    (tmp_path / "p.txt").write_bytes("\ufefffirst\nsecond\n".encode())
+    assert read_prompt_file(tmp_path / "p.txt") == ["first", "second"]
+    (tmp_path / "p.json").write_text(json.dumps(["a", {"prompt": "b"}]))
+    assert read_prompt_file(tmp_path / "p.json") == ["a", "b"]
+    (tmp_path / "q.json").write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b"}) + "\n")
+    assert read_prompt_file(tmp_path / "q.json") == ["a", "b"]  # JSON lines in a .json file still read
+    (tmp_path / "p.csv").write_bytes("\ufeffprompt,id\nhello,1\n".encode())
+    assert read_prompt_file(tmp_path / "p.csv") == ["hello"]
+
+
+def test_reward_format_flag_reads_escapes():
+    from tqstar.cli import unescape
+
+    assert unescape(r"Human: {prompt}\n\nAssistant:\t{response}") == "Human: {prompt}\n\nAssistant:\t{response}"
+    assert unescape(r"a\\nb \d") == "a\\nb \\d"  # an escaped backslash stays one; other escapes stay as typed
+
+
+def test_no_progress_bar_codes_in_a_log(tmp_path, tiny_paths, capsys):
+    assert main(["eval", "--config", _config(tmp_path, tiny_paths), "--coherence", "none"]) == 0  # bars not off
+    err = capsys.readouterr().err  # not a terminal
+    assert "\r" not in err and "\x1b[" not in err and "eval:" not in err
+
+
+def test_generate_creates_missing_directories_and_refuses_unwritable_ones(tmp_path, tiny_paths, monkeypatch, capsys):
+    out = tmp_path / "new" / "sub" / "out.jsonl"
+    argv = ["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "none", "--k", "2",
+            "--max-new-tokens", "2", "--prompt", "hi", "-o", str(out), "--no-progress"]
+    assert main(argv) == 0 and json.loads(out.read_text())["prompt"] == "hi"
+    monkeypatch.setattr("tqstar.files.os.access", lambda path, mode: False)  # as for a non-root user in a 0o555 dir
+    assert main(argv[:-3] + ["-o", str(tmp_path / "other" / "out.jsonl"), "--no-progress"]) == 2
+    assert f"directory '{tmp_path}' is not writable; give a writable path" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
