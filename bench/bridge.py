@@ -8,8 +8,9 @@ One process, one torch thread. Two parts:
   baseline's prefix cache. Prints the baseline's forward tokens per generated token, rollouts, reused rollouts,
   seconds per token, and whether the tokens are the same.
 * **across families**: SmolLM2-135M-Instruct (SFT) guided by Qwen2.5-Coder-0.5B-Instruct (baseline, another
-  tokenizer, with the same system prompt; ``make models-qwen``), TQ* direct against decoding either model alone,
-  scored by VADER sentiment. Skipped with a note when the Qwen packages are missing.
+  tokenizer, with the same system prompt; ``make models-qwen``), TQ* direct against decoding either model
+  alone, scored by VADER sentiment (``--cross-uncached``: TQ* direct once more with Qwen's prefix cache off).
+  Skipped with a note when the Qwen packages are missing.
 
     python bench/bridge.py                          # defaults: k = 5, L = 10, 24 new tokens, 3 prompts
     python bench/bridge.py --json docs/bench/bridge-cpu.json
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--skip-same", action="store_true", help="only the cross-family part")
+    parser.add_argument("--cross-uncached", action="store_true",
+                        help="also run the cross-family TQ* direct with the baseline's prefix cache off")
     parser.add_argument("--json", help="write every number (and the texts) here")
     args = parser.parse_args()
     prompts = PROMPTS[:args.prompts]
@@ -110,6 +113,9 @@ def main() -> None:
             "Qwen2.5-Coder alone (baseline)": run(engine, prompts, params.replace(method="baseline")),
             "TQ* direct, Qwen guiding SmolLM2": run(engine, prompts, params),
         }
+        if args.cross_uncached:
+            uncached = Engine(sft, qwen.with_prompt_format(prefix_cache=False), reward)
+            cross["TQ* direct, Qwen's prefix cache off"] = run(uncached, prompts, params)
         show("Across families (SmolLM2-135M SFT, Qwen2.5-Coder-0.5B baseline through the bridge)", cross)
         for name, row in cross.items():
             print(f"\n{name}:")

@@ -17,7 +17,7 @@ from conftest import TEST_DEVICE
 from fake_openai import FakeServer
 from test_invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
-from tqstar import CallableReward, DecodeParams, Engine
+from tqstar import CallableReward, DecodeParams, Engine, PromptTooLongError
 from tqstar.lm.bridge import TextBridge, stored_continuation
 from tqstar.lm.hf import TransformersLM
 from tqstar.lm.remote import RemoteLM
@@ -149,6 +149,7 @@ def test_q_equals_the_text_level_reference_in_every_combination(sft_family, base
     sft, baseline = engine.models.sft, engine.models.baseline
     params = GREEDY.replace(stop=("tea",))
     plain = engine.generate(PROMPTS, params, progress=False)
+    assert any(z in sft.eos_token_ids for r in plain for row in r.trace for z in row["candidates"])  # EOS is valued
     for response in plain:
         for row in response.trace:
             before = response.token_ids[:row["step"]]
@@ -263,6 +264,16 @@ def test_special_tokens_of_each_side():
     assert bridge.prefix([], _ids(sft, "a b") + specials[:1]) == bridge.prefix([], _ids(sft, "a b"))
     prompt = baseline.encode_prompt("hi")
     assert prompt[0] == baseline.tokenizer.bos_token_id and bridge.prefix(prompt, ids)[:len(prompt)] == prompt
+
+
+def test_a_baseline_context_outgrown_by_the_re_encoded_text_is_named():
+    sft, baseline = family_lm("word", eos_bias=0.0), family_lm("bpe", 1)  # words are several BPE tokens each
+    prompt_ids = baseline.encode_prompt(PROMPTS[0])
+    baseline.max_context = len(prompt_ids) + 12
+    engine = Engine(sft, baseline, REWARD)
+    with pytest.raises(PromptTooLongError, match=r"for baseline bpe-1 \(text bridge\).*outgrows its \d+-token context;"
+                                                 r" lower max_new_tokens or rollout_len"):
+        engine.generate(PROMPTS[:1], GREEDY.replace(max_new_tokens=10, rollout_len=2), progress=False)
 
 
 def test_stored_continuation_reads_any_overlap():

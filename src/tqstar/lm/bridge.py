@@ -45,6 +45,7 @@ import functools
 import os
 from collections.abc import Sequence
 
+from ..errors import PromptTooLongError
 from ..text import REPLACEMENT, cut_at_stop
 from .base import LanguageModel, TokenIds
 
@@ -65,9 +66,20 @@ class TextBridge:
         """c: the SFT text of response ids, an incomplete trailing character dropped."""
         return self.sft.decode(list(ids)).rstrip(REPLACEMENT)
 
-    def prefix(self, prompt_ids: Sequence[int], ids: TokenIds) -> list[int]:
-        """B: the baseline's prompt ids (its own format) + its encoding of the text of response ``ids``."""
-        return list(prompt_ids) + list(self._encoded(tuple(ids))[1])
+    def prefix(self, prompt_ids: Sequence[int], ids: TokenIds, room: int = 0) -> list[int]:
+        """B: the baseline's prompt ids (its own format) + its encoding of the text of response ``ids``.
+
+        Raises :class:`PromptTooLongError` when B and ``room`` more tokens (the rollout) outgrow the baseline's
+        context: its tokenizer may need more tokens for the text than the SFT's, which the start-up check of the
+        prompt (:meth:`LanguageModel.check_fits`) cannot foresee."""
+        seq = list(prompt_ids) + list(self._encoded(tuple(ids))[1])
+        limit = self.baseline.max_context
+        if limit is not None and len(seq) + room > limit:
+            raise PromptTooLongError(
+                f"the response so far is {len(seq) - len(prompt_ids)} tokens for baseline {self.baseline.name} (text"
+                f" bridge), which with its {len(prompt_ids)}-token prompt and {room} rollout tokens outgrows its"
+                f" {limit}-token context; lower max_new_tokens or rollout_len, or shorten the prompt")
+        return seq
 
     def text(self, ids: TokenIds, tail: Sequence[int], stop: Sequence[str] = ()) -> str:
         """cut(c + t(c, τ)): the reward text of response ``ids`` continued by the baseline's rollout ``tail``."""

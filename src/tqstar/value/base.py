@@ -121,7 +121,7 @@ class RolloutEstimator(ValueEstimator):
         the text bridge its prompt ids + its encoding of the response text with z."""
         if self.bridge is None:
             return state.seq(self.policy) + [z]
-        return self.bridge.prefix(state.prompt_ids[self.policy], state.response + [z])
+        return self.bridge.prefix(state.prompt_ids[self.policy], state.response + [z], self._budget(state))
 
     def text(self, state: PromptState, z: int, tail: list[int]) -> str:
         """The reward text of the response continued by ``z`` and the policy's rollout ``tail``."""
