@@ -40,7 +40,10 @@ SYSTEM = "You are a cheerful, kind and positive assistant."
 
 
 def run(engine: Engine, prompts: list[str], params: DecodeParams) -> dict:
-    """Decode ``prompts`` as one batch; totals over the batch (per generated token where it says so)."""
+    """Decode ``prompts`` as one batch from empty prefix caches; totals over the batch (per generated token where it
+    says so)."""
+    for lm in (engine.models.sft, engine.models.baseline):
+        lm.reset_cache()
     start = time.perf_counter()
     responses = engine.generate(prompts, params, batch_size=len(prompts), progress=False)
     seconds = time.perf_counter() - start
@@ -51,6 +54,9 @@ def run(engine: Engine, prompts: list[str], params: DecodeParams) -> dict:
         "baseline_forward_per_token": sum(r.accounting.baseline_forward_tokens for r in responses) / steps,
         "sft_forward_per_token": sum(r.accounting.sft_forward_tokens for r in responses) / steps,
         "rollouts": sum(r.accounting.rollouts for r in responses),
+        # what the baseline ran besides generating rollout tokens: prompts and (re-encoded) response tails
+        "baseline_prefix_per_token": sum(r.accounting.baseline_forward_tokens - r.accounting.rollout_tokens
+                                         for r in responses) / steps,
         "reused_rollouts": sum(r.accounting.reused_rollouts for r in responses),
         "pruned": sum(r.accounting.pruned for r in responses),
         "seconds_per_token": seconds / steps,
@@ -62,11 +68,12 @@ def run(engine: Engine, prompts: list[str], params: DecodeParams) -> dict:
 
 def show(title: str, rows: dict[str, dict]) -> None:
     print(f"\n## {title}\n")
-    print("| run | baseline fwd tokens / token | rollouts | reused | s / token | mean reward |")
-    print("|---|---|---|---|---|---|")
+    print("| run | baseline fwd tokens / token | of which prefix | rollouts | reused | s / token | mean reward |")
+    print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['baseline_forward_per_token']:.1f} | {row['rollouts']} | {row['reused_rollouts']} |"
-              f" {row['seconds_per_token']:.3f} | {row['mean_reward']:+.3f} |")
+        print(f"| {name} | {row['baseline_forward_per_token']:.1f} | {row['baseline_prefix_per_token']:.1f} |"
+              f" {row['rollouts']} | {row['reused_rollouts']} | {row['seconds_per_token']:.3f} |"
+              f" {row['mean_reward']:+.3f} |")
 
 
 def main() -> None:
@@ -87,6 +94,7 @@ def main() -> None:
     reward = load_reward("sentiment")
     sft = TransformersLM.from_pretrained(smollm2_dir(), name="SmolLM2-135M-Instruct")
     out: dict = {"settings": vars(args), "prompts": prompts, "system_prompt": SYSTEM}
+    Engine(sft).generate(prompts[:1], params.replace(method="sft", max_new_tokens=2), progress=False)  # warm-up
 
     if not args.skip_same:
         same = {}

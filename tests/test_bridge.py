@@ -339,9 +339,11 @@ def test_baseline_forward_tokens_stay_per_token_with_the_bridge():
 
 
 # ---- served baselines -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("local_tokenizer", [True, False], ids=["local-tokenizer", "server-tokenizer"])
-@pytest.mark.parametrize("flavor", ["vllm", "llama.cpp"])
+@pytest.mark.parametrize(("flavor", "local_tokenizer"), [("vllm", True), ("llama.cpp", True), ("llama.cpp", False)],
+                         ids=["vllm", "llama.cpp", "llama.cpp-server-tokenizer"])
 def test_a_served_baseline_with_its_own_tokenizer_is_bridged(flavor, local_tokenizer):
+    """Through a local tokenizer, or llama-server's /tokenize (which can keep special-token text as text; vLLM's
+    cannot, so a vLLM baseline should be given its tokenizer directory)."""
     sft, baseline = family_lm("word"), family_lm("bpe", 1)
     server = FakeServer(baseline, flavor, "dpo")
     try:
