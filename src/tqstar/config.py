@@ -38,7 +38,7 @@ from .http import JsonClient
 from .lm.base import LanguageModel
 from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
 from .lm.remote import RemoteLM, is_remote_spec, parse_spec
-from .models import BUILTIN_MODELS, SMOLLM2_GGUF, package_file, resolve_adapter, resolve_model
+from .models import BUILTIN_MODELS, check_builtin, resolve_adapter, resolve_model
 from .params import DecodeParams
 from .prompts import read_prompt_file
 from .reward import RewardSpec
@@ -86,7 +86,7 @@ class ModelSpec:
         if self.tokenizer is not None:
             raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own")
         if self.path in BUILTIN_MODELS:
-            package_file(*SMOLLM2_GGUF)  # installed? (converted on first load)
+            check_builtin(self.path)  # installed? (converted on first load)
         else:
             _check_model_path(self.path, self.allow_download)
         check_device(self.device)

@@ -2,13 +2,15 @@
 
 ``Engine(sft, baseline, reward, baseline_reward).generate(prompts, params)`` checks the method against what
 was given (before decoding anything), formats each prompt for each model, decodes in batches and scores the
-finished responses with the target reward. It is three calls anyone can make — a server's scheduler does —
+finished responses with the target reward. A baseline with another tokenizer is bridged through text
+(:mod:`tqstar.lm.bridge`), decided here from the two tokenizers. It is three calls anyone can make — a server's scheduler does —
 ``new_state`` (one row per prompt), ``decoder(params).step/run`` (one token per step over the rows) and
 ``finish`` (rewards in one call, :class:`Response` objects).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 from .decoder import Decoder, OnStep
 from .errors import ConfigError, VocabularyMismatchError, require_type
 from .lm.base import LanguageModel
+from .lm.bridge import TextBridge
 from .params import DecodeParams
 from .randomness import prompt_key
 from .reward import Reward
@@ -33,13 +36,18 @@ class Engine:
     Args:
         sft: the reference (SFT) model that proposes candidates.
         baseline: the aligned model whose rollouts estimate Q* (``tq-direct``, ``tq-indirect``) or that is
-            decoded itself (``baseline``); it must share the SFT model's vocabulary.
+            decoded itself (``baseline``, ``bon`` with ``bon_policy="baseline"``). With the SFT model's vocabulary
+            it extends the SFT token ids (and must end at the same EOS ids); with another tokenizer it works on text
+            through the text bridge (:mod:`tqstar.lm.bridge`).
         reward: the target reward.
         baseline_reward: the reward the baseline was aligned to (``tq-indirect``).
+        bridge: ``None`` (default) bridges through text exactly when the two vocabularies differ, and says so once
+            on stderr; ``True`` bridges a pair that shares its vocabulary too (to measure what the bridge costs);
+            ``False`` refuses a pair with different vocabularies (:class:`VocabularyMismatchError`).
     """
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
-                 baseline_reward: Reward | None = None) -> None:
+                 baseline_reward: Reward | None = None, *, bridge: bool | None = None) -> None:
         for role, model in (("sft", sft), ("baseline", baseline)):
             if model is not None or role == "sft":
                 path = repr(model) if isinstance(model, str) else "PATH"
@@ -52,10 +60,19 @@ class Engine:
                        f"load one with load_reward({reward_!r})" if isinstance(reward_, str) else
                        "load one with load_reward(SPEC)")
                 require_type(reward_, Reward, role, "a Reward or None", fix)
+        text_bridge = None
         if baseline is not None:
-            check_same_vocabulary(sft, baseline)
-            check_same_eos(sft, baseline)
-        self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward)
+            same = shares_vocabulary(sft, baseline)
+            if bridge or (bridge is None and not same):
+                text_bridge = TextBridge(sft, baseline)
+                why = "share a vocabulary but bridge=True" if same else "have different tokenizers"
+                print(f"tqstar: SFT model {sft.name} and baseline {baseline.name} {why}: the baseline reads and"
+                      " writes text (text bridge, docs/weak-to-strong.md)", file=sys.stderr)
+            else:
+                check_same_vocabulary(sft, baseline)
+                check_same_eos(sft, baseline)
+        self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward,
+                             bridge=text_bridge)
 
     def check(self, params: DecodeParams, concurrency: int = 1) -> None:
         """Raise :class:`ConfigError` if ``params`` (and ``concurrency``) cannot run with the models and rewards
@@ -243,19 +260,22 @@ def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
                           f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size")
 
 
+def shares_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> bool:
+    """Whether the two models have the same number of logits and, where both have a tokenizer, the same one."""
+    vocab_a, vocab_b = _vocab(sft), _vocab(baseline)
+    return sft.vocab_size == baseline.vocab_size and (vocab_a is None or vocab_b is None or vocab_a == vocab_b)
+
+
 def check_same_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> None:
     """Raise :class:`VocabularyMismatchError` unless the two models share a vocabulary."""
-    same = sft.vocab_size == baseline.vocab_size
-    vocab_a, vocab_b = _vocab(sft), _vocab(baseline)
-    if same and vocab_a is not None and vocab_b is not None:
-        same = vocab_a == vocab_b
-    if not same:
+    if not shares_vocabulary(sft, baseline):
+        vocab_a, vocab_b = _vocab(sft), _vocab(baseline)
         size_a = len(vocab_a) if vocab_a is not None else sft.vocab_size
         size_b = len(vocab_b) if vocab_b is not None else baseline.vocab_size
         raise VocabularyMismatchError(
             f"SFT model {sft.name} ({size_a} tokens, {sft.vocab_size} logits) and baseline {baseline.name}"
-            f" ({size_b} tokens, {baseline.vocab_size} logits) have different vocabularies; TQ* needs a baseline"
-            " that shares the SFT model's tokenizer"
+            f" ({size_b} tokens, {baseline.vocab_size} logits) have different vocabularies; let the engine bridge"
+            " them through text (bridge=None, the default) or give a baseline that shares the SFT model's tokenizer"
         )
 
 

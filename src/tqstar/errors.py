@@ -5,7 +5,7 @@ Every error a user can act on is one sentence that names the offending value and
     TQStarError
     ├── ConfigError        (also a ValueError)  a parameter or spec is invalid; raised before models load
     ├── ModelLoadError                         a model path/id cannot be loaded, or two models do not fit
-    │   └── VocabularyMismatchError            SFT and baseline vocabularies differ
+    │   └── VocabularyMismatchError            vocabularies differ where they must agree (bridge=False; a server)
     ├── PromptTooLongError (also a ValueError)  a prompt does not fit the model's context
     ├── RewardError                            a reward returned NaN/inf, or the wrong number of values
     └── ServerError                            a model server is unreachable, timed out or answered unusably

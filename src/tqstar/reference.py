@@ -20,6 +20,7 @@ def naive_generate(engine: Engine, prompt: str, params: DecodeParams) -> list[in
     assert params.method in ("tq-direct", "cd") and params.temperature == 0 and params.n_rollouts == 1
     assert params.rollout_temperature == 0, "the reference rolls out greedily"
     assert not params.stop, "the reference knows no stop strings"
+    assert engine.models.bridge is None, "the reference shares the SFT vocabulary (the bridge has its own, in tests)"
     models = engine.models
     sft = models.sft
     roller = models.lm("baseline" if params.method == "tq-direct" else "sft")

@@ -9,17 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .lm.base import LanguageModel
+    from .lm.bridge import TextBridge
     from .reward import Reward
 
 
 @dataclass
 class Models:
-    """The models and rewards one engine decodes with; ``None`` where a method does not need one."""
+    """The models and rewards one engine decodes with; ``None`` where a method does not need one. ``bridge``: the
+    text bridge when the baseline has another tokenizer (:mod:`tqstar.lm.bridge`), else ``None``."""
 
     sft: LanguageModel
     baseline: LanguageModel | None = None
     reward: Reward | None = None
     baseline_reward: Reward | None = None
+    bridge: TextBridge | None = None
 
     def lm(self, role: str) -> LanguageModel:
         model = self.sft if role == "sft" else self.baseline

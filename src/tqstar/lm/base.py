@@ -95,6 +95,15 @@ class LanguageModel(ABC):
     def decode(self, ids: TokenIds) -> str:
         """Response text of ``ids`` (special tokens such as EOS dropped)."""
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of response ``text``: no special tokens added, special-token text kept as text (what the text
+        bridge feeds a baseline with another tokenizer, :mod:`tqstar.lm.bridge`). Default: the ``tokenizer``."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError(f"model {self.name} has no tokenizer to encode response text with; give it one"
+                              " (tokenizer: for a served model)")
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
     # ---- numbers ----------------------------------------------------------------------------------------
     @abstractmethod
     def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:

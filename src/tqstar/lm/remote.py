@@ -227,6 +227,10 @@ class RemoteLM(LanguageModel):
         return encode_around(text, contents, text=self._server_tokenize,
                              markup=lambda piece: self._server_tokenize(piece, special=True))
 
+    def encode_text(self, text: str) -> list[int]:
+        """The local tokenizer's ids of ``text`` when given, else the server's (no special tokens added or parsed)."""
+        return super().encode_text(text) if self.tokenizer is not None else self._server_tokenize(text)
+
     def decode(self, ids: TokenIds) -> str:
         ids = [int(i) for i in ids if int(i) not in self.eos_token_ids]
         if self.tokenizer is not None:

@@ -7,12 +7,15 @@ An estimator answers two questions for the ``(B, k)`` candidates of a step, with
   reward of the response text it ends, cut before the stop string), without a rollout; and, for greedy single
   rollouts, the candidate whose rollout the row's previous step already ran (the chosen candidate's rollout from
   ``[s, z*]`` is, one token shorter, the rollout of its own first token from the next state; only its last token
-  is generated).
+  is generated; :func:`~tqstar.lm.bridge.stored_continuation` states the rule for any policy sequence).
 * :meth:`ValueEstimator.estimate` — the rest, for the candidates marked ``needed`` (the decoder skips candidates
   that cannot change the choice) as one batch.
 
 Each rollout's budget is ``min(rollout_len, max_new_tokens − len(response) − 1)``: it never runs past what the
-response has left. Every text a reward reads is cut at the row's first stop string (:mod:`tqstar.text`).
+response has left. A baseline with another tokenizer rolls out from text through the text bridge
+(:mod:`tqstar.lm.bridge`: its sequence is its own prompt plus the re-encoded response text, its rollout's text is
+appended to the SFT response text); the estimator only asks :meth:`RolloutEstimator.prefix` and
+:meth:`RolloutEstimator.text`. Every text a reward reads is cut at the row's first stop string (:mod:`tqstar.text`).
 Sampled rollouts draw from the row's keyed streams (:mod:`tqstar.randomness`): rollout i of candidate z at the
 row's step t uses the stream ``(seed, prompt, "rollout", t, z, i)``, whatever else is in the batch.
 """
@@ -23,6 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ..lm.bridge import stored_continuation
 from ..params import DecodeParams
 from ..randomness import stream_seed
 from ..reward import Reward
@@ -61,6 +65,7 @@ class RolloutEstimator(ValueEstimator):
     def __init__(self, models: Models, params: DecodeParams) -> None:
         super().__init__(models, params)
         self.lm = models.lm(self.policy)
+        self.bridge = models.bridge if self.policy == "baseline" else None  # None: the policy shares the SFT ids
         self.reuse = params.reuse_rollouts and params.n_rollouts == 1 and params.rollout_temperature == 0
 
     @abstractmethod
@@ -74,9 +79,9 @@ class RolloutEstimator(ValueEstimator):
                 if self._ends_response(states[b], z)]
         reused = {pair: tail for pair, tail in self._reused(states, candidates).items() if pair not in ends}
         short = [(b, j) for (b, j), tail in reused.items() if self._is_short(tail, self._budget(states[b]))]
-        if short:  # generate the one missing last token of each reused rollout, as one batch
-            prefixes = [states[b].seq(self.policy) + [int(candidates[b, j])] + reused[(b, j)] for b, j in short]
-            out = self.lm.rollout(prefixes, 1, 0.0)
+        if short:  # generate the missing last tokens of each reused rollout (one, with shared ids), as one batch
+            prefixes = [self.prefix(states[b], int(candidates[b, j])) + reused[(b, j)] for b, j in short]
+            out = self.lm.rollout(prefixes, [self._budget(states[b]) - len(reused[(b, j)]) for b, j in short], 0.0)
             for (b, j), tokens, cost in zip(short, out.tokens, out.forward_tokens):
                 reused[(b, j)] = reused[(b, j)] + tokens
                 states[b].accounting.add_forward(self.policy, cost)
@@ -96,7 +101,7 @@ class RolloutEstimator(ValueEstimator):
         pairs = [(b, j) for b, j in needed.nonzero().tolist()]
         n = self.params.n_rollouts
         rolled = [(b, j) for b, j in pairs if not self._ends_response(states[b], int(candidates[b, j]))]
-        prefixes = [states[b].seq(self.policy) + [int(candidates[b, j])] for b, j in rolled for _ in range(n)]
+        prefixes = [self.prefix(states[b], int(candidates[b, j])) for b, j in rolled for _ in range(n)]
         budgets = [self._budget(states[b]) for b, _ in rolled for _ in range(n)]
         out = self.lm.rollout(prefixes, budgets, self.params.rollout_temperature, self._seeds(states, candidates, rolled))
         tails: dict[Pair, list[list[int]]] = {pair: [[]] * n for pair in pairs}  # finishing candidates: no rollout
@@ -110,12 +115,26 @@ class RolloutEstimator(ValueEstimator):
             self._remember(states[b], int(candidates[b, j]), tails[(b, j)][0])
         return self._values(states, candidates, tails)
 
+    # ---- the policy's view of a state ----------------------------------------------------------------------
+    def prefix(self, state: PromptState, z: int) -> list[int]:
+        """The sequence the policy rolls out from for candidate ``z``: its prompt ids + the response + z, or through
+        the text bridge its prompt ids + its encoding of the response text with z."""
+        if self.bridge is None:
+            return state.seq(self.policy) + [z]
+        return self.bridge.prefix(state.prompt_ids[self.policy], state.response + [z], self._budget(state))
+
+    def text(self, state: PromptState, z: int, tail: list[int]) -> str:
+        """The reward text of the response continued by ``z`` and the policy's rollout ``tail``."""
+        if self.bridge is None:
+            return response_text(self.lm, state.response + [z] + tail, state.stop)
+        return self.bridge.text(state.response + [z], tail, state.stop)
+
     # ---- helpers ----------------------------------------------------------------------------------------
     def _ends_response(self, state: PromptState, z: int) -> bool:
         """Whether committing ``z`` would finish the response: EOS (the decoder's, the SFT model's), a completed
         stop string, or the budget's last token. Such a candidate is valued by its own text, without a rollout."""
         return (z in self.models.sft.eos_token_ids or self._budget(state) <= 0
-                or hits_stop(self.lm, state.response + [z], state.stop))
+                or hits_stop(self.models.sft, state.response + [z], state.stop))
 
     def _budget(self, state: PromptState) -> int:
         """Rollout length after a candidate: ``rollout_len``, capped by what the response has left after it."""
@@ -130,7 +149,7 @@ class RolloutEstimator(ValueEstimator):
 
     def _remember(self, state: PromptState, z: int, tail: list[int]) -> None:
         if self.reuse:
-            state.current_rollouts[tuple(state.seq(self.policy)) + (z,)] = tail
+            state.current_rollouts[tuple(self.prefix(state, z))] = tail
 
     def _reused(self, states: list[PromptState], candidates: torch.Tensor) -> dict[Pair, list[int]]:
         """Candidates whose greedy rollout the row's previous step already ran (from the chosen token's rollout)."""
@@ -138,12 +157,13 @@ class RolloutEstimator(ValueEstimator):
         if not self.reuse:
             return found
         for b, state in enumerate(states):
-            rollout = state.previous_rollouts.get(tuple(state.seq(self.policy)))
-            if not rollout or rollout[0] in self.lm.eos_token_ids:
+            if not state.previous_rollouts:
                 continue
-            row = candidates[b].tolist()
-            if rollout[0] in row:
-                found[(b, row.index(rollout[0]))] = list(rollout[1:])
+            for j, z in enumerate(candidates[b].tolist()):
+                tail = stored_continuation(state.previous_rollouts, self.prefix(state, z), self._budget(state),
+                                           self.lm.eos_token_ids)
+                if tail is not None:
+                    found[(b, j)] = tail
         return found
 
     def _is_short(self, tail: list[int], budget: int) -> bool:
@@ -156,8 +176,7 @@ class RolloutEstimator(ValueEstimator):
         q = torch.full(candidates.shape, float("nan"))
         if not tails:
             return q
-        texts = [[response_text(self.lm, states[b].response + [int(candidates[b, j])] + t, states[b].stop)
-                  for t in group] for (b, j), group in tails.items()]
+        texts = [[self.text(states[b], int(candidates[b, j]), t) for t in group] for (b, j), group in tails.items()]
         for (b, j), value in zip(tails, self.aggregate(states, [b for b, _ in tails], texts)):
             q[b, j] = value
         return q
