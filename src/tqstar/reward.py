@@ -70,6 +70,10 @@ class Reward(ABC):
         """Whether scoring this pair would be answered from the cache (no reward evaluation)."""
         return bool(self.cache_size) and (prompt, response) in self._value_cache()
 
+    def reset_cache(self) -> None:
+        """Forget every cached value."""
+        self.__dict__.pop("_cache", None)
+
     def _value_cache(self) -> dict[tuple[str, str], float]:
         cache = self.__dict__.get("_cache")
         if cache is None:
@@ -150,15 +154,21 @@ class TransformersReward(Reward):
         sigmoid: report ``sigmoid(logit)`` in (0, 1) instead of the logit (its range is then known).
         label: which output logit is the reward when the head has more than one.
         range: declared ``(R_min, R_max)`` of the raw output, if known.
+        prefix_cache: for a decoder reward model, reuse the encoding of the longest token prefix already seen
+            (:mod:`tqstar.reward_cache`; same scores). ``False`` runs every text in full, for measuring.
+
+    ``forward_tokens`` counts the tokens the model has run (cached prefix tokens are not re-counted).
     """
 
     def __init__(self, path: str, *, format: str | None = None, truncate: bool = False, sigmoid: bool = False,
                  label: int | None = None, range: Range | None = None, batch_size: int = 16,
-                 device: str = "cpu", dtype: str = "float32", name: str | None = None) -> None:
+                 device: str = "cpu", dtype: str = "float32", name: str | None = None,
+                 prefix_cache: bool = True) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from .lm.hf import DTYPES, _check_model_path
+        from .reward_cache import prefix_scorer
 
         _check_model_path(str(path))
         if format is not None and ("{response}" not in format):
@@ -187,6 +197,8 @@ class TransformersReward(Reward):
         )
         self.name = name or str(path)
         self.range = (0.0, 1.0) if sigmoid else range
+        self.forward_tokens = 0
+        self._prefix = prefix_scorer(self.model, self.name) if prefix_cache else None
 
     def _text(self, prompt: str, response: str) -> str:
         if self.format is not None:
@@ -198,28 +210,48 @@ class TransformersReward(Reward):
         return f"{prompt}\n{response}"
 
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        torch = self._torch
         texts = [self._text(p, r) for p, r in zip(prompts, responses)]
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start:start + self.batch_size]
-            ids = [self.tokenizer(t, add_special_tokens=self.format is not None or not self.tokenizer.chat_template)["input_ids"] for t in chunk]
-            for i, seq in enumerate(ids):
-                if len(seq) > self.max_length:
-                    if not self.truncate:
-                        raise RewardError(
-                            f"reward model input {preview(chunk[i])} is {len(seq)} tokens, over the"
-                            f" {self.max_length}-token limit of {self.name}; pass truncate=True (--reward-truncate)"
-                            " to keep its last tokens, or shorten the generation"
-                        )
-                    ids[i] = seq[-self.max_length:]
-            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+        ids = self._input_ids(texts)
+        if self._prefix is not None and self._prefix.fits(ids):
+            logits, tokens = self._prefix.score(ids, self.batch_size)  # (M, labels)
+        else:
+            logits, tokens = self._full_forward(ids)
+        self.forward_tokens += tokens
+        values = logits[:, self.label]  # (M,)
+        return (self._torch.sigmoid(values) if self.sigmoid else values).cpu().tolist()
+
+    def _input_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text in the model's tokens (cut from the left to the model's limit with ``truncate``)."""
+        special = self.format is not None or not getattr(self.tokenizer, "chat_template", None)
+        ids = [self.tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+        for i, seq in enumerate(ids):
+            if not seq:
+                raise RewardError(f"reward model input {preview(texts[i])} encodes to no tokens for {self.name};"
+                                  " give a reward `format` that adds text around the response")
+            if len(seq) > self.max_length:
+                if not self.truncate:
+                    raise RewardError(
+                        f"reward model input {preview(texts[i])} is {len(seq)} tokens, over the"
+                        f" {self.max_length}-token limit of {self.name}; pass truncate=True (--reward-truncate)"
+                        " to keep its last tokens, or shorten the generation"
+                    )
+                ids[i] = seq[-self.max_length:]
+        return ids
+
+    def _full_forward(self, ids: list[list[int]]):
+        """The model's own forward on padded batches: outputs ``(M, labels)`` and the tokens run."""
+        torch, out = self._torch, []
+        for start in range(0, len(ids), self.batch_size):
+            batch = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
             with torch.inference_mode():
-                logits = self.model(**batch).logits[:, self.label].float()
-            if self.sigmoid:
-                logits = torch.sigmoid(logits)
-            out.extend(logits.cpu().tolist())
-        return out
+                out.append(self.model(**batch.to(self.device)).logits.float())  # (b, labels)
+        return torch.cat(out), sum(len(s) for s in ids)
+
+    def reset_cache(self) -> None:
+        """Forget cached values and stored prefix encodings (frees memory; scores are unaffected)."""
+        super().reset_cache()
+        if self._prefix is not None:
+            self._prefix.reset()
 
 
 # ---- built-ins --------------------------------------------------------------------------------------------
