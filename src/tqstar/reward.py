@@ -20,8 +20,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, ModelLoadError, RewardError, preview
+
+if TYPE_CHECKING:
+    from .params import DecodeParams
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -252,6 +256,27 @@ class TransformersReward(Reward):
         super().reset_cache()
         if self._prefix is not None:
             self._prefix.reset()
+
+
+def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | None:
+    """Why decoding with ``params`` will not prune candidates, as one line for ``--trace`` output and logs;
+    ``None`` when it prunes (or the method has no candidates to prune).
+
+    Pruning skips candidate z when ``log π_sft(z) + α·R_max`` cannot beat the best score already computed, so
+    it needs greedy choice and the reward's upper bound R_max.
+    """
+    from .params import TOKEN_METHODS
+
+    if reward is None or params.method not in TOKEN_METHODS or params.method == "none" or params.alpha == 0:
+        return None
+    if not params.prune:
+        return "pruning off: switched off (prune=False)"
+    if params.temperature != 0:
+        return f"pruning off: it needs greedy choice (temperature 0), got temperature {params.temperature:g}"
+    if reward.range is None:
+        return (f"pruning off: reward {reward.name} declares no range; give --reward-sigmoid or a declared range"
+                " (range: [R_MIN, R_MAX] in the reward's config entry)")
+    return None
 
 
 # ---- built-ins --------------------------------------------------------------------------------------------
