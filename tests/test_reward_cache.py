@@ -79,7 +79,6 @@ def test_cached_scores_equal_the_model_forward(tmp_path, kind):
     plain = TransformersReward(path, format=FORMAT, prefix_cache=False)
     if kind == "qwen2":  # transformers loads a qwen2 directory's tokenizer as Qwen2Tokenizer: keep the word-level one
         cached.tokenizer = plain.tokenizer = build_tokenizer()
-    assert cached._prefix is not None and plain._prefix is None
     for prompts, texts in _steps():
         got = cached.score(prompts, texts)
         assert got == pytest.approx(plain.score(prompts, texts), abs=1e-5)
@@ -103,6 +102,11 @@ def test_forward_token_counts(tmp_path):
         # the stem once (only its new tokens after the first step), then each text past the stem
         assert cached.forward_tokens - before == (stem - previous_stem) + sum(len(s) - stem for s in ids)
         previous_stem = stem
+    cached.prefix_cache = False  # switched off later: every text in full
+    cached.reset_cache()
+    before = cached.forward_tokens
+    cached.score(prompts, texts)
+    assert cached.forward_tokens - before == sum(len(s) for s in ids)
 
 
 def test_label_and_sigmoid_read_the_same_head(tmp_path):
@@ -182,6 +186,7 @@ def test_bidirectional_reward_model_falls_back_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("is not a decoder model") == 1 and "BertForSequenceClassification" in err
     assert reward._prefix is None
+    TransformersReward(path, format=FORMAT, prefix_cache=False)  # asked for no cache: nothing to say
     for prompts, texts in _steps(2):
         ids = reward._input_ids([reward._text(p, t) for p, t in zip(prompts, texts)])
         before = reward.forward_tokens

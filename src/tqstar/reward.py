@@ -159,7 +159,8 @@ class TransformersReward(Reward):
         label: which output logit is the reward when the head has more than one.
         range: declared ``(R_min, R_max)`` of the raw output, if known.
         prefix_cache: for a decoder reward model, reuse the encoding of the longest token prefix already seen
-            (:mod:`tqstar.reward_cache`; same scores). ``False`` runs every text in full, for measuring.
+            (:mod:`tqstar.reward_cache`; same scores). ``False`` runs every text in full, for measuring; the
+            attribute may be switched later.
 
     ``forward_tokens`` counts the tokens the model has run (cached prefix tokens are not re-counted).
     """
@@ -202,7 +203,8 @@ class TransformersReward(Reward):
         self.name = name or str(path)
         self.range = (0.0, 1.0) if sigmoid else range
         self.forward_tokens = 0
-        self._prefix = prefix_scorer(self.model, self.name) if prefix_cache else None
+        self.prefix_cache = prefix_cache
+        self._prefix = prefix_scorer(self.model, self.name, quiet=not prefix_cache)
 
     def _text(self, prompt: str, response: str) -> str:
         if self.format is not None:
@@ -216,7 +218,7 @@ class TransformersReward(Reward):
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
         texts = [self._text(p, r) for p, r in zip(prompts, responses)]
         ids = self._input_ids(texts)
-        if self._prefix is not None and self._prefix.fits(ids):
+        if self.prefix_cache and self._prefix is not None and self._prefix.fits(ids):
             logits, tokens = self._prefix.score(ids, self.batch_size)  # (M, labels)
         else:
             logits, tokens = self._full_forward(ids)

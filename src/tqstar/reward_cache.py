@@ -45,15 +45,16 @@ from .lm.kvcache import (
 Seq = tuple[int, ...]
 
 
-def prefix_scorer(model, name: str) -> PrefixScorer | None:
-    """A :class:`PrefixScorer` for a decoder sequence-classification ``model``; ``None`` (said once on stderr)
-    for a model the cache cannot serve exactly (a bidirectional encoder such as BERT or DeBERTa)."""
+def prefix_scorer(model, name: str, *, quiet: bool = False) -> PrefixScorer | None:
+    """A :class:`PrefixScorer` for a decoder sequence-classification ``model``; ``None`` (said once on stderr
+    unless ``quiet``) for a model the cache cannot serve exactly (a bidirectional encoder: BERT, DeBERTa)."""
     from transformers.modeling_layers import GenericForSequenceClassification
 
     if isinstance(model, GenericForSequenceClassification):
         return PrefixScorer(model)
-    print(f"tqstar: reward model {name} ({type(model).__name__}) is not a decoder model; it is scored with full"
-          " forwards, without the reward prefix cache", file=sys.stderr)
+    if not quiet:
+        print(f"tqstar: reward model {name} ({type(model).__name__}) is not a decoder model; it is scored with full"
+              " forwards, without the reward prefix cache", file=sys.stderr)
     return None
 
 
