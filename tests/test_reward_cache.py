@@ -50,7 +50,7 @@ def _decoder_rm(tmp_path, kind: str = "llama", seed: int = 0, **config) -> str:
 
 def _hf_scores(reward: TransformersReward, prompts, responses, padding_side: str) -> list[float]:
     """The reference: the ``transformers`` model's own forward on one padded batch."""
-    ids = reward._input_ids([reward._text(p, r) for p, r in zip(prompts, responses)])
+    ids = reward.encode(prompts, responses)
     reward.tokenizer.padding_side = padding_side
     try:
         batch = reward.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
@@ -93,7 +93,7 @@ def test_forward_token_counts(tmp_path):
     plain = TransformersReward(_decoder_rm(tmp_path), format=FORMAT, prefix_cache=False)
     previous_stem = 0
     for prompts, texts in _steps():
-        ids = [tuple(s) for s in cached._input_ids([cached._text(p, t) for p, t in zip(prompts, texts)])]
+        ids = [tuple(s) for s in cached.encode(prompts, texts)]
         stem = min(shared_prefix_lengths(ids))  # one stem shared by all k texts
         before, plain_before = cached.forward_tokens, plain.forward_tokens
         cached.score(prompts, texts)
@@ -171,7 +171,7 @@ def test_sliding_window_longer_inputs_run_uncached(tmp_path):
     assert cached.forward_tokens < plain.forward_tokens  # the short pair shared its stem
     before = cached.forward_tokens
     assert cached.score(*long) == pytest.approx(plain.score(*long), abs=1e-5)
-    ids = cached._input_ids([cached._text(p, t) for p, t in zip(*long)])
+    ids = cached.encode(*long)
     assert cached.forward_tokens - before == sum(len(s) for s in ids)
 
 
@@ -188,7 +188,7 @@ def test_bidirectional_reward_model_falls_back_once(tmp_path, capsys):
     assert reward._prefix is None
     TransformersReward(path, format=FORMAT, prefix_cache=False)  # asked for no cache: nothing to say
     for prompts, texts in _steps(2):
-        ids = reward._input_ids([reward._text(p, t) for p, t in zip(prompts, texts)])
+        ids = reward.encode(prompts, texts)
         before = reward.forward_tokens
         assert reward.score(prompts, texts) == pytest.approx(_hf_scores(reward, prompts, texts, "right"), abs=1e-5)
         assert reward.forward_tokens - before == sum(len(s) for s in ids)

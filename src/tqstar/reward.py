@@ -215,9 +215,12 @@ class TransformersReward(Reward):
             )
         return f"{prompt}\n{response}"
 
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """The model's input tokens for each (prompt, response) pair (formatted, tokenised, truncated)."""
+        return self._input_ids([self._text(p, r) for p, r in zip(prompts, responses)])
+
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        texts = [self._text(p, r) for p, r in zip(prompts, responses)]
-        ids = self._input_ids(texts)
+        ids = self.encode(prompts, responses)
         if self.prefix_cache and self._prefix is not None and self._prefix.fits(ids):
             logits, tokens = self._prefix.score(ids, self.batch_size)  # (M, labels)
         else:
