@@ -1,9 +1,9 @@
 """Prefix-cached scoring for causal (decoder) reward models: encode the shared stem once, score at the last token.
 
 A TQ* step scores k×N texts ``prompt + response so far + candidate + rollout`` that share a long stem, and the
-next step's texts extend that stem by the committed token. A decoder reward model (``LlamaForSequenceClassi
-fication``, Mistral, Qwen, Gemma, ...: every ``GenericForSequenceClassification`` of ``transformers``) reads
-its score at one position, so the score of a token sequence ``x_1..x_n`` is
+next step's texts extend that stem by the committed token. A decoder reward model (Llama, Mistral, Qwen,
+Gemma, ...: every ``GenericForSequenceClassification`` of ``transformers``) reads its score at one position, so
+the score of a token sequence ``x_1..x_n`` is
 
     r(x) = W · h_p(x_1..x_p),    p = the last position whose token is not the pad token
 
@@ -21,8 +21,8 @@ the cheaply known values, then the estimated ones — each find the other's prom
 forward within float tolerance (``tests/test_reward_cache.py``). Sliding-window attention is exact only for
 sequences within the window; a call with a longer sequence is scored uncached by the caller.
 
-Forward tokens per scored text, with the prompt P tokens, response t, rollout L: P + t + L uncached; about L + 1
-with this cache (the stem's P + t once per call when new, one token more per step otherwise).
+Forward tokens per scored text, with the prompt P tokens, response t, candidate and rollout L + 1: P + t + L + 1
+uncached; about L + 1 with this cache (the stem's P + t once when new, about one token more per step).
 """
 
 from __future__ import annotations
