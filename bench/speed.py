@@ -239,17 +239,17 @@ def reward_limit(reward: TransformersReward, prompt: str, response: str, rows: i
 
 
 def cost_model(*, P: float, P_b: float, P_r: float, T: float, L: float, fresh: float, reused: float,
-               texts: float, rm_cache: bool = True) -> dict[str, float]:
+               extends: float, texts: float, rm_cache: bool = True) -> dict[str, float]:
     """Predicted forward tokens per generated token with the LM prefix cache (docs/performance.md, "Cost model").
 
-    ``fresh``, ``reused``, ``texts``: rollouts run, rollouts reused and texts scored per generated token
-    (k·N, 0 and k·N without pruning and reuse); ``L``: the mean rollout length (the rollout budget unless
-    rollouts stop at EOS); ``P``, ``P_b``, ``P_r``: prompt tokens of the SFT model, the baseline and the reward
-    model; ``T``: tokens generated per response (the mean response so far is T/2).
+    Per generated token: ``fresh`` rollouts run, of mean length ``L`` (the rollout budget unless they stop at
+    EOS); ``reused`` rollouts reused; ``texts`` scored, of which ``extends`` extend last step's chosen text by one
+    token (a greedy rollout's continuation: as many as ``reused`` whether reuse is on or off). ``P``, ``P_b``,
+    ``P_r``: prompt tokens of the SFT model, the baseline and the reward model; ``T``: tokens per response.
     """
-    lm = 2 + fresh * L + reused * (L + 1) + (P + P_b) / T
+    lm = 2 + fresh * L + reused * (L + 1) + (P + P_b) / T  # reuse: an upper bound (see the docs)
     if rm_cache:
-        rm = (texts - reused) * (L + 1) + reused + 1 + P_r / T
+        rm = (texts - extends) * (L + 1) + extends + 1 + P_r / T
     else:
         rm = texts * (P_r + T / 2 + L + 1) + (P_r + T) / T  # every text in full, and the final reward
     return {"lm": lm, "rm": rm}
@@ -322,15 +322,18 @@ def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -
     rows: dict[str, dict] = {}
     _, rows["greedy SFT"] = measure(engine, counter, prompts, DecodeParams(method="sft", max_new_tokens=args.long_tokens))
     outputs = {}
-    runs = [("tqstar", params, True), ("tqstar", params, False), ("tqstar, prune + reuse off", plain, True)]
+    runs = [("tqstar", params, False), ("tqstar", params, True), ("tqstar, prune + reuse off", plain, True)]
     for label, p, ranged in runs:
         for rm_cache in (True, False):
             name = f"{label}, {'range' if ranged else 'no range'}, reward prefix cache {'on' if rm_cache else 'off'}"
             out, rows[name] = measure(engine, counter, prompts, p, rm_cache=rm_cache, ranged=ranged)
             row = rows[name]
-            mean_len = row["rollout_tokens"] / max(row["fresh"] + row["reused"], 1e-9)
-            row["predicted"] = cost_model(P=P, P_b=P_b, P_r=P_r, T=row["T"], L=mean_len, fresh=row["fresh"],
-                                          reused=row["reused"], texts=row["texts"], rm_cache=rm_cache)
+            fresh_len = (row["rollout_tokens"] - row["reused"]) / row["fresh"] if row["fresh"] else L
+            # texts extending last step's chosen text: the reused ones, and as many with reuse off
+            extends = row["reused"] or rows["tqstar, no range, reward prefix cache on"]["reused"]
+            row["predicted"] = cost_model(P=P, P_b=P_b, P_r=P_r, T=row["T"], L=fresh_len, fresh=row["fresh"],
+                                          reused=row["reused"], extends=extends, texts=row["texts"],
+                                          rm_cache=rm_cache)
             outputs[name] = [r.token_ids for r in out]
             if not rm_cache:
                 assert outputs[name] == outputs[name.replace("cache off", "cache on")], f"{name}: other tokens"
