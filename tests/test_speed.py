@@ -9,7 +9,7 @@ from conftest import vowel_share
 from tqstar.engine import Engine
 from tqstar.params import DecodeParams
 from tqstar.reference import naive_generate
-from tqstar.reward import CallableReward
+from tqstar.reward import CallableReward, pruning_off_reason
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 
@@ -54,6 +54,21 @@ def test_pruning_needs_a_declared_range(sft, baseline):
     (r,) = Engine(sft, baseline, unbounded).generate(PROMPTS[:1], DecodeParams(alpha=0.3, max_new_tokens=4),
                                                      progress=False)
     assert r.accounting.pruned == 0
+
+
+def test_pruning_off_reason_says_why():
+    bounded, unbounded = CallableReward(vowel_share), CallableReward(lambda p, r: vowel_share(p, r), name="unbounded")
+    params = DecodeParams(alpha=0.3)
+    assert pruning_off_reason(bounded, params) is None
+    assert pruning_off_reason(unbounded, params) == (
+        "pruning off: reward unbounded declares no range; give --reward-sigmoid or a declared range"
+        " (range: [R_MIN, R_MAX] in the reward's config entry)")
+    assert pruning_off_reason(bounded, params.replace(prune=False)) == "pruning off: switched off (prune=False)"
+    assert pruning_off_reason(bounded, params.replace(temperature=0.7)) == (
+        "pruning off: it needs greedy choice (temperature 0), got temperature 0.7")
+    for quiet in (params.replace(method="sft"), params.replace(method="none"), params.replace(alpha=0.0)):
+        assert pruning_off_reason(unbounded, quiet) is None
+    assert pruning_off_reason(None, params) is None
 
 
 def test_rollout_reuse_is_exact_and_saves_rollouts(sft, reward):

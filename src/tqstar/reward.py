@@ -24,8 +24,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, RewardError, preview
+
+if TYPE_CHECKING:
+    from .params import DecodeParams
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -77,6 +81,10 @@ class Reward(ABC):
     def is_cached(self, prompt: str, response: str) -> bool:
         """Whether scoring this pair would be answered from the cache (no reward evaluation)."""
         return bool(self.cache_size) and (prompt, response) in self._value_cache()
+
+    def reset_cache(self) -> None:
+        """Forget every cached value."""
+        self.__dict__.pop("_cache", None)
 
     def _value_cache(self) -> dict[tuple[str, str], float]:
         cache = self.__dict__.get("_cache")
@@ -177,16 +185,22 @@ class TransformersReward(Reward):
         label: which output logit is the reward when the head has more than one.
         range: declared ``(R_min, R_max)`` of the raw output, if known (checked on every value).
         check_range: ``False`` drops the range (``sigmoid``'s too), so nothing is checked, pruned or bounded by it.
+        prefix_cache: for a decoder reward model, reuse the encoding of the longest token prefix already seen
+            (:mod:`tqstar.reward_cache`; same scores). ``False`` runs every text in full, for measuring; the
+            attribute may be switched later.
+
+    ``forward_tokens`` counts the tokens the model has run (cached prefix tokens are not re-counted).
     """
 
     def __init__(self, path: str, *, format: str | None = None, truncate: bool = False, sigmoid: bool = False,
                  label: int | None = None, range: Range | None = None, batch_size: int = 16,
                  device: str = "cpu", dtype: str = "float32", name: str | None = None,
-                 check_range: bool = True) -> None:
+                 check_range: bool = True, prefix_cache: bool = True) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
 
         from .lm.hf import DTYPES, _check_model_path, check_device, load_pretrained
+        from .reward_cache import prefix_scorer
 
         check_device(device)
         _check_model_path(str(path))
@@ -213,6 +227,9 @@ class TransformersReward(Reward):
         )
         self.name = name or str(path)
         self.range = None if not check_range else (0.0, 1.0) if sigmoid else range
+        self.forward_tokens = 0
+        self.prefix_cache = prefix_cache
+        self._prefix = prefix_scorer(self.model, self.name, quiet=not prefix_cache)
 
     def _text(self, prompt: str, response: str) -> str:
         if self.format is not None:
@@ -223,29 +240,73 @@ class TransformersReward(Reward):
             )
         return f"{prompt}\n{response}"
 
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """The model's input tokens for each (prompt, response) pair (formatted, tokenised, truncated)."""
+        return self._input_ids([self._text(p, r) for p, r in zip(prompts, responses)])
+
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        torch = self._torch
-        texts = [self._text(p, r) for p, r in zip(prompts, responses)]
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start:start + self.batch_size]
-            ids = [self.tokenizer(t, add_special_tokens=self.format is not None or not self.tokenizer.chat_template)["input_ids"] for t in chunk]
-            for i, seq in enumerate(ids):
-                if len(seq) > self.max_length:
-                    if not self.truncate:
-                        raise RewardError(
-                            f"reward model input {preview(chunk[i])} is {len(seq)} tokens, over the"
-                            f" {self.max_length}-token limit of {self.name}; pass truncate=True (--reward-truncate)"
-                            " to keep its last tokens, or shorten the generation"
-                        )
-                    ids[i] = seq[-self.max_length:]
-            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+        ids = self.encode(prompts, responses)
+        if self.prefix_cache and self._prefix is not None and self._prefix.fits(ids):
+            logits, tokens = self._prefix.score(ids, self.batch_size)  # (M, labels)
+        else:
+            logits, tokens = self._full_forward(ids)
+        self.forward_tokens += tokens
+        values = logits[:, self.label]  # (M,)
+        return (self._torch.sigmoid(values) if self.sigmoid else values).cpu().tolist()
+
+    def _input_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text in the model's tokens (cut from the left to the model's limit with ``truncate``)."""
+        special = self.format is not None or not getattr(self.tokenizer, "chat_template", None)
+        ids = [self.tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+        for i, seq in enumerate(ids):
+            if not seq:
+                raise RewardError(f"reward model input {preview(texts[i])} encodes to no tokens for {self.name};"
+                                  " give a reward `format` that adds text around the response")
+            if len(seq) > self.max_length:
+                if not self.truncate:
+                    raise RewardError(
+                        f"reward model input {preview(texts[i])} is {len(seq)} tokens, over the"
+                        f" {self.max_length}-token limit of {self.name}; pass truncate=True (--reward-truncate)"
+                        " to keep its last tokens, or shorten the generation"
+                    )
+                ids[i] = seq[-self.max_length:]
+        return ids
+
+    def _full_forward(self, ids: list[list[int]]):
+        """The model's own forward on padded batches: outputs ``(M, labels)`` and the tokens run."""
+        torch, out = self._torch, []
+        for start in range(0, len(ids), self.batch_size):
+            batch = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
             with torch.inference_mode():
-                logits = self.model(**batch).logits[:, self.label].float()
-            if self.sigmoid:
-                logits = torch.sigmoid(logits)
-            out.extend(logits.cpu().tolist())
-        return out
+                out.append(self.model(**batch.to(self.device)).logits.float())  # (b, labels)
+        return torch.cat(out), sum(len(s) for s in ids)
+
+    def reset_cache(self) -> None:
+        """Forget cached values and stored prefix encodings (frees memory; scores are unaffected)."""
+        super().reset_cache()
+        if self._prefix is not None:
+            self._prefix.reset()
+
+
+def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | None:
+    """Why decoding with ``params`` will not prune candidates, as one line for ``--trace`` output and logs;
+    ``None`` when it prunes (or the method has no candidates to prune).
+
+    Pruning skips candidate z when ``log π_sft(z) + α·R_max`` cannot beat the best score already computed, so
+    it needs greedy choice and the reward's upper bound R_max.
+    """
+    from .params import TOKEN_METHODS
+
+    if reward is None or params.method not in TOKEN_METHODS or params.method == "none" or params.alpha == 0:
+        return None
+    if not params.prune:
+        return "pruning off: switched off (prune=False)"
+    if params.temperature != 0:
+        return f"pruning off: it needs greedy choice (temperature 0), got temperature {params.temperature:g}"
+    if reward.range is None:
+        return (f"pruning off: reward {reward.name} declares no range; give --reward-sigmoid or a declared range"
+                " (range: [R_MIN, R_MAX] in the reward's config entry)")
+    return None
 
 
 # ---- built-ins --------------------------------------------------------------------------------------------

@@ -34,10 +34,8 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
@@ -52,49 +50,12 @@ from .base import (
     rollout_budgets,
     rollout_uniforms,
 )
+from .kvcache import PrefixKV, _make_cache, _Rows
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class _Rows:
-    """Encoded sequences: tokens, KV per layer ``(R, H, T, D)``, mask ``(R, T)``, last logits ``(R, V)``."""
-
-    tokens: list[tuple[int, ...]]
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None
-    mask: torch.Tensor
-    last_logits: torch.Tensor | None
-
-    def token_array(self) -> np.ndarray:
-        """Stored tokens as ``(R, T)`` int64, right-padded with -1 (for prefix matching)."""
-        width = max((len(t) for t in self.tokens), default=0)
-        table = np.full((len(self.tokens), max(width, 1)), -1, dtype=np.int64)
-        for i, t in enumerate(self.tokens):
-            table[i, :len(t)] = t
-        return table
-
-    def keep_first(self, kept: Sequence[int]) -> _Rows:
-        """Each row cut to its first ``kept[i]`` tokens: later positions are masked out, and columns masked in
-        every row are dropped. Rows that keep everything keep their last logits."""
-        if all(n == len(t) for n, t in zip(kept, self.tokens)):
-            return self
-        limit = torch.as_tensor(list(kept), device=self.mask.device)[:, None]
-        mask = self.mask * (self.mask.cumsum(dim=1) <= limit)  # (R, T)
-        cols = mask.any(dim=0).nonzero().squeeze(-1)
-        kv = None
-        if self.kv is not None and len(cols):
-            kv = [(k.index_select(2, cols), v.index_select(2, cols)) for k, v in self.kv]
-        tokens = [t[:n] for t, n in zip(self.tokens, kept)]
-        return _Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
-
-    def select(self, idx: Sequence[int]) -> _Rows:
-        index = torch.as_tensor(list(idx), dtype=torch.long, device=self.mask.device)
-        kv = None if self.kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
-        last = None if self.last_logits is None else self.last_logits.index_select(0, index)
-        return _Rows([self.tokens[i] for i in idx], kv, self.mask.index_select(0, index), last)
-
-
-class TransformersLM(FullVocabLM):
+class TransformersLM(FullVocabLM, PrefixKV):
     """A ``transformers`` causal LM behind the :class:`LanguageModel` protocol.
 
     Args:
@@ -299,45 +260,6 @@ class TransformersLM(FullVocabLM):
         self._rows = None
 
     # ---- internals --------------------------------------------------------------------------------------
-    def _encode(self, seqs: list[tuple[int, ...]]) -> tuple[_Rows, list[int]]:
-        """Encode ``seqs`` reusing the stored rows; returns the rows and per-sequence tokens run.
-
-        Each sequence starts from the stored row sharing its longest common prefix (the row's tail beyond it is
-        masked out), and only the rest of the sequence is run.
-        """
-        stored = self._rows
-        if stored is None or not self.prefix_cache:
-            return self._prefill(seqs)
-        rows, kept = _longest_common_prefixes(stored, seqs)
-        base = stored.select(rows).keep_first(kept)
-        suffixes = [s[n:] for s, n in zip(seqs, kept)]
-        width = max(len(s) for s in suffixes)
-        if width == 0:  # every sequence is exactly a stored row: its last logits are stored too
-            return _Rows(list(seqs), base.kv, base.mask, base.last_logits), [0] * len(seqs)
-        ids, block_mask = self._left_pad(suffixes, width)
-        logits, kv = self._forward(base.kv, base.mask, ids, block_mask)
-        has_new = torch.tensor([len(s) > 0 for s in suffixes], device=self.device)[:, None]
-        last = logits if base.last_logits is None else torch.where(has_new, logits, base.last_logits)
-        mask = torch.cat([base.mask, block_mask], dim=1)
-        return _Rows(list(seqs), kv, mask, last), [len(s) for s in suffixes]
-
-    def _prefill(self, seqs: list[tuple[int, ...]]) -> tuple[_Rows, list[int]]:
-        width = max(len(s) for s in seqs)
-        empty = torch.zeros(len(seqs), 0, dtype=torch.long, device=self.device)
-        if width == 0:
-            return _Rows(list(seqs), None, empty, None), [0] * len(seqs)
-        ids, mask = self._left_pad(seqs, width)
-        logits, kv = self._forward(None, empty, ids, mask)
-        return _Rows(list(seqs), kv, mask, logits), [len(s) for s in seqs]
-
-    def _left_pad(self, seqs: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if s:
-                ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-                mask[i, width - len(s):] = 1
-        return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def _forward(self, kv, past_mask: torch.Tensor, ids: torch.Tensor, block_mask: torch.Tensor):
@@ -405,44 +327,6 @@ def window_mask(full_mask: torch.Tensor, positions: torch.Tensor, window: int | 
     mask = torch.zeros(allowed.shape, dtype=dtype, device=full_mask.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, S, T + S)
 
-
-def _make_cache(kv):
-    """A ``DynamicCache`` holding ``kv`` without copying it (the forward pass appends by concatenation)."""
-    from transformers import DynamicCache
-
-    if kv is None:
-        return DynamicCache()
-    cache = DynamicCache(ddp_cache_data=[(None, None)] * len(kv))
-    for layer, (k, v) in zip(cache.layers, kv):
-        layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
-    return cache
-
-
-def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tuple[list[int], list[int]]:
-    """Per sequence, the stored row with the longest common prefix and how many of its tokens to keep.
-
-    A kept prefix never covers a whole sequence unless the row *is* that sequence (then its stored last logits
-    are valid); otherwise the sequence's last token is re-run so its logits exist.
-    """
-    table = stored.token_array()  # (R, T) right-padded with -1
-    rows, kept = [], []
-    for start in range(0, len(seqs), 64):  # bounded (B, R, T) comparisons
-        chunk = seqs[start:start + 64]
-        width = min(table.shape[1], max(len(s) for s in chunk))
-        query = np.full((len(chunk), width), -2, dtype=np.int64)
-        for i, s in enumerate(chunk):
-            query[i, :min(len(s), width)] = s[:width]
-        same = query[:, None, :] == table[None, :, :width]  # (b, R, width)
-        lcp = np.cumprod(same, axis=2).sum(axis=2)  # (b, R)
-        best = lcp.argmax(axis=1)
-        for i, s in enumerate(chunk):
-            row, n = int(best[i]), int(lcp[i, best[i]])
-            if n == len(s) and len(stored.tokens[row]) != n:
-                n -= 1
-            rows.append(row)
-            kept.append(n)
-    return rows, kept
 
 
 ROLES = ("system", "user", "assistant")
