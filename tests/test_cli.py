@@ -42,6 +42,22 @@ def test_generate_text_with_trace(tiny_paths, capsys):
     assert out.count("*") == 2  # one chosen candidate per step
 
 
+def test_trace_says_when_pruning_is_off_and_why(tiny_paths, capsys):
+    base = ["generate", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["baseline"]), "--prompt", "Hi",
+            "--max-new-tokens", "2", "--k", "3", "--rollout-len", "2", "--trace", "--no-progress"]
+    assert main([*base, "--reward", "conftest:vowel_share"]) == 0  # declares [0, 1]: pruning on, nothing said
+    assert "pruning off" not in capsys.readouterr().err
+    assert main([*base, "--reward", "test_cli:unranged"]) == 0
+    err = capsys.readouterr().err
+    assert "tqstar: pruning off: reward unranged declares no range; give --reward-sigmoid or a declared range" in err
+    assert main([*base, "--reward", "conftest:vowel_share", "--temperature", "1"]) == 0
+    assert "pruning off: it needs greedy choice (temperature 0), got temperature 1" in capsys.readouterr().err
+
+
+def unranged(prompts, responses):
+    return [len(r) / 10 for r in responses]
+
+
 def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -128,6 +128,12 @@ def run_generate(args: argparse.Namespace) -> int:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
     engine = config.build()
+    if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
+        from .reward import pruning_off_reason
+
+        reason = pruning_off_reason(engine.models.reward, config.decode)
+        if reason is not None:
+            print(f"tqstar: {reason}", file=sys.stderr)
     out = ReplaceOnSuccess(args.output) if args.output else sys.stdout
     fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
 
