@@ -150,6 +150,28 @@ def test_bad_eval_configs(tmp_path, tiny_paths, capsys, change, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("change", "advice", "fix"),
+    [
+        ({"methods": [{"method": "sft"}, {"method": "tq-indirect"}]}, "`baseline_reward:` in a YAML config",
+         {"baseline_reward": "conftest:vowel_share"}),
+        ({"methods": [{"method": "sft"}], "prompts": {"source": "@long"}}, "`truncate_prompt: true` in a YAML config",
+         {"truncate_prompt": True}),
+    ],
+    ids=["baseline-reward", "truncate-prompt"],
+)
+def test_the_fix_an_eval_error_names_works_in_eval(tmp_path, tiny_paths, capsys, change, advice, fix):
+    """eval has no --baseline-reward or --truncate-prompt flag: its errors name the YAML key, and that key works."""
+    (tmp_path / "long.txt").write_text("the cat sat on the mat " * 100 + "\n")
+    if change.get("prompts") == {"source": "@long"}:
+        change = {**change, "prompts": {"source": str(tmp_path / "long.txt")}}
+    argv = ["eval", "--no-progress", "--coherence", "none", "--config"]
+    assert main([*argv, _config(tmp_path, tiny_paths, **change)]) == 2
+    assert advice in capsys.readouterr().err
+    assert main([*argv, _config(tmp_path, tiny_paths, **change, **fix)]) == 0
+    assert len(_keys(tmp_path / "out.jsonl")) >= 1
+
+
 def test_report_errors(tmp_path, tiny_paths, capsys):
     main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
     capsys.readouterr()

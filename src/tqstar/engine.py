@@ -71,7 +71,8 @@ class Engine:
         flags = {"baseline": "--baseline", "reward": "--reward", "baseline_reward": "--baseline-reward"}
         for what, needed in needs.items():
             if needed and getattr(m, what) is None:
-                raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with {flags[what]}")
+                raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
+                                  f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)")
         if params.is_token_level:
             m.sft.check_k(params.k)
 

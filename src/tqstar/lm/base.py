@@ -123,7 +123,8 @@ class LanguageModel(ABC):
             raise PromptTooLongError(
                 f"prompt {preview(prompt)} is {len(prompt_ids)} tokens and needs {budget} more for generation,"
                 f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens,"
-                " or pass truncate_prompt=True (--truncate-prompt) to keep its last tokens"
+                " or pass truncate_prompt=True (--truncate-prompt, or `truncate_prompt: true` in a YAML config) to"
+                " keep its last tokens"
             )
 
     def check_k(self, k: int) -> None:
