@@ -116,11 +116,14 @@ def _quiet_transformers() -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
     from .config import RunConfig, load_yaml
-    from .files import ReplaceOnSuccess, check_output
+    from .files import ReplaceOnSuccess, check_not_input, check_output
 
     if args.output:
         check_output(args.output, "output file")
-    config = RunConfig.from_dict(_merge(load_yaml(args.config) if args.config else {}, args))
+    data = _merge(load_yaml(args.config) if args.config else {}, args)
+    if args.output:
+        check_not_input(args.output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
+    config = RunConfig.from_dict(data)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if config.sft is None:
@@ -309,6 +312,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data["prompts"] = prompts
     config = EvalConfig.from_dict(data)
     _check_report_flags(args)
+    args.reference = _eval_reference(args.reference, config)
     evaluation = config.build(progress=_progress(args))
     try:
         path = evaluation.run()
@@ -329,6 +333,26 @@ def _check_report_flags(args: argparse.Namespace) -> None:
         raise TQStarError("the LLM judge needs both --llm-judge-url and --llm-judge-model; give both or neither")
 
 
+def _eval_reference(reference: str | None, config) -> str:
+    """The method the evaluation's table refers to, checked before anything is decoded: ``--reference`` must be a
+    method of the run (or already in its output file); without it, ``sft`` when the run has it, else the run's
+    first method (said on stderr)."""
+    from .evaluation import OUTPUT_FIX, scan
+
+    labels = list(dict.fromkeys([m.label for m in config.methods] + [row["method"] for row in
+                                                                      scan(config.output, OUTPUT_FIX).rows]))
+    if reference is None:
+        if "sft" in labels:
+            return "sft"
+        print(f"tqstar: no sft method in this run; the table compares against {labels[0]!r} (choose with"
+              " --reference)", file=sys.stderr)
+        return labels[0]
+    if reference not in labels:
+        raise TQStarError(f"reference method {reference!r} is not among the methods ({', '.join(labels)}); add"
+                          f" {{method: {reference}}} to `methods`, or pick one of them with --reference")
+    return reference
+
+
 def run_report(args: argparse.Namespace) -> int:
     from .judge import LLMJudge
     from .report import merge_files, report_rows
@@ -339,6 +363,7 @@ def run_report(args: argparse.Namespace) -> int:
                           " 'minilm' or 'none'")
     rows = merge_files(args.file)  # every file checked before any model loads
     methods = list(dict.fromkeys(row["method"] for row in rows))
+    args.reference = args.reference or "sft"
     if args.reference not in methods:
         raise TQStarError(f"reference method {args.reference!r} is not in the results (methods: {', '.join(methods)});"
                           " pick one of them with --reference")
@@ -403,7 +428,8 @@ def _check_testbed_flags(args: argparse.Namespace) -> None:
 
 
 def _report_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
+    parser.add_argument("--reference", help="method label the win rates and normalisation refer to (sft; eval:"
+                                            " sft, else the run's first method)")
     parser.add_argument("--out-dir", help="write table.md, table.csv and plots here")
     parser.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
     parser.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
