@@ -146,6 +146,8 @@ CASES = [
         "PYTHONPATH"),
     gen("reward-function", ["--reward", "conftest:no_such_fn"], "has no function 'no_such_fn'", "module:function"),
     gen("reward-term", ["--reward", "0.5*sentiment + harmless"], "reward term 'harmless'", "WEIGHT*SPEC"),
+    gen("reward-weight-overflow", ["--reward", "1e400*sentiment"], "reward weight '1e400' in '1e400*sentiment'",
+        "must be a finite number, got inf"),
     gen("reward-format-alone", ["--reward-format", "{prompt} {response}"], "--reward-format applies to a reward",
         "--reward DIR"),
     gen("reward-truncate-alone", ["--reward-truncate"], "--reward-truncate applies to a reward"),
