@@ -221,8 +221,11 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         if path is not None:
             spec["path"] = path
         if not spec.get("path"):
-            if system is not None:
-                data.setdefault(role, None)
+            given = [flag for flag, value in ((f"--{role}-system-prompt", system), (f"--{role}-adapter", adapter),
+                                              (f"--{role}-tokenizer", tokenizer)) if value is not None]
+            if given:
+                raise TQStarError(f"{given[0]} applies to the {role} model, which is not given; give it with --{role}"
+                                  f" PATH (or `{role}:` in the YAML config), or drop {given[0]}")
             continue
         for key, value in (("system_prompt", system), ("adapter", adapter), ("tokenizer", tokenizer),
                            ("dtype", args.dtype), ("device", args.device)):
@@ -234,6 +237,13 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, key):
                 spec[key] = True
         data[role] = spec
+    if not data.get("sft"):
+        generic = [flag for flag, value in (("--dtype", args.dtype), ("--device", args.device),
+                                            ("--parse-special-tokens", args.parse_special_tokens),
+                                            ("--allow-download", args.allow_download)) if value]
+        if generic:
+            raise TQStarError(f"{generic[0]} applies to the models given with --sft and --baseline; without --sft the"
+                              f" built-in tiny models run as they are, so give --sft PATH or drop {generic[0]}")
     for role in ("reward", "baseline_reward"):
         spec = getattr(args, role)
         if spec is not None:
