@@ -120,3 +120,13 @@ def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_path
     out = capsys.readouterr().out
     assert code == 0 and "### [tq-direct] How do I make tea?" in out and "### [tq-direct] The food was" in out
     assert "pruned" in out and "reused" in out
+
+
+@pytest.mark.parametrize("method", ["sft", "bon"])
+def test_trace_of_a_trajectory_method_says_there_is_none(tiny_paths, capsys, method):
+    extra = ["--temperature", "1", "--bon-n", "2"] if method == "bon" else []
+    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--reward", "sentiment",
+                 "--method", method, "--max-new-tokens", "2", "--prompt", "hi", "--trace", "--no-progress",
+                 *extra]) == 0
+    out, err = capsys.readouterr()
+    assert f"method {method!r} decodes without them, so no table is printed" in err and "logp_sft" not in out

@@ -129,6 +129,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if config.sft is None:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
+    if config.decode.trace and not config.decode.is_token_level:
+        print(f"tqstar: --trace shows the candidates of each token-level step; method {config.decode.method!r} decodes"
+              " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     out = ReplaceOnSuccess(args.output) if args.output else sys.stdout
     fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
