@@ -29,6 +29,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so a bad flag is one ``tqstar: error:`` line like every error."""
 
     def error(self, message: str) -> NoReturn:
+        flag = re.fullmatch(r"argument (--[\w-]+)(?:/-\w)?: expected one argument", message)
+        if flag:  # argparse takes a value that starts with '-' (a negative weight, '-1*sentiment') for a flag
+            raise UsageError(f"{message}; give it a value, and write one that starts with '-' as"
+                             f" {flag.group(1)}=VALUE")
         raise UsageError(f"{message}; see {self.prog} --help")
 
 
