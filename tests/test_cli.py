@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +134,15 @@ def test_trace_of_a_trajectory_method_says_there_is_none(tiny_paths, capsys, met
                  *extra]) == 0
     out, err = capsys.readouterr()
     assert f"method {method!r} decodes without them, so no table is printed" in err and "logp_sft" not in out
+
+
+def test_a_closed_stdout_pipe_stops_quietly(tiny_paths, tmp_path):
+    """`tqstar generate ... | head -1`: the reader leaves early; no error line, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__import__("tqstar").__file__).parents[1])}
+    argv = [sys.executable, "-m", "tqstar.cli", "generate", "--sft", str(tiny_paths["sft"]), "--method", "sft",
+            "--max-new-tokens", "2", "--batch-size", "1", "--no-progress", *[a for p in "abcd" for a in ("--prompt", p)]]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the first response is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err, err

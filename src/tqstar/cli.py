@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tqstar: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`tqstar generate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a process that a closed pipe stopped
     except Exception as exc:  # the one boundary where foreign exceptions become one line
         if debug:
             raise
