@@ -172,6 +172,13 @@ def test_the_fix_an_eval_error_names_works_in_eval(tmp_path, tiny_paths, capsys,
     assert len(_keys(tmp_path / "out.jsonl")) >= 1
 
 
+def test_report_rewrites_its_own_out_dir(tmp_path, tiny_paths, capsys):
+    main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
+    argv = ["report", str(tmp_path / "out.jsonl"), "--coherence", "none", "--out-dir", str(tmp_path / "rep")]
+    assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err  # the second run replaces its own files
+    assert (tmp_path / "rep" / "table.md").read_text().startswith("| method |")
+
+
 def test_report_errors(tmp_path, tiny_paths, capsys):
     main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
     capsys.readouterr()

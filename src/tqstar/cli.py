@@ -123,6 +123,7 @@ def _quiet_transformers() -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
     from .config import RunConfig, load_yaml
+    from .evaluation import is_results_file
     from .files import ReplaceOnSuccess, check_not_input, check_output
 
     if args.output:
@@ -130,6 +131,9 @@ def run_generate(args: argparse.Namespace) -> int:
     data = _merge(load_yaml(args.config) if args.config else {}, args)
     if args.output:
         check_not_input(args.output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
+        if is_results_file(args.output):
+            raise TQStarError(f"output file {args.output!r} holds tqstar eval results, which generate would replace;"
+                              " give another -o")
     config = RunConfig.from_dict(data)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -348,7 +352,10 @@ def _check_report_flags(args: argparse.Namespace) -> None:
     from .files import check_output
 
     if args.out_dir:
+        from .report import check_out_dir
+
         check_output(args.out_dir, "--out-dir", directory=True)
+        check_out_dir(args.out_dir)
     if bool(args.llm_judge_url) != bool(args.llm_judge_model):
         raise TQStarError("the LLM judge needs both --llm-judge-url and --llm-judge-model; give both or neither")
 

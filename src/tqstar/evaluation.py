@@ -130,6 +130,15 @@ def scan(path: str | Path, fix: str) -> ResultsFile:
 _CORRUPT = object()
 
 
+def is_results_file(path: str | Path) -> bool:
+    """Whether ``path`` is an existing file that begins with a tqstar evaluation header."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(64).startswith(b'{"format": "%s"' % FORMAT.encode())
+
+
 def _is_row(row: Any) -> bool:
     return (isinstance(row, dict) and isinstance(row.get("method"), str) and isinstance(row.get("prompt_index"), int)
             and not isinstance(row.get("prompt_index"), bool))
