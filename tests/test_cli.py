@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +140,25 @@ def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_path
     out = capsys.readouterr().out
     assert code == 0 and "### [tq-direct] How do I make tea?" in out and "### [tq-direct] The food was" in out
     assert "pruned" in out and "reused" in out
+
+
+@pytest.mark.parametrize("method", ["sft", "bon"])
+def test_trace_of_a_trajectory_method_says_there_is_none(tiny_paths, capsys, method):
+    extra = ["--temperature", "1", "--bon-n", "2"] if method == "bon" else []
+    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--reward", "sentiment",
+                 "--method", method, "--max-new-tokens", "2", "--prompt", "hi", "--trace", "--no-progress",
+                 *extra]) == 0
+    out, err = capsys.readouterr()
+    assert f"method {method!r} decodes without them, so no table is printed" in err and "logp_sft" not in out
+
+
+def test_a_closed_stdout_pipe_stops_quietly(tiny_paths, tmp_path):
+    """`tqstar generate ... | head -1`: the reader leaves early; no error line, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__import__("tqstar").__file__).parents[1])}
+    argv = [sys.executable, "-m", "tqstar.cli", "generate", "--sft", str(tiny_paths["sft"]), "--method", "sft",
+            "--max-new-tokens", "2", "--batch-size", "1", "--no-progress", *[a for p in "abcd" for a in ("--prompt", p)]]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the first response is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err, err

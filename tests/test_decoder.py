@@ -206,6 +206,24 @@ def test_prompt_longer_than_the_context(engine, sft):
     assert len(r.token_ids) == params.max_new_tokens
 
 
+@pytest.mark.parametrize("method", ["tq-direct", "cd", "sft"])
+def test_a_prompt_that_leaves_room_for_the_response_fits_whatever_the_rollout_len(engine, sft, method):
+    """Rollouts never run past the response budget, so a row needs prompt + max_new_tokens of context, not
+    + rollout_len as well: such a prompt decodes, and --truncate-prompt keeps context - max_new_tokens tokens."""
+    params = DecodeParams(method=method, k=3, alpha=2.0, rollout_len=50, max_new_tokens=8)
+    room = sft.max_context - params.max_new_tokens
+    overhead = len(sft.encode_prompt("the")) - 1  # the chat template's tokens
+    prompt = " ".join(["the"] * (room - overhead))
+    assert len(sft.encode_prompt(prompt)) == room
+    (r,) = engine.generate([prompt], params, progress=False)
+    assert len(r.token_ids) == params.max_new_tokens or r.finish_reason != "length"
+    longer = prompt + " cat sat"
+    with pytest.raises(PromptTooLongError, match=r"needs 8 more"):
+        engine.generate([longer], params, progress=False)
+    state = engine.new_state(longer, params, truncate_prompt=True)
+    assert len(state.prompt_ids["sft"]) == room
+
+
 def test_prompted_baseline_shares_weights(sft, reward):
     prompted = sft.with_prompt_format(system_prompt="Be kind and happy.", name="prompted")
     assert prompted.model is sft.model

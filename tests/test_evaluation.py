@@ -150,6 +150,35 @@ def test_bad_eval_configs(tmp_path, tiny_paths, capsys, change, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("change", "advice", "fix"),
+    [
+        ({"methods": [{"method": "sft"}, {"method": "tq-indirect"}]}, "`baseline_reward:` in a YAML config",
+         {"baseline_reward": "conftest:vowel_share"}),
+        ({"methods": [{"method": "sft"}], "prompts": {"source": "@long"}}, "`truncate_prompt: true` in a YAML config",
+         {"truncate_prompt": True}),
+    ],
+    ids=["baseline-reward", "truncate-prompt"],
+)
+def test_the_fix_an_eval_error_names_works_in_eval(tmp_path, tiny_paths, capsys, change, advice, fix):
+    """eval has no --baseline-reward or --truncate-prompt flag: its errors name the YAML key, and that key works."""
+    (tmp_path / "long.txt").write_text("the cat sat on the mat " * 100 + "\n")
+    if change.get("prompts") == {"source": "@long"}:
+        change = {**change, "prompts": {"source": str(tmp_path / "long.txt")}}
+    argv = ["eval", "--no-progress", "--coherence", "none", "--config"]
+    assert main([*argv, _config(tmp_path, tiny_paths, **change)]) == 2
+    assert advice in capsys.readouterr().err
+    assert main([*argv, _config(tmp_path, tiny_paths, **change, **fix)]) == 0
+    assert len(_keys(tmp_path / "out.jsonl")) >= 1
+
+
+def test_report_rewrites_its_own_out_dir(tmp_path, tiny_paths, capsys):
+    main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
+    argv = ["report", str(tmp_path / "out.jsonl"), "--coherence", "none", "--out-dir", str(tmp_path / "rep")]
+    assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err  # the second run replaces its own files
+    assert (tmp_path / "rep" / "table.md").read_text().startswith("| method |")
+
+
 def test_report_errors(tmp_path, tiny_paths, capsys):
     main(["eval", "--config", _config(tmp_path, tiny_paths), "--no-progress", "--coherence", "none"])
     capsys.readouterr()
@@ -183,8 +212,9 @@ def test_report_merges_files_of_one_prompt_set(tmp_path, tiny_paths):
     b.mkdir()
     main(["eval", "--config", _config(a, tiny_paths, methods=[{"method": "sft"}]), "--no-progress", "--coherence", "none"])
     (b / "prompts.txt").write_text((a / "prompts.txt").read_text())
-    main(["eval", "--config", _config(b, tiny_paths, methods=[{"method": "args", "alpha": 1.0}],
-                                      prompts={"source": str(a / "prompts.txt")}), "--no-progress", "--coherence", "none"])
+    assert main(["eval", "--config", _config(b, tiny_paths, methods=[{"method": "args", "alpha": 1.0}],
+                                             prompts={"source": str(a / "prompts.txt")}), "--no-progress",
+                 "--coherence", "none"]) == 0  # no sft in this run: its table refers to its first method
     table, _ = report([a / "out.jsonl", b / "out.jsonl"], reference="sft")
     assert [e["method"] for e in table] == ["sft", "args(α=1)"]
     c = tmp_path / "c"

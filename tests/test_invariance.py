@@ -74,13 +74,20 @@ def assert_join_invariant(engine: Engine, prompts: Sequence[str], params: Decode
 
 def assert_speedups_exact(engine: Engine, prompts: Sequence[str], params: DecodeParams) -> None:
     """Pruning, probing and rollout reuse change the work, never the tokens (ragged batches included)."""
+    def shortcuts(responses) -> int:  # candidates valued without their own estimate
+        return sum(r.accounting.pruned + r.accounting.reused_rollouts for r in responses)
+
     slow = params.replace(prune=False, reuse_rollouts=False, prune_probe=0)
-    want = _outputs(engine.generate(prompts, slow, batch_size=3, progress=False))
+    responses = engine.generate(prompts, slow, batch_size=3, progress=False)
+    want, taken = _outputs(responses), []
     for fast in (params.replace(prune=True, reuse_rollouts=True, prune_probe=0),
                  params.replace(prune=True, reuse_rollouts=True, prune_probe=1),
                  params.replace(prune=True, reuse_rollouts=False),
                  params.replace(prune=False, reuse_rollouts=True)):
-        assert _outputs(engine.generate(prompts, fast, batch_size=3, progress=False)) == want, fast
+        responses = engine.generate(prompts, fast, batch_size=3, progress=False)
+        assert _outputs(responses) == want, fast
+        taken.append(shortcuts(responses))
+    assert max(taken) > shortcuts(engine.generate(prompts, slow, batch_size=3, progress=False)), "no shortcut taken"
 
 
 # ---- engines ------------------------------------------------------------------------------------------------
@@ -128,7 +135,7 @@ def test_seeds_change_sampled_output():
 
 
 @pytest.mark.parametrize("rollouts", [dict(), dict(n_rollouts=2, rollout_temperature=1.0)], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])
+@pytest.mark.parametrize("method", ["tq-direct", "tq-indirect", "cd", "args"])
 def test_tabular_pruning_and_reuse_are_exact(method, rollouts):
     # k = V: EOS is always among the candidates; responses end at different steps (ragged batches)
     for seed in range(3):

@@ -30,6 +30,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so a bad flag is one ``tqstar: error:`` line like every error."""
 
     def error(self, message: str) -> NoReturn:
+        flag = re.fullmatch(r"argument (--[\w-]+)(?:/-\w)?: expected one argument", message)
+        if flag:  # argparse takes a value that starts with '-' (a negative weight, '-1*sentiment') for a flag
+            raise UsageError(f"{message}; give it a value, and write one that starts with '-' as"
+                             f" {flag.group(1)}=VALUE")
         raise UsageError(f"{message}; see {self.prog} --help")
 
 
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tqstar: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`tqstar generate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a process that a closed pipe stopped
     except Exception as exc:  # the one boundary where foreign exceptions become one line
         if debug:
             raise
@@ -117,16 +124,26 @@ def _quiet_transformers() -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
     from .config import RunConfig, load_yaml
-    from .files import ReplaceOnSuccess, check_output
+    from .evaluation import is_results_file
+    from .files import ReplaceOnSuccess, check_not_input, check_output
 
     if args.output:
         check_output(args.output, "output file")
-    config = RunConfig.from_dict(_merge(load_yaml(args.config) if args.config else {}, args))
+    data = _merge(load_yaml(args.config) if args.config else {}, args)
+    if args.output:
+        check_not_input(args.output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
+        if is_results_file(args.output):
+            raise TQStarError(f"output file {args.output!r} holds tqstar eval results, which generate would replace;"
+                              " give another -o")
+    config = RunConfig.from_dict(data)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if config.sft is None:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
+    if config.decode.trace and not config.decode.is_token_level:
+        print(f"tqstar: --trace shows the candidates of each token-level step; method {config.decode.method!r} decodes"
+              " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
         from .reward import pruning_off_reason
@@ -258,8 +275,11 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         if path is not None:
             spec["path"] = path
         if not spec.get("path"):
-            if system is not None:
-                data.setdefault(role, None)
+            given = [flag for flag, value in ((f"--{role}-system-prompt", system), (f"--{role}-adapter", adapter),
+                                              (f"--{role}-tokenizer", tokenizer)) if value is not None]
+            if given:
+                raise TQStarError(f"{given[0]} applies to the {role} model, which is not given; give it with --{role}"
+                                  f" PATH (or `{role}:` in the YAML config), or drop {given[0]}")
             continue
         for key, value in (("system_prompt", system), ("adapter", adapter), ("tokenizer", tokenizer),
                            ("dtype", args.dtype), ("device", args.device)):
@@ -271,6 +291,13 @@ def _merge_models(data: dict[str, Any], args: argparse.Namespace) -> dict[str, A
             if getattr(args, key):
                 spec[key] = True
         data[role] = spec
+    if not data.get("sft"):
+        generic = [flag for flag, value in (("--dtype", args.dtype), ("--device", args.device),
+                                            ("--parse-special-tokens", args.parse_special_tokens),
+                                            ("--allow-download", args.allow_download)) if value]
+        if generic:
+            raise TQStarError(f"{generic[0]} applies to the models given with --sft and --baseline; without --sft the"
+                              f" built-in tiny models run as they are, so give --sft PATH or drop {generic[0]}")
     for role in ("reward", "baseline_reward"):
         spec = getattr(args, role)
         if spec is not None:
@@ -344,6 +371,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data["prompts"] = prompts
     config = EvalConfig.from_dict(data)
     _check_report_flags(args)
+    args.reference = _eval_reference(args.reference, config)
     evaluation = config.build(progress=_progress(args))
     try:
         path = evaluation.run()
@@ -359,9 +387,32 @@ def _check_report_flags(args: argparse.Namespace) -> None:
     from .files import check_output
 
     if args.out_dir:
+        from .report import check_out_dir
+
         check_output(args.out_dir, "--out-dir", directory=True)
+        check_out_dir(args.out_dir)
     if bool(args.llm_judge_url) != bool(args.llm_judge_model):
         raise TQStarError("the LLM judge needs both --llm-judge-url and --llm-judge-model; give both or neither")
+
+
+def _eval_reference(reference: str | None, config) -> str:
+    """The method the evaluation's table refers to, checked before anything is decoded: ``--reference`` must be a
+    method of the run (or already in its output file); without it, ``sft`` when the run has it, else the run's
+    first method (said on stderr)."""
+    from .evaluation import OUTPUT_FIX, scan
+
+    labels = list(dict.fromkeys([m.label for m in config.methods] + [row["method"] for row in
+                                                                      scan(config.output, OUTPUT_FIX).rows]))
+    if reference is None:
+        if "sft" in labels:
+            return "sft"
+        print(f"tqstar: no sft method in this run; the table compares against {labels[0]!r} (choose with"
+              " --reference)", file=sys.stderr)
+        return labels[0]
+    if reference not in labels:
+        raise TQStarError(f"reference method {reference!r} is not among the methods ({', '.join(labels)}); add"
+                          f" {{method: {reference}}} to `methods`, or pick one of them with --reference")
+    return reference
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -374,6 +425,7 @@ def run_report(args: argparse.Namespace) -> int:
                           " 'minilm' or 'none'")
     rows = merge_files(args.file)  # every file checked before any model loads
     methods = list(dict.fromkeys(row["method"] for row in rows))
+    args.reference = args.reference or "sft"
     if args.reference not in methods:
         raise TQStarError(f"reference method {args.reference!r} is not in the results (methods: {', '.join(methods)});"
                           " pick one of them with --reference")
@@ -438,7 +490,8 @@ def _check_testbed_flags(args: argparse.Namespace) -> None:
 
 
 def _report_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", default="sft", help="method label the win rates and normalisation refer to")
+    parser.add_argument("--reference", help="method label the win rates and normalisation refer to (sft; eval:"
+                                            " sft, else the run's first method)")
     parser.add_argument("--out-dir", help="write table.md, table.csv and plots here")
     parser.add_argument("--coherence", default="minilm", help="embedding model directory, 'minilm' (default) or 'none'")
     parser.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")

@@ -437,4 +437,5 @@ class EvalConfig:
         engine = self.run.build(check=False)
         judges = {name: spec.load() for name, spec in self.judges}
         return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,
-                          batch_size=self.run.batch_size, concurrency=self.run.concurrency, progress=progress)
+                          batch_size=self.run.batch_size, concurrency=self.run.concurrency,
+                          truncate_prompt=self.run.truncate_prompt, progress=progress)

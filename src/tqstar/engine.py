@@ -88,7 +88,8 @@ class Engine:
         flags = {"baseline": "--baseline", "reward": "--reward", "baseline_reward": "--baseline-reward"}
         for what, needed in needs.items():
             if needed and getattr(m, what) is None:
-                raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with {flags[what]}")
+                raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
+                                  f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)")
         if params.is_token_level:
             m.sft.check_k(params.k)
 
@@ -103,7 +104,9 @@ class Engine:
                                                    ("stop", None if stop is None else tuple(stop)),
                                                    ("trace", trace)) if value is not None}
         row_params = params.replace(**changes) if changes else params
-        budget = row_params.max_new_tokens + (params.rollout_len if params.rolls_out else 0)
+        # every sequence a model sees fits prompt + max_new_tokens: a rollout from [s, z] never runs past what the
+        # response has left (tqstar.value.base), so rollout_len adds nothing to the context a row needs
+        budget = row_params.max_new_tokens
         text = reward_prompt(prompt)
         ids = {}
         for role in ["sft", "baseline"] if params.uses_baseline else ["sft"]:

@@ -130,6 +130,15 @@ def scan(path: str | Path, fix: str) -> ResultsFile:
 _CORRUPT = object()
 
 
+def is_results_file(path: str | Path) -> bool:
+    """Whether ``path`` is an existing file that begins with a tqstar evaluation header."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(64).startswith(b'{"format": "%s"' % FORMAT.encode())
+
+
 def _is_row(row: Any) -> bool:
     return (isinstance(row, dict) and isinstance(row.get("method"), str) and isinstance(row.get("prompt_index"), int)
             and not isinstance(row.get("prompt_index"), bool))
@@ -155,11 +164,12 @@ class Evaluation:
             and compared on resume. Without a ``judges`` entry, each judge is identified by its ``name``.
         judges: extra rewards scored on every response and stored under ``scores`` (e.g. a judge reward for
             win rates, ideally not the target).
+        truncate_prompt: keep the last tokens of a prompt too long for a model's context (else it is refused).
     """
 
     def __init__(self, engine: Engine, prompts: Sequence[str], methods: Sequence[MethodRun], output: str | Path,
                  *, fingerprint: dict[str, Any], judges: dict[str, Reward] | None = None, batch_size: int = 8,
-                 concurrency: int = 1, progress: bool = True) -> None:
+                 concurrency: int = 1, truncate_prompt: bool = False, progress: bool = True) -> None:
         if not prompts:
             raise ConfigError("the prompt set is empty; give at least one prompt")
         require_type(engine, Engine, "engine", "an Engine", "build one with Engine(sft, baseline, reward)")
@@ -170,6 +180,7 @@ class Evaluation:
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
         self.output, self.judges = Path(output), dict(judges or {})
         self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
+        self.truncate_prompt = truncate_prompt
         self.fingerprint = fingerprint_of(fingerprint, self.prompts, self.methods, self.judges)
         for method in self.methods:
             engine.check(method.params, concurrency)
@@ -212,7 +223,7 @@ class Evaluation:
             batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
             for b, responses in self.engine.stream([[self.prompts[i] for i in batch] for batch in batches],
                                                    method.params, concurrency=self.concurrency,
-                                                   on_step=TokenProgress(bar)):
+                                                   truncate_prompt=self.truncate_prompt, on_step=TokenProgress(bar)):
                 batch = batches[b]
                 scores = {name: judge.score([r.prompt for r in responses], [r.text for r in responses])
                           for name, judge in self.judges.items()}  # one judge call per batch

@@ -4,6 +4,8 @@
   turns a missing path, a directory, an unreadable or binary file into one :class:`ConfigError` sentence.
 * :func:`check_output` checks, before any model loads, that an output path can be written: not a directory,
   inside a directory (missing directories are created when the first row is written) that is writable.
+* :func:`check_not_input` refuses an output path that is one of the run's input files (``-o`` naming the
+  ``--config`` or the prompts file would replace it).
 * :class:`ReplaceOnSuccess` is how ``generate -o FILE`` writes: **write-then-rename**. Responses go to a
   temporary file beside FILE as they finish; only a run that completes replaces FILE (``os.replace``, atomic).
   A failed run leaves FILE as it was, and what was finished stays in the temporary file, which is named on
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -71,6 +74,18 @@ def check_output(path: str | Path, what: str, *, directory: bool = False) -> Pat
         raise ConfigError(f"{what} {str(path)!r} cannot be created: directory {str(parent)!r} is not writable;"
                           " give a writable path")
     return path
+
+
+def check_not_input(output: str | Path, inputs: Sequence[tuple[str, object]]) -> None:
+    """Raise :class:`ConfigError` if the output path is one of the run's input files (``(what, path)`` pairs;
+    ``None`` or a non-path value is skipped): replacing it would destroy the input."""
+    out = Path(output)
+    if not out.exists():
+        return
+    for what, path in inputs:
+        if isinstance(path, (str, Path)) and Path(path).exists() and os.path.samefile(out, path):
+            raise ConfigError(f"output file {str(output)!r} is the {what} of this run; writing it would destroy the"
+                              " input, so give another -o")
 
 
 class ReplaceOnSuccess:

@@ -142,7 +142,8 @@ class DecodeParams:
 
     @property
     def rolls_out(self) -> bool:
-        """Whether each step rolls candidates out (so the context must also fit ``rollout_len``)."""
+        """Whether each step rolls candidates out (each rollout stays within the response budget, so the context
+        a row needs is its prompt plus ``max_new_tokens`` either way)."""
         return self.method in ("tq-direct", "tq-indirect", "cd")
 
     def replace(self, **changes: object) -> DecodeParams:

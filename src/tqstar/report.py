@@ -161,6 +161,21 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
     return paths
 
 
+#: What tqstar writes into ``--out-dir`` and how each of its files begins (or, for a plot, what it contains).
+OUTPUTS = {"table.md": b"| method |", "table.csv": b"method,", "reward_vs_kl.png": b"Matplotlib",
+           "reward_by_method.png": b"Matplotlib"}
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Raise :class:`ConfigError` if ``out_dir`` holds a file under one of the names the report writes that tqstar
+    did not write (recognised by how tqstar's own files begin), so a user's own ``table.md`` is never replaced."""
+    for name, mark in OUTPUTS.items():
+        path = Path(out_dir) / name
+        if path.is_dir() or (path.exists() and mark not in read_bytes(path, "report file", "move it")[:4096]):
+            raise ConfigError(f"--out-dir {str(out_dir)!r} already holds {name}, which tqstar did not write;"
+                              " give another --out-dir, or move that file away")
+
+
 def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
            coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
@@ -177,6 +192,7 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
     text = format_table(table)
     if out_dir is not None:
         out_dir = Path(out_dir)
+        check_out_dir(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
         write_csv(table, out_dir / "table.csv")

@@ -383,6 +383,9 @@ class RewardSpec:
                 weight = sign * float(match.group(1))
             except ValueError as exc:
                 raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a number") from exc
+            if not math.isfinite(weight):
+                raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a finite number, got"
+                                  f" {weight}; write it within ±1.8e308")
             terms.append((weight, match.group(2).removeprefix("hf:")))
         return terms
 

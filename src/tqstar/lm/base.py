@@ -131,8 +131,9 @@ class LanguageModel(ABC):
         if self.max_context is not None and len(prompt_ids) + budget > self.max_context:
             raise PromptTooLongError(
                 f"prompt {preview(prompt)} is {len(prompt_ids)} tokens and needs {budget} more for generation,"
-                f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens /"
-                " rollout_len, or pass truncate_prompt=True (--truncate-prompt) to keep its last tokens"
+                f" over the {self.max_context}-token context of {self.name}; shorten it, lower max_new_tokens,"
+                " or pass truncate_prompt=True (--truncate-prompt, or `truncate_prompt: true` in a YAML config) to"
+                " keep its last tokens"
             )
 
     def check_k(self, k: int) -> None:
