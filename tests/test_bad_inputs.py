@@ -189,6 +189,10 @@ CASES = [
         files={"outdir/": ""}),
     gen("output-under-file", ["-o", "@TMP/notes.txt/out.jsonl"], "'@TMP/notes.txt' is a file, not a directory",
         "give a path inside a directory", files={"notes.txt": "my notes\n"}),
+    gen("output-is-notes", ["-o", "@TMP/notes.txt"], "output file '@TMP/notes.txt' exists and was not written by"
+        " tqstar generate", "give another -o, or move that file away first", files={"notes.txt": "my notes\n"}),
+    gen("output-is-json-not-ours", ["-o", "@TMP/data.jsonl"], "'@TMP/data.jsonl' exists and was not written by",
+        "give another -o", files={"data.jsonl": '{"id": 1}\n'}),
     gen("output-is-eval-results", ["-o", "@TMP/out.jsonl"], "output file '@TMP/out.jsonl' holds tqstar eval results",
         "give another -o", files={"out.jsonl": HEADER + "\n"}),
     evaluation("out-dir-user-table", {}, "--out-dir '@TMP/mine' already holds table.md, which tqstar did not write",

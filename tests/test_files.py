@@ -56,13 +56,15 @@ def test_eval_never_touches_a_file_that_is_not_its_own(tmp_path, tiny_paths, cap
 
 def test_generate_output_keeps_old_content_when_decoding_fails(tmp_path, tiny_paths, capsys):
     out = tmp_path / "out.jsonl"
-    out.write_text("results I want to keep\n")
     argv = ["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "args", "--k", "2",
             "--max-new-tokens", "2", "--batch-size", "1", "--reward", "test_files:fails_on_second_prompt",
             "--prompt", "fine", "--prompt", "explode", "-o", str(out), "--no-progress"]
+    assert main(argv[:-7] + ["--prompt", "earlier results", "-o", str(out), "--no-progress"]) == 0
+    kept = out.read_text()
+    assert json.loads(kept)["prompt"] == "earlier results"
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert out.read_text() == "results I want to keep\n"
+    assert out.read_text() == kept
     assert "RuntimeError: reward crashed" in err and f"{out} is unchanged" in err
     partial = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert len(partial) == 1 and json.loads(partial[0].read_text())["prompt"] == "fine"  # the finished work
@@ -177,3 +179,20 @@ def test_generate_creates_missing_directories_and_refuses_unwritable_ones(tmp_pa
     assert main(argv[:-3] + ["-o", str(tmp_path / "other" / "out.jsonl"), "--no-progress"]) == 2
     assert f"directory '{tmp_path}' is not writable; give a writable path" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_generate_replaces_only_its_own_output(tmp_path, tiny_paths, capsys, suffix):
+    """-o replaces a file generate wrote before (text or JSONL), never another file."""
+    out = tmp_path / f"out{suffix}"
+    argv = ["generate", "--sft", str(tiny_paths["sft"]), "--method", "sft", "--max-new-tokens", "2", "-o", str(out),
+            "--no-progress"]
+    assert main([*argv, "--prompt", "first"]) == 0
+    assert main([*argv, "--prompt", "second"]) == 0
+    assert "second" in out.read_text() and "first" not in out.read_text()
+    capsys.readouterr()
+    for content in ("my notes\n", '{"prompt": "not a response row"}\n', "### heading of my own notes\n"):
+        out.write_text(content)
+        assert main([*argv, "--prompt", "third"]) == 2
+        assert out.read_text() == content
+        assert "exists and was not written by tqstar generate" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import re
 import sys
 import sysconfig
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import TQStarError
@@ -135,6 +136,9 @@ def run_generate(args: argparse.Namespace) -> int:
         if is_results_file(args.output):
             raise TQStarError(f"output file {args.output!r} holds tqstar eval results, which generate would replace;"
                               " give another -o")
+        if not replaceable_output(args.output):
+            raise TQStarError(f"output file {args.output!r} exists and was not written by tqstar generate, which would"
+                              " replace it; give another -o, or move that file away first")
     config = RunConfig.from_dict(data)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -194,6 +198,24 @@ def print_server_stats(engine) -> None:
         if "prefix_cache_hit_rate" in stats:
             line += f", server prefix-cache hit rate {stats['prefix_cache_hit_rate']:.1%} (since server start)"
         print(line, file=sys.stderr)
+
+
+def replaceable_output(path: str) -> bool:
+    """Whether ``-o path`` may be replaced: it does not exist, is empty, or begins like ``tqstar generate``'s own
+    output (a text block ``### [method] ...`` or a JSONL response row), so a file tqstar did not write is never
+    overwritten."""
+    file = Path(path)
+    if not file.is_file() or file.stat().st_size == 0:
+        return True
+    with file.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    if first.startswith(b"### ["):
+        return True
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and {"prompt", "method", "token_ids", "accounting"} <= set(row)
 
 
 def format_response(response) -> str:
