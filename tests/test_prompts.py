@@ -17,6 +17,33 @@ def test_text_jsonl_and_csv_files(tmp_path):
     assert read_prompt_file(tmp_path / "p.jsonl", "q") == ["a", "b"]
     (tmp_path / "p.csv").write_text('id,question\n1,"hello, world"\n2,bye\n')
     assert load_prompts(str(tmp_path / "p.csv"), column="question", limit=1) == ["hello, world"]
+    (tmp_path / "p.tsv").write_text("id\tprompt\n1\thello, world\n2\tbye\n")  # the header is no prompt
+    assert read_prompt_file(tmp_path / "p.tsv") == ["hello, world", "bye"]
+
+
+def test_chat_message_prompts_from_files_and_yaml_decode(tmp_path, tiny_paths, capsys):
+    """A prompt may be a list of chat messages in JSON/JSONL files and YAML configs, and decodes like the library's."""
+    from tqstar.cli import main
+    from tqstar.engine import Engine
+    from tqstar.lm.hf import TransformersLM
+    from tqstar.params import DecodeParams
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "How do I make tea?"}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": chat}) + "\n" + json.dumps({"prompt": "plain"}) + "\n")
+    assert read_prompt_file(tmp_path / "p.jsonl") == [chat, "plain"]
+    (tmp_path / "p.json").write_text(json.dumps([chat]))
+    assert read_prompt_file(tmp_path / "p.json") == [chat]
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--sft", str(tiny_paths["sft"]), "--method", "sft", "--max-new-tokens", "3", "--no-progress"]
+    assert main([*argv, "--prompts-file", str(tmp_path / "p.jsonl"), "-o", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    sft = TransformersLM.from_pretrained(tiny_paths["sft"])
+    expected = Engine(sft).generate([chat], DecodeParams(method="sft", max_new_tokens=3), progress=False)[0]
+    assert rows[0]["prompt"] == "How do I make tea?" and rows[0]["token_ids"] == expected.token_ids
+    config = tmp_path / "run.yaml"
+    config.write_text("prompts:\n  - [{role: user, content: \"How do I make tea?\"}]\n")
+    assert main([*argv, "--config", str(config), "-o", str(tmp_path / "o2.jsonl")]) == 0
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(

@@ -35,12 +35,12 @@ from typing import Any
 from .errors import ConfigError, describe
 from .files import check_output, read_text
 from .http import JsonClient
-from .lm.base import LanguageModel
+from .lm.base import LanguageModel, Prompt
 from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
 from .lm.remote import RemoteLM, is_remote_spec, parse_spec
 from .models import BUILTIN_MODELS, check_builtin, resolve_adapter, resolve_model
 from .params import DecodeParams
-from .prompts import read_prompt_file
+from .prompts import check_prompt, read_prompt_file
 from .reward import RewardSpec
 
 
@@ -351,17 +351,13 @@ def _typed(value: Any, kind: type, what: str, phrase: str) -> Any:
     raise ConfigError(f"`{what}` must be {phrase}, got {describe(value)}")
 
 
-def _prompt_list(value: Any) -> list[str]:
-    """The ``prompts`` of a run config: a list of non-empty strings."""
+def _prompt_list(value: Any) -> list[Prompt]:
+    """The ``prompts`` of a run config: a list of prompts (non-empty strings or chat-message lists)."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]")
-    for i, prompt in enumerate(value):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"`prompts[{i}]` must be a non-empty string, got {describe(prompt)}; quote it or remove"
-                              " it")
-    return list(value)
+    return [check_prompt(prompt, f"`prompts[{i}]`") for i, prompt in enumerate(value)]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import ConfigError, describe
 from .files import read_text
+from .lm.base import ROLES, Prompt
 from .models import package_file
 
 BUILTIN_SETS = ("rtp", "dna", "mtbench")
@@ -75,11 +76,12 @@ def builtin_prompts(name: str, split: str = "test") -> list[str]:
     return {"train": prompts[:half], "test": prompts[half:], "all": prompts}[split]
 
 
-def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
+def read_prompt_file(path: str | Path, column: str | None = None) -> list[Prompt]:
     """Prompts from a ``.jsonl`` (one object per line, the prompt under ``column``), ``.json`` (a list of strings
-    or of such objects), ``.csv`` (a ``column`` header) or text file (one prompt per non-empty line).
+    or of such objects), ``.csv``/``.tsv`` (a ``column`` header) or text file (one prompt per non-empty line). In JSON a
+    prompt may also be a list of chat messages (``[{"role": "user", "content": "..."}]``).
 
-    The file must be UTF-8 (a byte-order mark is dropped); every prompt must be a non-empty string.
+    The file must be UTF-8 (a byte-order mark is dropped); every prompt is checked (:func:`check_prompt`).
     """
     column = column or "prompt"
     text = read_text(path, "prompts file", "give a text, JSONL or CSV file")
@@ -105,8 +107,8 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
                 raise ConfigError(f"line {number} of {str(path)!r} is not valid JSON ({exc.msg}); fix the file") from None
             prompts.append(_prompt(row, column, f"line {number} of {str(path)!r}"))
         return prompts
-    if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+    if path.suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
         if column not in (reader.fieldnames or []):
             raise ConfigError(f"{str(path)!r} has no {column!r} column (columns: {', '.join(reader.fieldnames or [])});"
                               f" {COLUMN_FIX}")
@@ -114,18 +116,30 @@ def read_prompt_file(path: str | Path, column: str | None = None) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _prompt(item: object, column: str, where: str) -> str:
-    """One prompt of a JSON file: a string, or an object's ``column`` field holding a non-empty string."""
+def _prompt(item: object, column: str, where: str) -> Prompt:
+    """One prompt of a JSON file: a string or a list of chat messages, or an object's ``column`` field holding one."""
     if isinstance(item, dict):
         if column not in item:
             raise ConfigError(f"{where} has no {column!r} field (fields: {', '.join(map(str, item))}); {COLUMN_FIX}")
         item = item[column]
-    elif not isinstance(item, str):
-        raise ConfigError(f"{where} is {describe(item)}, not a prompt; give a string or an object with a {column!r}"
-                          " field")
-    if not isinstance(item, str) or not item.strip():
-        raise ConfigError(f"{where} has the prompt {describe(item)}; every prompt must be a non-empty string")
-    return item
+    elif not isinstance(item, (str, list)):
+        raise ConfigError(f"{where} is {describe(item)}, not a prompt; give a string, a list of chat messages or an"
+                          f" object with a {column!r} field")
+    return check_prompt(item, f"the prompt of {where}")
+
+
+def check_prompt(prompt: object, where: str) -> Prompt:
+    """``prompt`` if it is a non-empty string or a non-empty list of chat messages ``{"role": "system" | "user" |
+    "assistant", "content": str}`` with a non-empty user turn; else :class:`ConfigError` naming ``where``."""
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ROLES
+            and isinstance(m["content"], str) for m in prompt) and any(
+            m["role"] == "user" and m["content"].strip() for m in prompt):
+        return [dict(m) for m in prompt]
+    raise ConfigError(f"{where} must be a non-empty string, got {describe(prompt)}; a prompt is a non-empty string or"
+                      ' a list of chat messages like [{"role": "user", "content": "..."}] with a non-empty user turn')
 
 
 def _hf_dataset(spec: str, column: str) -> list[str]:

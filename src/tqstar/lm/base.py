@@ -27,6 +27,8 @@ from ..randomness import sample_tokens, uniforms
 TokenIds = Sequence[int]
 #: A prompt: a str (one user turn) or chat messages ``[{"role": "system"|"user"|"assistant", "content": str}]``.
 Prompt = str | Sequence[Mapping[str, str]]
+#: The roles a chat message may have.
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass

@@ -41,6 +41,7 @@ import torch
 from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from .base import (
+    ROLES,
     FullVocabLM,
     Prompt,
     RolloutOutput,
@@ -327,9 +328,6 @@ def window_mask(full_mask: torch.Tensor, positions: torch.Tensor, window: int | 
     mask = torch.zeros(allowed.shape, dtype=dtype, device=full_mask.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (R, 1, S, T + S)
 
-
-
-ROLES = ("system", "user", "assistant")
 
 
 def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[dict[str, str]]:
