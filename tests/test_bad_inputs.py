@@ -189,6 +189,9 @@ CASES = [
         files={"outdir/": ""}),
     gen("output-under-file", ["-o", "@TMP/notes.txt/out.jsonl"], "'@TMP/notes.txt' is a file, not a directory",
         "give a path inside a directory", files={"notes.txt": "my notes\n"}),
+    gen("alpha-overflows", ["--alpha", "1e308", "--reward", "0.5*sentiment+0.5*sentiment", "--method", "args"],
+        "`alpha` 1e+308 times the reward's range 2 overflows", "keeps alpha*(R_max - R_min) finite",
+        loads_models=True),  # the reward's range is known once it is built
     gen("output-is-notes", ["-o", "@TMP/notes.txt"], "output file '@TMP/notes.txt' exists and was not written by"
         " tqstar generate", "give another -o, or move that file away first", files={"notes.txt": "my notes\n"}),
     gen("output-is-json-not-ours", ["-o", "@TMP/data.jsonl"], "'@TMP/data.jsonl' exists and was not written by",

@@ -10,6 +10,7 @@ finished responses with the target reward. A baseline with another tokenizer is 
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -92,6 +93,10 @@ class Engine:
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)")
         if params.is_token_level:
             m.sft.check_k(params.k)
+            span = m.reward.range if m.reward is not None else None
+            if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
+                raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
+                                  " give an alpha that keeps alpha*(R_max - R_min) finite")
 
     def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
                   max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
