@@ -4,7 +4,7 @@
     tqstar demo                                   SmolLM2: SFT vs DPO baseline vs TQ* direct, side by side
     tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
     tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
-    tqstar testbed  [flags]                       exact TQ* vs CD vs ARGS on random tabular instances
+    tqstar testbed  [flags]                       exact TQ*, soft values, EFT, CD, ARGS on tabular instances
 """
 
 from __future__ import annotations
@@ -243,17 +243,24 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import exact_report, format_matched, format_report
+    from .testbed import average, exact_report, format_matched_kl, format_report, matched_kl
 
-    rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
-                          horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
-                          temperature=args.temperature, seed=args.seed)
-    print(f"exact testbed: {args.instances} random instances, vocab {args.vocab_size}, horizon {args.horizon},"
-          f" baseline = optimal policy at beta {args.beta_baseline}, k = {args.k or args.vocab_size},"
-          f" temperature {args.temperature}; means over instances")
-    print(format_report(rows))
-    print("\nat matched KL (linear interpolation along each method's alpha sweep; alpha = 0 is SFT):")
-    print(format_matched(rows))
+    for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):
+        rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
+                            horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
+                            temperature=args.temperature, seed=args.seed, setting=setting, draws=args.draws,
+                            per_instance=True)
+        target = "the target r" if setting == "direct" else "an independent reward r_BL"
+        print(f"exact testbed, {setting} transfer: {args.instances} random instances, vocab {args.vocab_size}, horizon"
+              f" {args.horizon}, baseline = optimal policy for {target} at beta {args.beta_baseline},"
+              f" k = {args.k or args.vocab_size}, temperature {args.temperature}; tq-soft/soft-cd: average policy over"
+              f" {args.draws} draws of their N rollouts; means over instances")
+        print(format_report(average(rows)))
+        print("\nat matched KL: E[r] interpolated along each instance's alpha sweep (alpha = 0 is SFT at KL 0), then"
+              " averaged over instances; in brackets the mean gap to the exact optimum at that KL (bisection on beta);"
+              " * = not every instance's sweep reaches that KL (mean over those that do)")
+        print(format_matched_kl(matched_kl(rows, tuple(args.kls), vocab_size=args.vocab_size, horizon=args.horizon,
+                                           seed=args.seed), args.instances) + "\n")
     return 0
 
 
@@ -346,10 +353,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("file", nargs="+", help="evaluation JSONL file(s) over the same prompts")
     _report_flags(r)
 
-    t = sub.add_parser("testbed", help="exact TQ* vs CD vs ARGS on random tabular instances")
+    t = sub.add_parser("testbed", help="exact TQ*, soft values, EFT, CD and ARGS on random tabular instances")
     t.set_defaults(run=run_testbed)
     t.add_argument("--instances", type=int, default=20)
-    t.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0, 10.0])
+    t.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0])
+    t.add_argument("--kls", type=float, nargs="+", default=[0.02, 0.1, 0.3], help="KLs of the matched-KL table")
+    t.add_argument("--setting", choices=["direct", "indirect", "both"], default="both",
+                   help="baseline aligned to the target (direct) or to an independent reward (indirect)")
+    t.add_argument("--draws", type=int, default=400, help="draws of the N rollouts per state for tq-soft/soft-cd")
     t.add_argument("--vocab-size", type=int, default=4)
     t.add_argument("--horizon", type=int, default=4)
     t.add_argument("--beta-baseline", type=float, default=0.2, help="the baseline is the optimal policy at this beta")

@@ -61,6 +61,10 @@ class Engine:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with {flags[what]}")
         if params.is_token_level:
             m.sft.check_k(params.k)
+        if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both
+            for lm in (m.sft, m.baseline):
+                if lm is not None:
+                    lm.check_scoring()
 
     def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
                   max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
@@ -171,8 +175,8 @@ class Engine:
             token_ids=list(state.response),
             finish_reason=state.finish_reason or "length",
             reward=value,
-            kl=sum(state.kl) if token_level else None,
-            kl_bound=sum(state.kl_bound) if token_level else None,
+            kl=sum(state.kl) if token_level or state.kl else None,
+            kl_bound=sum(state.kl_bound) if token_level or state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,

@@ -4,8 +4,10 @@
 temperature 0, else sampled from the row's keyed ``"plain"`` stream at its step), so they stop at EOS, a stop string
 or the budget as they generate, and can stream. ``bon``: one step per row — ``bon_n`` responses from ``bon_policy``
 at ``temperature`` (sample i from the row's keyed stream ``(seed, prompt, "bon", 0, -1, i)``), each cut at the
-token that completes a stop string, keep the one the target reward scores highest. Their KL to the SFT model is not
-tracked (``Response.kl`` is ``None``); best-of-N's is at most log N − (N − 1)/N.
+token that completes a stop string, keep the one the target reward scores highest. The decoder records their KL to
+the SFT model: exact per step for ``sft``/``baseline`` (:meth:`tqstar.decoder.Decoder._record_plain_kl`), and for
+``bon`` of the SFT model at temperature 1 the bound log N − (N − 1)/N beside a tie-aware estimate
+(:func:`tqstar.decoder.bon_kl_estimate`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) 
     return [tokens[0] for tokens in out.tokens]
 
 
-def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[tuple[list[int], str]]:
-    """Per row, the best of ``bon_n`` samples (token ids, finish reason); every sample is charged to its row."""
+def best_of_n(models: Models, params: DecodeParams,
+              rows: list[PromptState]) -> list[tuple[list[int], str, list[float]]]:
+    """Per row, the best of ``bon_n`` samples (token ids, finish reason) and the rewards of all ``bon_n``; every
+    sample is charged to its row."""
     role, n = params.bon_policy, params.bon_n
     lm = models.lm(role)
     seeds = [stream_seed(r.seed, r.key, "bon", 0, -1, i) for r in rows for i in range(n)]
@@ -48,4 +52,4 @@ def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> 
     owners = [b for b in range(len(rows)) for _ in range(n)]
     texts = [response_text(lm, tokens, rows[b].stop) for b, (tokens, _) in zip(owners, samples)]
     rewards = torch.tensor(score_texts(models.reward, rows, owners, texts)).view(len(rows), n)  # (B, N)
-    return [samples[b * n + i] for b, i in enumerate(rewards.argmax(dim=-1).tolist())]
+    return [(*samples[b * n + i], rewards[b].tolist()) for b, i in enumerate(rewards.argmax(dim=-1).tolist())]
