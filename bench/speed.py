@@ -221,6 +221,9 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--limit-samples", type=int, default=4, help="sampled steps per prompt for the limit")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
+    parser.add_argument("--only-soft", action="store_true",
+                        help="run only the tq-soft vs tq-direct work-per-token comparison")
     args = parser.parse_args()
 
     name, sft = load_models(args.model, args.device, args.dtype)
@@ -246,6 +249,9 @@ def main() -> int:
             rw.__dict__.pop("_cache", None)
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
+    results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
+    if args.only_soft:
+        return write_json(args.json, results)
     greedy, t_greedy = run(DecodeParams(method="sft", max_new_tokens=args.tokens))
     fast, t_fast = run(params)
     slow, t_slow = run(plain)
@@ -323,10 +329,31 @@ def main() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["peak_rss_mb"] = peak
     print(f"\npeak resident memory of the whole run: {peak:.0f} MB")
-    if args.json:
-        with open(args.json, "w") as fh:
+    return write_json(args.json, results)
+
+
+def write_json(path: str | None, results: dict) -> int:
+    if path:
+        with open(path, "w") as fh:
             json.dump(results, fh, indent=2)
     return 0
+
+
+def soft_vs_direct(run, params: DecodeParams, n: int) -> dict[str, dict[str, float]]:
+    """Work per generated token of tq-soft against tq-direct with the same k, L and N rollouts sampled at
+    temperature 1 (so neither reuses rollouts): tq-soft adds one SFT scoring pass over the k×N rollouts (the
+    baseline's own log-probs come with its rollouts). Token counts are exact; the seconds are this machine's."""
+    sampled = params.replace(n_rollouts=n, rollout_temperature=1.0, temperature=1.0)
+    out = {}
+    for label, p in (("tq-direct (sampled)", sampled), ("tq-soft", sampled.replace(method="tq-soft"))):
+        responses, seconds = run(p)
+        out[label] = {**accounting_per_token(responses), "s_per_token": per_token(seconds, responses)}
+    keys = list(next(iter(out.values())))
+    print(f"\n## tq-soft vs tq-direct, work per generated token (k={params.k}, L={params.rollout_len}, N={n} sampled"
+          " rollouts, sampled choice)\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for label, acct in out.items():
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in acct.values()) + " |")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The ``tqstar`` command line: a thin layer over the library (every command is one library call).
 
     tqstar generate [--config run.yaml] [flags]   decode prompts with a method; text or JSONL out
-    tqstar demo                                   SmolLM2: SFT vs DPO baseline vs TQ* direct, side by side
+    tqstar demo                                   SmolLM2: SFT, DPO baseline, TQ* direct/soft, EFT side by side
     tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
     tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
     tqstar testbed  [flags]                       exact TQ*, soft values, EFT, CD, ARGS on tabular instances
@@ -188,7 +188,8 @@ def _merge(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)
+    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len,
+             n_rollouts=args.n_rollouts)
     return 0
 
 
@@ -234,7 +235,7 @@ def run_report(args: argparse.Namespace) -> int:
         except TQStarError as exc:
             print(f"tqstar: coherence skipped: {exc}", file=sys.stderr)
     _, text = report(args.file, reference=args.reference, out_dir=args.out_dir, coherence=coherence, title=args.title,
-                     llm_judge=llm_judge)
+                     llm_judge=llm_judge, kls=getattr(args, "kls", None))
     print(text)
     if args.out_dir:
         print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
@@ -271,6 +272,8 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
     parser.add_argument("--llm-judge-model", help="served model name of the LLM judge")
     parser.add_argument("--title", default="", help="title of the plots")
+    parser.add_argument("--kls", type=float, nargs="+", help="target KLs of the matched-KL table (default: ¼, ½, 1 ×"
+                        " the smallest mean KL the α-swept methods reach)")
 
 
 # ---- parser --------------------------------------------------------------------------------------------------
@@ -332,12 +335,14 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    d = sub.add_parser("demo", help="SmolLM2: SFT vs DPO baseline vs TQ* direct on a few prompts (offline, CPU)")
+    d = sub.add_parser("demo", help="SmolLM2: SFT, DPO baseline, TQ* direct and soft, EFT on a few prompts (offline,"
+                                    " CPU)")
     d.set_defaults(run=run_demo_command)
     d.add_argument("--max-new-tokens", type=int, default=32)
     d.add_argument("--k", type=int, default=10)
     d.add_argument("--alpha", type=float, default=2.0)
     d.add_argument("--rollout-len", type=int, default=20)
+    d.add_argument("--n-rollouts", type=int, default=2, help="rollouts per candidate of TQ* soft")
 
     e = sub.add_parser("eval", help="run methods over a prompt set; one JSONL row per (prompt, method); resumable")
     e.set_defaults(run=run_eval)

@@ -23,9 +23,10 @@ from typing import Any
 
 from .errors import ConfigError
 from .evaluation import read_rows
+from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 
-COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
@@ -59,6 +60,8 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             "reward_se": se,
             "diversity": sum(diversity(r["text"]) for r in items) / len(items),
             "kl": sum(kls) / len(kls) if kls else None,
+            "kl_se": mean_and_stderr(kls)[1] if kls else None,
+            "family_label": family_label(items[0]),
             "kl_bound": sum(bounds) / len(bounds) if bounds else None,
             "length": tokens / len(items),
             "fwd_tok_per_tok": sum(a["sft_forward_tokens"] + a["baseline_forward_tokens"] for a in acct) / tokens,
@@ -159,9 +162,12 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
 
 
 def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
-           coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
+           coherence=None, title: str = "", llm_judge=None,
+           kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
-    table.csv and the plots there."""
+    table.csv and the plots there. When methods were swept over α with a KL on every row, the text and
+    ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.frontier`; ``kls`` the targets, default
+    :func:`~tqstar.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     rows, prompts = [], None
     for path in paths:
@@ -175,12 +181,20 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
         rows.extend(part)
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
+    kls = list(kls) if kls else auto_kls(rows)
+    matched = matched_kl(rows, kls) if kls else []
+    if matched:
+        text += ("\n\nreward at matched KL (interpolated along each prompt's own α sweep, then averaged over the prompts"
+                 " that reach it; ± s.e. over those prompts):\n" + format_matched(matched, markdown=False))
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
         write_csv(table, out_dir / "table.csv")
         plot(table, out_dir, title)
+        if matched:
+            (out_dir / "matched_kl.md").write_text(format_matched(matched) + "\n")
+            plot_frontier(table, out_dir / "frontier.png", title)
     return table, text
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .decoder import decision_logprobs
+from .frontier import interpolate_at
 from .lm.tabular import EOS, TabularLM, prefixes
 from .reward import Reward
 
@@ -272,15 +273,6 @@ def exact_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0
         i, alphas, vocab_size=vocab_size, horizon=horizon, beta_baseline=beta_baseline, k=k, temperature=temperature,
         seed=seed, setting=setting, soft_ns=soft_ns, draws=draws)]
     return rows if per_instance else average(rows)
-
-
-def interpolate_at(points: Sequence[tuple[float, float]], target: float) -> float | None:
-    """The y at x = ``target`` on the polyline through ``points`` (in sweep order): its first crossing; ``None``
-    where the sweep never reaches ``target``."""
-    for (k0, r0), (k1, r1) in zip(points, points[1:]):
-        if min(k0, k1) <= target <= max(k0, k1) and k1 != k0:
-            return r0 + (r1 - r0) * (target - k0) / (k1 - k0)
-    return None
 
 
 def matched_kl(rows: list[dict], kls: Sequence[float] = (0.02, 0.1, 0.3), *, vocab_size: int = 4, horizon: int = 4,
