@@ -123,6 +123,20 @@ def test_methods_can_be_added_and_left_out_later(tmp_path, tiny_paths):
     assert sorted({m for m, _ in _keys(tmp_path / "out.jsonl")}) == ["args(α=0.5)", "args(α=2)", "sft"]
 
 
+def test_rows_written_before_a_parameter_existed_still_resume(tmp_path, tiny_paths):
+    """A row whose params lack a field added later (it ran with that field's default) is not a conflict."""
+    config = _config(tmp_path, tiny_paths, n_prompts=2)
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 0
+    path = tmp_path / "out.jsonl"
+    lines = path.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows[1:]:
+        del row["params"]["soft_beta"]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 0
+    assert len(path.read_text().splitlines()) == len(lines)
+
+
 def test_corrupt_line_in_the_middle_is_refused(tmp_path, tiny_paths, capsys):
     config = _config(tmp_path, tiny_paths)
     main(["eval", "--config", config, "--no-progress", "--coherence", "none"])

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import TQStarError
 
 DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "rollout_seed", "beta",
-                "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
+                "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,14 +309,16 @@ def _parser() -> argparse.ArgumentParser:
     rewards.add_argument("--reward-truncate", action="store_true", help="truncate over-long reward-model inputs")
     rewards.add_argument("--reward-sigmoid", action="store_true", help="report sigmoid(logit) of the reward model")
     dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
-    dec.add_argument("--method", help="tq-direct (default), tq-indirect, cd, args, none, sft, baseline, bon")
+    dec.add_argument("--method", help="tq-direct (default), tq-indirect, tq-soft, cd, soft-cd, args, eft, none, sft,"
+                     " baseline, bon")
     dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
     dec.add_argument("--alpha", type=float, help="weight of Q in log pi_sft + alpha*Q (1.0)")
     dec.add_argument("--n-rollouts", type=int, help="rollouts per candidate, N (1)")
     dec.add_argument("--rollout-len", type=int, help="rollout length in tokens, L (20)")
     dec.add_argument("--rollout-temperature", type=float, help="0 = greedy rollouts (0)")
     dec.add_argument("--rollout-seed", type=int, help="seed of the rollouts (default: --seed)")
-    dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect (1.0)")
+    dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect and eft (1.0)")
+    dec.add_argument("--soft-beta", type=float, help="temperature of the soft value, tq-soft and soft-cd (1/alpha)")
     dec.add_argument("--temperature", type=float, help="0 = greedy choice, else sample softmax(score/T) (0)")
     dec.add_argument("--max-new-tokens", type=int, help="response budget (64)")
     dec.add_argument("--stop", action="append", help="stop string (repeatable)")
