@@ -98,10 +98,12 @@ def test_unknown_yaml_key(tmp_path, capsys):
 
 
 def test_testbed_prints_the_exact_table(capsys):
-    assert main(["testbed", "--instances", "2", "--alphas", "1", "5", "--vocab-size", "3", "--horizon", "2"]) == 0
+    assert main(["testbed", "--instances", "2", "--alphas", "1", "5", "--vocab-size", "3", "--horizon", "2",
+                 "--draws", "20"]) == 0
     out = capsys.readouterr().out
-    assert "exact testbed" in out
-    for method in ("tq-direct", "cd", "args", "sft", "baseline"):
+    assert "exact testbed, direct transfer" in out and "exact testbed, indirect transfer" in out
+    for method in ("tq-direct", "cd", "args", "sft", "baseline", "tq-indirect", "tq-soft(N=16)", "soft-cd(N=1)", "eft",
+                   "optimum (exact)", "gap to the exact optimum"):
         assert method in out
 
 

@@ -54,25 +54,47 @@ def family_label(row: dict[str, Any]) -> str:
 
 
 def auto_kls(rows: Sequence[dict[str, Any]]) -> list[float]:
-    """Three target KLs every swept family reaches on average: ¼, ½ and 1 × the smallest, over families, of the
-    mean KL at the family's largest α (two significant digits)."""
-    tops = []
+    """Three target KLs inside the range most prompts' sweeps cover: between lo, the largest over swept families of
+    the median per-prompt lowest KL (the α = 0 anchor's, when run), and hi, the smallest over families of the lower
+    quartile of the per-prompt highest KL — at ¼, ½ and ¾ of the way (two significant digits). When hi ≤ lo (noisy
+    single samples), ¼, ½ and 1 × the smallest mean KL at a family's largest α."""
+    anchors = _anchors(rows)
+    lows, highs, tops = [], [], []
     for by_prompt in swept_families(rows).values():
-        last = [rs[-1]["kl"] for rs in by_prompt.values()]
-        tops.append(sum(last) / len(last))
+        spans = [[r["kl"] for r in rs] + ([anchors[i]["kl"]] if i in anchors else []) for i, rs in by_prompt.items()]
+        lows.append(_quantile([min(s) for s in spans], 0.5))
+        highs.append(_quantile([max(s) for s in spans], 0.25))
+        tops.append(sum(rs[-1]["kl"] for rs in by_prompt.values()) / len(by_prompt))
     if not tops:
         return []
-    top = min(tops)
-    return [float(f"{top * f:.2g}") for f in (0.25, 0.5, 1.0)]
+    lo, hi = max(lows), min(highs)
+    if hi > lo:
+        return [float(f"{lo + (hi - lo) * f:.2g}") for f in (0.25, 0.5, 0.75)]
+    return [float(f"{min(tops) * f:.2g}") for f in (0.25, 0.5, 1.0)]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (linear between order statistics)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def _anchors(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The α = 0 point of each prompt: top-k SFT sampling (``none``) when run, else plain SFT."""
+    anchors = {}
+    for family in ("sft", "none"):
+        anchors.update({r["prompt_index"]: r for r in rows if r.get("family") == family and r.get("kl") is not None
+                        and r.get("reward") is not None})
+    return anchors
 
 
 def matched_kl(rows: Sequence[dict[str, Any]], kls: Sequence[float]) -> list[dict[str, Any]]:
     """Per swept family and target KL: the reward interpolated per prompt (see the module docstring), averaged
     over the prompts that reach it: {"family", "kl", "reward", "reward_se", "reached", "prompts"}."""
-    anchors = {}  # the α = 0 point of each prompt: top-k SFT sampling (`none`) when run, else plain SFT
-    for family in ("sft", "none"):
-        anchors.update({r["prompt_index"]: r for r in rows if r.get("family") == family and r.get("kl") is not None
-                        and r.get("reward") is not None})
+    anchors = _anchors(rows)
     table = []
     for family, by_prompt in swept_families(rows).items():
         for target in kls:
