@@ -149,18 +149,11 @@ class LanguageModel(ABC):
         if self.vocab_size is None:
             raise ConfigError(f"{self.name} cannot score given continuations (its vocabulary size is unknown); use a"
                               " backend that implements score_continuations")
-        seqs = [list(p) + list(y[:j]) for p, y in zip(prefixes, continuations) for j in range(len(y))]
-        targets = [int(t) for y in continuations for t in y]
+        seqs, targets = positions(prefixes, continuations)
         top = self.top_logprobs(seqs, self.vocab_size) if seqs else None
         values = [] if top is None else [float(top.logprobs[i][top.token_ids[i] == t][0])
                                           for i, t in enumerate(targets)]
-        costs = [] if top is None else top.forward_tokens
-        out, cost, i = [], [], 0
-        for y in continuations:
-            out.append(values[i:i + len(y)])
-            cost.append(sum(costs[i:i + len(y)]))
-            i += len(y)
-        return ContinuationScores(out, cost)
+        return regroup(continuations, values, [] if top is None else top.forward_tokens)
 
     def next_token_logprobs(self, seqs: Sequence[TokenIds], token_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """log π(token | seq) ``(B, k)`` of the ``(B, k)`` given next tokens of every sequence, and the forward tokens
@@ -212,17 +205,11 @@ class FullVocabLM(LanguageModel):
                             continuations: Sequence[TokenIds]) -> ContinuationScores:
         """:meth:`LanguageModel.score_continuations` by one :meth:`next_logprobs` batch over every position."""
         assert len(prefixes) == len(continuations), "one continuation per prefix"
-        seqs = [list(p) + list(y[:j]) for p, y in zip(prefixes, continuations) for j in range(len(y))]
+        seqs, targets = positions(prefixes, continuations)
         step = self.next_logprobs(seqs) if seqs else None
-        targets = torch.tensor([int(t) for y in continuations for t in y], dtype=torch.long)
-        values = [] if step is None else step.logprobs.gather(-1, targets[:, None]).squeeze(-1).tolist()
-        costs = [] if step is None else step.forward_tokens
-        out, cost, i = [], [], 0
-        for y in continuations:
-            out.append(values[i:i + len(y)])
-            cost.append(sum(costs[i:i + len(y)]))
-            i += len(y)
-        return ContinuationScores(out, cost)
+        chosen = torch.tensor(targets, dtype=torch.long)[:, None]  # (P, 1)
+        values = [] if step is None else step.logprobs.gather(-1, chosen).squeeze(-1).tolist()
+        return regroup(continuations, values, [] if step is None else step.forward_tokens)
 
     def rollout(
         self,
@@ -258,6 +245,22 @@ class FullVocabLM(LanguageModel):
                     still.append(i)
             alive = still
         return RolloutOutput(tokens=out, forward_tokens=cost, logprobs=logprobs)
+
+
+def positions(prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> tuple[list[list[int]], list[int]]:
+    """Every scored position of the continuations: the sequence before it and the token there, in order."""
+    seqs = [list(p) + list(y[:j]) for p, y in zip(prefixes, continuations) for j in range(len(y))]
+    return seqs, [int(t) for y in continuations for t in y]
+
+
+def regroup(continuations: Sequence[TokenIds], values: Sequence[float], costs: Sequence[int]) -> ContinuationScores:
+    """Per-position log-probs and forward tokens (in :func:`positions` order) back into one entry per continuation."""
+    out, cost, i = [], [], 0
+    for y in continuations:
+        out.append(list(values[i:i + len(y)]))
+        cost.append(sum(costs[i:i + len(y)]))
+        i += len(y)
+    return ContinuationScores(out, cost)
 
 
 def rollout_budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
