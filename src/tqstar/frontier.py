@@ -160,7 +160,8 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
                         color="black" if e.get("family") == "sft" else "gray", capsize=2, label=f"{e['method']} (α = 0)")
             continue
         ax.errorbar([e["kl"]], [e["reward"]], xerr=[e.get("kl_se") or 0], yerr=[e["reward_se"]], marker="D",
-                    capsize=2, linestyle="none", label=f"{e['method']} (KL estimate)")
+                    capsize=2, linestyle="none",
+                    label=f"{e['method']} (KL estimate)" if e.get("family") == "bon" else e["method"])
         if e.get("kl_bound") is not None and e.get("family") == "bon":
             ax.plot([e["kl_bound"]], [e["reward"]], marker="|", ms=12, color="gray", label=f"{e['method']} KL bound")
     ax.set_xlabel("KL(ρ_dec ‖ ρ_sft) per response, nats (sum of per-step KLs along the sampled path)")
