@@ -14,6 +14,13 @@ sequences the decoder built; the server's own prefix cache plays the part of the
   the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
   its tokens (llama-server does), it is appended, so a continuation ends with its EOS id as locally.
 
+* :meth:`RemoteLM.score_continuations`: vLLM's ``prompt_logprobs: 0`` on ``prefix + y`` (``max_tokens: 1``) gives the
+  log-prob of every prompt token; the continuation's are read off. llama-server has no prompt log-probs: it is
+  refused by :meth:`RemoteLM.check_scoring` (``Engine.check``, before decoding) for the methods that need them.
+  Rollouts also return the server's log-probs of their sampled tokens (vLLM: the model's own, at temperature 1 those
+  of the sampling distribution), so ``tq-soft`` does not score the baseline's rollouts a second time; a
+  continuation whose EOS the server left out has none, and the batch's are then scored.
+
 **KL without the full vocabulary.** A server returns only the top k of the next-token distribution, but both
 engines compute those log-probabilities with a log-softmax over the *whole* vocabulary before keeping k. The
 decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z π_dec(z)·(log π_dec(z) −
