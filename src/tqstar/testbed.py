@@ -217,7 +217,7 @@ def optimum_at_kl(sft: TabularLM, r: RewardFn, target: float, *, iterations: int
 
 
 # ---- the report -----------------------------------------------------------------------------------------------
-#: The report's methods: name -> (family, N) for the estimators with finite-N randomness, else (name, None).
+#: The rollout counts N at which the report evaluates the random estimators (tq-soft, soft-cd).
 SOFT_NS = (1, 4, 16)
 
 
