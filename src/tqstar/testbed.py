@@ -245,7 +245,7 @@ def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4
             for family, rolling in (("tq-soft", baseline), ("soft-cd", sft)):
                 policies[f"{family}(N={n})"] = effective_soft_policy(
                     sft, rolling, r, alpha, n, k=k, temperature=temperature, draws=draws,
-                    seed=[seed, instance, n, round(alpha * 1e6), len(family)])
+                    seed=[seed, instance, n, round(alpha * 1e6), ("tq-soft", "soft-cd").index(family)])
         policies["optimal(β=1/α)"] = optimal_policy(sft, r, 1.0 / alpha)
         for method, policy in policies.items():
             rows.append({"method": method, "alpha": alpha, "reward": expected_reward(policy, r),
