@@ -474,6 +474,9 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         e.models.reward.reset_cache()
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
+    results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
+    if args.only_soft:
+        return
     greedy, t_greedy = run(DecodeParams(method="sft", max_new_tokens=args.tokens))
     fast, t_fast = run(params)
     slow, t_slow = run(plain)
@@ -576,6 +579,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny models, a few tokens, short long prompts: checks that everything runs end to end")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
+    parser.add_argument("--only-soft", action="store_true",
+                        help="run only the tq-soft vs tq-direct work-per-token comparison (short prompts)")
     args = parser.parse_args()
     if args.quick:
         args.model, args.prompts, args.tokens, args.k, args.rollout_len = "tiny", 1, 6, 4, 4
@@ -587,7 +593,7 @@ def main() -> int:
     results: dict[str, object] = {"model": name, "k": args.k, "L": args.rollout_len, "alpha": args.alpha}
     if not args.skip_short:
         short_runs(args, name, sft, baseline, results)
-    if args.prompt_tokens:
+    if args.prompt_tokens and not args.only_soft:
         print(f"\n# long prompts: model {name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
               f" device {args.device}, {args.dtype}")
         results["long_prompts"] = long_runs(args, sft, baseline)
@@ -599,6 +605,23 @@ def main() -> int:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
     return 0
+
+
+def soft_vs_direct(run, params: DecodeParams, n: int) -> dict[str, dict[str, float]]:
+    """Work per generated token of tq-soft against tq-direct with the same k, L and N rollouts sampled at
+    temperature 1 (so neither reuses rollouts): tq-soft adds one SFT scoring pass over the k×N rollouts (the
+    baseline's own log-probs come with its rollouts). Token counts are exact; the seconds are this machine's."""
+    sampled = params.replace(n_rollouts=n, rollout_temperature=1.0, temperature=1.0)
+    out = {}
+    for label, p in (("tq-direct (sampled)", sampled), ("tq-soft", sampled.replace(method="tq-soft"))):
+        responses, seconds = run(p)
+        out[label] = {**accounting_per_token(responses), "s_per_token": per_token(seconds, responses)}
+    keys = list(next(iter(out.values())))
+    print(f"\n## tq-soft vs tq-direct, work per generated token (k={params.k}, L={params.rollout_len}, N={n} sampled"
+          " rollouts, sampled choice)\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for label, acct in out.items():
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in acct.values()) + " |")
+    return out
 
 
 if __name__ == "__main__":

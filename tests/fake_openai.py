@@ -118,6 +118,10 @@ class FakeServer:
                 stopped = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
                 dist = self.lm.next_logprobs([list(prompt) + tokens[:i] for i in range(len(tokens))]).logprobs
                 choices.append(self._choice(index, tokens, dist, k, stopped))
+                if body.get("prompt_logprobs") is not None and self.flavor == "vllm":  # vLLM's extension
+                    seen = self.lm.next_logprobs([list(prompt[:i]) for i in range(1, len(prompt))]).logprobs
+                    choices[-1]["prompt_logprobs"] = [None] + [
+                        {str(t): {"logprob": float(seen[i, t]), "rank": 1}} for i, t in enumerate(prompt[1:])]
         return 200, {"id": "cmpl-fake", "object": "text_completion", "model": self.name, "choices": choices}
 
     def _choice(self, index: int, tokens: list[int], dist: torch.Tensor, k: int, stopped: bool) -> dict:

@@ -84,7 +84,8 @@ def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, cd, args, none, sft, baseline, bon, got 'magic'"),
+        (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft,"
+                                " none, sft, baseline, bon, got 'magic'"),
         (["--k", "0"], "`k` must be an integer >= 1, got 0"),
         (["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
         (["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
@@ -117,10 +118,12 @@ def test_unknown_yaml_key(tmp_path, capsys):
 
 
 def test_testbed_prints_the_exact_table(capsys):
-    assert main(["testbed", "--instances", "2", "--alphas", "1", "5", "--vocab-size", "3", "--horizon", "2"]) == 0
+    assert main(["testbed", "--instances", "2", "--alphas", "1", "5", "--vocab-size", "3", "--horizon", "2",
+                 "--draws", "20"]) == 0
     out = capsys.readouterr().out
-    assert "exact testbed" in out
-    for method in ("tq-direct", "cd", "args", "sft", "baseline"):
+    assert "exact testbed, direct transfer" in out and "exact testbed, indirect transfer" in out
+    for method in ("tq-direct", "cd", "args", "sft", "baseline", "tq-indirect", "tq-soft(N=16)", "soft-cd(N=1)", "eft",
+                   "optimum (exact)", "gap to the exact optimum"):
         assert method in out
 
 

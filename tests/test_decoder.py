@@ -36,8 +36,11 @@ def engine(sft, baseline, reward):
 METHOD_PARAMS = {
     "tq-direct": {},
     "tq-indirect": dict(n_rollouts=3, rollout_temperature=1.0),
+    "tq-soft": dict(n_rollouts=2, rollout_temperature=1.0),
     "cd": {},
+    "soft-cd": dict(n_rollouts=2, rollout_temperature=1.0),
     "args": {},
+    "eft": dict(beta=0.5),
     "none": {},
     "sft": {},
     "baseline": {},
@@ -55,17 +58,19 @@ def test_every_method_decodes_and_accounts(engine, method):
         assert r.reward == pytest.approx(vowel_share([r.prompt], [r.text])[0])
         a = r.accounting
         assert a.wall_time_s > 0 and a.steps == len(r.token_ids)
-        if method in ("tq-direct", "tq-indirect", "cd"):
+        if params.rolls_out:
             per_step = params.k * params.n_rollouts
             assert a.rollouts <= per_step * a.steps and a.rollouts > 0 and a.rollout_tokens > 0
             assert a.reward_calls > 0
-            rolled = a.baseline_forward_tokens if method != "cd" else a.sft_forward_tokens
+        if method == "tq-soft":  # the SFT model scored the baseline's rollouts
+            assert a.sft_forward_tokens >= a.rollout_tokens
+            rolled = a.baseline_forward_tokens if params.uses_baseline else a.sft_forward_tokens
             assert rolled >= a.rollout_tokens
-        if params.is_token_level:
+        if method == "bon":  # best of the SFT model's samples at temperature 1: an estimate within the bound
+            assert r.kl is not None and 0 <= r.kl <= r.kl_bound
+        else:  # every other method: the exact per-step KL along its own path
             assert len(r.kl_per_step) == len(r.token_ids) and r.kl >= 0
-            assert r.kl_bound is not None  # the reward declares its range
-        else:
-            assert r.kl is None
+            assert (r.kl_bound is not None) == params.is_token_level  # token level: the reward declares its range
 
 
 def test_batch_equals_singles(engine):
@@ -416,7 +421,8 @@ def test_plain_methods_stop_at_stop_strings_while_generating(engine, method):
         for r, f in zip(cut, full):
             if r.finish_reason == "stop":
                 assert len(r.token_ids) < len(f.token_ids)
-                forward = r.accounting.sft_forward_tokens + r.accounting.baseline_forward_tokens
+                # the decoded model's own work (decoding the baseline also runs the SFT model, for its KL)
+                forward = getattr(r.accounting, f"{method}_forward_tokens")
                 assert forward == len(lm.encode_prompt(r.prompt)) + len(r.token_ids) - 1
 
 

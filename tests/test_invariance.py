@@ -27,8 +27,11 @@ PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the
 SAMPLED = {  # every method, sampling everything it samples
     "tq-direct": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
     "tq-indirect": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
+    "tq-soft": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
     "cd": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
+    "soft-cd": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
     "args": dict(temperature=1.0),
+    "eft": dict(temperature=1.0, beta=0.5),
     "none": dict(temperature=1.0),
     "sft": dict(temperature=1.0),
     "baseline": dict(temperature=1.0),

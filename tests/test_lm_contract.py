@@ -167,6 +167,27 @@ def _check_decode(lm: LanguageModel, prompts: Sequence[str]) -> None:
         assert lm.decode(body + [eos]) == text, "decode must drop the EOS token"
 
 
+def _check_score_continuations(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    """score_continuations equals the next-token log-probs read position by position (one full forward each), for
+    continuations of different lengths (one empty) after prefixes that share stems; rollouts' own log-probs agree."""
+    prefixes = _prefixes(lm, prompts)[:6]
+    extra = [t for t in range(lm.vocab_size - 1, -1, -1) if t not in lm.eos_token_ids][:4]
+    conts = [extra[:1 + i % 4] if i % 5 else [] for i in range(len(prefixes))]
+    conts[-1] = extra[:3] + [min(lm.eos_token_ids)]
+    got = lm.score_continuations(prefixes, conts)
+    assert len(got.logprobs) == len(got.forward_tokens) == len(prefixes)
+    for prefix, cont, lps, total in zip(prefixes, conts, got.logprobs, got.sums):
+        assert len(lps) == len(cont)
+        want = [float(lm.next_logprobs([list(prefix) + cont[:j]]).logprobs[0, t]) for j, t in enumerate(cont)]
+        assert lps == pytest.approx(want, abs=ATOL)
+        assert total == pytest.approx(sum(want), abs=ATOL * max(1, len(cont)))
+    out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.0, seeds=_seeds(5, len(prefixes)))
+    if out.logprobs is not None:  # the rollout's log-probs of its own tokens are the scores of those tokens
+        scored = lm.score_continuations(prefixes, out.tokens)
+        for a, b in zip(out.logprobs, scored.logprobs):
+            assert a == pytest.approx(b, abs=ATOL)
+
+
 CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
     _check_metadata,
     _check_normalised,
@@ -177,6 +198,7 @@ CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
     _check_seeded_rows_are_independent,
     _check_forward_tokens,
     _check_decode,
+    _check_score_continuations,
 ]
 
 
@@ -336,6 +358,30 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer)))
     assert cached.forward_tokens == [1 + len(cached.tokens[0])] + [len(t) for t in cached.tokens[1:]]
     assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer))).tokens
+
+
+def test_score_continuations_from_the_cache_equals_a_full_forward(sft):
+    """The SFT model scores k×N continuations of a step from its stored prefix: the numbers of one uncached forward
+    pass over each whole sequence, for the continuation tokens alone (the first from the stored last logits)."""
+    prefix = sft.encode_prompt(PROMPTS[3])
+    top = sft.next_logprobs([prefix]).logprobs[0].topk(3).indices.tolist()  # stores `prefix`
+    rollouts = sft.rollout([prefix + [z] for z in top for _ in range(2)], ROLLOUT_LEN, 1.0, seeds=_seeds(2, 6))
+    sft.next_logprobs([prefix])  # the committed prefix is what the cache holds when the SFT model scores
+    prefixes = [prefix + [z] for z in top for _ in range(2)] + [prefix]
+    conts = rollouts.tokens + [[top[1], 7]]
+    got = sft.score_continuations(prefixes, conts)
+    with torch.no_grad():
+        for p, y, lps in zip(prefixes, conts, got.logprobs):
+            full = torch.log_softmax(sft.model(torch.tensor([p + y], device=sft.device)).logits[0].float(), -1)
+            want = [float(full[len(p) - 1 + j, t]) for j, t in enumerate(y)]
+            assert lps == pytest.approx(want, abs=1e-4)
+    # from the cache: each rollout runs its candidate token and all but its last token; the last row needs one
+    assert got.forward_tokens == [len(y) for y in rollouts.tokens] + [1]
+    assert sft.next_logprobs([prefix]).forward_tokens == [0], "scoring left the stored rows alone"
+    # the protocol's slow default (the whole vocabulary from top_logprobs at every position) gives the same numbers
+    slow = LanguageModel.score_continuations(sft, prefixes, conts)
+    for a, b in zip(slow.logprobs, got.logprobs):
+        assert a == pytest.approx(b, abs=1e-4)
 
 
 def test_cache_reuses_the_longest_common_prefix_of_longer_rows(sft):

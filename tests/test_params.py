@@ -8,11 +8,12 @@ import math
 import pytest
 
 from tqstar.errors import ConfigError
-from tqstar.params import METHODS, DecodeParams
+from tqstar.params import METHODS, SOFT_METHODS, DecodeParams
 
 BAD = [
     ({"method": "best"},
-     "`method` must be one of tq-direct, tq-indirect, cd, args, none, sft, baseline, bon, got 'best'"),
+     "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft, none, sft, baseline, bon,"
+     " got 'best'"),
     ({"k": 0}, "`k` must be an integer >= 1, got 0"),
     ({"k": -1}, "`k` must be an integer >= 1, got -1"),
     ({"k": 1.5}, "`k` must be an integer >= 1, got 1.5"),
@@ -39,6 +40,13 @@ BAD = [
     ({"method": "tq-indirect", "n_rollouts": 2},
      "`n_rollouts` = 2 with greedy rollouts gives 2 identical rollouts; set `rollout_temperature` > 0 or use"
      " n_rollouts = 1"),
+    ({"soft_beta": 0}, "`soft_beta` must be a finite number > 0 or None (= 1/alpha), got 0"),
+    ({"method": "tq-soft"},
+     "`rollout_temperature` must be 1 for tq-soft (its estimator averages over samples of the rolling model itself),"
+     " got 0.0; set rollout_temperature: 1"),
+    ({"method": "soft-cd", "rollout_temperature": 0.7},
+     "`rollout_temperature` must be 1 for soft-cd (its estimator averages over samples of the rolling model itself),"
+     " got 0.7; set rollout_temperature: 1"),
     ({"method": "bon", "temperature": 0},
      "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
 ]
@@ -70,7 +78,9 @@ def test_from_dict_and_replace_validate_too(values, message):
         {"method": "bon", "temperature": 1.0, "bon_policy": "baseline"},
         {"alpha": 0, "beta": 0.1, "temperature": 0.5, "k": 1, "stop": ("\n\n", "###")},
     ]
-    + [{"method": m, "temperature": 1.0} for m in METHODS],
+    + [{"method": m, "temperature": 1.0, **({"rollout_temperature": 1.0} if m in SOFT_METHODS else {})}
+       for m in METHODS]
+    + [{"method": "tq-soft", "rollout_temperature": 1.0, "n_rollouts": 4, "soft_beta": 0.2}],
 )
 def test_valid_params(values):
     params = DecodeParams(**values)
@@ -83,7 +93,8 @@ def test_from_dict_rejects_unknown_key():
         DecodeParams.from_dict({"k": 3, "top_k": 5})
     assert str(info.value) == (
         "unknown decoding parameter `top_k`; valid ones are alpha, beta, bon_n, bon_policy, k, max_new_tokens,"
-        " method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed, rollout_temperature, seed, stop, temperature, trace"
+        " method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed, rollout_temperature, seed,"
+        " soft_beta, stop, temperature, trace"
     )
 
 

@@ -50,9 +50,10 @@ def test_demo_prints_three_methods_side_by_side(smol):
 
     out = io.StringIO()
     results = run_demo(max_new_tokens=4, k=3, rollout_len=4, prompts=["How do I make a cup of tea?"], out=out)
-    assert len(results) == 3 and all(len(v) == 1 for v in results.values())
+    assert len(results) == 5 and all(len(v) == 1 for v in results.values())
     text = out.getvalue()
-    assert "SFT (greedy)" in text and "baseline (greedy)" in text and "TQ* direct" in text
+    for label in ("[SFT]", "[baseline (DPO)]", "TQ* direct", "TQ* soft", "EFT", "| KL ", "coherence", "per nat of KL"):
+        assert label in text
 
 
 def test_smollm2_prompt_cannot_inject_chat_turns(smol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import socket
 import time
 
@@ -52,6 +53,39 @@ def test_top_logprobs_and_rollouts_match_the_local_model(served, sft, tiny_paths
     assert got.tokens[:2] == want.tokens[:2] and got.tokens[3] == want.tokens[3]
     assert got.tokens[2] == want.tokens[2][:3]
     assert remote.decode(want.tokens[0]) == sft.decode(want.tokens[0])
+
+
+def test_score_continuations_match_the_local_model_or_name_the_server(served, sft, tiny_paths):
+    remote = _remote(served, tiny_paths)
+    seqs = [sft.encode_prompt(p) for p in PROMPTS]
+    conts = [[5, 9, 11], [], [7], [2]]
+    if served.flavor == "llama.cpp":
+        with pytest.raises(ConfigError, match=rf"^server {re.escape(served.url)} is llama-server, which cannot score"
+                                              r" given continuations .*serve this model with vLLM"):
+            remote.score_continuations(seqs, conts)
+        return
+    local, far = sft.score_continuations(seqs, conts), remote.score_continuations(seqs, conts)
+    for a, b in zip(far.logprobs, local.logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert served.requests[-1]["prompt_logprobs"] == 0
+    rolled = remote.rollout(seqs, 6, 1.0, seeds=[1, 2, 3, 4])
+    assert rolled.logprobs is not None  # vLLM returns the sampled tokens' log-probs: no second scoring pass
+    for a, b in zip(rolled.logprobs, sft.score_continuations(seqs, rolled.tokens).logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_llama_server_is_refused_for_likelihood_methods_before_decoding(sft, baseline, tiny_paths):
+    server = FakeServer(baseline, "llama.cpp", "baseline")
+    try:
+        engine = Engine(sft, _remote(server, tiny_paths, "baseline"), CallableReward(vowel_share))
+        params = DecodeParams(method="eft", k=4, alpha=2.0, max_new_tokens=4)
+        before = server.completions
+        with pytest.raises(ConfigError, match="is llama-server, which cannot score given continuations"):
+            engine.generate(PROMPTS, params, progress=False)
+        assert server.completions == before, "nothing was decoded"
+        engine.check(DecodeParams(method="tq-direct", k=4))  # methods that need no likelihoods still run
+    finally:
+        server.close()
 
 
 def _eos_prone(lm, bias: float = 1.0):

@@ -15,17 +15,22 @@ from tqstar.testbed import (
     TabularReward,
     completions,
     decoding_policy,
+    effective_soft_policy,
+    eft_value,
     exact_report,
     expected_reward,
+    format_matched_kl,
     format_report,
+    interpolate_at,
+    matched_kl,
     method_values,
     optimal_policy,
+    optimum_at_kl,
     q_value,
     random_reward,
-    reward_at_kl,
     trajectory_kl,
 )
-from tqstar.value import indirect_q
+from tqstar.value import indirect_q, soft_value
 
 V, H = 4, 3
 
@@ -189,15 +194,23 @@ def test_decoded_text_ends_at_eos_on_the_tabular_model(instance):
 
 
 def test_report_has_every_method_and_is_exact_at_reference_points():
-    rows = exact_report(instances=2, alphas=(1.0, 5.0), vocab_size=3, horizon=3, beta_baseline=0.2)
+    rows = exact_report(instances=2, alphas=(1.0, 5.0), vocab_size=3, horizon=3, beta_baseline=0.2, draws=50)
     methods = {(row["method"], row["alpha"]) for row in rows}
     for alpha in (1.0, 5.0):
-        assert {("tq-direct", alpha), ("cd", alpha), ("args", alpha), ("optimal(β=1/α)", alpha)} <= methods
+        assert {("tq-direct", alpha), ("cd", alpha), ("args", alpha), ("tq-indirect", alpha), ("eft", alpha),
+                ("tq-soft(N=1)", alpha), ("tq-soft(N=16)", alpha), ("soft-cd(N=4)", alpha),
+                ("optimal(β=1/α)", alpha)} <= methods
     by = {(row["method"], row["alpha"]): row for row in rows}
     assert by[("sft", 0.0)]["kl"] == 0.0
-    # ρ*_r at β = 1/α with α = 5 is the baseline (β_BL = 0.2) itself
+    # ρ*_r at β = 1/α with α = 5 is the baseline (β_BL = 0.2) itself ...
     assert by[("optimal(β=1/α)", 5.0)]["reward"] == pytest.approx(by[("baseline", 0.0)]["reward"], abs=1e-12)
-    assert "tq-direct" in format_report(rows)
+    # ... which one rollout of tq-soft reproduces exactly (its V̂ is then deterministic), as eft does at λ = αβ = 1
+    for method in ("tq-soft(N=1)", "tq-soft(N=4)", "eft"):
+        assert by[(method, 5.0)]["reward"] == pytest.approx(by[("baseline", 0.0)]["reward"], abs=1e-9), method
+        assert by[(method, 5.0)]["kl"] == pytest.approx(by[("baseline", 0.0)]["kl"], abs=1e-9), method
+    # with the baseline aligned to the target, the indirect weights are all 1: tq-indirect is tq-direct
+    assert by[("tq-indirect", 1.0)]["reward"] == pytest.approx(by[("tq-direct", 1.0)]["reward"], abs=1e-12)
+    assert "tq-soft(N=16)" in format_report(rows)
 
 
 def test_expected_reward_of_the_optimum_beats_sft(instance):
@@ -205,8 +218,143 @@ def test_expected_reward_of_the_optimum_beats_sft(instance):
     assert expected_reward(optimal_policy(sft, r, 0.1), r) >= expected_reward(sft, r) - 1e-12
 
 
-def test_reward_at_matched_kl_interpolates_along_the_sweep():
-    rows = [{"method": "sft", "alpha": 0.0, "reward": 0.4, "kl": 0.0},
-            {"method": "m", "alpha": 1.0, "reward": 0.5, "kl": 0.1},
-            {"method": "m", "alpha": 2.0, "reward": 0.7, "kl": 0.3}]
-    assert reward_at_kl(rows, (0.05, 0.2, 0.5)) == {"m": [pytest.approx(0.45), pytest.approx(0.6), None]}
+def test_interpolation_follows_the_sweep_and_stops_where_it_ends():
+    points = [(0.0, 0.4), (0.1, 0.5), (0.3, 0.7)]
+    assert interpolate_at(points, 0.05) == pytest.approx(0.45)
+    assert interpolate_at(points, 0.2) == pytest.approx(0.6)
+    assert interpolate_at(points, 0.5) is None
+
+
+def test_matched_kl_interpolates_per_instance_then_averages():
+    """Two instances whose sweeps reach KL 0.1 at very different α: averaging the curves first (the old table)
+    would read 0.1 off a mean curve that neither instance follows."""
+    rows = [{"instance": 0, "method": "sft", "alpha": 0.0, "reward": 0.4, "kl": 0.0},
+            {"instance": 0, "method": "m", "alpha": 1.0, "reward": 0.6, "kl": 0.2},
+            {"instance": 1, "method": "sft", "alpha": 0.0, "reward": 0.2, "kl": 0.0},
+            {"instance": 1, "method": "m", "alpha": 1.0, "reward": 0.3, "kl": 0.05},
+            {"instance": 1, "method": "m", "alpha": 2.0, "reward": 0.5, "kl": 0.15}]
+    table = matched_kl(rows, (0.1, 0.3), vocab_size=3, horizon=2)
+    (at_01, at_03) = table["m"]
+    assert at_01["reached"] == 2 and at_01["reward"] == pytest.approx(((0.4 + 0.1) + 0.4) / 2)
+    assert at_03["reached"] == 0 and at_03["reward"] is None
+    optimum = table["optimum (exact)"][0]["reward"]
+    assert at_01["gap"] == pytest.approx(at_01["reward"] - optimum)
+    text = format_matched_kl(table, instances=2)
+    assert "0.4500" in text and "-" in text.splitlines()[-1]
+
+
+def test_optimum_at_kl_hits_the_target(instance):
+    sft, r, _ = instance
+    reward, beta = optimum_at_kl(sft, r, 0.1)
+    assert trajectory_kl(optimal_policy(sft, r, beta), sft) == pytest.approx(0.1, abs=1e-9)
+    assert reward == pytest.approx(expected_reward(optimal_policy(sft, r, beta), r), abs=1e-12)
+
+
+# ---- soft values ------------------------------------------------------------------------------------------------
+def _soft_value(lm: TabularLM, r, prefix, z, beta: float) -> float:
+    """V(s, z) = β·log E_{y ~ lm(·|s z)}[exp(r(s z y)/β)]."""
+    start = prefix + (z,)
+    return beta * math.log(sum(p * math.exp(r(start + y) / beta) for y, p in completions(lm, start)))
+
+
+def _soft_engine(sft, baseline, r):
+    return Engine(sft, baseline, TabularReward(r, sft))
+
+
+def _soft_params(**changes):
+    values = dict(method="tq-soft", k=V, n_rollouts=1, rollout_temperature=1.0, rollout_len=H + 1,
+                  max_new_tokens=H + 1, temperature=1.0, trace=True, seed=0, prune=False)
+    return DecodeParams(**{**values, **changes})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_one_soft_rollout_of_an_optimal_baseline_reproduces_the_optimum_through_the_decoder(seed):
+    """π_dec of tq-soft (N = 1, untruncated rollouts, α = 1/β_BL) is π* at every visited state."""
+    beta = 0.25
+    sft, r = TabularLM.random(V, H, seed=seed), random_reward(V, H, seed=seed)
+    optimum = optimal_policy(sft, r, beta)
+    for response in _soft_engine(sft, optimum, r).generate(["x", "y", "z"], _soft_params(alpha=1 / beta),
+                                                           progress=False):
+        for row in response.trace:
+            prefix = tuple(response.token_ids[:row["step"]])
+            exact = optimum.probs(prefix)[row["candidates"]]
+            torch.testing.assert_close(torch.tensor(row["p_dec"], dtype=torch.float64), exact, atol=1e-6, rtol=0)
+            values = [_soft_value(sft, r, prefix, z, beta) for z in row["candidates"]]
+            assert row["q"] == pytest.approx(values, abs=1e-5)
+
+
+def test_soft_enumeration_with_one_rollout_is_the_optimum(instance):
+    sft, r, _ = instance
+    beta = 0.3
+    optimum = optimal_policy(sft, r, beta)
+    policy = effective_soft_policy(sft, optimum, r, 1 / beta, 1, k=V, draws=3)
+    for prefix in prefixes(V, H):
+        torch.testing.assert_close(policy.probs(prefix), optimum.probs(prefix), atol=1e-12, rtol=0)
+
+
+def test_truncated_rollouts_lose_the_exactness():
+    """Rollouts cut at L tokens before EOS: the ratio covers only their tokens and V̂ is no longer V (the bias the
+    docs state)."""
+    beta, seed = 0.25, 1
+    sft, r = TabularLM.random(V, H, seed=seed), random_reward(V, H, seed=seed)
+    optimum = optimal_policy(sft, r, beta)
+    (response,) = _soft_engine(sft, optimum, r).generate(["x"], _soft_params(alpha=1 / beta, rollout_len=1),
+                                                         progress=False)
+    row = response.trace[0]
+    values = [_soft_value(sft, r, (), z, beta) for z in row["candidates"]]
+    assert max(abs(a - b) for a, b, z in zip(row["q"], values, row["candidates"]) if z != EOS) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["tq-soft", "soft-cd"])
+def test_soft_estimates_converge_to_the_exact_soft_value_for_an_imperfect_baseline(method):
+    """A baseline aligned to another reward: V̂ from N = 800 rollouts is within 5 standard errors (delta method:
+    β·sd(w)/(√N·E[w]), w the importance-weighted terms, computed exactly) plus the Jensen bias of V."""
+    sft = TabularLM.random(V, H, seed=21)
+    r, r_bl = random_reward(V, H, seed=21), random_reward(V, H, seed=121)
+    baseline = optimal_policy(sft, r_bl, 0.3)
+    alpha, n = 2.0, 800
+    beta = 1 / alpha
+    (response,) = _soft_engine(sft, baseline, r).generate(
+        ["x"], _soft_params(method=method, alpha=alpha, n_rollouts=n), progress=False)
+    rolling = baseline if method == "tq-soft" else sft
+    for row in response.trace:
+        prefix = tuple(response.token_ids[:row["step"]])
+        for z, got, logp in zip(row["candidates"], row["q"], row["logp_sft"]):
+            if logp == float("-inf"):  # an impossible candidate (past the horizon): it cannot be chosen
+                continue
+            start = prefix + (z,)
+            ys = list(completions(rolling, start))
+            w = torch.tensor([math.exp(r(start + y) / beta) * math.prod(
+                sft.probs(start + y[:i])[y[i]].item() for i in range(len(y))) / p for y, p in ys], dtype=torch.float64)
+            mass = torch.tensor([p for _, p in ys], dtype=torch.float64)
+            mean = (mass * w).sum()
+            sd = ((mass * (w - mean) ** 2).sum()).sqrt()
+            se = beta * float(sd / mean) / math.sqrt(n)
+            assert got == pytest.approx(_soft_value(sft, r, prefix, z, beta), abs=5 * se + se**2 + 1e-6), (z, se)
+
+
+def test_soft_value_is_a_log_mean_exp():
+    r = torch.tensor([[0.2, 0.8], [0.5, 0.5]], dtype=torch.float64)
+    ratio = torch.tensor([[0.0, 0.0], [math.log(2.0), 0.0]], dtype=torch.float64)
+    got = soft_value(r, ratio, beta=0.5)
+    assert got[0].item() == pytest.approx(0.5 * math.log((math.exp(0.4) + math.exp(1.6)) / 2))
+    assert got[1].item() == pytest.approx(0.5 * math.log((2 * math.exp(1.0) + math.exp(1.0)) / 2))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 3.0])
+def test_eft_equals_tq_soft_at_the_baselines_beta_when_the_baseline_is_optimal(alpha):
+    """λ = α·β_BL: eft's mixture π_sft^(1−λ)·π_BL^λ is tq-soft with soft_beta = β_BL and one rollout."""
+    beta, seed = 0.2, 5
+    sft, r = TabularLM.random(V, H, seed=seed), random_reward(V, H, seed=seed)
+    engine = _soft_engine(sft, optimal_policy(sft, r, beta), r)
+    soft = engine.generate(["x", "y"], _soft_params(alpha=alpha, soft_beta=beta), progress=False)
+    eft = engine.generate(["x", "y"], _soft_params(method="eft", alpha=alpha, beta=beta), progress=False)
+    for a, b in zip(soft, eft):
+        assert a.token_ids == b.token_ids
+        for row_a, row_b in zip(a.trace, b.trace):
+            assert row_a["p_dec"] == pytest.approx(row_b["p_dec"], abs=1e-6)
+    q = eft_value(sft, optimal_policy(sft, r, beta), beta)
+    mix = decoding_policy(sft, q, alpha, V)
+    for prefix in prefixes(V, H):
+        geometric = sft.probs(prefix) ** (1 - alpha * beta) * optimal_policy(sft, r, beta).probs(prefix) ** (alpha * beta)
+        torch.testing.assert_close(mix.probs(prefix), geometric / geometric.sum(), atol=1e-12, rtol=0)

@@ -1,4 +1,5 @@
-"""tqstar: Transfer Q* decoding-time alignment and its peers (ARGS, CD, best-of-N) under one engine."""
+"""tqstar: Transfer Q* decoding-time alignment and its peers (soft-value TQ*, ARGS, CD, soft CD, EFT, best-of-N) under one
+engine."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .errors import (
     TQStarError,
     VocabularyMismatchError,
 )
-from .lm.base import FullVocabLM, LanguageModel, RolloutOutput, StepOutput, TopLogprobs
+from .lm.base import ContinuationScores, FullVocabLM, LanguageModel, RolloutOutput, StepOutput, TopLogprobs
 from .lm.hf import TransformersLM
 from .lm.tabular import TabularLM
 from .params import METHODS, DecodeParams
@@ -25,6 +26,7 @@ __all__ = [
     "Accounting",
     "CallableReward",
     "ConfigError",
+    "ContinuationScores",
     "DecodeParams",
     "Decoder",
     "Engine",

@@ -2,10 +2,10 @@
 
     tqstar generate [--config run.yaml] [flags]   decode prompts with a method; text or JSONL out
     tqstar serve [--config serve.yaml] [flags]    OpenAI-compatible server over presets (streaming, batching)
-    tqstar demo                                   SmolLM2: SFT vs DPO baseline vs TQ* direct, side by side
+    tqstar demo                                   SmolLM2: SFT, DPO baseline, TQ* direct/soft, EFT side by side
     tqstar eval --config eval.yaml                run methods over a prompt set (resumable JSONL), then report
     tqstar report results.jsonl                   table (terminal, Markdown, CSV) and plots of a results file
-    tqstar testbed  [flags]                       exact TQ* vs CD vs ARGS on random tabular instances
+    tqstar testbed  [flags]                       exact TQ*, soft values, EFT, CD, ARGS on tabular instances
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from .errors import TQStarError
 
 DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "rollout_seed", "beta",
-                "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
+                "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -372,7 +372,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)
+    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len,
+             n_rollouts=args.n_rollouts)
     return 0
 
 
@@ -463,7 +464,7 @@ def run_report(args: argparse.Namespace) -> int:
         except (TQStarError, OSError, ValueError) as exc:  # transformers' own errors for a directory it cannot load
             print(f"tqstar: coherence skipped: {' '.join(str(exc).splitlines())}", file=sys.stderr)
     _, text = report_rows(rows, reference=args.reference, out_dir=args.out_dir, coherence=coherence,
-                          title=args.title, llm_judge=llm_judge)
+                          title=args.title, llm_judge=llm_judge, kls=getattr(args, "kls", None))
     print(text)
     if args.out_dir:
         print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
@@ -472,18 +473,25 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import exact_report, format_matched, format_report
+    from .testbed import average, exact_report, format_matched_kl, format_report, matched_kl
 
     _check_testbed_flags(args)
-    rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
-                          horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
-                          temperature=args.temperature, seed=args.seed)
-    print(f"exact testbed: {args.instances} random instances, vocab {args.vocab_size}, horizon {args.horizon},"
-          f" baseline = optimal policy at beta {args.beta_baseline}, k = {args.k or args.vocab_size},"
-          f" temperature {args.temperature}; means over instances")
-    print(format_report(rows))
-    print("\nat matched KL (linear interpolation along each method's alpha sweep; alpha = 0 is SFT):")
-    print(format_matched(rows))
+    for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):
+        rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
+                            horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
+                            temperature=args.temperature, seed=args.seed, setting=setting, draws=args.draws,
+                            per_instance=True)
+        target = "the target r" if setting == "direct" else "an independent reward r_BL"
+        print(f"exact testbed, {setting} transfer: {args.instances} random instances, vocab {args.vocab_size}, horizon"
+              f" {args.horizon}, baseline = optimal policy for {target} at beta {args.beta_baseline},"
+              f" k = {args.k or args.vocab_size}, temperature {args.temperature}; tq-soft/soft-cd: average policy over"
+              f" {args.draws} draws of their N rollouts; means over instances")
+        print(format_report(average(rows)))
+        print("\nat matched KL: E[r] interpolated along each instance's alpha sweep (alpha = 0 is SFT at KL 0), then"
+              " averaged over instances; in brackets the mean gap to the exact optimum at that KL (bisection on beta);"
+              " * = not every instance's sweep reaches that KL (mean over those that do)")
+        print(format_matched_kl(matched_kl(rows, tuple(args.kls), vocab_size=args.vocab_size, horizon=args.horizon,
+                                           seed=args.seed), args.instances) + "\n")
     return 0
 
 
@@ -502,6 +510,8 @@ def _check_testbed_flags(args: argparse.Namespace) -> None:
               ("--k", args.k, args.k is None or 1 <= args.k <= args.vocab_size,
                f"an integer from 1 to --vocab-size ({args.vocab_size})")]
     checks += [("--alphas", alpha, math.isfinite(alpha) and alpha > 0, "finite numbers > 0") for alpha in args.alphas]
+    checks += [("--kls", kl, math.isfinite(kl) and kl > 0, "finite numbers > 0") for kl in args.kls]
+    checks.append(("--draws", args.draws, args.draws >= 1, "an integer >= 1"))
     for flag, value, ok, constraint in checks:
         if not ok:
             raise TQStarError(f"{flag} must be {constraint}, got {value:g}")
@@ -519,6 +529,8 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm-judge-url", help="OpenAI-compatible server for a pairwise LLM judge (optional)")
     parser.add_argument("--llm-judge-model", help="served model name of the LLM judge")
     parser.add_argument("--title", default="", help="title of the plots")
+    parser.add_argument("--kls", type=float, nargs="+", help="target KLs of the matched-KL table (default: ¼, ½, 1 ×"
+                        " the smallest mean KL the α-swept methods reach)")
 
 
 def _models_command(sub, name: str, run, description: str, config_help: str, *, help: str) -> argparse.ArgumentParser:
@@ -569,14 +581,16 @@ def _parser() -> argparse.ArgumentParser:
     g = _models_command(sub, "generate", run_generate, "Decode prompts.", "YAML config file; flags override it",
                         help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)")
     dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
-    dec.add_argument("--method", help="tq-direct (default), tq-indirect, cd, args, none, sft, baseline, bon")
+    dec.add_argument("--method", help="tq-direct (default), tq-indirect, tq-soft, cd, soft-cd, args, eft, none, sft,"
+                     " baseline, bon")
     dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
     dec.add_argument("--alpha", type=float, help="weight of Q in log pi_sft + alpha*Q (1.0)")
     dec.add_argument("--n-rollouts", type=int, help="rollouts per candidate, N (1)")
     dec.add_argument("--rollout-len", type=int, help="rollout length in tokens, L (20)")
     dec.add_argument("--rollout-temperature", type=float, help="0 = greedy rollouts (0)")
     dec.add_argument("--rollout-seed", type=int, help="seed of the rollouts (default: --seed)")
-    dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect (1.0)")
+    dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect and eft (1.0)")
+    dec.add_argument("--soft-beta", type=float, help="temperature of the soft value, tq-soft and soft-cd (1/alpha)")
     dec.add_argument("--temperature", type=float, help="0 = greedy choice, else sample softmax(score/T) (0)")
     dec.add_argument("--max-new-tokens", type=int, help="response budget (64)")
     dec.add_argument("--stop", action="append", help="stop string (repeatable)")
@@ -607,12 +621,14 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--max-queue", type=int, help="requests waiting for a row before 429 (64)")
     net.add_argument("--api-keys-env", help="environment variable with comma-separated API keys (TQSTAR_API_KEYS)")
 
-    d = sub.add_parser("demo", help="SmolLM2: SFT vs DPO baseline vs TQ* direct on a few prompts (offline, CPU)")
+    d = sub.add_parser("demo", help="SmolLM2: SFT, DPO baseline, TQ* direct and soft, EFT on a few prompts (offline,"
+                                    " CPU)")
     d.set_defaults(run=run_demo_command)
     d.add_argument("--max-new-tokens", type=int, default=32)
     d.add_argument("--k", type=int, default=10)
     d.add_argument("--alpha", type=float, default=2.0)
     d.add_argument("--rollout-len", type=int, default=20)
+    d.add_argument("--n-rollouts", type=int, default=2, help="rollouts per candidate of TQ* soft")
 
     e = sub.add_parser("eval", help="run methods over a prompt set; one JSONL row per (prompt, method); resumable")
     e.set_defaults(run=run_eval)
@@ -629,10 +645,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("file", nargs="+", help="evaluation JSONL file(s) over the same prompts")
     _report_flags(r)
 
-    t = sub.add_parser("testbed", help="exact TQ* vs CD vs ARGS on random tabular instances")
+    t = sub.add_parser("testbed", help="exact TQ*, soft values, EFT, CD and ARGS on random tabular instances")
     t.set_defaults(run=run_testbed)
     t.add_argument("--instances", type=int, default=20)
-    t.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0, 10.0])
+    t.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0])
+    t.add_argument("--kls", type=float, nargs="+", default=[0.02, 0.1, 0.3], help="KLs of the matched-KL table")
+    t.add_argument("--setting", choices=["direct", "indirect", "both"], default="both",
+                   help="baseline aligned to the target (direct) or to an independent reward (indirect)")
+    t.add_argument("--draws", type=int, default=400, help="draws of the N rollouts per state for tq-soft/soft-cd")
     t.add_argument("--vocab-size", type=int, default=4)
     t.add_argument("--horizon", type=int, default=4)
     t.add_argument("--beta-baseline", type=float, default=0.2, help="the baseline is the optimal policy at this beta")

@@ -20,10 +20,12 @@ there (a GPU backend moves only those small tensors), so nothing here depends on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
+from .lm.base import FullVocabLM
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState
@@ -42,8 +44,10 @@ class Decoder:
         self.params = params
         self.estimator = ESTIMATORS[params.method](models, params) if params.is_token_level else None
         self.reward_range = models.reward.range if models.reward is not None else None
-        prunes = self.reward_range is not None and params.prune and params.temperature == 0  # greedy choice only
-        self.r_max = self.reward_range[1] if prunes else None
+        # the reward bound prunes (greedy choice only) and bounds the KL only when Q̂ lies in the reward's range
+        self.value_range = self.reward_range if params.value_in_reward_range else None
+        prunes = self.value_range is not None and params.prune and params.temperature == 0
+        self.r_max = self.value_range[1] if prunes else None
 
     def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
         """Step ``rows`` until all are done; returns them."""
@@ -64,7 +68,9 @@ class Decoder:
         if self.params.method == "bon":
             return self._finish_best_of_n(active)
         if not self.params.is_token_level:
-            return commit_tokens(active, plain_tokens(self.models, self.params, active), self.models.lm(self.params.method))
+            tokens = plain_tokens(self.models, self.params, active)
+            self._record_plain_kl(active)  # before the token is committed: the step's distributions
+            return commit_tokens(active, tokens, self.models.lm(self.params.method))
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
@@ -114,7 +120,7 @@ class Decoder:
     def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen) -> None:
         """Per-step accounting, KL, its bound and (when the row asked) the trace row."""
         kls = step_kl(log_dec, top_lp)
-        bounds = kl_bound(top_lp, self.params.alpha, self.params.temperature, self.reward_range)
+        bounds = kl_bound(top_lp, self.params.alpha, self.params.temperature, self.value_range)
         sft = self.models.sft
         for b, row in enumerate(rows):
             row.accounting.add_forward("sft", forward_tokens[b])
@@ -134,11 +140,38 @@ class Decoder:
                     "pruned": q[b].isnan().tolist(),
                 })
 
+    def _record_plain_kl(self, rows: list[PromptState]) -> None:
+        """Plain ``sft``/``baseline`` decoding: KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution the token was
+        drawn from (the model's at ``temperature``; a point mass when greedy), exact over the full vocabulary.
+
+        Needs both models' full distributions over one vocabulary (local backends); a served model, or a baseline
+        with another tokenizer (text bridge), leaves the KL untracked. The
+        decoded model's distribution is the one its rollout just computed (stored by its prefix cache: free); the
+        SFT model's costs it one cached forward token per step, charged to the row."""
+        role, sft = self.params.method, self.models.sft
+        lm = self.models.lm(role)
+        if not (isinstance(lm, FullVocabLM) and isinstance(sft, FullVocabLM)):
+            return
+        if role != "sft" and self.models.bridge is not None:  # another vocabulary: no per-token KL to the SFT
+            return
+        own = lm.next_logprobs([r.seq(role) for r in rows])  # (B, V)
+        ref = own if role == "sft" else sft.next_logprobs([r.seq("sft") for r in rows])  # (B, V)
+        for row, a, b in zip(rows, own.forward_tokens, ref.forward_tokens if ref is not own else [0] * len(rows)):
+            row.accounting.add_forward(role, a)
+            row.accounting.add_forward("sft", b)
+        kls = step_kl(decision_logprobs(own.logprobs, self.params.temperature), ref.logprobs).clamp(min=0)  # (B,)
+        for row, kl in zip(rows, kls.tolist()):
+            row.kl.append(kl)
+
     def _finish_best_of_n(self, rows: list[PromptState]) -> list[PromptState]:
-        for row, best in zip(rows, best_of_n(self.models, self.params, rows)):
+        n, own = self.params.bon_n, self.params.bon_policy == "sft"
+        for row, (best, rewards) in zip(rows, best_of_n(self.models, self.params, rows)):
             row.response = list(best.response)
             row.step += 1
             row.accounting.steps = len(best.response)
+            if own and self.params.temperature == 1:  # BoN of the SFT model itself: its KL to the SFT model
+                row.kl.append(bon_kl_estimate(rewards))
+                row.kl_bound.append(math.log(n) - (n - 1) / n)
             row.finish(best.finish_reason or "length", best.text)
         return rows
 
@@ -150,6 +183,27 @@ def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha == 0 or top_lp.shape[-1] == 1:
         return top_lp.clone()
     return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
+
+
+def bon_kl_estimate(rewards: Sequence[float]) -> float:
+    """An estimate of KL(best-of-N ‖ π) from the N rewards drawn for one prompt, counting ties.
+
+    With continuous, untied rewards KL(BoN ‖ π) = log N − (N−1)/N, which is an upper bound in general (Beirami et
+    al., 2024); ties (repeated samples, saturated rewards) lower it. The estimate puts π's reward distribution at
+    the empirical one of the N samples: with F̂ its CDF, BoN picks level v with P̂(v) = F̂(v)^N − F̂(v⁻)^N against
+    π's p̂(v), and the estimate is Σ_v P̂(v)·log(P̂(v)/p̂(v)). A plug-in on N points, it is coarse: below the
+    continuous value log N − (N−1)/N even without ties (1.79 vs 1.84 nats at N = 16, all distinct).
+    """
+    n = len(rewards)
+    levels = sorted(set(rewards))
+    counts = [sum(1 for r in rewards if r == v) for v in levels]
+    total, below = 0.0, 0
+    for count in counts:
+        p = count / n
+        big = ((below + count) / n) ** n - (below / n) ** n
+        total += big * math.log(big / p) if big > 0 else 0.0
+        below += count
+    return total
 
 
 def cannot_win(top_lp: torch.Tensor, q: torch.Tensor, alpha: float, r_max: float) -> torch.Tensor:

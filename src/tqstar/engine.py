@@ -97,6 +97,10 @@ class Engine:
             if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
                 raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
                                   " give an alpha that keeps alpha*(R_max - R_min) finite")
+        if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both
+            for lm in (m.sft, m.baseline):
+                if lm is not None:
+                    lm.check_scoring()
 
     def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
                   max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
@@ -211,8 +215,8 @@ class Engine:
             token_ids=list(state.response),
             finish_reason=state.finish_reason or "length",
             reward=value,
-            kl=sum(state.kl) if token_level else None,
-            kl_bound=sum(state.kl_bound) if token_level else None,
+            kl=sum(state.kl) if token_level or state.kl else None,
+            kl_bound=sum(state.kl_bound) if token_level or state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,

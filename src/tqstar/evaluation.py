@@ -273,9 +273,11 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
                           f" ({_first_difference(shared_old, shared_new)}); refusing to append to it: give another"
                           " --output or restore the original settings")
     mine = fingerprint["methods"]
+    defaults = asdict(DecodeParams())  # a field added since the file was written had its default then
     for row in results.rows:
         label = row["method"]
         old = row.get("params") or header["config"].get("methods", {}).get(label)
+        old = None if old is None else {**defaults, **old}
         if label in mine and _canonical(old) != _canonical(mine[label]):
             raise ConfigError(f"method {label!r} in {str(output)!r} was run with other parameters"
                               f" ({_first_difference(old or {}, mine[label])}); give it another `label` or another"

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 #: Token-level methods: score(z) = log π_sft(z|s) + α·Q̂(s, z) over the top-k of π_sft.
-TOKEN_METHODS = ("tq-direct", "tq-indirect", "cd", "args", "none")
+TOKEN_METHODS = ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd", "args", "eft", "none")
+#: Soft-value methods: Q̂ = β·log mean_i exp(r_i/β + log ρ_sft(y_i)/ρ(y_i)) over N rollouts sampled at temperature 1.
+SOFT_METHODS = ("tq-soft", "soft-cd")
 #: Trajectory-level methods: plain decoding of one model, or best-of-N.
 TRAJECTORY_METHODS = ("sft", "baseline", "bon")
 METHODS = TOKEN_METHODS + TRAJECTORY_METHODS
@@ -31,18 +33,24 @@ class DecodeParams:
 
     Attributes:
         method: one of ``tq-direct`` (baseline rollouts scored by the target reward), ``tq-indirect``
-            (the same, importance-weighted by ``exp((r - r_BL)/β)``), ``cd`` (rollouts of the SFT model),
-            ``args`` (reward of the partial text), ``none`` (Q̂ = 0: top-k SFT decoding), ``sft`` / ``baseline``
-            (plain decoding of that model over its full vocabulary), ``bon`` (best of ``bon_n`` samples).
+            (the same, importance-weighted by ``exp((r - r_BL)/β)``), ``tq-soft`` (the soft value
+            β·log mean_i exp(r_i/β + log ρ_sft(y_i)/ρ_BL(y_i)) of N baseline rollouts), ``cd`` (rollouts of the SFT
+            model), ``soft-cd`` (the soft value of N SFT rollouts), ``args`` (reward of the partial text), ``eft``
+            (emulated fine-tuning: Q̂ = β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward), ``none`` (Q̂ = 0: top-k
+            SFT decoding), ``sft`` / ``baseline`` (plain decoding of that model over its full vocabulary), ``bon``
+            (best of ``bon_n`` samples).
         k: number of SFT top-k candidates scored per step (token-level methods).
         alpha: weight of Q̂ in the score ``log π_sft + α·Q̂``; 0 decodes the SFT model.
         n_rollouts: rollouts per candidate (N); with N = 1 ``tq-indirect`` reduces to ``tq-direct``.
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
             partial text it is.
-        rollout_temperature: 0 for greedy rollouts, > 0 to sample them.
+        rollout_temperature: 0 for greedy rollouts, > 0 to sample them; ``tq-soft`` and ``soft-cd`` need 1 (their
+            estimator averages over samples of the rolling model itself, untruncated).
         rollout_seed: seed of the rollouts' sampling (defaults to ``seed``); each rollout has its own stream keyed
             by (rollout_seed, prompt, step, candidate token, rollout index) — see :mod:`tqstar.randomness`.
-        beta: KL strength β of the baseline's alignment (``tq-indirect`` only).
+        beta: KL strength β of the baseline's alignment (``tq-indirect``; ``eft``, whose mixing weight is λ = α·β).
+        soft_beta: temperature β of the soft value (``tq-soft``, ``soft-cd``); ``None`` (default) uses 1/α, which
+            makes the decoding policy the token factorisation of the optimum ρ_sft·exp(α·r) when Q̂ is exact.
         temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
         max_new_tokens: response budget.
         stop: stop strings; the response is cut before the first one found.
@@ -69,6 +77,7 @@ class DecodeParams:
     rollout_temperature: float = 0.0
     rollout_seed: int | None = None
     beta: float = 1.0
+    soft_beta: float | None = None
     temperature: float = 0.0
     max_new_tokens: int = 64
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -95,11 +104,18 @@ class DecodeParams:
                 _fail(name, "a finite number >= 0", value)
         if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta <= 0:
             _fail("beta", "a finite number > 0", self.beta)
+        if self.soft_beta is not None and (not _is_real(self.soft_beta) or not math.isfinite(self.soft_beta)
+                                           or self.soft_beta <= 0):
+            _fail("soft_beta", "a finite number > 0 or None (= 1/alpha)", self.soft_beta)
+        if self.method in SOFT_METHODS and self.rollout_temperature != 1:
+            raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
+                              f" of the rolling model itself), got {self.rollout_temperature!r}; set"
+                              " rollout_temperature: 1")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             _fail("stop", "a tuple of non-empty strings", self.stop)
         if self.bon_policy not in ("sft", "baseline"):
             _fail("bon_policy", "'sft' or 'baseline'", self.bon_policy)
-        if self.n_rollouts > 1 and self.rollout_temperature == 0 and self.method in ("tq-direct", "tq-indirect", "cd"):
+        if self.n_rollouts > 1 and self.rollout_temperature == 0 and self.rolls_out:
             raise ConfigError(
                 f"`n_rollouts` = {self.n_rollouts} with greedy rollouts gives {self.n_rollouts} identical rollouts;"
                 " set `rollout_temperature` > 0 or use n_rollouts = 1"
@@ -118,8 +134,8 @@ class DecodeParams:
 
     #: The fields rows must share to be stepped together (seed, rollout_seed, max_new_tokens, stop and trace are
     #: per row: :meth:`tqstar.engine.Engine.new_state`).
-    GROUP_FIELDS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "temperature",
-                    "bon_n", "bon_policy", "prune", "prune_probe", "reuse_rollouts")
+    GROUP_FIELDS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "soft_beta",
+                    "temperature", "bon_n", "bon_policy", "prune", "prune_probe", "reuse_rollouts")
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on."""
@@ -132,19 +148,35 @@ class DecodeParams:
     @property
     def uses_baseline(self) -> bool:
         """Whether the method runs the baseline model."""
-        return self.method in ("tq-direct", "tq-indirect", "baseline") or (
+        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "eft", "baseline") or (
             self.method == "bon" and self.bon_policy == "baseline")
 
     @property
     def needs_reward(self) -> bool:
         """Whether the method itself calls the target reward (every method is *scored* by it when given)."""
-        return self.method in ("tq-direct", "tq-indirect", "cd", "args", "bon")
+        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd", "args", "bon")
 
     @property
     def rolls_out(self) -> bool:
         """Whether each step rolls candidates out (each rollout stays within the response budget, so the context
         a row needs is its prompt plus ``max_new_tokens`` either way)."""
-        return self.method in ("tq-direct", "tq-indirect", "cd")
+        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd")
+
+    @property
+    def scores_likelihoods(self) -> bool:
+        """Whether the method asks models for log-likelihoods of given tokens (``score_continuations``)."""
+        return self.method in ("tq-soft", "eft")
+
+    @property
+    def value_in_reward_range(self) -> bool:
+        """Whether Q̂ always lies in the reward's range [R_min, R_max] (a mean, or a soft mean, of rewards). Reward-
+        bound pruning and the softmax KL bound rely on it; a likelihood ratio (``tq-soft``, ``eft``) breaks it."""
+        return self.method not in ("tq-soft", "eft")
+
+    @property
+    def soft_temperature(self) -> float:
+        """β of the soft value: ``soft_beta``, else 1/α (α > 0 whenever a value is estimated)."""
+        return self.soft_beta if self.soft_beta is not None else 1.0 / self.alpha
 
     def replace(self, **changes: object) -> DecodeParams:
         """A copy with ``changes`` applied (and validated)."""

@@ -25,10 +25,11 @@ from typing import Any
 from .errors import ConfigError
 from .evaluation import RESULTS_FIX, _canonical, _first_difference, read_rows
 from .files import read_bytes
+from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
-COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_bound",
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
@@ -62,6 +63,8 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             "reward_se": se,
             "diversity": sum(diversity(r["text"]) for r in items) / len(items),
             "kl": sum(kls) / len(kls) if kls else None,
+            "kl_se": mean_and_stderr(kls)[1] if kls else None,
+            "family_label": family_label(items[0]),
             "kl_bound": sum(bounds) / len(bounds) if bounds else None,
             "length": tokens / len(items),
             "fwd_tok_per_tok": sum(a["sft_forward_tokens"] + a["baseline_forward_tokens"] for a in acct) / tokens,
@@ -163,7 +166,7 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
 
 #: What tqstar writes into ``--out-dir`` and how each of its files begins (or, for a plot, what it contains).
 OUTPUTS = {"table.md": b"| method |", "table.csv": b"method,", "reward_vs_kl.png": b"Matplotlib",
-           "reward_by_method.png": b"Matplotlib"}
+           "reward_by_method.png": b"Matplotlib", "matched_kl.md": b"| method |", "frontier.png": b"Matplotlib"}
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -177,19 +180,28 @@ def check_out_dir(out_dir: str | Path) -> None:
 
 
 def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
-           coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
+           coherence=None, title: str = "", llm_judge=None,
+           kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
-    table.csv and the plots there."""
+    table.csv and the plots there. When methods were swept over α with a KL on every row, the text and
+    ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.frontier`; ``kls`` the targets, default
+    :func:`~tqstar.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return report_rows(merge_files(paths), reference=reference, out_dir=out_dir, coherence=coherence, title=title,
-                       llm_judge=llm_judge)
+                       llm_judge=llm_judge, kls=kls)
 
 
 def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_dir: str | Path | None = None,
-                coherence=None, title: str = "", llm_judge=None) -> tuple[list[dict[str, Any]], str]:
+                coherence=None, title: str = "", llm_judge=None,
+                kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """:func:`report` of rows already read (see :func:`merge_files`)."""
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
+    kls = list(kls) if kls else auto_kls(rows)
+    matched = matched_kl(rows, kls) if kls else []
+    if matched:
+        text += ("\n\nreward at matched KL (interpolated along each prompt's own α sweep, then averaged over the prompts"
+                 " that reach it; ± s.e. over those prompts):\n" + format_matched(matched, markdown=False))
     if out_dir is not None:
         out_dir = Path(out_dir)
         check_out_dir(out_dir)
@@ -197,6 +209,9 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
         (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
         write_csv(table, out_dir / "table.csv")
         plot(table, out_dir, title)
+        if matched:
+            (out_dir / "matched_kl.md").write_text(format_matched(matched) + "\n")
+            plot_frontier(table, out_dir / "frontier.png", title)
     return table, text
 
 

@@ -151,8 +151,11 @@ class Response:
     mass). ``kl_bound`` sums a per-step bound that holds for the policy actually run:
     −log min_{z ∈ top-k} π_sft(z|s_t), which bounds the KL of *any* π_dec on the top-k (greedy or any
     temperature); at temperature 1 with a reward that declares its range, the smaller of that and
-    α·(R_max − R_min) + log(1/π_sft(top-k|s_t)), the bound of softmax(score). Trajectory-level methods report
-    ``kl`` and ``kl_bound`` as ``None``.
+    α·(R_max − R_min) + log(1/π_sft(top-k|s_t)), the bound of softmax(score) (not for ``tq-soft``/``eft``, whose Q̂
+    is not in the reward's range). Plain ``sft``/``baseline`` decoding reports the exact per-step KL of the
+    distribution it sampled from, over the full vocabulary (local models; ``None`` for served ones) and no bound;
+    ``bon`` of the SFT model at temperature 1 reports a tie-aware estimate as ``kl`` and log N − (N−1)/N as
+    ``kl_bound`` (other ``bon`` settings: ``None``).
     """
 
     prompt: str

@@ -8,18 +8,27 @@ Definitions (y a complete response, ending with EOS; r reads its text, EOS dropp
   W(s) = E_{y ~ π_sft(· | s)}[exp(r(s y)/β)].
 * A token-level decoding policy: π_dec(· | s) from the decoder's own rule, softmax((log π_sft + α·Q̂)/T) over
   the top-k (argmax for T = 0), with Q̂ the exact value of the method:
-  TQ* direct → Q^{π_baseline}; CD → Q^{π_sft}; ARGS → r(s z); none → 0.
+  TQ* direct → Q^{π_baseline}; CD → Q^{π_sft}; ARGS → r(s z); none → 0; tq-indirect (N → ∞) → E_{ρ*}[r | s z]
+  with ρ* ∝ ρ_BL·exp((r − r_BL)/β_BL); eft → β_BL·log(π_BL(z|s)/π_sft(z|s)).
+* Estimators whose Q̂ is random for finite N (``tq-soft``, ``soft-cd``): the policy the decoder runs on average,
+  π_eff(z | s) = E_{V̂}[softmax(score/T)(z)], estimated with ``draws`` independent draws of the N rollouts of every
+  candidate (:func:`effective_soft_policy`); as N → ∞ both become the optimum ρ*_r at β = 1/α.
 * E_ρ[r] and KL(ρ ‖ ρ_sft) = E_ρ[log ρ(y) − log ρ_sft(y)] by enumeration.
+* Matched KL (:func:`matched_kl`): each method's reward at a given KL, interpolated linearly along its α sweep
+  *per instance* (α = 0 is the SFT model at KL 0), then averaged over instances; the exact optimum at that KL is
+  found per instance by bisection on β, and the gap is method − optimum.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .decoder import decision_logprobs
+from .frontier import interpolate_at
 from .lm.tabular import EOS, TabularLM, prefixes
 from .reward import Reward
 
@@ -139,64 +148,183 @@ def method_values(sft: TabularLM, baseline: TabularLM, r: RewardFn) -> dict[str,
     }
 
 
+def indirect_value(baseline: TabularLM, r: RewardFn, r_bl: RewardFn, beta: float
+                   ) -> Callable[[tuple[int, ...], int], float]:
+    """tq-indirect's N → ∞ value: the self-normalised weights exp((r − r_BL)/β) over *all* baseline completions."""
+    from .value.indirect import indirect_q
+
+    def q(prefix: tuple[int, ...], z: int) -> float:
+        start = prefix + (z,)
+        ys = list(completions(baseline, start))
+        rr = torch.tensor([r(start + y) for y, _ in ys], dtype=torch.float64)
+        rb = torch.tensor([r_bl(start + y) for y, _ in ys], dtype=torch.float64)
+        mass = torch.tensor([math.log(p) for _, p in ys], dtype=torch.float64)
+        return indirect_q(rr, rb, beta, mass).item()
+
+    return q
+
+
+def eft_value(sft: TabularLM, baseline: TabularLM, beta: float) -> Callable[[tuple[int, ...], int], float]:
+    """eft's Q̂ = β·log(π_BL(z|s)/π_sft(z|s)): decoding at α mixes π_sft^(1−αβ)·π_BL^(αβ)."""
+    return lambda s, z: beta * (math.log(baseline.probs(s)[z].item()) - math.log(sft.probs(s)[z].item()))
+
+
+def effective_soft_policy(sft: TabularLM, rolling: TabularLM, r: RewardFn, alpha: float, n: int, *, k: int,
+                          beta: float | None = None, temperature: float = 1.0, draws: int = 400,
+                          seed: int | Sequence[int] = 0,
+                          name: str = "soft") -> TabularLM:
+    """The average policy of the soft-value decoder with N rollouts from ``rolling`` (``tq-soft``: the baseline;
+    ``soft-cd``: the SFT model): π_eff(z|s) = E[softmax((log π_sft + α·V̂)/T)], over ``draws`` draws of the N
+    rollouts of every candidate, V̂ = β·log mean_i exp(r_i/β + log ρ_sft(y_i)/ρ(y_i)), β = 1/α by default."""
+    beta = beta if beta is not None else 1.0 / alpha
+    rng = np.random.default_rng(seed)
+    table = {}
+    for prefix in prefixes(sft.vocab_size, sft.horizon):
+        top_lp, cand = sft.probs(prefix).log().topk(k)
+        values = np.zeros((draws, k))  # (M, k)
+        for c, z in enumerate(cand.tolist()):
+            start = prefix + (z,)
+            ys = list(completions(rolling, start))
+            probs = np.array([p for _, p in ys])
+            terms = np.array([r(start + y) / beta + _log_prob(sft, start, y) - _log_prob(rolling, start, y)
+                              for y, _ in ys])  # (Y,)
+            pick = rng.choice(len(ys), size=(draws, n), p=probs / probs.sum())  # (M, N)
+            values[:, c] = beta * (np.logaddexp.reduce(terms[pick], axis=1) - math.log(n))
+        scores = torch.from_numpy(top_lp.numpy()[None, :] + alpha * values)  # (M, k)
+        dec = decision_logprobs(scores, temperature).exp().mean(dim=0)  # (k,)
+        probs = torch.zeros(sft.vocab_size, dtype=torch.float64)
+        probs[cand] = dec
+        table[prefix] = probs
+    return TabularLM(table, sft.vocab, sft.horizon, name=name)
+
+
+def _log_prob(lm: TabularLM, start: tuple[int, ...], tail: tuple[int, ...]) -> float:
+    """log π(tail | start)."""
+    return sum(math.log(lm.probs(start + tail[:i])[tail[i]].item()) for i in range(len(tail)))
+
+
+def optimum_at_kl(sft: TabularLM, r: RewardFn, target: float, *, iterations: int = 48) -> tuple[float, float]:
+    """(E[r], β) of the optimum ρ*_r at β whose KL to ρ_sft is ``target``: bisection on log β (KL falls as β grows)."""
+    lo, hi = math.log(1e-3), math.log(1e3)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if trajectory_kl(optimal_policy(sft, r, math.exp(mid)), sft) > target:
+            lo = mid
+        else:
+            hi = mid
+    beta = math.exp(0.5 * (lo + hi))
+    return expected_reward(optimal_policy(sft, r, beta), r), beta
+
+
 # ---- the report -----------------------------------------------------------------------------------------------
-def exact_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
-                   vocab_size: int = 4, horizon: int = 4, beta_baseline: float = 0.2, k: int | None = None,
-                   temperature: float = 1.0, seed: int = 0) -> list[dict]:
-    """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of TQ* direct (baseline = ρ*_r at β_BL), CD and ARGS, averaged over
-    random instances, for each α. Also the reference points SFT and ρ*_r at β = 1/α."""
+#: The rollout counts N at which the report evaluates the random estimators (tq-soft, soft-cd).
+SOFT_NS = (1, 4, 16)
+
+
+def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4, horizon: int = 4,
+                  beta_baseline: float = 0.2, k: int | None = None, temperature: float = 1.0, seed: int = 0,
+                  setting: str = "direct", soft_ns: Sequence[int] = SOFT_NS, draws: int = 400) -> list[dict]:
+    """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of every method at every α on one random instance.
+
+    ``setting`` ``"direct"``: the baseline is ρ*_r at β_BL (aligned to the target); ``"indirect"``: it is ρ*_{r_BL}
+    at β_BL for an independent random reward r_BL. Rows: {"instance", "method", "alpha", "reward", "kl"}."""
+    assert setting in ("direct", "indirect"), setting
     k = k or vocab_size
-    rows: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    for i in range(instances):
+    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
+    r = random_reward(vocab_size, horizon, seed=seed + instance)
+    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
+    baseline = optimal_policy(sft, r_bl, beta_baseline)
+    values = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
+              "eft": eft_value(sft, baseline, beta_baseline)}
+    rows = [{"method": "sft", "alpha": 0.0, "reward": expected_reward(sft, r), "kl": 0.0},
+            {"method": "baseline", "alpha": 0.0, "reward": expected_reward(baseline, r),
+             "kl": trajectory_kl(baseline, sft)}]
+    for alpha in alphas:
+        policies = {m: decoding_policy(sft, q, alpha, k, temperature) for m, q in values.items()}
+        for n in soft_ns:
+            for family, rolling in (("tq-soft", baseline), ("soft-cd", sft)):
+                policies[f"{family}(N={n})"] = effective_soft_policy(
+                    sft, rolling, r, alpha, n, k=k, temperature=temperature, draws=draws,
+                    seed=[seed, instance, n, round(alpha * 1e6), ("tq-soft", "soft-cd").index(family)])
+        policies["optimal(β=1/α)"] = optimal_policy(sft, r, 1.0 / alpha)
+        for method, policy in policies.items():
+            rows.append({"method": method, "alpha": alpha, "reward": expected_reward(policy, r),
+                         "kl": trajectory_kl(policy, sft)})
+    return [{"instance": instance, **row} for row in rows]
+
+
+def average(rows: list[dict]) -> list[dict]:
+    """Per (method, α): the mean E[r] and KL over instances, with the instance count."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["alpha"]), []).append(row)
+    return [{"method": m, "alpha": a, "reward": sum(x["reward"] for x in g) / len(g),
+             "kl": sum(x["kl"] for x in g) / len(g), "instances": len(g)} for (m, a), g in groups.items()]
+
+
+def exact_report(instances: int = 20, alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
+                 vocab_size: int = 4, horizon: int = 4, beta_baseline: float = 0.2, k: int | None = None,
+                 temperature: float = 1.0, seed: int = 0, setting: str = "direct",
+                 soft_ns: Sequence[int] = SOFT_NS, draws: int = 400, per_instance: bool = False) -> list[dict]:
+    """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of every method (:func:`instance_rows`) over random instances, for each α:
+    averaged per (method, α), or the rows of every instance with ``per_instance``. Reference points: SFT, the
+    baseline and ρ*_r at β = 1/α."""
+    rows = [row for i in range(instances) for row in instance_rows(
+        i, alphas, vocab_size=vocab_size, horizon=horizon, beta_baseline=beta_baseline, k=k, temperature=temperature,
+        seed=seed, setting=setting, soft_ns=soft_ns, draws=draws)]
+    return rows if per_instance else average(rows)
+
+
+def matched_kl(rows: list[dict], kls: Sequence[float] = (0.02, 0.1, 0.3), *, vocab_size: int = 4, horizon: int = 4,
+               seed: int = 0) -> dict[str, list[dict]]:
+    """Per method and target KL: E[r] interpolated along each instance's α sweep, then averaged over the instances
+    that reach it, and the mean gap to the exact optimum at that KL (:func:`optimum_at_kl`, same instances).
+
+    ``rows`` are per-instance rows (``exact_report(per_instance=True)``); returns {method: [{"kl", "reward", "gap",
+    "reached"}, ...]} plus the optimum itself under ``"optimum (exact)"``.
+    """
+    instances = sorted({row["instance"] for row in rows})
+    optimum = {}
+    for i in instances:
         sft = TabularLM.random(vocab_size, horizon, seed=seed + i)
         r = random_reward(vocab_size, horizon, seed=seed + i)
-        baseline = optimal_policy(sft, r, beta_baseline)
-        values = method_values(sft, baseline, r)
-        rows.setdefault(("sft", 0.0), []).append((expected_reward(sft, r), 0.0))
-        rows.setdefault(("baseline", 0.0), []).append((expected_reward(baseline, r), trajectory_kl(baseline, sft)))
-        for alpha in alphas:
-            for method, q in values.items():
-                policy = decoding_policy(sft, q, alpha, k, temperature)
-                rows.setdefault((method, alpha), []).append((expected_reward(policy, r), trajectory_kl(policy, sft)))
-            optimum = optimal_policy(sft, r, 1.0 / alpha)
-            rows.setdefault(("optimal(β=1/α)", alpha), []).append((expected_reward(optimum, r), trajectory_kl(optimum, sft)))
-    out = []
-    for (method, alpha), values in rows.items():
-        n = len(values)
-        out.append({"method": method, "alpha": alpha, "reward": sum(v[0] for v in values) / n,
-                    "kl": sum(v[1] for v in values) / n, "instances": n})
+        optimum[i] = [optimum_at_kl(sft, r, target)[0] for target in kls]
+    out: dict[str, list[dict]] = {"optimum (exact)": [
+        {"kl": t, "reward": sum(optimum[i][c] for i in instances) / len(instances), "gap": 0.0,
+         "reached": len(instances)} for c, t in enumerate(kls)]}
+    for method in sorted({row["method"] for row in rows if row["alpha"] > 0}):
+        cells = []
+        for c, target in enumerate(kls):
+            values = []
+            for i in instances:
+                sft_row = next(x for x in rows if x["instance"] == i and x["method"] == "sft")
+                sweep = sorted((x for x in rows if x["instance"] == i and x["method"] == method), key=lambda x: x["alpha"])
+                value = interpolate_at([(0.0, sft_row["reward"])] + [(x["kl"], x["reward"]) for x in sweep], target)
+                if value is not None:
+                    values.append((value, value - optimum[i][c]))
+            n = len(values)
+            cells.append({"kl": target, "reached": n,
+                          "reward": sum(v for v, _ in values) / n if n else None,
+                          "gap": sum(g for _, g in values) / n if n else None})
+        out[method] = cells
     return out
 
 
-def reward_at_kl(rows: list[dict], kls: tuple[float, ...] = (0.02, 0.1, 0.3)) -> dict[str, list[float | None]]:
-    """Each α-swept method's E[r] at the given KLs, by linear interpolation along its α sweep (α = 0 is SFT).
-
-    Comparing at matched KL is the fair reading of the table: a larger α buys reward with KL, and methods
-    spend KL at different rates. ``None`` where the sweep does not reach that KL.
-    """
-    sft = next(r for r in rows if r["method"] == "sft")
-    out: dict[str, list[float | None]] = {}
-    for method in sorted({r["method"] for r in rows if r["alpha"] > 0}):
-        points = [(0.0, sft["reward"])] + sorted((r["kl"], r["reward"]) for r in rows if r["method"] == method)
-        values: list[float | None] = []
-        for target in kls:
-            value = None
-            for (k0, r0), (k1, r1) in zip(points, points[1:]):
-                if k0 <= target <= k1 and k1 > k0:
-                    value = r0 + (r1 - r0) * (target - k0) / (k1 - k0)
-                    break
-            values.append(value)
-        out[method] = values
-    return out
-
-
-def format_matched(rows: list[dict], kls: tuple[float, ...] = (0.02, 0.1, 0.3)) -> str:
-    table = reward_at_kl(rows, kls)
-    lines = [f"{'method':<16}" + "".join(f"{'E[r]@KL=' + format(k, 'g'):>14}" for k in kls)]
-    for method, values in table.items():
-        lines.append(f"{method:<16}" + "".join(f"{'-' if v is None else format(v, '.4f'):>14}" for v in values))
+def format_matched_kl(table: dict[str, list[dict]], instances: int) -> str:
+    """The matched-KL table: E[r] (gap to the exact optimum) per method and KL; ``*`` where fewer than all
+    ``instances`` reach that KL (the mean is over those that do), ``-`` where none does."""
+    kls = [cell["kl"] for cell in next(iter(table.values()))]
+    lines = [f"{'method':<18}" + "".join(f"{'E[r] (gap) @KL=' + format(k, 'g'):>26}" for k in kls)]
+    for method, cells in table.items():
+        parts = []
+        for cell in cells:
+            if cell["reward"] is None:
+                parts.append(f"{'-':>26}")
+            else:
+                star = "*" if cell["reached"] < instances else " "
+                parts.append(f"{cell['reward']:>12.4f} ({cell['gap']:+.5f}){star}".rjust(26))
+        lines.append(f"{method:<18}" + "".join(parts))
     return "\n".join(lines)
-
 
 def format_report(rows: list[dict]) -> str:
     """The report as a fixed-width table, one row per (method, α)."""

@@ -4,8 +4,10 @@
 temperature 0, else sampled from the row's keyed ``"plain"`` stream at its step), so they stop at EOS, a stop string
 or the budget as they generate, and can stream. ``bon``: one decoder step per row — ``bon_n`` responses from ``bon_policy``
 at ``temperature``, sample i decoded exactly as plain decoding of the sub-row ``(seed, prompt#bon<i>)`` (so each
-stops at EOS, a stop string or the budget while it generates), keep the one the target reward scores highest. Their KL to the SFT model is not
-tracked (``Response.kl`` is ``None``); best-of-N's is at most log N − (N − 1)/N.
+stops at EOS, a stop string or the budget while it generates), keep the one the target reward scores highest. The decoder records their KL to
+the SFT model: exact per step for ``sft``/``baseline`` (:meth:`tqstar.decoder.Decoder._record_plain_kl`), and for
+``bon`` of the SFT model at temperature 1 the bound log N − (N − 1)/N beside a tie-aware estimate
+(:func:`tqstar.decoder.bon_kl_estimate`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel)
     return finished
 
 
-def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[PromptState]:
+def best_of_n(models: Models, params: DecodeParams,
+              rows: list[PromptState]) -> list[tuple[PromptState, list[float]]]:
     """Per row, the best by reward of ``bon_n`` samples, each decoded like ``bon_policy`` alone (a sub-row with its
     own keyed stream, stopping at EOS, a stop string or the budget as it generates); every sample is charged to
-    its row. Returns one finished sample per row (its response, finish reason and text are the row's)."""
+    its row. Returns per row the finished best sample (its response, finish reason and text are the row's) and the
+    rewards of all ``bon_n``."""
     role, n = params.bon_policy, params.bon_n
     lm = models.lm(role)
     samples = [PromptState(prompt=row.prompt, prompt_ids={role: row.prompt_ids[role]}, key=f"{row.key}#bon{i}",
@@ -66,4 +70,4 @@ def best_of_n(models: Models, params: DecodeParams, rows: list[PromptState]) -> 
             row.accounting.rollout_tokens += len(sample.response)
     owners = [b for b in range(len(rows)) for _ in range(n)]
     rewards = torch.tensor(score_texts(models.reward, rows, owners, [s.text for s in samples])).view(len(rows), n)
-    return [samples[b * n + i] for b, i in enumerate(rewards.argmax(dim=-1).tolist())]  # (B,) best of (B, N)
+    return [(samples[b * n + i], rewards[b].tolist()) for b, i in enumerate(rewards.argmax(dim=-1).tolist())]

@@ -7,6 +7,9 @@ was called before.
 
 The decoder needs two numbers calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
 their log-probabilities, normalised over the full vocabulary) and :meth:`LanguageModel.rollout` (continuations).
+Estimators that need likelihood ratios (soft values, ``tq-soft``; emulated fine-tuning, ``eft``) also call
+:meth:`LanguageModel.score_continuations` (log ρ(y | prefix) of *given* continuations), whose correct, slow
+default asks for the whole vocabulary at every position; backends override it.
 That is what a serving engine's completions API gives (``logprobs: k``), so a remote server is a backend like
 any other (:mod:`tqstar.lm.remote`). A local backend that has the whole next-token distribution derives from
 :class:`FullVocabLM` and implements :meth:`FullVocabLM.next_logprobs` (``(B, V)``); its ``top_logprobs`` and a
@@ -66,10 +69,33 @@ class RolloutOutput:
     Attributes:
         tokens: per prefix, the generated token ids (ending with an EOS id if one was produced).
         forward_tokens: per prefix, how many tokens the backend ran through the model for it.
+        logprobs: per prefix, log π(token | prefix, earlier tokens) of every generated token under the model's
+            *untempered* distribution (so at temperature 1 it is the sampling distribution's), or ``None`` when the
+            backend does not return them (callers then use :meth:`LanguageModel.score_continuations`).
     """
 
     tokens: list[list[int]]
     forward_tokens: list[int]
+    logprobs: list[list[float]] | None = None
+
+
+@dataclass
+class ContinuationScores:
+    """Log-likelihoods of given continuations.
+
+    Attributes:
+        logprobs: per continuation, log π(y_j | prefix, y_<j) of each of its tokens (float, full-vocabulary
+            normalisation); empty for an empty continuation.
+        forward_tokens: per continuation, how many tokens the backend ran through the model for it.
+    """
+
+    logprobs: list[list[float]]
+    forward_tokens: list[int]
+
+    @property
+    def sums(self) -> list[float]:
+        """log π(y | prefix) = Σ_j log π(y_j | prefix, y_<j) per continuation (0 for an empty one)."""
+        return [float(sum(lps)) for lps in self.logprobs]
 
 
 class LanguageModel(ABC):
@@ -127,6 +153,37 @@ class LanguageModel(ABC):
         continuation ends with its EOS id if one was produced.
         """
 
+    def score_continuations(self, prefixes: Sequence[TokenIds],
+                            continuations: Sequence[TokenIds]) -> ContinuationScores:
+        """log π(y_j | prefix, y_<j) for every token of every continuation ``y`` after its prefix (one each).
+
+        The default is correct and slow: it asks :meth:`top_logprobs` for the *whole* vocabulary at every position
+        of every continuation. Backends override it (the ``transformers`` backend runs each sequence once from its
+        prefix cache; a vLLM server returns prompt log-probs)."""
+        assert len(prefixes) == len(continuations), "one continuation per prefix"
+        if self.vocab_size is None:
+            raise ConfigError(f"{self.name} cannot score given continuations (its vocabulary size is unknown); use a"
+                              " backend that implements score_continuations")
+        seqs, targets = positions(prefixes, continuations)
+        top = self.top_logprobs(seqs, self.vocab_size) if seqs else None
+        values = [] if top is None else [float(top.logprobs[i][top.token_ids[i] == t][0])
+                                          for i, t in enumerate(targets)]
+        return regroup(continuations, values, [] if top is None else top.forward_tokens)
+
+    def next_token_logprobs(self, seqs: Sequence[TokenIds], token_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """log π(token | seq) ``(B, k)`` of the ``(B, k)`` given next tokens of every sequence, and the forward tokens
+        per sequence; by default one-token continuations through :meth:`score_continuations`."""
+        k = token_ids.shape[-1]
+        scored = self.score_continuations([s for s in seqs for _ in range(k)], [[int(z)] for z in token_ids.flatten()])
+        values = torch.tensor([lps[0] for lps in scored.logprobs], dtype=torch.float32).view(len(seqs), k)
+        return values, [sum(scored.forward_tokens[b * k:(b + 1) * k]) for b in range(len(seqs))]
+
+    def check_scoring(self) -> None:
+        """Raise :class:`ConfigError` if this model cannot :meth:`score_continuations` (a server without prompt
+        log-probs); called by :meth:`tqstar.engine.Engine.check` before decoding with a method that needs them.
+        Every local backend can."""
+        return None
+
     # ---- checks -----------------------------------------------------------------------------------------
     def check_fits(self, prompt_ids: TokenIds, budget: int, prompt: str) -> None:
         """Raise :class:`PromptTooLongError` if ``prompt_ids`` plus ``budget`` new tokens exceed the context."""
@@ -155,6 +212,21 @@ class FullVocabLM(LanguageModel):
         values, ids = step.logprobs.topk(k, dim=-1)
         return TopLogprobs(values, ids, step.forward_tokens)
 
+    def next_token_logprobs(self, seqs: Sequence[TokenIds], token_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`LanguageModel.next_token_logprobs` from one :meth:`next_logprobs` call."""
+        step = self.next_logprobs(seqs)
+        return step.logprobs.gather(-1, token_ids.to(step.logprobs.device)), step.forward_tokens  # (B, k)
+
+    def score_continuations(self, prefixes: Sequence[TokenIds],
+                            continuations: Sequence[TokenIds]) -> ContinuationScores:
+        """:meth:`LanguageModel.score_continuations` by one :meth:`next_logprobs` batch over every position."""
+        assert len(prefixes) == len(continuations), "one continuation per prefix"
+        seqs, targets = positions(prefixes, continuations)
+        step = self.next_logprobs(seqs) if seqs else None
+        chosen = torch.tensor(targets, dtype=torch.long)[:, None]  # (P, 1)
+        values = [] if step is None else step.logprobs.gather(-1, chosen).squeeze(-1).tolist()
+        return regroup(continuations, values, [] if step is None else step.forward_tokens)
+
     def rollout(
         self,
         prefixes: Sequence[TokenIds],
@@ -166,6 +238,7 @@ class FullVocabLM(LanguageModel):
         backends override it with something faster that returns the same tokens."""
         seqs = [list(p) for p in prefixes]
         out: list[list[int]] = [[] for _ in seqs]
+        logprobs: list[list[float]] = [[] for _ in seqs]
         cost = [0] * len(seqs)
         budgets = rollout_budgets(max_new_tokens, len(seqs))
         draws = rollout_uniforms(seeds, len(seqs), max(budgets, default=0), temperature)  # (R, L) or None
@@ -175,17 +248,35 @@ class FullVocabLM(LanguageModel):
                 break
             step = self.next_logprobs([seqs[i] for i in alive])
             u = None if draws is None else draws[alive, t]
-            chosen = sample_tokens(step.logprobs, temperature, u).tolist()
+            chosen = sample_tokens(step.logprobs, temperature, u)  # (R,)
+            chosen_lp = step.logprobs.gather(-1, chosen[:, None]).squeeze(-1).tolist()  # (R,)
             still = []
             for row, i in enumerate(alive):
                 token = int(chosen[row])
                 cost[i] += step.forward_tokens[row]
                 seqs[i].append(token)
                 out[i].append(token)
+                logprobs[i].append(chosen_lp[row])
                 if token not in self.eos_token_ids and len(out[i]) < budgets[i]:
                     still.append(i)
             alive = still
-        return RolloutOutput(tokens=out, forward_tokens=cost)
+        return RolloutOutput(tokens=out, forward_tokens=cost, logprobs=logprobs)
+
+
+def positions(prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> tuple[list[list[int]], list[int]]:
+    """Every scored position of the continuations: the sequence before it and the token there, in order."""
+    seqs = [list(p) + list(y[:j]) for p, y in zip(prefixes, continuations) for j in range(len(y))]
+    return seqs, [int(t) for y in continuations for t in y]
+
+
+def regroup(continuations: Sequence[TokenIds], values: Sequence[float], costs: Sequence[int]) -> ContinuationScores:
+    """Per-position log-probs and forward tokens (in :func:`positions` order) back into one entry per continuation."""
+    out, cost, i = [], [], 0
+    for y in continuations:
+        out.append(list(values[i:i + len(y)]))
+        cost.append(sum(costs[i:i + len(y)]))
+        i += len(y)
+    return ContinuationScores(out, cost)
 
 
 def rollout_budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:

@@ -42,6 +42,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from .base import (
     ROLES,
+    ContinuationScores,
     FullVocabLM,
     Prompt,
     RolloutOutput,
@@ -51,8 +52,10 @@ from .base import (
     rollout_budgets,
     rollout_uniforms,
 )
-from .kvcache import PrefixKV, _make_cache, _Rows
+from .kvcache import PrefixKV, _longest_common_prefixes, _make_cache, _Rows
 
+#: The most logits one scoring chunk keeps at once (rows × positions × vocabulary floats, ~256 MB in float32).
+_SCORE_LOGITS = 1 << 26
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -215,6 +218,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
                 cost[i] += stem_cost[stem_index[p[:-1]]]
 
         out: list[list[int]] = [[] for _ in prefixes]
+        logprobs: list[list[float]] = [[] for _ in prefixes]
         alive = [i for i in range(len(prefixes)) if budgets[i] > 0]
         # Store the prefixes themselves after the first forward when that costs no more rows than the stems
         # (one prefix per stem, as in plain decoding): the next call's stem is then a stored row, run for free.
@@ -236,12 +240,14 @@ class TransformersLM(FullVocabLM, PrefixKV):
                 self._rows = _Rows(list(prefixes), kv, mask, logits)
             chosen = sample_tokens(logits, temperature, None if draws is None else draws[:, t])  # (R,)
             finished = torch.isin(chosen, eos)  # (R,)
-            # one device→host transfer per step: the chosen tokens and which rows hit EOS
-            host = torch.stack([chosen, finished.long()]).tolist()
+            chosen_lp = logits.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (R,)
+            # one device→host transfer per step: the chosen tokens, which rows hit EOS, their log-probs
+            host = torch.stack([chosen.double(), finished.double(), chosen_lp.double()]).tolist()
             keep = []
             for row, i in enumerate(alive):
                 cost[i] += 1
-                out[i].append(host[0][row])
+                out[i].append(int(host[0][row]))
+                logprobs[i].append(host[2][row])
                 if not host[1][row] and len(out[i]) < budgets[i]:
                     keep.append(row)
             if len(keep) < len(alive):
@@ -254,7 +260,68 @@ class TransformersLM(FullVocabLM, PrefixKV):
                 if draws is not None:
                     draws = draws.index_select(0, index)
             feed = chosen
-        return RolloutOutput(out, cost)
+        return RolloutOutput(out, cost, logprobs)
+
+    def score_continuations(self, prefixes: Sequence[TokenIds],
+                            continuations: Sequence[TokenIds]) -> ContinuationScores:
+        """log π(y_j | prefix, y_<j) per continuation token, every sequence run once from the prefix cache.
+
+        Each ``prefix + y`` starts from the stored row sharing the longest prefix with ``prefix`` (the committed
+        sequence of the current step, so the k×N rollouts of a step cost their own tokens only) and runs the rest
+        but its last token, keeping the logits at every position; a row stored as exactly ``prefix`` gives the first
+        position's logits for free. Rows go through in chunks that bound the ``(R, S, V)`` logits. The stored rows
+        are left as they were (scoring is a side trip).
+        """
+        assert len(prefixes) == len(continuations), "one continuation per prefix"
+        if any(len(p) == 0 for p in prefixes):
+            raise ConfigError("score_continuations needs non-empty prefixes; every prompt must encode to >= 1 token")
+        values: list[list[float]] = [[] for _ in prefixes]
+        cost = [0] * len(prefixes)
+        todo = [i for i, y in enumerate(continuations) if len(y) > 0]
+        longest = max((len(continuations[i]) for i in todo), default=1)
+        chunk = max(1, _SCORE_LOGITS // (longest * self.vocab_size))
+        for start in range(0, len(todo), chunk):
+            rows = todo[start:start + chunk]
+            got, ran = self._score_rows([tuple(prefixes[i]) for i in rows], [tuple(continuations[i]) for i in rows])
+            for i, lps, n in zip(rows, got, ran):
+                values[i], cost[i] = lps, n
+        return ContinuationScores(values, cost)
+
+    @torch.inference_mode()
+    def _score_rows(self, prefixes: list[tuple[int, ...]], conts: list[tuple[int, ...]]):
+        stored = self._rows if self.prefix_cache else None
+        if stored is None:
+            kept = [0] * len(prefixes)
+            base = _Rows([()] * len(prefixes), None, torch.zeros(len(prefixes), 0, dtype=torch.long,
+                                                                  device=self.device), None)
+        else:
+            index, kept = _longest_common_prefixes(stored, prefixes)
+            base = stored.select(index).keep_first(kept)
+        # Row i feeds (prefix + y)[kept_i : -1]. When the stored row is exactly the prefix (kept_i = len(prefix)),
+        # its last logits predict y_0 and the block's outputs predict y_1..; else the block's last len(y) outputs
+        # predict y_0... Left padding right-aligns those outputs, so the last `keep` positions hold them all.
+        feeds = [(p + y)[n:-1] for p, y, n in zip(prefixes, conts, kept)]
+        stored_first = [n == len(p) for p, n in zip(prefixes, kept)]
+        needed = [len(y) - f for y, f in zip(conts, stored_first)]
+        keep, width = max(needed), max(len(f) for f in feeds)
+        targets = torch.zeros(len(conts), max(keep, 1), dtype=torch.long)  # (R, keep): the token each output predicts
+        for r, (y, f, m) in enumerate(zip(conts, stored_first, needed)):
+            if m:
+                targets[r, keep - m:] = torch.tensor(y[int(f):])
+        out = [[] for _ in conts]
+        if any(stored_first):
+            assert base.last_logits is not None
+            first = torch.log_softmax(base.last_logits.float(), dim=-1)  # (R, V)
+            for r in (r for r, f in enumerate(stored_first) if f):
+                out[r].append(float(first[r, conts[r][0]]))
+        if keep:
+            ids, block_mask = self._left_pad(feeds, width)
+            logits, _ = self._forward(base.kv, base.mask, ids, block_mask, keep=keep)  # (R, keep, V)
+            chosen = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(self.device)[..., None])  # (R, keep, 1)
+            host = chosen.squeeze(-1).double().tolist()  # (R, keep)
+            for r, m in enumerate(needed):
+                out[r].extend(host[r][keep - m:] if m else [])
+        return out, [len(f) for f in feeds]
 
     def reset_cache(self) -> None:
         """Forget the stored prefix cache (frees its memory; results are unaffected)."""
@@ -263,8 +330,9 @@ class TransformersLM(FullVocabLM, PrefixKV):
     # ---- internals --------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _forward(self, kv, past_mask: torch.Tensor, ids: torch.Tensor, block_mask: torch.Tensor):
-        """Run ``ids`` ``(R, S)`` after the cached ``kv``; returns last-position logits ``(R, V)`` and the new KV."""
+    def _forward(self, kv, past_mask: torch.Tensor, ids: torch.Tensor, block_mask: torch.Tensor, keep: int = 0):
+        """Run ``ids`` ``(R, S)`` after the cached ``kv``; returns last-position logits ``(R, V)`` (``keep`` > 0: the
+        last ``keep`` positions' logits ``(R, keep, V)``) and the new KV."""
         full_mask = torch.cat([past_mask, block_mask], dim=1)  # (R, T + S)
         positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (R, S)
         cache = _make_cache(kv)
@@ -273,11 +341,11 @@ class TransformersLM(FullVocabLM, PrefixKV):
             attention_mask=self._attention_mask(full_mask, positions),
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=max(keep, 1),
             **{self._cache_kwarg: cache},
         )
         new_kv = [(layer.keys, layer.values) for layer in cache.layers]  # the forward pass appended in place
-        return out.logits[:, -1].float(), new_kv
+        return (out.logits.float() if keep else out.logits[:, -1].float()), new_kv
 
 
     def _attention_mask(self, full_mask: torch.Tensor, positions: torch.Tensor):

@@ -14,6 +14,13 @@ sequences the decoder built; the server's own prefix cache plays the part of the
   the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
   its tokens (llama-server does), it is appended, so a continuation ends with its EOS id as locally.
 
+* :meth:`RemoteLM.score_continuations`: vLLM's ``prompt_logprobs: 0`` on ``prefix + y`` (``max_tokens: 1``) gives the
+  log-prob of every prompt token; the continuation's are read off. llama-server has no prompt log-probs: it is
+  refused by :meth:`RemoteLM.check_scoring` (``Engine.check``, before decoding) for the methods that need them.
+  Rollouts also return the server's log-probs of their sampled tokens (vLLM: the model's own, at temperature 1 those
+  of the sampling distribution), so ``tq-soft`` does not score the baseline's rollouts a second time; a
+  continuation whose EOS the server left out has none, and the batch's are then scored.
+
 **KL without the full vocabulary.** A server returns only the top k of the next-token distribution, but both
 engines compute those log-probabilities with a log-softmax over the *whole* vocabulary before keeping k. The
 decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z π_dec(z)·(log π_dec(z) −
@@ -45,7 +52,15 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
 from ..http import JsonClient
-from .base import LanguageModel, Prompt, RolloutOutput, TokenIds, TopLogprobs, rollout_budgets
+from .base import (
+    ContinuationScores,
+    LanguageModel,
+    Prompt,
+    RolloutOutput,
+    TokenIds,
+    TopLogprobs,
+    rollout_budgets,
+)
 from .hf import chat_messages, encode_around, encode_with_tokenizer, placeholders
 
 SCHEME = "openai:"
@@ -280,6 +295,7 @@ class RemoteLM(LanguageModel):
         sampled_seeds = list(seeds) if seeds is not None and temperature > 0 else None
         assert sampled_seeds is None or len(sampled_seeds) == len(prefixes), "one seed per prefix"
         tokens: list[list[int]] = [[] for _ in prefixes]
+        logprobs: list[list[float] | None] = [[] for _ in prefixes]
         # One request per distinct (budget, seed): a server seeds every prompt of a request alike, so each seed
         # goes in its own request, and a prefix's sample depends only on its own seed (never on its batch mates).
         groups: dict[tuple[int, int | None], list[int]] = {}
@@ -293,13 +309,46 @@ class RemoteLM(LanguageModel):
             choices = self._complete([list(map(int, prefixes[i])) for i in rows], body)
             for i, choice in zip(rows, choices):
                 out = _generated_ids(choice, self.base_url)[:budgets[i]]
+                lps = _generated_logprobs(choice)
+                logprobs[i] = lps[:len(out)] if lps is not None and len(lps) >= len(out) else None
                 if choice.get("finish_reason") == "stop" and (not out or out[-1] not in self.eos_token_ids):
                     if len(out) < budgets[i]:
                         out.append(min(self.eos_token_ids))  # the server stopped at EOS but left it out
+                        logprobs[i] = None  # ... and its log-prob
                 tokens[i] = out
         with self._lock:
             self.completion_tokens += sum(len(t) for t in tokens)
-        return RolloutOutput(tokens, [len(p) + len(t) for p, t in zip(prefixes, tokens)])
+        complete = all(lps is not None for lps in logprobs)
+        return RolloutOutput(tokens, [len(p) + len(t) for p, t in zip(prefixes, tokens)],
+                             [list(lps or []) for lps in logprobs] if complete else None)
+
+    def score_continuations(self, prefixes: Sequence[TokenIds],
+                            continuations: Sequence[TokenIds]) -> ContinuationScores:
+        """The server's prompt log-probs of ``prefix + y`` (vLLM's ``prompt_logprobs: 0``: the log-prob of every
+        prompt token), read at the continuation's positions; one batched request (split at ``max_batch``)."""
+        assert len(prefixes) == len(continuations), "one continuation per prefix"
+        self.check_scoring()
+        rows = [i for i, y in enumerate(continuations) if len(y) > 0]
+        seqs = [[int(t) for t in prefixes[i]] + [int(t) for t in continuations[i]] for i in rows]
+        choices = self._complete(seqs, {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}) if rows else []
+        values: list[list[float]] = [[] for _ in prefixes]
+        cost = [0] * len(prefixes)
+        for i, seq, choice in zip(rows, seqs, choices):
+            entries = choice.get("prompt_logprobs")
+            if not isinstance(entries, list) or len(entries) != len(seq):
+                raise ServerError(f"server {self.base_url} returned no prompt log-probs for a {len(seq)}-token prompt"
+                                  " (prompt_logprobs); score_continuations needs a vLLM server")
+            start = len(prefixes[i])
+            values[i] = [_prompt_logprob(entries[p], seq[p], self.base_url) for p in range(start, len(seq))]
+            cost[i] = len(seq) + 1
+        return ContinuationScores(values, cost)
+
+    def check_scoring(self) -> None:
+        """llama-server does not return prompt log-probs, so it cannot score given continuations."""
+        if self.flavor == "llama.cpp":
+            raise ConfigError(f"server {self.base_url} is llama-server, which cannot score given continuations"
+                              " (score_continuations needs prompt log-probs, which tq-soft and eft use); serve this"
+                              " model with vLLM or load it locally")
 
     def check_k(self, k: int) -> None:
         """Ask the server for k next-token log-probs once, so a server limit fails before decoding starts."""
@@ -389,6 +438,28 @@ def _generated_ids(choice: dict, url: str) -> list[int]:
         return []
     raise ServerError(f"server {url} returned no generated token ids in {str(choice)[:200]!r}; it must return"
                       " log-probs with token ids")
+
+
+def _generated_logprobs(choice: dict) -> list[float] | None:
+    """The log-probs of a choice's generated tokens, when the server returned them."""
+    logprobs = choice.get("logprobs") or {}
+    if logprobs.get("content") is not None:
+        values = [e.get("logprob") for e in logprobs["content"]]
+    else:
+        values = logprobs.get("token_logprobs")
+    if not isinstance(values, list) or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _prompt_logprob(entry: Any, token: int, url: str) -> float:
+    """log π of prompt token ``token`` from one vLLM ``prompt_logprobs`` entry ({token id: {"logprob": ...}})."""
+    value = entry.get(str(token), entry.get(f"token_id:{token}")) if isinstance(entry, dict) else None
+    if isinstance(value, dict):
+        value = value.get("logprob")
+    if not isinstance(value, (int, float)):
+        raise ServerError(f"server {url} returned prompt log-probs without token {token} in {str(entry)[:200]!r}")
+    return float(value)
 
 
 def _token_id(key: str, url: str) -> int:

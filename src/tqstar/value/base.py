@@ -105,15 +105,18 @@ class RolloutEstimator(ValueEstimator):
         budgets = [self._budget(states[b]) for b, _ in rolled for _ in range(n)]
         out = self.lm.rollout(prefixes, budgets, self.params.rollout_temperature, self._seeds(states, candidates, rolled))
         tails: dict[Pair, list[list[int]]] = {pair: [[]] * n for pair in pairs}  # finishing candidates: no rollout
+        logprobs: dict[Pair, list[list[float]]] = {}
         for i, (b, j) in enumerate(rolled):
             tails[(b, j)] = out.tokens[i * n:(i + 1) * n]
+            if out.logprobs is not None:
+                logprobs[(b, j)] = out.logprobs[i * n:(i + 1) * n]
             acct = states[b].accounting
             for tokens, cost in zip(tails[(b, j)], out.forward_tokens[i * n:(i + 1) * n]):
                 acct.add_forward(self.policy, cost)
                 acct.rollouts += 1
                 acct.rollout_tokens += len(tokens)
             self._remember(states[b], int(candidates[b, j]), tails[(b, j)][0])
-        return self._values(states, candidates, tails)
+        return self._values(states, candidates, tails, logprobs)
 
     # ---- the policy's view of a state ----------------------------------------------------------------------
     def prefix(self, state: PromptState, z: int) -> list[int]:
@@ -170,9 +173,11 @@ class RolloutEstimator(ValueEstimator):
         """A reused rollout lacks its last token unless it already ended with EOS or fills the budget."""
         return len(tail) < budget and not (tail and tail[-1] in self.lm.eos_token_ids)
 
-    def _values(self, states: list[PromptState], candidates: torch.Tensor,
-                tails: dict[Pair, list[list[int]]]) -> torch.Tensor:
-        """Q̂ ``(B, k)`` for the candidates in ``tails`` (their N rollout continuations); NaN elsewhere."""
+    def _values(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
+                logprobs: dict[Pair, list[list[float]]] | None = None) -> torch.Tensor:
+        """Q̂ ``(B, k)`` for the candidates in ``tails`` (their N rollout continuations); NaN elsewhere. ``logprobs``:
+        the rolling model's log-probs of those tokens where the backend returned them (for estimators that weigh
+        rollouts by likelihood ratios)."""
         q = torch.full(candidates.shape, float("nan"))
         if not tails:
             return q

@@ -1,0 +1,98 @@
+"""Soft values: the exact per-token factor of the KL-regularised optimum, from rollouts of any model.
+
+The optimum of E[r] − β·KL(ρ ‖ ρ_sft) factorises over tokens with a *soft* value::
+
+    π*(z | s) ∝ π_sft(z | s) · exp(V(s, z) / β),     V(s, z) = β · log E_{y ~ ρ_sft(· | s, z)}[exp(r(y) / β)]
+
+so decoding with score = log π_sft + α·V̂ and α = 1/β (the default β) samples π* when V̂ is exact. With N rollouts
+y_i from a model ρ (the baseline for ``tq-soft``, the SFT model for ``soft-cd``) importance weighting gives::
+
+    V̂(s, z) = β · log( (1/N) Σ_i exp( r(y_i)/β + log ρ_sft(y_i | s, z) − log ρ(y_i | s, z) ) )
+
+computed in log space (logsumexp). It needs no knowledge of the baseline's own reward, so it serves direct and
+indirect transfer alike. If the baseline is the optimum for r at strength β, every term equals log W(s, z), a
+constant: one rollout gives the exact value. ``soft-cd`` is the same with SFT rollouts (ratio 1).
+
+Rollouts must be *samples* of ρ (temperature 1, full distribution). A rollout cut at ``rollout_len`` tokens
+without EOS is scored as the partial text it is and its ratio covers only its tokens, so V̂ then estimates
+β·log E_{ρ_sft}[exp(r(y_≤L)/β)] — the soft value of the *partial* text under SFT's L-token continuations (what
+``soft-cd`` estimates too), not V; the one-rollout exactness holds only for rollouts that reach EOS. Both are
+biased for finite N (Jensen: E[V̂] ≤ V) and consistent as N grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..state import PromptState
+from .base import Pair, RolloutEstimator, score_texts
+
+
+def soft_value(r: torch.Tensor, log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """β·log mean_i exp(r_i/β + log_ratio_i) over the last axis: ``r`` and ``log_ratio`` ``(..., N)`` → ``(...)``."""
+    n = r.shape[-1]
+    return beta * (torch.logsumexp(r.double() / beta + log_ratio.double(), dim=-1) - math.log(n))
+
+
+class SoftValue(RolloutEstimator):
+    """``tq-soft``: the soft value from N baseline rollouts, weighted by ρ_sft/ρ_BL of their tokens.
+
+    The baseline's log-probs come with its rollouts (or from ``score_continuations`` when the backend does not
+    return them); the SFT model scores the k×N rollouts in one ``score_continuations`` batch from its cached prefix.
+    """
+
+    policy = "baseline"
+
+    def _values(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
+                logprobs: dict[Pair, list[list[float]]] | None = None) -> torch.Tensor:
+        # aggregate() reads the ratios of the same candidates, in the same (tails) order
+        self._log_ratios = self.log_ratios(states, candidates, tails, logprobs or {})  # (P, N)
+        return super()._values(states, candidates, tails, logprobs)
+
+    def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
+        n = self.params.n_rollouts
+        r = torch.tensor(score_texts(self.models.reward, states, [b for b in owners for _ in range(n)],
+                                     [t for group in texts for t in group]), dtype=torch.float64).view(-1, n)  # (P, N)
+        return soft_value(r, self._log_ratios, self.params.soft_temperature).tolist()  # (P,)
+
+    def log_ratios(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
+                   logprobs: dict[Pair, list[list[float]]]) -> torch.Tensor:
+        """log ρ_sft(y_i | s, z) − log ρ_BL(y_i | s, z) per rollout ``(P, N)``, in ``tails`` order."""
+        n = self.params.n_rollouts
+        pairs = list(tails)
+        ratio = torch.zeros(len(pairs), n, dtype=torch.float64)
+        flat = [(p, i) for p, pair in enumerate(pairs) for i in range(n) if tails[pair][i]]
+        if not flat:
+            return ratio
+        conts = [tails[pairs[p]][i] for p, i in flat]
+        sft = self._score("sft", states, candidates, [pairs[p] for p, _ in flat], conts)
+        missing = [f for f, (p, _) in enumerate(flat) if pairs[p] not in logprobs]
+        own = {f: sum(logprobs[pairs[p]][i]) for f, (p, i) in enumerate(flat) if pairs[p] in logprobs}
+        if missing:
+            rescored = self._score(self.policy, states, candidates, [pairs[flat[f][0]] for f in missing],
+                                   [conts[f] for f in missing])
+            own.update(zip(missing, rescored))
+        for f, (p, i) in enumerate(flat):
+            ratio[p, i] = sft[f] - own[f]
+        return ratio
+
+    def _score(self, role: str, states: list[PromptState], candidates: torch.Tensor, pairs: list[Pair],
+               conts: list[list[int]]) -> list[float]:
+        """log ρ_role(y | s, z) of each continuation (one batch), charged to its row."""
+        prefixes = [states[b].seq(role) + [int(candidates[b, j])] for b, j in pairs]
+        out = self.models.lm(role).score_continuations(prefixes, conts)
+        for (b, _), cost in zip(pairs, out.forward_tokens):
+            states[b].accounting.add_forward(role, cost)
+        return out.sums
+
+
+class SoftCDValue(SoftValue):
+    """``soft-cd``: the soft value from N SFT rollouts (the ratio is 1) — the soft analogue of CD."""
+
+    policy = "sft"
+
+    def log_ratios(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
+                   logprobs: dict[Pair, list[list[float]]]) -> torch.Tensor:
+        return torch.zeros(len(tails), self.params.n_rollouts, dtype=torch.float64)

@@ -1,0 +1,105 @@
+"""Reward–KL frontiers: per-prompt matched-KL interpolation, and an eval whose every method carries a KL."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tqstar.cli import main
+from tqstar.evaluation import read_rows
+from tqstar.frontier import auto_kls, format_matched, matched_kl
+from tqstar.report import report
+
+
+def _row(method, family, prompt, kl, reward, alpha=None):
+    return {"method": method, "family": family, "prompt_index": prompt, "kl": kl, "reward": reward, "alpha": alpha}
+
+
+ROWS = [
+    _row("sft", "sft", 0, 0.0, 0.0), _row("sft", "sft", 1, 0.0, 0.5),
+    _row("m(α=1)", "cd", 0, 1.0, 0.2, 1.0), _row("m(α=2)", "cd", 0, 3.0, 0.6, 2.0),
+    _row("m(α=1)", "cd", 1, 0.5, 0.6, 1.0), _row("m(α=2)", "cd", 1, 1.5, 1.0, 2.0),
+    _row("bon-4", "bon", 0, 0.9, 0.9), _row("single(α=1)", "args", 0, 1.0, 0.1, 1.0),
+]
+
+
+def test_matched_kl_interpolates_each_prompt_along_its_own_sweep():
+    (at1, at2) = matched_kl(ROWS, [1.0, 2.0])
+    # prompt 0 at KL 1: 0.2; prompt 1 between (0.5, 0.6) and (1.5, 1.0): 0.8 → mean 0.5, s.e. 0.3
+    assert at1["family"] == "m" and at1["reached"] == 2 and at1["reward"] == pytest.approx(0.5)
+    assert at1["reward_se"] == pytest.approx(0.3)
+    # at KL 2 only prompt 0 reaches: between (1, 0.2) and (3, 0.6) → 0.4
+    assert at2["reached"] == 1 and at2["prompts"] == 2 and at2["reward"] == pytest.approx(0.4)
+    assert "0.500 ± 0.300 (2/2)" in format_matched([at1, at2])
+
+
+def test_the_top_k_sft_row_anchors_the_sweep_when_run():
+    rows = ROWS + [_row("topk-sft", "none", 0, 0.8, 0.1, 1.0), _row("topk-sft", "none", 1, 0.8, 0.3, 1.0)]
+    (at, ) = matched_kl(rows, [0.9])
+    # prompt 0: (0.8, 0.1) → (1.0, 0.2): 0.15; prompt 1: (0.8, 0.3) → (0.5, 0.6) → (1.5, 1.0): first crossing 0.76
+    assert at["reward"] == pytest.approx((0.15 + 0.76) / 2)
+
+
+def test_auto_kls_lie_inside_what_most_prompts_cover():
+    # per prompt (with the SFT anchor at 0): spans [0, 3] and [0, 1.5]; lo = 0, hi = lower quartile of {3, 1.5}
+    assert auto_kls(ROWS) == [pytest.approx(0.47), pytest.approx(0.94), pytest.approx(1.4)]
+    assert auto_kls([_row("sft", "sft", 0, 0.0, 0.0)]) == []
+
+
+def test_sampled_eval_gives_every_method_a_kl_and_a_frontier(tmp_path, tiny_paths):
+    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt {i} about the lake" for i in range(3)))
+    config = {
+        "sft": {"path": str(tiny_paths["sft"]), "chat_template": False},
+        "baseline": {"path": str(tiny_paths["baseline"]), "chat_template": False},
+        "reward": "conftest:vowel_share",
+        "defaults": {"max_new_tokens": 4, "k": 3, "rollout_len": 3, "temperature": 1.0},
+        "methods": [{"method": "sft"}, {"method": "baseline"}, {"method": "none", "label": "topk-sft"},
+                    {"method": "eft", "alpha": [0.5, 2.0], "beta": 0.5},
+                    {"method": "tq-soft", "alpha": [1.0, 4.0], "n_rollouts": 2, "rollout_temperature": 1.0},
+                    {"method": "bon", "bon_n": 4, "label": "bon-4"}],
+        "prompts": {"source": str(tmp_path / "prompts.txt")},
+        "output": str(tmp_path / "out.jsonl"),
+        "batch_size": 3,
+    }
+    (tmp_path / "eval.yaml").write_text(json.dumps(config))
+    out_dir = tmp_path / "report"
+    assert main(["eval", "--config", str(tmp_path / "eval.yaml"), "--no-progress", "--coherence", "none",
+                 "--out-dir", str(out_dir)]) == 0
+    _, rows = read_rows(tmp_path / "out.jsonl")
+    for row in rows:
+        assert row["kl"] is not None and row["kl"] >= 0, row["method"]
+        if row["family"] == "sft":
+            assert row["kl"] == pytest.approx(0.0, abs=1e-5)  # sampled at temperature 1: the SFT model itself
+        if row["family"] == "bon":
+            assert row["kl_bound"] == pytest.approx(math.log(4) - 3 / 4) and row["kl"] <= row["kl_bound"] + 1e-9
+    assert (out_dir / "frontier.png").stat().st_size > 0
+    table = (out_dir / "matched_kl.md").read_text()
+    assert "| eft |" in table and "| tq-soft |" in table
+    summary, text = report(tmp_path / "out.jsonl", kls=[0.5])
+    assert "reward @ KL 0.5" in text and all(e["kl_se"] is not None for e in summary)
+
+
+def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baseline):
+    import io
+
+    from conftest import vowel_share
+
+    from tqstar.demo import run_demo, verdict
+    from tqstar.engine import Engine
+    from tqstar.reward import CallableReward
+
+    out = io.StringIO()
+    engine = Engine(sft, baseline, CallableReward(vowel_share))
+    results = run_demo(max_new_tokens=3, k=3, rollout_len=2, prompts=["the cat sat", "tell me a story"], out=out,
+                       engine=engine, coherence=lambda p, r: [0.5] * len(p))
+    text = out.getvalue()
+    assert len(results) == 5 and all(r.kl is not None for rs in results.values() for r in rs)
+    assert text.count("| KL ") == 10 and "coherence 0.50" in text and "per nat of KL" in text.splitlines()[-1]
+    means = {"SFT": (0.1, 0.0, 0.5), "baseline": (0.4, 2.0, 0.5), "TQ* direct (α=2)": (0.5, 4.0, 0.5),
+             "TQ* soft (α=2, N=2)": (0.45, 5.0, 0.5), "EFT": (0.2, 1.0, 0.5)}
+    sentence = verdict(means)
+    assert sentence.startswith("TQ* direct (α=2) reaches the highest mean reward (+0.500)")
+    assert "baseline gains the most reward over SFT per nat of KL (+0.150/nat)" in sentence
+    assert "does not beat TQ* direct (α=2): less reward at more KL" in sentence
