@@ -172,6 +172,18 @@ def test_cross_family_pairs_are_bridged_automatically_and_said_once(capsys):
     assert same.models.bridge is None and capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("method", ["tq-soft", "eft"])
+def test_likelihood_methods_are_refused_through_the_bridge(method):
+    """tq-soft and eft compare the two models' probabilities of the same token ids: meaningless across vocabularies."""
+    from tqstar.errors import ConfigError
+
+    engine = Engine(family_lm("word"), family_lm("bpe", 1), REWARD)
+    extra = dict(n_rollouts=2, rollout_temperature=1.0) if method == "tq-soft" else {}
+    with pytest.raises(ConfigError, match=rf"^method '{method}' needs the baseline's and the SFT model's likelihoods"
+                                          r" .* use tq-direct, tq-indirect or cd with this pair"):
+        engine.generate(PROMPTS, GREEDY.replace(method=method, **extra), progress=False)
+
+
 def test_eos_sets_may_differ_through_the_bridge():
     sft, baseline = family_lm("word"), family_lm("bpe", 1)
     assert sft.eos_token_ids != baseline.eos_token_ids  # the EOS check applies only to token-sharing pairs
