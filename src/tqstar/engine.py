@@ -97,11 +97,12 @@ class Engine:
             if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
                 raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
                                   " give an alpha that keeps alpha*(R_max - R_min) finite")
-        if m.bridge is not None and params.scores_likelihoods:
-            raise ConfigError(f"method {params.method!r} needs the baseline's and the SFT model's likelihoods of the same"
-                              f" tokens, but baseline {m.baseline.name} has another tokenizer (text bridge); use"
-                              " tq-direct, tq-indirect or cd with this pair, or a baseline that shares the SFT tokenizer")
-        if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both
+        if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
+            if m.bridge is not None:
+                raise ConfigError(f"method {params.method!r} needs the baseline's and the SFT model's likelihoods of the"
+                                  f" same tokens, but baseline {m.baseline.name} has another tokenizer (text bridge);"
+                                  " use tq-direct, tq-indirect or cd with this pair, or a baseline that shares the SFT"
+                                  " tokenizer")
             for lm in (m.sft, m.baseline):
                 if lm is not None:
                     lm.check_scoring()

@@ -31,4 +31,7 @@ def response_text(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str] = (
 
 def hits_stop(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> bool:
     """Whether the text of ``ids`` contains a stop string."""
-    return bool(stop) and any(s in lm.decode(list(ids)) for s in stop)
+    if not stop:
+        return False
+    text = lm.decode(list(ids))  # once, not once per stop string
+    return any(s in text for s in stop)
