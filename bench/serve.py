@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tqstar.servers import ServerProcess, free_port
+from tqstar.testing.servers import ServerProcess, free_port
 
 PROMPTS = [
     "How do I make a cup of tea?", "Tell me about your day.", "What should I cook for dinner tonight?",
@@ -44,7 +44,7 @@ def config(model: str, max_batch: int, k: int, rollout_len: int) -> dict:
     decode = {"k": k, "rollout_len": rollout_len, "alpha": 2.0}
     limits = {"max_batch": max_batch, "max_queue": 256, "max_tokens": 1024}
     if model == "tiny":
-        from tqstar.tiny import build_tiny_models, default_tiny_dir
+        from tqstar.builtin.tiny import build_tiny_models, default_tiny_dir
 
         paths = build_tiny_models(default_tiny_dir())
         models = {"sft": str(paths["sft"]), "baseline": str(paths["baseline"]), "reward": "sentiment"}

@@ -14,7 +14,7 @@ synthetic word vocabulary, built on ``--device`` in ``--dtype``; nothing is down
 accelerator, where the output text is meaningless but the work per token is a real model's.
 
 What it measures (ratios are of seconds per generated token):
-* naive / tqstar — the official code's strategy (``tqstar.reference``) on the first ``--naive-tokens`` tokens
+* naive / tqstar — the official code's strategy (``tqstar.testing.reference``) on the first ``--naive-tokens`` tokens
   of each prompt, checked token-identical to tqstar's;
 * tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps or until all
   reached EOS, from an already cached prefix, ``model(...)`` called directly) plus one reward batch per step,
@@ -55,8 +55,8 @@ torch.set_num_threads(1)
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
 from tqstar.errors import ModelLoadError  # noqa: E402
 from tqstar.prompts import builtin_prompts  # noqa: E402
-from tqstar.reference import naive_generate  # noqa: E402
 from tqstar.reward import TransformersReward, pruning_off_reason  # noqa: E402
+from tqstar.testing.reference import naive_generate  # noqa: E402
 
 PROMPTS = [
     "How do I make a cup of tea?",
@@ -82,7 +82,7 @@ def load_models(which: str, device: str = "cpu", dtype: str = "float32") -> tupl
         return random_llama(which, dtype, device)
     if which in ("auto", "smollm2"):
         try:
-            from tqstar.models import smollm2_dir
+            from tqstar.builtin.models import smollm2_dir
 
             lm = TransformersLM.from_pretrained(smollm2_dir(), name="smollm2", dtype=dtype, device=device)
             return f"SmolLM2-135M-Instruct ({dtype}, {device})", lm
@@ -90,7 +90,7 @@ def load_models(which: str, device: str = "cpu", dtype: str = "float32") -> tupl
             if which == "smollm2":
                 raise
             print(f"# SmolLM2 not available ({exc}); using the tiny built-in models", file=sys.stderr)
-    from tqstar.tiny import build_tiny_models, default_tiny_dir
+    from tqstar.builtin.tiny import build_tiny_models, default_tiny_dir
 
     path = build_tiny_models(default_tiny_dir())["sft"]
     lm = TransformersLM.from_pretrained(path, name="tiny", dtype=dtype, device=device)
@@ -103,8 +103,8 @@ def random_llama(which: str, dtype: str, device: str) -> tuple[str, Transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+    from tqstar.builtin.tiny import CHAT_TEMPLATE, SPECIALS
     from tqstar.lm.hf import DTYPES
-    from tqstar.tiny import CHAT_TEMPLATE, SPECIALS
 
     words = SPECIALS + [f"w{i}" for i in range(RANDOM_VOCAB - len(SPECIALS))]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))

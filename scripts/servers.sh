@@ -9,7 +9,7 @@
 set -uo pipefail
 
 CACHE=${TQSTAR_SERVERS_DIR:-$HOME/.cache/tqstar/servers}
-# Keep these two in step with tqstar/servers.py, which starts what this installs.
+# Keep these two in step with src/tqstar/testing/servers.py, which starts what this installs.
 VLLM_VERSION=0.32.0
 LLAMA_VERSION=11434.0.0
 PYTHON=${PYTHON:-python3}

@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pairs", help="reuse preference pairs written by an earlier run (pairs.jsonl)")
-    parser.add_argument("--out", default="src/tqstar/adapters/smollm2-sentiment-dpo")
+    parser.add_argument("--out", default="src/tqstar/builtin/adapters/smollm2-sentiment-dpo")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def main() -> int:
     from trl import DPOConfig, DPOTrainer
 
     from tqstar import TransformersLM, load_reward
-    from tqstar.models import smollm2_dir
+    from tqstar.builtin.models import smollm2_dir
     from tqstar.prompts import load_prompts
 
     out = Path(args.out)

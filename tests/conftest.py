@@ -22,7 +22,7 @@ TEST_DEVICE = os.environ.get("TQSTAR_TEST_DEVICE", "cpu")
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory):
     """Directories of the tiny ``sft``, ``baseline`` and ``reward`` models (built once per session)."""
-    from tqstar.tiny import build_tiny_models
+    from tqstar.builtin.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))
 

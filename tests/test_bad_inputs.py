@@ -481,7 +481,7 @@ def _tabular():
 def _library_cases():
     from tqstar import DecodeParams, Engine, load_reward
     from tqstar.config import RunConfig
-    from tqstar.evaluation import Evaluation, expand_methods
+    from tqstar.eval.run import Evaluation, expand_methods
     from tqstar.prompts import load_prompts
 
     def fn(prompts, responses):

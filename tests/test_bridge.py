@@ -1,6 +1,6 @@
 """The text bridge: SFT and baseline models with different tokenizers (weak-to-strong transfer across families).
 
-Three tokenizer families are built here with the ``tokenizers`` library — word-level (tqstar.tiny's), byte-level
+Three tokenizer families are built here with the ``tokenizers`` library — word-level (tqstar.builtin.tiny's), byte-level
 BPE and SentencePiece-style Unigram (Metaspace) — each with its own special tokens, EOS id and chat template, and
 a tiny random Llama model per family. Every SFT/baseline combination is checked against an explicit text-level
 reference (decode, re-encode, roll out with ``generate``, decode, join, score: the definition in
@@ -18,11 +18,11 @@ from fake_openai import FakeServer
 from test_invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar import CallableReward, DecodeParams, Engine, PromptTooLongError
+from tqstar.builtin.tiny import CORPUS, build_tokenizer, tiny_config
 from tqstar.lm.bridge import TextBridge, stored_continuation
 from tqstar.lm.hf import TransformersLM
 from tqstar.lm.remote import RemoteLM
 from tqstar.text import cut_at_stop
-from tqstar.tiny import CORPUS, build_tokenizer, tiny_config
 
 FAMILIES = ("word", "bpe", "unigram")
 PAIRS = [(a, b) for a in FAMILIES for b in FAMILIES]

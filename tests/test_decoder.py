@@ -166,7 +166,7 @@ def test_prompts_finish_independently_in_a_batch(engine):
 def test_vocabulary_mismatch_names_both_models(tiny_paths, tmp_path, sft):
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from tqstar.tiny import build_tokenizer, tiny_config
+    from tqstar.builtin.tiny import build_tokenizer, tiny_config
 
     tok = build_tokenizer()
     tok.add_tokens(["extra1", "extra2"])

@@ -13,9 +13,9 @@ import pytest
 
 from tqstar.cli import main
 from tqstar.errors import ConfigError
-from tqstar.evaluation import expand_methods, read_rows
-from tqstar.metrics import normalised_reward
-from tqstar.report import report
+from tqstar.eval.metrics import normalised_reward
+from tqstar.eval.report import report
+from tqstar.eval.run import expand_methods, read_rows
 
 
 def _config(tmp_path, tiny_paths, n_prompts: int = 6, **extra) -> str:

@@ -20,9 +20,9 @@ import pytest
 from test_evaluation import _config as eval_config
 
 from tqstar.cli import main
-from tqstar.evaluation import read_rows
+from tqstar.eval.report import report
+from tqstar.eval.run import read_rows
 from tqstar.prompts import read_prompt_file
-from tqstar.report import report
 
 
 def other_judge(prompts, responses):
@@ -175,7 +175,7 @@ def test_generate_creates_missing_directories_and_refuses_unwritable_ones(tmp_pa
     argv = ["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "none", "--k", "2",
             "--max-new-tokens", "2", "--prompt", "hi", "-o", str(out), "--no-progress"]
     assert main(argv) == 0 and json.loads(out.read_text())["prompt"] == "hi"
-    monkeypatch.setattr("tqstar.files.os.access", lambda path, mode: False)  # as for a non-root user in a 0o555 dir
+    monkeypatch.setattr("tqstar._files.os.access", lambda path, mode: False)  # as for a non-root user in a 0o555 dir
     assert main(argv[:-3] + ["-o", str(tmp_path / "other" / "out.jsonl"), "--no-progress"]) == 2
     assert f"directory '{tmp_path}' is not writable; give a writable path" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()

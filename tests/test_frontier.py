@@ -8,9 +8,9 @@ import math
 import pytest
 
 from tqstar.cli import main
-from tqstar.evaluation import read_rows
-from tqstar.frontier import auto_kls, format_matched, matched_kl
-from tqstar.report import report
+from tqstar.eval.frontier import auto_kls, format_matched, matched_kl
+from tqstar.eval.report import report
+from tqstar.eval.run import read_rows
 
 
 def _row(method, family, prompt, kl, reward, alpha=None):
@@ -86,7 +86,7 @@ def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baselin
 
     from conftest import vowel_share
 
-    from tqstar.demo import run_demo, verdict
+    from tqstar.cli.demo import run_demo, verdict
     from tqstar.engine import Engine
     from tqstar.reward import CallableReward
 

@@ -16,12 +16,12 @@ import torch
 from conftest import vowel_share
 
 from tqstar.engine import Engine
-from tqstar.evaluation import Evaluation, MethodRun, read_rows
+from tqstar.eval.run import Evaluation, MethodRun, read_rows
+from tqstar.eval.testbed import TabularReward, optimal_policy, random_reward
 from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams
 from tqstar.randomness import USES, prompt_key, stream_seed, uniforms
 from tqstar.reward import CallableReward
-from tqstar.testbed import TabularReward, optimal_policy, random_reward
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake.", "thank you"]
 SAMPLED = {  # every method, sampling everything it samples

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from tqstar.errors import ConfigError, TQStarError
-from tqstar.judge import LLMJudge, parse_verdict
+from tqstar.eval.judge import LLMJudge, parse_verdict
 
 
 class _Judge(BaseHTTPRequestHandler):

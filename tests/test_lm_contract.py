@@ -426,7 +426,7 @@ def _windowed_lm(kind: str) -> TransformersLM:
     layer (Qwen2 with sliding and full layers mixed)."""
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from tqstar.tiny import build_tokenizer
+    from tqstar.builtin.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -524,7 +524,7 @@ def chatml_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tqstar.tiny import CORPUS
+    from tqstar.builtin.tiny import CORPUS
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

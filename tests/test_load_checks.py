@@ -51,7 +51,7 @@ def _adapter(base_dir, out_dir):
 def test_adapter_for_another_base_model_is_refused(tiny_paths, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from tqstar.tiny import build_tokenizer, tiny_config
+    from tqstar.builtin.tiny import build_tokenizer, tiny_config
 
     adapter = _adapter(tiny_paths["sft"], tmp_path / "adapter")
     other = tmp_path / "wider"

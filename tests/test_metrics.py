@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tqstar.metrics import diversity, mean_and_stderr, normalised_reward, rep_n, win_tie
+from tqstar.eval.metrics import diversity, mean_and_stderr, normalised_reward, rep_n, win_tie
 
 
 def test_mean_and_stderr():
@@ -51,9 +51,9 @@ def test_diversity():
 
 
 def test_coherence_on_minilm():
+    from tqstar.builtin.models import minilm_dir
     from tqstar.errors import ModelLoadError
-    from tqstar.metrics import Coherence
-    from tqstar.models import minilm_dir
+    from tqstar.eval.metrics import Coherence
 
     try:
         minilm_dir()

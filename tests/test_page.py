@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tqstar._http import JsonClient
 from tqstar.errors import ServerRejectedError
-from tqstar.http import JsonClient
-from tqstar.servers import ServerProcess, free_port, servers_dir
+from tqstar.testing.servers import ServerProcess, free_port, servers_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 JS_TESTS = ROOT / "tests" / "js" / "logic.test.mjs"
@@ -313,8 +313,8 @@ def test_playground_on_smollm2(driver, tmp_path):
     model opened. Writes tests-artifacts/page/playground-smollm2.png."""
     from selenium.webdriver.common.by import By
 
+    from tqstar.builtin.models import smollm2_dir
     from tqstar.errors import ModelLoadError
-    from tqstar.models import smollm2_dir
 
     try:
         smollm2_dir()

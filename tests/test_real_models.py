@@ -10,9 +10,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smol():
     pytest.importorskip("gguf")
+    from tqstar.builtin.models import smollm2_dir
     from tqstar.errors import ModelLoadError
     from tqstar.lm.hf import TransformersLM
-    from tqstar.models import smollm2_dir
 
     try:
         return TransformersLM.from_pretrained(smollm2_dir(), name="smollm2")
@@ -46,7 +46,7 @@ def test_cached_rollouts_match_fresh_encoding_on_smollm2(smol):
 def test_demo_prints_three_methods_side_by_side(smol):
     import io
 
-    from tqstar.demo import run_demo
+    from tqstar.cli.demo import run_demo
 
     out = io.StringIO()
     results = run_demo(max_new_tokens=4, k=3, rollout_len=4, prompts=["How do I make a cup of tea?"], out=out)

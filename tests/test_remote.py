@@ -218,7 +218,7 @@ def test_retries_429_and_5xx_then_succeeds(served, sft, tiny_paths):
 def test_retry_after_header_sets_the_wait(served, sft, tiny_paths, monkeypatch):
     remote = _remote(served, tiny_paths, retries=2, backoff=20.0)
     waits = []
-    monkeypatch.setattr("tqstar.http.time.sleep", waits.append)
+    monkeypatch.setattr("tqstar._http.time.sleep", waits.append)
     served.faults.status, served.faults.retry_after = [429], "0.25"
     remote.top_logprobs([sft.encode_prompt("x")], 3)
     assert waits == [0.25]
@@ -361,7 +361,7 @@ def test_cli_generate_against_servers(tiny_paths, sft, baseline, tmp_path, capsy
 
 def test_eval_keeps_finished_rows_when_the_server_dies_and_resumes(tiny_paths, sft, tmp_path, capsys):
     from tqstar.cli import main
-    from tqstar.evaluation import read_rows
+    from tqstar.eval.run import read_rows
 
     server = FakeServer(sft, "vllm", "sft")
     port = server.httpd.server_address[1]
@@ -393,7 +393,7 @@ def test_eval_keeps_finished_rows_when_the_server_dies_and_resumes(tiny_paths, s
 
 def test_an_engine_that_could_not_be_installed_is_reported_with_the_reason(tmp_path, monkeypatch):
     """The real-server suite skips with this message instead of passing when an engine is missing or failed."""
-    from tqstar.servers import EngineUnavailable, start_llama, start_vllm
+    from tqstar.testing.servers import EngineUnavailable, start_llama, start_vllm
 
     monkeypatch.setenv("TQSTAR_SERVERS_DIR", str(tmp_path))
     with pytest.raises(EngineUnavailable, match="vllm is not installed at .*run scripts/servers.sh"):

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tqstar.builtin.tiny import build_tokenizer
 from tqstar.engine import Engine
 from tqstar.errors import RewardError
 from tqstar.lm.kvcache import shared_prefix_lengths
 from tqstar.params import DecodeParams
 from tqstar.reward import TransformersReward
-from tqstar.tiny import build_tokenizer
 
 FORMAT = "{prompt}\n{response}"
 PROMPT = "how do i make a cup of tea ? " * 4  # 36 word tokens

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from tqstar.errors import ConfigError
-from tqstar.servers import ServerProcess, free_port
 from tqstar.serving.config import ServeConfig
+from tqstar.testing.servers import ServerProcess, free_port
 
 API_KEY = "test-key-1"
 WORDS = ["cat", "dog", "sun", "tea", "park", "lake", "book", "friend"]
@@ -415,7 +415,7 @@ def test_openai_models_behind_the_server(tmp_path, tiny_paths, sft):
 # ---- the real model ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_with_the_dpo_baseline(tmp_path):
-    from tqstar.models import smollm2_dir
+    from tqstar.builtin.models import smollm2_dir
 
     smollm2_dir()  # installed (make models)?
     config = {"sft": "smollm2", "baseline": {"path": "smollm2", "adapter": "builtin:smollm2-sentiment-dpo"},

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from tqstar import DecodeParams, Engine
+from tqstar.builtin.models import adapter_dir
 from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
 from tqstar.lm.remote import RemoteLM
-from tqstar.models import adapter_dir
-from tqstar.servers import EngineUnavailable, start_llama, start_vllm
+from tqstar.testing.servers import EngineUnavailable, start_llama, start_vllm
 
 pytestmark = pytest.mark.servers
 
@@ -36,8 +36,8 @@ PROMPTS = ["How do I make a cup of tea?", "Tell me about your day at the park.",
 
 @pytest.fixture(scope="session")
 def smollm2_hf() -> Path:
+    from tqstar.builtin.models import smollm2_dir
     from tqstar.errors import ModelLoadError
-    from tqstar.models import smollm2_dir
 
     try:
         return smollm2_dir()

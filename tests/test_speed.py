@@ -8,8 +8,8 @@ from conftest import vowel_share
 
 from tqstar.engine import Engine
 from tqstar.params import DecodeParams
-from tqstar.reference import naive_generate
 from tqstar.reward import CallableReward, pruning_off_reason
+from tqstar.testing.reference import naive_generate
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 

@@ -9,9 +9,7 @@ import torch
 
 from tqstar.decoder import decision_logprobs, step_kl
 from tqstar.engine import Engine
-from tqstar.lm.tabular import EOS, TabularLM, prefixes
-from tqstar.params import DecodeParams
-from tqstar.testbed import (
+from tqstar.eval.testbed import (
     TabularReward,
     completions,
     decoding_policy,
@@ -30,6 +28,8 @@ from tqstar.testbed import (
     random_reward,
     trajectory_kl,
 )
+from tqstar.lm.tabular import EOS, TabularLM, prefixes
+from tqstar.params import DecodeParams
 from tqstar.value import indirect_q, soft_value
 
 V, H = 4, 3

@@ -16,9 +16,9 @@ PROMPT = "How do I make a cup of tea?"
 @pytest.fixture(scope="module")
 def pair():
     pytest.importorskip("gguf")
+    from tqstar.builtin.models import qwen_coder_dir, smollm2_dir
     from tqstar.errors import ModelLoadError
     from tqstar.lm.hf import TransformersLM
-    from tqstar.models import qwen_coder_dir, smollm2_dir
 
     try:
         smol = TransformersLM.from_pretrained(smollm2_dir(), name="smollm2")

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._files import check_output, read_text
+from ._http import JsonClient
+from .builtin.models import BUILTIN_MODELS, check_builtin, resolve_adapter, resolve_model
 from .errors import ConfigError, describe
-from .files import check_output, read_text
-from .http import JsonClient
 from .lm.base import LanguageModel, Prompt
 from .lm.hf import DTYPES, TransformersLM, _check_model_path, check_adapter_dir, check_device
 from .lm.remote import RemoteLM, is_remote_spec, parse_spec
-from .models import BUILTIN_MODELS, check_builtin, resolve_adapter, resolve_model
 from .params import DecodeParams
 from .prompts import check_prompt, read_prompt_file
 from .reward import RewardSpec
@@ -183,7 +183,7 @@ class RunConfig:
 
         sft_spec, baseline_spec, reward_spec = self.sft, self.baseline, self.reward
         if sft_spec is None:
-            from .tiny import build_tiny_models, default_tiny_dir
+            from .builtin.tiny import build_tiny_models, default_tiny_dir
 
             paths = build_tiny_models(default_tiny_dir())
             sft_spec = ModelSpec(str(paths["sft"]), chat_template=False)
@@ -383,7 +383,7 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        from .evaluation import expand_methods
+        from .eval.run import expand_methods
 
         data = dict(data)
         for key, where in (("decode", "under `defaults` (every method) or in each method"),
@@ -422,8 +422,8 @@ class EvalConfig:
         }
 
     def build(self, progress: bool = True):
-        """Load everything and return a ready :class:`~tqstar.evaluation.Evaluation`."""
-        from .evaluation import OUTPUT_FIX, Evaluation, check_resumable, fingerprint_of, scan
+        """Load everything and return a ready :class:`~tqstar.eval.run.Evaluation`."""
+        from .eval.run import OUTPUT_FIX, Evaluation, check_resumable, fingerprint_of, scan
         from .prompts import load_prompts
 
         prompts = load_prompts(self.prompt_source, column=self.prompt_column, limit=self.prompt_limit)

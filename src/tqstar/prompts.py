@@ -19,10 +19,10 @@ import json
 import random
 from pathlib import Path
 
+from ._files import read_text
+from .builtin.models import package_file
 from .errors import ConfigError, describe
-from .files import read_text
 from .lm.base import ROLES, Prompt
-from .models import package_file
 
 BUILTIN_SETS = ("rtp", "dna", "mtbench")
 SPLITS = ("train", "test", "all")

@@ -1,7 +1,7 @@
 """The longest-prefix KV reuse shared by the ``transformers`` LM backend and the causal reward-model scorer.
 
 Moved here from :mod:`tqstar.lm.hf` so both use one implementation (see that module's docstring for how the
-LM backend uses it, and :mod:`tqstar.reward_cache` for the reward side):
+LM backend uses it, and :mod:`tqstar.reward.prefix_cache` for the reward side):
 
 * :class:`_Rows` — encoded sequences: tokens, per-layer KV ``(R, H, T, D)``, an attention mask ``(R, T)`` and
   the model's output after each row's last token (``last_logits``: LM logits, or a reward head's output);

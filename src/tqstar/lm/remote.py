@@ -50,8 +50,8 @@ from typing import Any
 
 import torch
 
+from .._http import JsonClient
 from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
-from ..http import JsonClient
 from .base import (
     ContinuationScores,
     LanguageModel,
@@ -94,7 +94,7 @@ class RemoteLM(LanguageModel):
         chat_template / system_prompt / parse_special_tokens: prompt formatting, as for
             :class:`~tqstar.lm.hf.TransformersLM`.
         eos_token_ids: EOS ids when neither the local tokenizer nor the server tells them.
-        api_key_env, timeout, retries, backoff: see :class:`~tqstar.http.JsonClient`.
+        api_key_env, timeout, retries, backoff: see :class:`~tqstar._http.JsonClient`.
         concurrency: requests in flight at once from this model (over all threads).
         max_batch: prompts per request; larger batches are split into concurrent requests.
         name: shown in messages.

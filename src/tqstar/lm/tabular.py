@@ -2,7 +2,7 @@
 
 It is the exact testbed's model: every quantity of interest (Q^π, the KL-regularised optimum, the expected
 reward and KL of a decoding policy) can be computed by enumerating all trajectories (see
-:mod:`tqstar.testbed`), and it plugs into the same decoder as a real model.
+:mod:`tqstar.eval.testbed`), and it plugs into the same decoder as a real model.
 
 Sequences are response tokens only (the prompt is empty: one context). Token 0 is EOS. At depth
 ``horizon`` the model emits EOS with probability 1, so every trajectory ends with EOS within

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .args import ArgsValue, NoValue
 from .base import RolloutEstimator, ValueEstimator
 from .cd import CDValue
 from .direct import DirectValue
 from .eft import EFTValue
 from .indirect import IndirectValue, indirect_q
+from .partial import ArgsValue, NoValue
 from .soft import SoftCDValue, SoftValue, soft_value
 
 ESTIMATORS: dict[str, type[ValueEstimator]] = {

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .evaluation import RESULTS_FIX, _canonical, _first_difference, read_rows
-from .files import read_bytes
+from .._files import read_bytes
+from ..errors import ConfigError
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
+from .run import RESULTS_FIX, _canonical, _first_difference, read_rows
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
@@ -36,7 +36,7 @@ COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coh
 def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None,
               normalise_to: str | None = None) -> list[dict[str, Any]]:
     """One summary row per method (in first-seen order); ``coherence(prompts, responses)`` and an
-    :class:`~tqstar.judge.LLMJudge` (pairwise against the reference) are optional."""
+    :class:`~tqstar.eval.judge.LLMJudge` (pairwise against the reference) are optional."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
@@ -184,8 +184,8 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
            kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
     table.csv and the plots there. When methods were swept over α with a KL on every row, the text and
-    ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.frontier`; ``kls`` the targets, default
-    :func:`~tqstar.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
+    ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.eval.frontier`; ``kls`` the targets, default
+    :func:`~tqstar.eval.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return report_rows(merge_files(paths), reference=reference, out_dir=out_dir, coherence=coherence, title=title,
                        llm_judge=llm_judge, kls=kls)

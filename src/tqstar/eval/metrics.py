@@ -5,7 +5,7 @@
 * :func:`win_tie` — how often a method's response beats / ties the reference's under a judge's scores;
 * :func:`diversity` — Π_{n=2..4}(1 − rep-n), rep-n = 1 − unique n-grams / total n-grams (whitespace words);
 * :class:`Coherence` — cosine similarity of prompt and response sentence embeddings (mean-pooled, L2-normed);
-* KL to the SFT model and compute per token are read off each response's record (see :mod:`tqstar.report`).
+* KL to the SFT model and compute per token are read off each response's record (see :mod:`tqstar.eval.report`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Coherence:
     def __init__(self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from .models import minilm_dir
+        from ..builtin.models import minilm_dir
 
         path = str(path or minilm_dir())
         self.tokenizer = AutoTokenizer.from_pretrained(path)

@@ -3,7 +3,7 @@
 For each prompt the judge sees two responses — the method's and the reference's — in a random order (seeded),
 and answers ``A``, ``B`` or ``TIE``. Verdicts are mapped back to the method's win / tie / loss; an answer that
 does not parse is counted as *unparsable* and reported, never silently as a tie. Requests go through
-:class:`~tqstar.http.JsonClient` (timeouts, retries with backoff).
+:class:`~tqstar._http.JsonClient` (timeouts, retries with backoff).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, ServerError, TQStarError
-from .http import JsonClient
+from .._http import JsonClient
+from ..errors import ConfigError, ServerError, TQStarError
 
 TEMPLATE = """You are comparing two responses to the same user prompt. Judge which response is more helpful,
 harmless and honest. Answer with exactly one word: A, B or TIE.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine
-from .params import DecodeParams
+from ..engine import Engine
+from ..params import DecodeParams
 
 
 @torch.inference_mode()

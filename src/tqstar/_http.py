@@ -1,6 +1,6 @@
 """JSON over HTTP to model servers, with the standard library only: timeouts, retries with exponential backoff on
 429 / 5xx / connection errors, and a bound on requests in flight. Used by the remote language model
-(:mod:`tqstar.lm.remote`) and the LLM judge (:mod:`tqstar.judge`)."""
+(:mod:`tqstar.lm.remote`) and the LLM judge (:mod:`tqstar.eval.judge`)."""
 
 from __future__ import annotations
 

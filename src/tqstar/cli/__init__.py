@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import TQStarError
+from ..errors import TQStarError
 
 DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "rollout_seed", "beta",
                 "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
@@ -96,7 +96,7 @@ def foreign_error(exc: BaseException) -> str:
 
 def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback that is neither tqstar's nor an installed library's."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tqstar/, not tqstar/cli/
     library = tuple(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         path = os.path.abspath(frame.filename)
@@ -124,9 +124,9 @@ def _quiet_transformers() -> None:
 # ---- generate ------------------------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
-    from .config import RunConfig, load_yaml
-    from .evaluation import is_results_file
-    from .files import ReplaceOnSuccess, check_not_input, check_output
+    from .._files import ReplaceOnSuccess, check_not_input, check_output
+    from ..config import RunConfig, load_yaml
+    from ..eval.run import is_results_file
 
     if args.output:
         check_output(args.output, "output file")
@@ -150,7 +150,7 @@ def run_generate(args: argparse.Namespace) -> int:
               " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
-        from .reward import pruning_off_reason
+        from ..reward import pruning_off_reason
 
         reason = pruning_off_reason(engine.models.reward, config.decode)
         if reason is not None:
@@ -348,9 +348,9 @@ def unescape(text: str | None) -> str | None:
 
 # ---- serve --------------------------------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
-    from .config import load_yaml
-    from .serving.config import ServeConfig
-    from .serving.server import serve
+    from ..config import load_yaml
+    from ..serving.config import ServeConfig
+    from ..serving.server import serve
 
     data = _merge_models(load_yaml(args.config) if args.config else {}, args)
     for key in ("host", "port", "name", "api_keys_env"):
@@ -379,7 +379,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 # ---- eval and report ------------------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
-    from .config import EvalConfig, load_yaml
+    from ..config import EvalConfig, load_yaml
 
     data = load_yaml(args.config)
     if args.output:
@@ -407,10 +407,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _check_report_flags(args: argparse.Namespace) -> None:
     """The report's flags, checked before an evaluation spends time on models."""
-    from .files import check_output
+    from .._files import check_output
 
     if args.out_dir:
-        from .report import check_out_dir
+        from ..eval.report import check_out_dir
 
         check_output(args.out_dir, "--out-dir", directory=True)
         check_out_dir(args.out_dir)
@@ -422,7 +422,7 @@ def _eval_reference(reference: str | None, config) -> str:
     """The method the evaluation's table refers to, checked before anything is decoded: ``--reference`` must be a
     method of the run (or already in its output file); without it, ``sft`` when the run has it, else the run's
     first method (said on stderr)."""
-    from .evaluation import OUTPUT_FIX, scan
+    from ..eval.run import OUTPUT_FIX, scan
 
     labels = list(dict.fromkeys([m.label for m in config.methods] + [row["method"] for row in
                                                                       scan(config.output, OUTPUT_FIX).rows]))
@@ -439,8 +439,8 @@ def _eval_reference(reference: str | None, config) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .judge import LLMJudge
-    from .report import merge_files, report_rows
+    from ..eval.judge import LLMJudge
+    from ..eval.report import merge_files, report_rows
 
     _check_report_flags(args)
     if args.coherence not in ("none", "minilm") and not os.path.isdir(args.coherence):
@@ -457,7 +457,7 @@ def run_report(args: argparse.Namespace) -> int:
         llm_judge = LLMJudge(args.llm_judge_url or "", args.llm_judge_model or "")
     coherence = None
     if args.coherence != "none":
-        from .metrics import Coherence
+        from ..eval.metrics import Coherence
 
         try:
             coherence = Coherence(None if args.coherence == "minilm" else args.coherence)
@@ -473,7 +473,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ---- testbed -------------------------------------------------------------------------------------------------
 def run_testbed(args: argparse.Namespace) -> int:
-    from .testbed import average, exact_report, format_matched_kl, format_report, matched_kl
+    from ..eval.testbed import average, exact_report, format_matched_kl, format_report, matched_kl
 
     _check_testbed_flags(args)
     for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, RewardError, preview
+from ..errors import ConfigError, RewardError, preview
 
 if TYPE_CHECKING:
-    from .params import DecodeParams
+    from ..params import DecodeParams
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -186,7 +186,7 @@ class TransformersReward(Reward):
         range: declared ``(R_min, R_max)`` of the raw output, if known (checked on every value).
         check_range: ``False`` drops the range (``sigmoid``'s too), so nothing is checked, pruned or bounded by it.
         prefix_cache: for a decoder reward model, reuse the encoding of the longest token prefix already seen
-            (:mod:`tqstar.reward_cache`; same scores). ``False`` runs every text in full, for measuring; the
+            (:mod:`tqstar.reward.prefix_cache`; same scores). ``False`` runs every text in full, for measuring; the
             attribute may be switched later.
 
     ``forward_tokens`` counts the tokens the model has run (cached prefix tokens are not re-counted).
@@ -199,8 +199,8 @@ class TransformersReward(Reward):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from .lm.hf import DTYPES, _check_model_path, check_device, load_pretrained
-        from .reward_cache import prefix_scorer
+        from ..lm.hf import DTYPES, _check_model_path, check_device, load_pretrained
+        from .prefix_cache import prefix_scorer
 
         check_device(device)
         _check_model_path(str(path))
@@ -295,7 +295,7 @@ def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | Non
     Pruning skips candidate z when ``log π_sft(z) + α·R_max`` cannot beat the best score already computed, so
     it needs greedy choice and the reward's upper bound R_max.
     """
-    from .params import TOKEN_METHODS
+    from ..params import TOKEN_METHODS
 
     if reward is None or params.method not in TOKEN_METHODS or params.method == "none" or params.alpha == 0:
         return None

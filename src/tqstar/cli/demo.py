@@ -14,8 +14,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from .engine import Engine
-from .params import DecodeParams
+from ..engine import Engine
+from ..params import DecodeParams
 
 DEMO_PROMPTS = [
     "How do I make a cup of tea?",
@@ -52,10 +52,10 @@ def run_demo(*, max_new_tokens: int = 32, k: int = 10, alpha: float = 2.0, rollo
     runs = demo_runs(max_new_tokens=max_new_tokens, k=k, alpha=alpha, rollout_len=rollout_len,
                      n_rollouts=n_rollouts)  # built (and so validated) before any model loads
     if engine is None:
-        from .lm.hf import TransformersLM
-        from .metrics import Coherence
-        from .models import adapter_dir, smollm2_dir
-        from .reward import load_reward
+        from ..builtin.models import adapter_dir, smollm2_dir
+        from ..eval.metrics import Coherence
+        from ..lm.hf import TransformersLM
+        from ..reward import load_reward
 
         sft = TransformersLM.from_pretrained(smollm2_dir(), name="SmolLM2-135M-Instruct")
         baseline = TransformersLM.from_pretrained(smollm2_dir(), adapter=adapter_dir("smollm2-sentiment-dpo"),
