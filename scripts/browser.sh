@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the headless browser the playground's browser tests (tests/test_page.py) drive: Debian's `chromium` and
+# Installs the headless browser the playground's browser tests (tests/serving/test_page.py) drive: Debian's `chromium` and
 # `chromium-driver` packages (browser downloads at test time do not work offline). Needs root or sudo and apt;
 # runs `apt-get update` once, only when the packages are missing. A failure leaves
 # ${TQSTAR_SERVERS_DIR:-~/.cache/tqstar/servers}/browser.FAILED with the log's tail, and the browser tests are

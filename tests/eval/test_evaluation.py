@@ -10,31 +10,14 @@ import sys
 import time
 
 import pytest
+from conftest import TESTS_DIR
+from conftest import write_eval_config as _config
 
 from tqstar.cli import main
 from tqstar.errors import ConfigError
 from tqstar.eval.metrics import normalised_reward
 from tqstar.eval.report import report
 from tqstar.eval.run import expand_methods, read_rows
-
-
-def _config(tmp_path, tiny_paths, n_prompts: int = 6, **extra) -> str:
-    (tmp_path / "prompts.txt").write_text("\n".join(f"prompt number {i} about the park" for i in range(n_prompts)))
-    config = {
-        "sft": {"path": str(tiny_paths["sft"]), "chat_template": False},
-        "baseline": {"path": str(tiny_paths["baseline"]), "chat_template": False},
-        "reward": "conftest:vowel_share",
-        "judges": {"length": "conftest:vowel_share"},
-        "defaults": {"max_new_tokens": 5, "k": 3, "rollout_len": 3},
-        "methods": [{"method": "sft"}, {"method": "args", "alpha": [0.5, 2.0]}, {"method": "tq-direct", "alpha": 1.0}],
-        "prompts": {"source": str(tmp_path / "prompts.txt")},
-        "output": str(tmp_path / "out.jsonl"),
-        "batch_size": 2,
-        **extra,
-    }
-    path = tmp_path / "eval.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return str(path)
 
 
 def _keys(path):
@@ -204,7 +187,7 @@ def test_report_errors(tmp_path, tiny_paths, capsys):
 def test_kill_9_mid_run_then_resume(tmp_path, tiny_paths):
     config = _config(tmp_path, tiny_paths, n_prompts=40, batch_size=1)
     path = tmp_path / "out.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "tqstar.cli", "eval", "--config", config, "--no-progress", "--coherence", "none"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -29,7 +29,7 @@ from tqstar._http import JsonClient
 from tqstar.errors import ServerRejectedError
 from tqstar.testing.servers import ServerProcess, free_port, servers_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JS_TESTS = ROOT / "tests" / "js" / "logic.test.mjs"
 ARTIFACTS = ROOT / "tests-artifacts" / "page"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import TESTS_DIR
 
 from tqstar.cli import main
 from tqstar.errors import TQStarError
@@ -545,7 +546,7 @@ def _tqstar(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
     """``python -m tqstar.cli ARGS`` in ``tmp_path``, importing this checkout's tqstar and the tests' modules."""
     import tqstar
 
-    path = [str(tmp_path / "lib"), os.path.dirname(os.path.abspath(__file__)),
+    path = [str(tmp_path / "lib"), str(TESTS_DIR),
             str(Path(tqstar.__file__).resolve().parents[1])]
     return subprocess.run([sys.executable, "-m", "tqstar.cli", *args], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(path), **env})

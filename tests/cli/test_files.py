@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_evaluation import _config as eval_config
+from conftest import TESTS_DIR
+from conftest import write_eval_config as eval_config
 
 from tqstar.cli import main
 from tqstar.eval.report import report
@@ -89,7 +90,7 @@ def test_a_second_eval_on_the_same_file_is_refused_while_the_first_runs(tmp_path
     config = _config(tmp_path, tiny_paths, n_prompts=200, batch_size=1,
                      methods=[{"method": "tq-direct", "alpha": 1.0}])
     path = tmp_path / "out.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR),
                                                         str(Path(__import__("tqstar").__file__).parents[1])])}
     first = subprocess.Popen([sys.executable, "-m", "tqstar.cli", "eval", "--config", config, "--no-progress",
                               "--coherence", "none"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

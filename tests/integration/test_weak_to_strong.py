@@ -5,9 +5,9 @@ Qwen2.5-Coder-0.5B-Instruct (baseline, another tokenizer) through the text bridg
 from __future__ import annotations
 
 import pytest
-from test_bridge import reference_q
 
 from tqstar import DecodeParams, Engine, load_reward
+from tqstar.testing.reference import naive_bridged_q
 
 pytestmark = pytest.mark.slow
 PROMPT = "How do I make a cup of tea?"
@@ -40,7 +40,7 @@ def test_qwen_guides_smollm2_through_the_text_bridge(pair, capsys):
     assert r.text and r.accounting.rollouts > 0 and r.accounting.baseline_forward_tokens > 0
     for row in r.trace[:2]:  # the values are the text-level definition's, with generate on the real models
         before = r.token_ids[:row["step"]]
-        want = [reference_q(smol, qwen, PROMPT, before, z, params, reward.score) for z in row["candidates"]]
+        want = [naive_bridged_q(smol, qwen, PROMPT, before, z, params, reward.score) for z in row["candidates"]]
         assert row["q"] == pytest.approx(want, abs=1e-4)
     fast = engine.generate([PROMPT], params.replace(prune=True, reuse_rollouts=True), progress=False)[0]
     assert fast.token_ids == r.token_ids

@@ -3,17 +3,16 @@
 Not on its batch mates, the batch size, its position, rows joining or leaving mid-decode (a server's scheduler),
 pruning or rollout reuse. The checks are plain functions over an engine and parameters, parametrised over every
 method with sampled choice and sampled rollouts, on the tabular model (fast, many cases) and the tiny transformers
-models; reuse them (``assert_batch_invariant``, ``assert_join_invariant``, ``assert_speedups_exact``) to extend
-the suite.
+models; the checks themselves (``assert_batch_invariant``, ``assert_join_invariant``, ``assert_speedups_exact``) live
+in ``tests/invariance.py``, to be reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 import torch
 from conftest import vowel_share
+from invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar.engine import Engine
 from tqstar.eval.run import Evaluation, MethodRun, read_rows
@@ -24,73 +23,6 @@ from tqstar.randomness import USES, prompt_key, stream_seed, uniforms
 from tqstar.reward import CallableReward
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake.", "thank you"]
-SAMPLED = {  # every method, sampling everything it samples
-    "tq-direct": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
-    "tq-indirect": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
-    "tq-soft": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
-    "cd": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
-    "soft-cd": dict(temperature=1.0, n_rollouts=2, rollout_temperature=1.0),
-    "args": dict(temperature=1.0),
-    "eft": dict(temperature=1.0, beta=0.5),
-    "none": dict(temperature=1.0),
-    "sft": dict(temperature=1.0),
-    "baseline": dict(temperature=1.0),
-    "bon": dict(temperature=1.0, bon_n=3),
-}
-
-
-# ---- reusable checks ----------------------------------------------------------------------------------------
-def _outputs(responses) -> list[tuple[list[int], str, str]]:
-    return [(r.token_ids, r.text, r.finish_reason) for r in responses]
-
-
-def assert_batch_invariant(engine: Engine, prompts: Sequence[str], params: DecodeParams) -> None:
-    """Each prompt decodes to the same tokens alone, in one batch, in batches of 2 and in reversed order."""
-    alone = [_outputs(engine.generate([p], params, progress=False))[0] for p in prompts]
-    assert _outputs(engine.generate(prompts, params, batch_size=len(prompts), progress=False)) == alone
-    assert _outputs(engine.generate(prompts, params, batch_size=2, progress=False)) == alone
-    backwards = _outputs(engine.generate(list(reversed(prompts)), params, batch_size=3, progress=False))
-    assert list(reversed(backwards)) == alone
-
-
-def assert_join_invariant(engine: Engine, prompts: Sequence[str], params: DecodeParams,
-                          seeds: Sequence[int]) -> None:
-    """Rows with their own seeds and budgets, joining a running decoder at different steps (as in a server),
-    decode exactly as each does alone."""
-    budgets = [params.max_new_tokens - i % 3 for i in range(len(prompts))]
-
-    def row(i):
-        return engine.new_state(prompts[i], params, seed=seeds[i], max_new_tokens=budgets[i])
-
-    alone = []
-    for i in range(len(prompts)):
-        (state,) = engine.decoder(params).run([row(i)])
-        alone.append((state.response, state.text))
-    decoder = engine.decoder(params)
-    rows, waiting = [], list(range(len(prompts)))
-    while waiting or any(not r.done for r in rows):
-        if waiting:  # one new row joins before every step
-            rows.append(row(waiting.pop(0)))
-        decoder.step(rows)
-    assert [(r.response, r.text) for r in rows] == alone
-
-
-def assert_speedups_exact(engine: Engine, prompts: Sequence[str], params: DecodeParams) -> None:
-    """Pruning, probing and rollout reuse change the work, never the tokens (ragged batches included)."""
-    def shortcuts(responses) -> int:  # candidates valued without their own estimate
-        return sum(r.accounting.pruned + r.accounting.reused_rollouts for r in responses)
-
-    slow = params.replace(prune=False, reuse_rollouts=False, prune_probe=0)
-    responses = engine.generate(prompts, slow, batch_size=3, progress=False)
-    want, taken = _outputs(responses), []
-    for fast in (params.replace(prune=True, reuse_rollouts=True, prune_probe=0),
-                 params.replace(prune=True, reuse_rollouts=True, prune_probe=1),
-                 params.replace(prune=True, reuse_rollouts=False),
-                 params.replace(prune=False, reuse_rollouts=True)):
-        responses = engine.generate(prompts, fast, batch_size=3, progress=False)
-        assert _outputs(responses) == want, fast
-        taken.append(shortcuts(responses))
-    assert max(taken) > shortcuts(engine.generate(prompts, slow, batch_size=3, progress=False)), "no shortcut taken"
 
 
 # ---- engines ------------------------------------------------------------------------------------------------
