@@ -53,9 +53,10 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
+from tqstar.decoder import pruning_off_reason  # noqa: E402
 from tqstar.errors import ModelLoadError  # noqa: E402
 from tqstar.prompts import builtin_prompts  # noqa: E402
-from tqstar.reward import TransformersReward, pruning_off_reason  # noqa: E402
+from tqstar.reward import TransformersReward  # noqa: E402
 from tqstar.testing.reference import naive_generate  # noqa: E402
 
 PROMPTS = [
@@ -104,7 +105,7 @@ def random_llama(which: str, dtype: str, device: str) -> tuple[str, Transformers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
     from tqstar.builtin.tiny import CHAT_TEMPLATE, SPECIALS
-    from tqstar.lm.hf import DTYPES
+    from tqstar.lm.loading import DTYPES
 
     words = SPECIALS + [f"w{i}" for i in range(RANDOM_VOCAB - len(SPECIALS))]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))

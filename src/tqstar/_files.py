@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -144,3 +145,21 @@ def lock_exclusive(fh: IO, path: str | Path, fix: str) -> None:
     except BlockingIOError:
         raise ConfigError(f"{str(path)!r} is being written by another tqstar eval right now; wait for that run to"
                           f" finish, or {fix}") from None
+
+
+def replaceable_output(path: str) -> bool:
+    """Whether ``-o path`` may be replaced: it does not exist, is empty, or begins like ``tqstar generate``'s own
+    output (a text block ``### [method] ...`` or a JSONL response row), so a file tqstar did not write is never
+    overwritten."""
+    file = Path(path)
+    if not file.is_file() or file.stat().st_size == 0:
+        return True
+    with file.open("rb") as fh:
+        first = fh.readline(1 << 20)
+    if first.startswith(b"### ["):
+        return True
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and {"prompt", "method", "token_ids", "accounting"} <= set(row)

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .lm.base import FullVocabLM
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
-from .state import Models, PromptState
-from .trajectory import best_of_n, commit_tokens, plain_tokens
+from .state import Models, PromptState, commit_tokens
+from .trajectory import best_of_n, plain_tokens
 from .value import ESTIMATORS
+
+if TYPE_CHECKING:
+    from .reward import Reward
 
 #: ``on_step(stepped, finished)``: called after every step with the rows it advanced and those that finished.
 OnStep = Callable[[Sequence[PromptState], Sequence[PromptState]], None]
@@ -174,6 +178,27 @@ class Decoder:
                 row.kl_bound.append(math.log(n) - (n - 1) / n)
             row.finish(best.finish_reason or "length", best.text)
         return rows
+
+
+def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | None:
+    """Why decoding with ``params`` will not prune candidates, as one line for ``--trace`` output and logs;
+    ``None`` when it prunes (or the method has no candidates to prune).
+
+    Pruning skips candidate z when ``log π_sft(z) + α·R_max`` cannot beat the best score already computed, so
+    it needs greedy choice and the reward's upper bound R_max.
+    """
+    from .params import TOKEN_METHODS
+
+    if reward is None or params.method not in TOKEN_METHODS or params.method == "none" or params.alpha == 0:
+        return None
+    if not params.prune:
+        return "pruning off: switched off (prune=False)"
+    if params.temperature != 0:
+        return f"pruning off: it needs greedy choice (temperature 0), got temperature {params.temperature:g}"
+    if reward.range is None:
+        return (f"pruning off: reward {reward.name} declares no range; give --reward-sigmoid or a declared range"
+                " (range: [R_MIN, R_MAX] in the reward's config entry)")
+    return None
 
 
 # ---- the math, one function each ------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""What the decoder tracks per prompt, and what every method returns: :class:`Response` with accounting."""
+"""What the decoder tracks per prompt, and what every method returns: :class:`Response` with accounting.
+
+:func:`commit_tokens` ends every method's step: it appends each row's token and finishes the rows that reached EOS,
+a stop string or their budget."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .text import hits_stop, response_text
 
 if TYPE_CHECKING:
     from .lm.base import LanguageModel
@@ -140,6 +145,19 @@ class PromptState:
         self.text = text
         assert self.started is not None, "a row finishes after its first step"
         self.accounting.wall_time_s = time.perf_counter() - self.started
+
+
+def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel) -> list[PromptState]:
+    """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the rows that finished."""
+    finished = []
+    for row, token in zip(rows, tokens):
+        row.commit(token)
+        reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+                  else "length" if row.remaining <= 0 else None)
+        if reason is not None:
+            row.finish(reason, response_text(lm, row.response, row.stop))
+            finished.append(row)
+    return finished
 
 
 @dataclass

@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .lm.base import LanguageModel
+from typing import Protocol
 
 REPLACEMENT = "\ufffd"
+
+
+class Decodes(Protocol):
+    """What this module needs of a model: token ids to text (every :class:`~tqstar.lm.base.LanguageModel` does it)."""
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -23,13 +26,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def response_text(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+def response_text(lm: Decodes, ids: Sequence[int], stop: Sequence[str] = ()) -> str:
     """The text of response tokens ``ids`` as a reward must see it: decoded, an incomplete trailing character
     dropped, cut before the first stop string."""
     return cut_at_stop(lm.decode(list(ids)).rstrip(REPLACEMENT), stop)
 
 
-def hits_stop(lm: LanguageModel, ids: Sequence[int], stop: Sequence[str]) -> bool:
+def hits_stop(lm: Decodes, ids: Sequence[int], stop: Sequence[str]) -> bool:
     """Whether the text of ``ids`` contains a stop string."""
     if not stop:
         return False

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .lm.base import LanguageModel
 from .params import DecodeParams
 from .randomness import stream_seed
-from .state import Models, PromptState
-from .text import hits_stop, response_text
+from .state import Models, PromptState, commit_tokens
 from .value.base import score_texts
 
 
@@ -30,19 +28,6 @@ def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) 
     for row, cost in zip(rows, out.forward_tokens):
         row.accounting.add_forward(role, cost)
     return [tokens[0] for tokens in out.tokens]
-
-
-def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel) -> list[PromptState]:
-    """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the rows that finished."""
-    finished = []
-    for row, token in zip(rows, tokens):
-        row.commit(token)
-        reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
-                  else "length" if row.remaining <= 0 else None)
-        if reason is not None:
-            row.finish(reason, response_text(lm, row.response, row.stop))
-            finished.append(row)
-    return finished
 
 
 def best_of_n(models: Models, params: DecodeParams,

@@ -22,7 +22,7 @@ from conftest import write_eval_config as eval_config
 
 from tqstar.cli import main
 from tqstar.eval.report import report
-from tqstar.eval.run import read_rows
+from tqstar.eval.results import read_rows
 from tqstar.prompts import read_prompt_file
 
 
@@ -159,7 +159,7 @@ def test_prompt_files_drop_a_bom_and_read_json_arrays(tmp_path):
 
 
 def test_reward_format_flag_reads_escapes():
-    from tqstar.cli import unescape
+    from tqstar.config import unescape
 
     assert unescape(r"Human: {prompt}\n\nAssistant:\t{response}") == "Human: {prompt}\n\nAssistant:\t{response}"
     assert unescape(r"a\\nb \d") == "a\\nb \\d"  # an escaped backslash stays one; other escapes stay as typed

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tqstar.errors import ConfigError, ModelLoadError
-from tqstar.lm.hf import TransformersLM, check_device
+from tqstar.lm.hf import TransformersLM
+from tqstar.lm.loading import check_device
 from tqstar.reward import TransformersReward
 
 
@@ -143,7 +144,7 @@ def test_missing_relative_model_path_fails_at_once(tmp_path, monkeypatch, no_hub
 
 
 def test_model_spec_checks_path_and_device_before_loading(tiny_paths, tmp_path, monkeypatch, no_hub):
-    from tqstar.config import ModelSpec
+    from tqstar.lm.spec import ModelSpec
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelLoadError, match="^model path 'models/sft' does not exist"):
@@ -155,15 +156,15 @@ def test_model_spec_checks_path_and_device_before_loading(tiny_paths, tmp_path, 
 
 # ---- options that reach the loaded models ------------------------------------------------------------------------
 def test_parse_special_tokens_from_yaml_and_flag_reach_the_model(tiny_paths):
-    from tqstar.cli import _merge, _parser
-    from tqstar.config import RunConfig
+    from tqstar.cli import build_parser
+    from tqstar.config import RunConfig, merge_flags
 
     sft, baseline = str(tiny_paths["sft"]), str(tiny_paths["baseline"])
     config = RunConfig.from_dict({"sft": {"path": sft, "parse_special_tokens": True}, "baseline": baseline})
     models = config.build(check=False).models
     assert models.sft.parse_special_tokens and not models.baseline.parse_special_tokens
     assert 2 in models.sft.encode_prompt("the cat </s>") and 2 not in models.baseline.encode_prompt("the cat </s>")
-    args = _parser().parse_args(["generate", "--sft", sft, "--parse-special-tokens", "--allow-download"])
-    merged = RunConfig.from_dict(_merge({}, args))
+    args = build_parser().parse_args(["generate", "--sft", sft, "--parse-special-tokens", "--allow-download"])
+    merged = RunConfig.from_dict(merge_flags({}, args))
     assert merged.sft.parse_special_tokens and merged.sft.allow_download
-    assert not RunConfig.from_dict(_merge({}, _parser().parse_args(["generate", "--sft", sft]))).sft.parse_special_tokens
+    assert not RunConfig.from_dict(merge_flags({}, build_parser().parse_args(["generate", "--sft", sft]))).sft.parse_special_tokens

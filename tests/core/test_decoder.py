@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import vowel_share
 
-from tqstar.cli import format_trace
+from tqstar.cli.generate import format_trace
 from tqstar.decoder import Decoder
 from tqstar.engine import Engine, TokenProgress
 from tqstar.errors import ConfigError, PromptTooLongError, RewardError, VocabularyMismatchError

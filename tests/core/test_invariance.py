@@ -15,7 +15,8 @@ from conftest import vowel_share
 from invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar.engine import Engine
-from tqstar.eval.run import Evaluation, MethodRun, read_rows
+from tqstar.eval.results import MethodRun, read_rows
+from tqstar.eval.run import Evaluation
 from tqstar.eval.testbed import TabularReward, optimal_policy, random_reward
 from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams

@@ -17,7 +17,8 @@ from tqstar.cli import main
 from tqstar.errors import ConfigError
 from tqstar.eval.metrics import normalised_reward
 from tqstar.eval.report import report
-from tqstar.eval.run import expand_methods, read_rows
+from tqstar.eval.results import read_rows
+from tqstar.eval.run import expand_methods
 
 
 def _keys(path):

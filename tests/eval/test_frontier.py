@@ -10,7 +10,7 @@ import pytest
 from tqstar.cli import main
 from tqstar.eval.frontier import auto_kls, format_matched, matched_kl
 from tqstar.eval.report import report
-from tqstar.eval.run import read_rows
+from tqstar.eval.results import read_rows
 
 
 def _row(method, family, prompt, kl, reward, alpha=None):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import vowel_share
 
+from tqstar.decoder import pruning_off_reason
 from tqstar.engine import Engine
 from tqstar.params import DecodeParams
-from tqstar.reward import CallableReward, pruning_off_reason
+from tqstar.reward import CallableReward
 from tqstar.testing.reference import naive_generate
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]

@@ -17,7 +17,8 @@ from conftest import TEST_DEVICE
 
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
 from tqstar.lm.base import FullVocabLM, LanguageModel, StepOutput
-from tqstar.lm.hf import TransformersLM, encode_with_tokenizer
+from tqstar.lm.chat import encode_with_tokenizer
+from tqstar.lm.hf import TransformersLM
 from tqstar.lm.tabular import TabularLM
 
 PROMPTS = [

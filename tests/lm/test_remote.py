@@ -315,7 +315,8 @@ def test_prefix_cache_metrics_parsing():
 
 # ---- config, CLI and eval ------------------------------------------------------------------------------------
 def test_remote_specs_are_checked_before_connecting(tiny_paths):
-    from tqstar.config import ModelSpec, RunConfig
+    from tqstar.config import RunConfig
+    from tqstar.lm.spec import ModelSpec
 
     with pytest.raises(ConfigError, match="cannot be merged into the remote model"):
         ModelSpec("openai:http://127.0.0.1:9#m", adapter=str(tiny_paths["sft"]))
@@ -361,7 +362,7 @@ def test_cli_generate_against_servers(tiny_paths, sft, baseline, tmp_path, capsy
 
 def test_eval_keeps_finished_rows_when_the_server_dies_and_resumes(tiny_paths, sft, tmp_path, capsys):
     from tqstar.cli import main
-    from tqstar.eval.run import read_rows
+    from tqstar.eval.results import read_rows
 
     server = FakeServer(sft, "vllm", "sft")
     port = server.httpd.server_address[1]

@@ -10,6 +10,7 @@ its coherence (MiniLM cosine of prompt and answer); a closing sentence says what
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -113,3 +114,20 @@ def verdict(means: dict[str, tuple[float, float, float]]) -> str:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def add_command(sub) -> None:
+    d = sub.add_parser("demo", help="SmolLM2: SFT, DPO baseline, TQ* direct and soft, EFT on a few prompts (offline,"
+                                    " CPU)")
+    d.set_defaults(run=run_demo_command)
+    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--k", type=int, default=10)
+    d.add_argument("--alpha", type=float, default=2.0)
+    d.add_argument("--rollout-len", type=int, default=20)
+    d.add_argument("--n-rollouts", type=int, default=2, help="rollouts per candidate of TQ* soft")
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    run_demo(max_new_tokens=args.max_new_tokens, k=args.k, alpha=args.alpha, rollout_len=args.rollout_len,
+             n_rollouts=args.n_rollouts)
+    return 0

@@ -26,7 +26,7 @@ from .._files import read_bytes
 from ..errors import ConfigError
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
-from .run import RESULTS_FIX, _canonical, _first_difference, read_rows
+from .results import RESULTS_FIX, canonical, first_difference, read_rows
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
@@ -248,11 +248,11 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             label = row["method"]
             mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
             first_file, first = origin.setdefault(label, (path, mine))
-            if _canonical(first) != _canonical(mine):
+            if canonical(first) != canonical(mine):
                 where = "twice in " + repr(str(path)) if first_file == path else (
                     f"in both {str(first_file)!r} and {str(path)!r}")
                 raise ConfigError(f"method {label!r} appears {where} from different configurations"
-                                  f" ({_first_difference(first, mine)}); report them separately, or give one run"
+                                  f" ({first_difference(first, mine)}); report them separately, or give one run"
                                   " another `label`")
             missing = next((k for k in ROW_FIELDS if k not in row), None)
             if missing is not None:

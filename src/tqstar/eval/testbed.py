@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..decoder import decision_logprobs
+from ..errors import ConfigError
 from ..lm.tabular import EOS, TabularLM, prefixes
 from ..reward import Reward
 from .frontier import interpolate_at
@@ -332,3 +333,31 @@ def format_report(rows: list[dict]) -> str:
     for row in sorted(rows, key=lambda r: (r["alpha"], r["method"])):
         lines.append(f"{row['method']:<16}{row['alpha']:>7g}{row['reward']:>9.4f}{row['kl']:>9.4f}")
     return "\n".join(lines)
+
+
+MAX_TESTBED_SEQUENCES = 10**6
+
+
+def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseline: float, temperature: float,
+                   k: int | None, alphas: Sequence[float], kls: Sequence[float], draws: int) -> None:
+    """Every setting of a testbed run against its range, before any enumeration starts; a :class:`ConfigError` names
+    the setting as its ``tqstar testbed`` flag."""
+    checks = [("--instances", instances, instances >= 1, "an integer >= 1"),
+              ("--vocab-size", vocab_size, vocab_size >= 2, "an integer >= 2"),
+              ("--horizon", horizon, horizon >= 1, "an integer >= 1"),
+              ("--beta-baseline", beta_baseline, math.isfinite(beta_baseline) and beta_baseline > 0,
+               "a finite number > 0"),
+              ("--temperature", temperature, math.isfinite(temperature) and temperature > 0,
+               "a finite number > 0"),
+              ("--k", k, k is None or 1 <= k <= vocab_size,
+               f"an integer from 1 to --vocab-size ({vocab_size})")]
+    checks += [("--alphas", alpha, math.isfinite(alpha) and alpha > 0, "finite numbers > 0") for alpha in alphas]
+    checks += [("--kls", kl, math.isfinite(kl) and kl > 0, "finite numbers > 0") for kl in kls]
+    checks.append(("--draws", draws, draws >= 1, "an integer >= 1"))
+    for flag, value, ok, constraint in checks:
+        if not ok:
+            raise ConfigError(f"{flag} must be {constraint}, got {value:g}")
+    sequences = vocab_size ** horizon
+    if sequences > MAX_TESTBED_SEQUENCES:
+        raise ConfigError(f"--vocab-size {vocab_size} with --horizon {horizon} enumerates {sequences:.3g}"
+                          f" sequences; keep vocab-size ** horizon <= {MAX_TESTBED_SEQUENCES:,}")

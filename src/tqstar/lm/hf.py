@@ -1,8 +1,11 @@
 """The ``transformers`` backend: any causal LM by local path (or hub id), with a prefix KV cache.
 
+The backend alone: prompt formatting is :mod:`tqstar.lm.chat`, loading (paths, devices, adapters, EOS ids)
+:mod:`tqstar.lm.loading`, the longest-prefix KV reuse :mod:`tqstar.lm.kvcache`.
+
 Caching, the way vLLM's automatic prefix caching does it but for one process:
 
-* The backend remembers the KV cache of the *last batch of sequences it encoded* (``_Rows``: tokens, per-layer
+* The backend remembers the KV cache of the *last batch of sequences it encoded* (``Rows``: tokens, per-layer
   keys/values ``(R, H, T, D)``, an attention mask ``(R, T)`` and the logits after each row's last token).
 * A new call looks up, for every sequence, the stored row that is its longest prefix, gathers those rows
   (expanding one row to many when several sequences share it) and runs only the new suffix tokens.
@@ -29,19 +32,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
-import uuid
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from .base import (
-    ROLES,
     ContinuationScores,
     FullVocabLM,
     Prompt,
@@ -52,11 +49,12 @@ from .base import (
     rollout_budgets,
     rollout_uniforms,
 )
-from .kvcache import PrefixKV, _longest_common_prefixes, _make_cache, _Rows
+from .chat import encode_with_tokenizer
+from .kvcache import PrefixKV, Rows, longest_common_prefixes, make_cache
+from .loading import DTYPES, check_device, check_model_path, eos_ids, load_pretrained, merge_adapter
 
 #: The most logits one scoring chunk keeps at once (rows × positions × vocabulary floats, ~256 MB in float32).
 _SCORE_LOGITS = 1 << 26
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TransformersLM(FullVocabLM, PrefixKV):
@@ -73,7 +71,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         prefix_cache: keep and reuse the KV cache across calls (default). ``False`` re-encodes every sequence
             in full on every call — the same results, for measuring what the cache saves.
         parse_special_tokens: let prompt text write control tokens (``<|im_end|>``, ``</s>``); by default they are
-            encoded as ordinary text (see :func:`encode_with_tokenizer`).
+            encoded as ordinary text (see :func:`~tqstar.lm.chat.encode_with_tokenizer`).
     """
 
     def __init__(
@@ -102,7 +100,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         self.max_context = getattr(model.config, "max_position_embeddings", None)
         self._windows = attention_windows(model.config, self.name)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids)
-        self._rows: _Rows | None = None
+        self._rows: Rows | None = None
         # transformers >= 5.x names the cache argument `cache`; older releases `past_key_values`.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -134,13 +132,13 @@ class TransformersLM(FullVocabLM, PrefixKV):
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
         path = str(path)
         check_device(device)
-        _check_model_path(path, allow_download)
+        check_model_path(path, allow_download)
         tokenizer, model = load_pretrained(
             AutoModelForCausalLM, path, what="a causal LM", allow_download=allow_download,
             fix="give a directory with config.json, weights and a tokenizer", dtype=DTYPES[dtype],
             trust_remote_code=trust_remote_code)
         if adapter is not None:
-            model = _merge_adapter(model, str(adapter), path)
+            model = merge_adapter(model, str(adapter), path)
         model.to(device).eval()
         return cls(model, tokenizer, name=name or path, chat_template=chat_template, system_prompt=system_prompt,
                    parse_special_tokens=parse_special_tokens)
@@ -164,7 +162,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """``prompt``: a str (one user turn) or chat messages; see :func:`encode_with_tokenizer`."""
+        """``prompt``: a str (one user turn) or chat messages; see :func:`~tqstar.lm.chat.encode_with_tokenizer`."""
         return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
                                      self.parse_special_tokens)
 
@@ -237,7 +235,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
             logits, kv = self._forward(kv, mask, feed[:, None], ones)  # (R, V)
             mask = torch.cat([mask, ones], dim=1)
             if t == 0 and store_prefixes:
-                self._rows = _Rows(list(prefixes), kv, mask, logits)
+                self._rows = Rows(list(prefixes), kv, mask, logits)
             chosen = sample_tokens(logits, temperature, None if draws is None else draws[:, t])  # (R,)
             finished = torch.isin(chosen, eos)  # (R,)
             chosen_lp = logits.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (R,)
@@ -292,10 +290,10 @@ class TransformersLM(FullVocabLM, PrefixKV):
         stored = self._rows if self.prefix_cache else None
         if stored is None:
             kept = [0] * len(prefixes)
-            base = _Rows([()] * len(prefixes), None, torch.zeros(len(prefixes), 0, dtype=torch.long,
+            base = Rows([()] * len(prefixes), None, torch.zeros(len(prefixes), 0, dtype=torch.long,
                                                                   device=self.device), None)
         else:
-            index, kept = _longest_common_prefixes(stored, prefixes)
+            index, kept = longest_common_prefixes(stored, prefixes)
             base = stored.select(index).keep_first(kept)
         # Row i feeds (prefix + y)[kept_i : -1]. When the stored row is exactly the prefix (kept_i = len(prefix)),
         # its last logits predict y_0 and the block's outputs predict y_1..; else the block's last len(y) outputs
@@ -335,7 +333,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         last ``keep`` positions' logits ``(R, keep, V)``) and the new KV."""
         full_mask = torch.cat([past_mask, block_mask], dim=1)  # (R, T + S)
         positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (R, S)
-        cache = _make_cache(kv)
+        cache = make_cache(kv)
         out = self.model(
             input_ids=ids,
             attention_mask=self._attention_mask(full_mask, positions),
@@ -398,212 +396,3 @@ def window_mask(full_mask: torch.Tensor, positions: torch.Tensor, window: int | 
 
 
 
-def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[dict[str, str]]:
-    """``prompt`` as chat messages: a str is one user turn; a list is checked (``role`` one of :data:`ROLES`,
-    ``content`` a str). ``system_prompt`` goes first unless the messages bring their own system message."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt) if isinstance(prompt, Sequence) else []
-        if not messages or not all(isinstance(m, Mapping) and m.get("role") in ROLES
-                                   and isinstance(m.get("content"), str) for m in messages):
-            raise ConfigError(f"prompt {str(prompt)[:80]!r} for {name} must be a str or a non-empty list of"
-                              " {'role': 'system'|'user'|'assistant', 'content': str} messages")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if system_prompt and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
-
-
-def encode_with_tokenizer(tokenizer, prompt: Prompt, chat_template: bool | str, system_prompt: str | None,
-                          name: str, parse_special_tokens: bool = False) -> list[int]:
-    """The ids that start a response to ``prompt`` (a str or chat messages, see :func:`chat_messages`): the
-    tokenizer's chat template (or ``chat_template`` when it is a Jinja string), else the raw text of the messages
-    (system prompt first, blank lines between).
-
-    Message contents are encoded as *text*: a control token written in them (``<|im_end|>``, ``</s>``) becomes
-    ordinary tokens, so a prompt cannot open chat turns or end the sequence; only the template's own markup is
-    control tokens. Contents free of control-token strings encode exactly as the plain rendered text does.
-    ``parse_special_tokens=True`` lets contents write control tokens (the tokenizer's default behaviour).
-    """
-    tok, template = tokenizer, chat_template
-    messages = chat_messages(prompt, system_prompt, name)
-    injected = not parse_special_tokens and _has_control_tokens(tok, [m["content"] for m in messages])
-    if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
-        options = {"chat_template": template if isinstance(template, str) else None}
-        if messages[-1]["role"] == "assistant":  # continue the given start of the response
-            options.update(continue_final_message=True, add_generation_prompt=False)
-        else:
-            options.update(add_generation_prompt=True)
-        ids = _encode_chat(tok, messages, options) if injected else _flat(
-            tok.apply_chat_template(messages, tokenize=True, return_dict=False, **options))
-    else:
-        text = "\n\n".join(m["content"] for m in messages)
-        ids = tok(text, add_special_tokens=True, split_special_tokens=injected)["input_ids"]
-    if not ids:
-        raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens for {name}; give a non-empty prompt")
-    return list(ids)
-
-
-def _has_control_tokens(tokenizer, texts: Sequence[str]) -> bool:
-    """Whether any text spells one of the tokenizer's special (control) tokens."""
-    specials = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
-    specials += list(tokenizer.all_special_tokens)
-    return any(s and s in text for s in specials for text in texts)
-
-
-def _encode_chat(tokenizer, messages: list[dict[str, str]], options: dict) -> list[int]:
-    """The chat template rendered around placeholders; the template's text is encoded with its control tokens,
-    each message content with ``split_special_tokens=True`` (control-token strings become ordinary tokens)."""
-    marks = placeholders(len(messages))
-    shown = [{**m, "content": mark} for m, mark in zip(messages, marks)]
-    rendered = tokenizer.apply_chat_template(shown, tokenize=False, **options)
-    return encode_around(
-        rendered, dict(zip(marks, (m["content"] for m in messages))),
-        text=lambda t: tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"],
-        markup=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])
-
-
-def placeholders(count: int) -> list[str]:
-    """``count`` distinct plain-word placeholders that no prompt will contain (a fresh random stem per call)."""
-    stem = uuid.uuid4().hex
-    return [f"TQSTAR{stem}X{i}X" for i in range(count)]
-
-
-def encode_around(rendered: str, contents: Mapping[str, str], *, text: Callable[[str], list[int]],
-                  markup: Callable[[str], list[int]]) -> list[int]:
-    """Ids of ``rendered`` with each placeholder (a key of ``contents``) replaced by its content: contents are
-    encoded by ``text`` (no control tokens), the template's markup between them by ``markup``."""
-    ids: list[int] = []
-    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, contents)) + ")", rendered)):
-        if i % 2:
-            ids += text(contents[piece])
-        elif piece:
-            ids += markup(piece)
-    return ids
-
-
-def _flat(ids) -> list[int]:
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    return list(ids[0]) if ids and isinstance(ids[0], list) else list(ids)
-
-
-def eos_ids(gen, tokenizer) -> frozenset[int]:
-    """The EOS ids of a model: its generation config's (``gen``, may be ``None``) and its tokenizer's."""
-    ids: set[int] = set()
-    for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-    return frozenset(ids)
-
-
-def check_adapter_dir(adapter: str, shown: str | None = None) -> None:
-    """Raise :class:`ModelLoadError` unless ``adapter`` is a PEFT adapter directory (``shown``: the name to print)."""
-    if not (Path(adapter) / "adapter_config.json").exists():
-        raise ModelLoadError(f"adapter directory {shown or repr(adapter)} has no adapter_config.json; give a PEFT adapter"
-                             " directory")
-
-
-def _merge_adapter(model, adapter: str, base: str):
-    check_adapter_dir(adapter)
-    try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise ModelLoadError("loading an adapter needs peft; pip install 'tqstar[train]'") from exc
-    try:
-        with quiet_loading():
-            return PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"adapter {adapter!r} does not fit the model {base!r} ({_first_line(exc)}); give an"
-                             " adapter trained on this base model") from exc
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Within the block: no ``transformers`` progress bars ("Loading weights") or load reports, and no
-    FutureWarnings (peft's, on every adapter load). tqstar checks what matters itself (:func:`load_pretrained`)."""
-    from transformers.utils import logging as hf_logging
-
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_pretrained(auto_class, path: str, *, what: str, fix: str, allow_download: bool = False, **kwargs):
-    """``(tokenizer, model)`` from ``auto_class.from_pretrained(path)``: quietly, offline unless ``allow_download``,
-    and refused (:class:`ModelLoadError`) when any weight would be newly initialised (e.g. a causal LM's directory
-    loaded as a sequence classifier gets a random scoring head, and so different scores every run)."""
-    from transformers import AutoTokenizer
-
-    offline = {"local_files_only": not allow_download}
-    trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
-    try:
-        with quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(path, **offline, **trust)
-            model, info = auto_class.from_pretrained(path, output_loading_info=True, **offline, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {what} from {path!r} ({_first_line(exc)}); {fix}") from exc
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise ModelLoadError(f"{path!r} has no trained weights for {', '.join(missing[:3])}, which loading it as"
-                             f" {what} would initialise at random; {fix}")
-    return tokenizer, model
-
-
-def check_device(device: str) -> None:
-    """Raise :class:`ConfigError` unless ``device`` names a torch device this machine has."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from exc
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            reason = "torch built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"device {device!r} is not available ({reason}); use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} is not available ({torch.cuda.device_count()} CUDA GPUs are"
-                              " visible); use cuda:0 or --device cpu")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} is not available (no Apple GPU); use --device cpu")
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line and 200 characters (to quote inside one sentence)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-
-
-def _check_model_path(path: str, allow_download: bool = False) -> None:
-    """Fail at once on a model path that does not exist, unless it is a hub id already in the local hub cache or
-    ``allow_download`` is set (nothing is downloaded otherwise)."""
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise ModelLoadError(f"model directory {path!r} has no config.json; give a transformers model directory")
-        return
-    hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-    if hub_id and (allow_download or _in_hub_cache(path)):
-        return
-    raise ModelLoadError(f"model path {path!r} does not exist; give a local model directory"
-                         + (" (or allow_download: true to fetch the hub id)" if hub_id else ""))
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    """Whether the local hub cache holds ``repo_id``'s config.json (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False

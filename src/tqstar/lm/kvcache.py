@@ -3,11 +3,13 @@
 Moved here from :mod:`tqstar.lm.hf` so both use one implementation (see that module's docstring for how the
 LM backend uses it, and :mod:`tqstar.reward.prefix_cache` for the reward side):
 
-* :class:`_Rows` — encoded sequences: tokens, per-layer KV ``(R, H, T, D)``, an attention mask ``(R, T)`` and
+* :class:`Rows` — encoded sequences: tokens, per-layer KV ``(R, H, T, D)``, an attention mask ``(R, T)`` and
   the model's output after each row's last token (``last_logits``: LM logits, or a reward head's output);
 * :class:`PrefixKV` — ``_encode(seqs)``: each sequence starts from the stored row (``self._rows``) sharing its
   longest common prefix and only the rest is run, left-padded inside the block, padding masked out, position
   ids counting real tokens only. A user supplies ``_forward`` (the model call) and the attributes below;
+* :func:`longest_common_prefixes` — per sequence, the stored row to start from and how much of it to keep;
+  :func:`make_cache` — a ``transformers`` cache over stored KV, without copying;
 * :func:`concat_rows` and :func:`shared_prefix_lengths` — a pool of rows from several calls, and the stem a
   sequence shares with its batch mates (used by the reward scorer to encode a common stem once).
 """
@@ -22,7 +24,7 @@ import torch
 
 
 @dataclass
-class _Rows:
+class Rows:
     """Encoded sequences: tokens, KV per layer ``(R, H, T, D)``, mask ``(R, T)``, last logits ``(R, V)``."""
 
     tokens: list[tuple[int, ...]]
@@ -38,7 +40,7 @@ class _Rows:
             table[i, :len(t)] = t
         return table
 
-    def keep_first(self, kept: Sequence[int]) -> _Rows:
+    def keep_first(self, kept: Sequence[int]) -> Rows:
         """Each row cut to its first ``kept[i]`` tokens: later positions are masked out, and columns masked in
         every row are dropped. Rows that keep everything keep their last logits."""
         if all(n == len(t) for n, t in zip(kept, self.tokens)):
@@ -50,13 +52,13 @@ class _Rows:
         if self.kv is not None and len(cols):
             kv = [(k.index_select(2, cols), v.index_select(2, cols)) for k, v in self.kv]
         tokens = [t[:n] for t, n in zip(self.tokens, kept)]
-        return _Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
+        return Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
 
-    def select(self, idx: Sequence[int]) -> _Rows:
+    def select(self, idx: Sequence[int]) -> Rows:
         index = torch.as_tensor(list(idx), dtype=torch.long, device=self.mask.device)
         kv = None if self.kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
         last = None if self.last_logits is None else self.last_logits.index_select(0, index)
-        return _Rows([self.tokens[i] for i in idx], kv, self.mask.index_select(0, index), last)
+        return Rows([self.tokens[i] for i in idx], kv, self.mask.index_select(0, index), last)
 
 
 class PrefixKV:
@@ -67,7 +69,7 @@ class PrefixKV:
     ``_forward(kv, past_mask (R, T), ids (R, S), block_mask (R, S)) -> (last (R, X), new kv)``.
     """
 
-    _rows: _Rows | None
+    _rows: Rows | None
     prefix_cache: bool
     _pad_id: int
     device: torch.device
@@ -75,7 +77,7 @@ class PrefixKV:
     def _forward(self, kv, past_mask: torch.Tensor, ids: torch.Tensor, block_mask: torch.Tensor):
         raise NotImplementedError
 
-    def _encode(self, seqs: list[tuple[int, ...]]) -> tuple[_Rows, list[int]]:
+    def _encode(self, seqs: list[tuple[int, ...]]) -> tuple[Rows, list[int]]:
         """Encode ``seqs`` reusing the stored rows; returns the rows and per-sequence tokens run.
 
         Each sequence starts from the stored row sharing its longest common prefix (the row's tail beyond it is
@@ -84,27 +86,27 @@ class PrefixKV:
         stored = self._rows
         if stored is None or not self.prefix_cache:
             return self._prefill(seqs)
-        rows, kept = _longest_common_prefixes(stored, seqs)
+        rows, kept = longest_common_prefixes(stored, seqs)
         base = stored.select(rows).keep_first(kept)
         suffixes = [s[n:] for s, n in zip(seqs, kept)]
         width = max(len(s) for s in suffixes)
         if width == 0:  # every sequence is exactly a stored row: its last logits are stored too
-            return _Rows(list(seqs), base.kv, base.mask, base.last_logits), [0] * len(seqs)
+            return Rows(list(seqs), base.kv, base.mask, base.last_logits), [0] * len(seqs)
         ids, block_mask = self._left_pad(suffixes, width)
         logits, kv = self._forward(base.kv, base.mask, ids, block_mask)
         has_new = torch.tensor([len(s) > 0 for s in suffixes], device=self.device)[:, None]
         last = logits if base.last_logits is None else torch.where(has_new, logits, base.last_logits)
         mask = torch.cat([base.mask, block_mask], dim=1)
-        return _Rows(list(seqs), kv, mask, last), [len(s) for s in suffixes]
+        return Rows(list(seqs), kv, mask, last), [len(s) for s in suffixes]
 
-    def _prefill(self, seqs: list[tuple[int, ...]]) -> tuple[_Rows, list[int]]:
+    def _prefill(self, seqs: list[tuple[int, ...]]) -> tuple[Rows, list[int]]:
         width = max(len(s) for s in seqs)
         empty = torch.zeros(len(seqs), 0, dtype=torch.long, device=self.device)
         if width == 0:
-            return _Rows(list(seqs), None, empty, None), [0] * len(seqs)
+            return Rows(list(seqs), None, empty, None), [0] * len(seqs)
         ids, mask = self._left_pad(seqs, width)
         logits, kv = self._forward(None, empty, ids, mask)
-        return _Rows(list(seqs), kv, mask, logits), [len(s) for s in seqs]
+        return Rows(list(seqs), kv, mask, logits), [len(s) for s in seqs]
 
     def _left_pad(self, seqs: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
@@ -115,7 +117,7 @@ class PrefixKV:
                 mask[i, width - len(s):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-def _make_cache(kv):
+def make_cache(kv):
     """A ``DynamicCache`` holding ``kv`` without copying it (the forward pass appends by concatenation)."""
     from transformers import DynamicCache
 
@@ -128,7 +130,7 @@ def _make_cache(kv):
     return cache
 
 
-def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tuple[list[int], list[int]]:
+def longest_common_prefixes(stored: Rows, seqs: list[tuple[int, ...]]) -> tuple[list[int], list[int]]:
     """Per sequence, the stored row with the longest common prefix and how many of its tokens to keep.
 
     A kept prefix never covers a whole sequence unless the row *is* that sequence (then its stored last logits
@@ -154,8 +156,8 @@ def _longest_common_prefixes(stored: _Rows, seqs: list[tuple[int, ...]]) -> tupl
     return rows, kept
 
 
-def concat_rows(parts: Sequence[_Rows | None]) -> _Rows | None:
-    """The rows of ``parts`` as one :class:`_Rows` (shorter parts left-padded with masked zeros)."""
+def concat_rows(parts: Sequence[Rows | None]) -> Rows | None:
+    """The rows of ``parts`` as one :class:`Rows` (shorter parts left-padded with masked zeros)."""
     parts = [p for p in parts if p is not None and p.kv is not None]
     if len(parts) <= 1:
         return parts[0] if parts else None
@@ -170,7 +172,7 @@ def concat_rows(parts: Sequence[_Rows | None]) -> _Rows | None:
           for i in range(len(parts[0].kv))]  # per layer (R, H, T, D)
     mask = torch.cat([pad(p.mask, 1) for p in parts])  # (R, T)
     last = torch.cat([p.last_logits for p in parts])  # (R, X)
-    return _Rows([t for p in parts for t in p.tokens], kv, mask, last)
+    return Rows([t for p in parts for t in p.tokens], kv, mask, last)
 
 
 def shared_prefix_lengths(seqs: Sequence[tuple[int, ...]]) -> list[int]:

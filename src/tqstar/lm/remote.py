@@ -61,7 +61,8 @@ from .base import (
     TopLogprobs,
     rollout_budgets,
 )
-from .hf import chat_messages, encode_around, encode_with_tokenizer, placeholders
+from .chat import chat_messages, encode_around, encode_with_tokenizer, placeholders
+from .loading import eos_ids
 
 SCHEME = "openai:"
 # Text the start-up check tokenizes on both sides: words, digits, punctuation, accents, CJK, emoji, whitespace.
@@ -479,8 +480,6 @@ def _load_tokenizer(path: Path):
 
 
 def _local_eos(tokenizer) -> set[int]:
-    from .hf import eos_ids
-
     gen = None
     path = Path(getattr(tokenizer, "name_or_path", "") or "")
     if (path / "generation_config.json").exists():

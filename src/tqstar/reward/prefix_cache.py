@@ -35,10 +35,10 @@ import torch
 
 from ..lm.kvcache import (
     PrefixKV,
-    _longest_common_prefixes,
-    _make_cache,
-    _Rows,
+    Rows,
     concat_rows,
+    longest_common_prefixes,
+    make_cache,
     shared_prefix_lengths,
 )
 
@@ -76,8 +76,8 @@ class PrefixScorer(PrefixKV):
         self._pad_id = config.pad_token_id if config.pad_token_id is not None else 0  # filler, always masked
         self.window: int | None = getattr(config, "sliding_window", None)
         self.keep_calls = keep_calls
-        self._rows: _Rows | None = None
-        self._calls: list[_Rows] = []
+        self._rows: Rows | None = None
+        self._calls: list[Rows] = []
         params = inspect.signature(self.base.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -121,13 +121,13 @@ class PrefixScorer(PrefixKV):
         self._calls = []
 
     @staticmethod
-    def _new_stems(stored: _Rows | None, seqs: list[Seq]) -> list[Seq]:
+    def _new_stems(stored: Rows | None, seqs: list[Seq]) -> list[Seq]:
         """Distinct prefixes shared by several of ``seqs`` that reach past what ``stored`` already covers."""
         shared = shared_prefix_lengths(seqs)
-        covered = [0] * len(seqs) if stored is None else _longest_common_prefixes(stored, seqs)[1]
+        covered = [0] * len(seqs) if stored is None else longest_common_prefixes(stored, seqs)[1]
         return list(dict.fromkeys(s[:n] for s, n, c in zip(seqs, shared, covered) if n > c))
 
-    def _encode_chunks(self, stored: _Rows | None, seqs: list[Seq], batch_size: int) -> tuple[_Rows, list[int]]:
+    def _encode_chunks(self, stored: Rows | None, seqs: list[Seq], batch_size: int) -> tuple[Rows, list[int]]:
         parts, costs = [], []
         for start in range(0, len(seqs), batch_size):
             self._rows = stored
@@ -145,7 +145,7 @@ class PrefixScorer(PrefixKV):
         and the new KV."""
         full_mask = torch.cat([past_mask, block_mask], dim=1)  # (R, T + S)
         positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (R, S)
-        cache = _make_cache(kv)
+        cache = make_cache(kv)
         out = self.base(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
                         **{self._cache_kwarg: cache})
         new_kv = [(layer.keys, layer.values) for layer in cache.layers]  # the forward pass appended in place

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelSpec, RunConfig, _known
+from .._schema import known_keys
+from ..config import RunConfig
 from ..errors import ConfigError
+from ..lm.spec import ModelSpec
 from ..params import DecodeParams
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -157,7 +159,7 @@ class ServeConfig:
         origins = own.get("cors_origins") or []
         if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
             raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}")
-        return cls(run=run, presets=tuple(built), limits=Limits(**_known(limits, Limits, "limits")),
+        return cls(run=run, presets=tuple(built), limits=Limits(**known_keys(limits, Limits, "limits")),
                    cors_origins=tuple(origins), baselines=named, preset_baselines=tuple(preset_baselines),
                    **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
 

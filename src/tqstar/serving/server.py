@@ -12,11 +12,10 @@ import signal
 import sys
 from types import FrameType
 
-from ..config import ModelSpec, RunConfig
 from ..engine import Engine
 from ..errors import ConfigError
-from ..lm.base import LanguageModel
 from ..lm.hf import TransformersLM
+from ..lm.spec import Shared, load
 from .config import ServeConfig
 
 
@@ -26,26 +25,18 @@ def build_engines(config: ServeConfig) -> dict[str | None, Engine]:
     engine (a bad one names itself)."""
     engine = config.run.build(check=False)
     engines: dict[str | None, Engine] = {None: engine}
-    m = engine.models
+    m, sft_spec = engine.models, config.run.sft
+    # a named baseline on the SFT model's own weights (a prompted baseline) shares them
+    shared: Shared = {sft_spec.weights: m.sft} if sft_spec and isinstance(m.sft, TransformersLM) else {}
     for name, spec in config.baselines:
-        engines[name] = Engine(m.sft, _load_baseline(spec, name, config.run.sft, m.sft), m.reward, m.baseline_reward)
+        baseline = load(spec, f"baseline {name} ({spec.path})", shared=shared)
+        engines[name] = Engine(m.sft, baseline, m.reward, m.baseline_reward)
     for name, params in config.presets:
         try:
             engines[config.baseline_of(name)].check(params)
         except ConfigError as exc:
             raise ConfigError(f"preset {name!r}: {exc}") from exc
     return engines
-
-
-def _load_baseline(spec: ModelSpec, name: str, sft_spec: ModelSpec | None, sft: LanguageModel) -> LanguageModel:
-    """A named baseline; one on the SFT model's own weights (a prompted baseline) shares them."""
-    same = (sft_spec is not None and not spec.remote and isinstance(sft, TransformersLM)
-            and (spec.path, spec.adapter, spec.dtype, spec.device)
-            == (sft_spec.path, sft_spec.adapter, sft_spec.dtype, sft_spec.device))
-    if same:
-        return sft.with_prompt_format(chat_template=spec.chat_template, system_prompt=spec.system_prompt or "",
-                                      name=f"baseline {name} ({spec.path})")
-    return RunConfig(sft=spec).build(check=False).models.sft
 
 
 def serve(config: ServeConfig) -> int:

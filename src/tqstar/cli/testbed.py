@@ -1,0 +1,54 @@
+"""``tqstar testbed``: exact TQ*, soft values, EFT, CD and ARGS on random tabular instances (:mod:`tqstar.eval.testbed`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_command(sub) -> None:
+    t = sub.add_parser("testbed", help="exact TQ*, soft values, EFT, CD and ARGS on random tabular instances")
+    t.set_defaults(run=run_testbed)
+    t.add_argument("--instances", type=int, default=20)
+    t.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0])
+    t.add_argument("--kls", type=float, nargs="+", default=[0.02, 0.1, 0.3], help="KLs of the matched-KL table")
+    t.add_argument("--setting", choices=["direct", "indirect", "both"], default="both",
+                   help="baseline aligned to the target (direct) or to an independent reward (indirect)")
+    t.add_argument("--draws", type=int, default=400, help="draws of the N rollouts per state for tq-soft/soft-cd")
+    t.add_argument("--vocab-size", type=int, default=4)
+    t.add_argument("--horizon", type=int, default=4)
+    t.add_argument("--beta-baseline", type=float, default=0.2, help="the baseline is the optimal policy at this beta")
+    t.add_argument("--k", type=int, default=None, help="top-k (default: the whole vocabulary)")
+    t.add_argument("--temperature", type=float, default=1.0, help="decoding temperature (1 = softmax policy)")
+    t.add_argument("--seed", type=int, default=0)
+
+
+def run_testbed(args: argparse.Namespace) -> int:
+    from ..eval.testbed import (
+        average,
+        check_settings,
+        exact_report,
+        format_matched_kl,
+        format_report,
+        matched_kl,
+    )
+
+    check_settings(instances=args.instances, vocab_size=args.vocab_size, horizon=args.horizon,
+                   beta_baseline=args.beta_baseline, temperature=args.temperature, k=args.k, alphas=args.alphas,
+                   kls=args.kls, draws=args.draws)
+    for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):
+        rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
+                            horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
+                            temperature=args.temperature, seed=args.seed, setting=setting, draws=args.draws,
+                            per_instance=True)
+        target = "the target r" if setting == "direct" else "an independent reward r_BL"
+        print(f"exact testbed, {setting} transfer: {args.instances} random instances, vocab {args.vocab_size}, horizon"
+              f" {args.horizon}, baseline = optimal policy for {target} at beta {args.beta_baseline},"
+              f" k = {args.k or args.vocab_size}, temperature {args.temperature}; tq-soft/soft-cd: average policy over"
+              f" {args.draws} draws of their N rollouts; means over instances")
+        print(format_report(average(rows)))
+        print("\nat matched KL: E[r] interpolated along each instance's alpha sweep (alpha = 0 is SFT at KL 0), then"
+              " averaged over instances; in brackets the mean gap to the exact optimum at that KL (bisection on beta);"
+              " * = not every instance's sweep reaches that KL (mean over those that do)")
+        print(format_matched_kl(matched_kl(rows, tuple(args.kls), vocab_size=args.vocab_size, horizon=args.horizon,
+                                           seed=args.seed), args.instances) + "\n")
+    return 0

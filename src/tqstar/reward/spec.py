@@ -1,0 +1,169 @@
+"""What may stand for a reward, and loading it: :class:`RewardSpec` (checked before anything loads) and
+:func:`load_reward`.
+
+A spec is a built-in name (:mod:`tqstar.reward.builtin`), ``module:function``, a reward-model directory
+(:mod:`tqstar.reward.hf`), or a weighted sum of those (``0.7*sentiment + 0.3*harmless``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._schema import known_keys
+from ..errors import ConfigError, describe
+from .base import CallableReward, Range, Reward, WeightedReward
+from .builtin import BUILTIN_REWARDS
+from .hf import TransformersReward
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """How to build a reward: ``spec`` plus options for a reward-model directory.
+
+    ``spec`` is one of: a built-in name (``sentiment``, ``harmless``); ``module:function``; a reward-model
+    directory (optionally prefixed ``hf:``); or a weighted sum such as ``0.7*sentiment + 0.3*harmless`` (each
+    term ``WEIGHT*SPEC``). The options apply to reward-model directories, except ``range`` (also for
+    ``module:function``) and ``check_range`` (every term: ``False`` drops every range, see :class:`Reward`).
+    """
+
+    spec: str
+    format: str | None = None
+    truncate: bool = False
+    sigmoid: bool = False
+    label: int | None = None
+    range: Range | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    check_range: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, str) or not self.spec.strip():
+            raise ConfigError(f"reward spec must be a non-empty string, got {self.spec!r}")
+        if self.range is not None and not (len(self.range) == 2 and self.range[0] < self.range[1]):
+            raise ConfigError(f"reward `range` must be (R_min, R_max) with R_min < R_max, got {self.range!r}")
+        for term in self.terms():
+            _check_term(term[1])
+
+    def terms(self) -> list[tuple[float, str]]:
+        """``[(weight, spec), ...]``; a single spec is ``[(1.0, spec)]``."""
+        spec = self.spec.strip()
+        if "*" not in spec:
+            return [(1.0, spec.removeprefix("hf:"))]
+        terms = []
+        # terms are joined by "+" (not an exponent's) or by " -" before a number: "0.7*a - 0.2*b", "1e+3*a"
+        pieces = re.split(r"((?<!\d[eE])\+|(?<=[^\s+*])\s+-(?=\s*[\d.]))", spec)
+        signs = [1.0] + [-1.0 if sep.strip() == "-" else 1.0 for sep in pieces[1::2]]
+        for sign, part in zip(signs, pieces[0::2]):
+            match = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*\*\s*(\S.*?)\s*", part)
+            if not match:
+                raise ConfigError(f"reward term {part.strip()!r} in {spec!r} must read WEIGHT*SPEC, e.g. 0.7*sentiment")
+            try:
+                weight = sign * float(match.group(1))
+            except ValueError as exc:
+                raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a number") from exc
+            if not math.isfinite(weight):
+                raise ConfigError(f"reward weight {match.group(1)!r} in {spec!r} must be a finite number, got"
+                                  f" {weight}; write it within ±1.8e308")
+            terms.append((weight, match.group(2).removeprefix("hf:")))
+        return terms
+
+    def load(self) -> Reward:
+        parts = [(w, self._load_one(s)) for w, s in self.terms()]
+        if len(parts) == 1 and parts[0][0] == 1.0:
+            return parts[0][1]
+        return WeightedReward(parts)
+
+    def _load_one(self, spec: str) -> Reward:
+        if spec in BUILTIN_REWARDS:
+            reward = BUILTIN_REWARDS[spec]()
+            if not self.check_range:
+                reward.range = None
+            return reward
+        if Path(spec).expanduser().is_dir():
+            return TransformersReward(str(Path(spec).expanduser()), format=self.format, truncate=self.truncate,
+                                      sigmoid=self.sigmoid, label=self.label, range=self.range,
+                                      device=self.device, dtype=self.dtype, check_range=self.check_range)
+        return CallableReward(_import_callable(spec), range=self.range, check_range=self.check_range)
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> RewardSpec | None:
+        """A spec from a config value (a spec string or a mapping with a ``spec`` key; ``None`` stays ``None``);
+        ``what`` is its key, named in messages."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            values = known_keys(value, cls, what)
+            if "spec" not in values:
+                raise ConfigError(f"`{what}` has no `spec`; give the reward as {{spec: SPEC, ...}} or as a plain spec")
+            if values.get("range") is not None:
+                values["range"] = tuple(values["range"])
+            if values.get("format") is not None:
+                check_format(values["format"], f"{what}.format")
+            return cls(**values)
+        raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {describe(value)}")
+
+
+def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
+    """Build a :class:`Reward` from a spec string, a :class:`RewardSpec` or an existing reward."""
+    if spec is None or isinstance(spec, Reward):
+        return spec
+    if isinstance(spec, str):
+        spec = RewardSpec(spec, **options)  # type: ignore[arg-type]
+    return spec.load()
+
+
+def _check_term(spec: str) -> None:
+    """Fail early (before any model loads) on a spec that cannot resolve."""
+    if spec in BUILTIN_REWARDS or Path(spec).expanduser().is_dir():
+        return
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        _import_callable(spec)
+        return
+    raise ConfigError(
+        f"reward spec {spec!r} does not resolve; give a built-in ({', '.join(BUILTIN_REWARDS)}), module:function,"
+        " an existing reward-model directory, or a weighted sum like 0.7*sentiment+0.3*harmless"
+    )
+
+
+def _import_callable(spec: str) -> Callable:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"reward spec {spec!r} does not resolve: cannot import module {module_name!r} ({exc});"
+                          " check the module is on PYTHONPATH") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"reward spec {spec!r} does not resolve: module {module_name!r} has no function {attr!r};"
+                          " give module:function of a function (prompts, responses) -> floats")
+    return fn
+
+
+def check_format(fmt: str, what: str) -> None:
+    """Raise :class:`ConfigError` unless ``fmt`` is a format string over ``{prompt}`` and ``{response}`` only
+    (checked here, before any model loads, not when the first text is scored)."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"`{what}` {fmt!r} is not a valid format string ({exc}); write a literal brace as"
+                          " {{ or }}") from None
+    unknown = next((name for name in fields if re.split(r"[.\[]", name)[0] not in ("prompt", "response")), None)
+    if unknown is not None:
+        raise ConfigError(f"`{what}` {fmt!r} uses the field {{{unknown}}}; the fields are {{prompt}} and"
+                          " {response} (write a literal brace as {{ or }})")
+    if "response" not in fields:
+        raise ConfigError(f"`{what}` must contain {{response}}, got {fmt!r}")
+    try:
+        fmt.format(prompt="p", response="r")
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"`{what}` {fmt!r} cannot be filled in ({type(exc).__name__}: {exc}); use plain"
+                          " {prompt} and {response} fields") from None
