@@ -39,7 +39,7 @@ run() {  # run NAME CMD...: log to $OUT/NAME.log, show the tail on failure
 
 # 1. the LM contract, the decoder and the invariance suite with the transformers models on the GPU (float32)
 run tests env TQSTAR_TEST_DEVICE="$DEVICE" "$PYTHON" -m pytest -q -x -p no:cacheprovider \
-    tests/lm/test_lm_contract.py tests/core/test_decoder.py tests/core/test_invariance.py tests/integration/test_speed.py
+    tests/lm/test_contract.py tests/lm/test_hf.py tests/core/test_decoder.py tests/core/test_invariance.py tests/integration/test_speed.py
 
 # 2. speed on random-weight Llama models in bfloat16: ratios to the naive reference, the rollout limit and greedy
 for model in random-0.5b random-1b; do

@@ -1,25 +1,20 @@
-"""The :class:`~tqstar.lm.base.LanguageModel` contract, checked on every backend, plus transformers specifics.
-
-``check_language_model(lm, prompts)`` is backend-agnostic: it only uses the protocol (``encode_prompt``,
-``decode``, ``next_logprobs``, ``rollout``, ``eos_token_ids``, ``vocab_size``, ``max_context``). A new backend
-joins by adding a factory to :data:`BACKENDS` that returns the backend and a variant of it whose next token is
-always one EOS id.
-"""
+"""The ``transformers`` backend beyond the protocol's contract (``test_contract.py``): the prefix KV cache against
+fresh backends, sliding-window attention, prompt formatting (chat templates, control tokens written in prompts,
+chat messages) and loading (paths, dtypes, adapters, context limits)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 import torch
-from conftest import TEST_DEVICE
 
 from tqstar.errors import ConfigError, ModelLoadError, PromptTooLongError
-from tqstar.lm.base import FullVocabLM, LanguageModel, StepOutput
+from tqstar.lm.base import LanguageModel
 from tqstar.lm.chat import encode_with_tokenizer
 from tqstar.lm.hf import TransformersLM
-from tqstar.lm.tabular import TabularLM
+from tqstar.testing.contract import ATOL, ROLLOUT_LEN, stream_seeds
 
 PROMPTS = [
     "the cat sat on the mat",
@@ -27,293 +22,7 @@ PROMPTS = [
     "thank you",
     "we can learn a lot from books, from friends and from the mistakes we make along the way",
 ]
-ATOL = 1e-5
-ROLLOUT_LEN = 8
-
-
-# ---- the generic contract ---------------------------------------------------------------------------------
-def _prefixes(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
-    """Sequences of different lengths, some sharing a stem: each encoded prompt ``p`` (when non-empty), ``p``
-    plus one of two different tokens, ``p`` plus three tokens, and a one-token sequence.
-
-    The added tokens are the three highest non-EOS ids, so this works for a backend whose prompts encode to
-    nothing (a tabular model with one context)."""
-    extra = [t for t in range(lm.vocab_size - 1, -1, -1) if t not in lm.eos_token_ids][:3]
-    seqs = []
-    for prompt in prompts:
-        ids = list(lm.encode_prompt(prompt))
-        for tail in ([], extra[:1], extra[1:2], extra):
-            if ids or tail:
-                seqs.append(ids + tail)
-    return seqs + [seqs[0][:1]]
-
-
-def _seeds(seed: int | None, count: int) -> list[int] | None:
-    """One stream seed per prefix (``None`` stays unseeded)."""
-    return None if seed is None else [seed * 1000 + i for i in range(count)]
-
-
-def _naive_rollout_cost(prefixes: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> int:
-    """Tokens a backend without any cache runs: the whole sequence (at least one token) per generated token."""
-    return sum(max(1, len(p) + i) for p, out in zip(prefixes, tokens) for i in range(len(out)))
-
-
-def _check_metadata(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    assert isinstance(lm.vocab_size, int) and lm.vocab_size > 0
-    assert isinstance(lm.eos_token_ids, frozenset) and lm.eos_token_ids
-    assert all(isinstance(e, int) and 0 <= e < lm.vocab_size for e in lm.eos_token_ids)
-    for prompt in prompts:
-        ids = lm.encode_prompt(prompt)
-        assert isinstance(ids, list), prompt
-        assert all(isinstance(i, int) and 0 <= i < lm.vocab_size for i in ids), prompt
-    if lm.max_context is None:  # an unbounded model never refuses a prompt
-        lm.check_fits([0] * 10_000, 10_000, "long")
-
-
-def _check_normalised(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    seqs = _prefixes(lm, prompts)
-    step = lm.next_logprobs(seqs)
-    assert isinstance(step, StepOutput)
-    assert step.logprobs.shape == (len(seqs), lm.vocab_size)
-    assert step.logprobs.dtype == torch.float32
-    assert not torch.isnan(step.logprobs).any()
-    assert (step.logprobs <= ATOL).all()
-    torch.testing.assert_close(torch.logsumexp(step.logprobs, dim=-1), torch.zeros(len(seqs)), atol=ATOL, rtol=0)
-    assert len(step.forward_tokens) == len(seqs)
-    assert all(0 <= n <= len(s) for n, s in zip(step.forward_tokens, seqs)), step.forward_tokens
-
-
-def _check_batch_equals_singles(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    seqs = _prefixes(lm, prompts)
-    # Singles first, so that a caching backend cannot answer the batch (or the singles) from the other.
-    singles = [lm.next_logprobs([s]).logprobs[0] for s in seqs]
-    batch = lm.next_logprobs(seqs).logprobs
-    for i, single in enumerate(singles):
-        torch.testing.assert_close(batch[i], single, atol=ATOL, rtol=0, msg=f"sequence {i} (length {len(seqs[i])})")
-    # The same sequences again in another order (a caching backend now gathers its stored rows).
-    order = list(reversed(range(len(seqs))))
-    again = lm.next_logprobs([seqs[i] for i in order]).logprobs
-    for row, i in enumerate(order):
-        torch.testing.assert_close(again[row], singles[i], atol=ATOL, rtol=0, msg=f"sequence {i}, reordered")
-
-
-def _check_greedy_rollout_batch_equals_singles(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    prefixes = _prefixes(lm, prompts)
-    singles = [lm.rollout([p], ROLLOUT_LEN).tokens[0] for p in prefixes]
-    batch = lm.rollout(prefixes, ROLLOUT_LEN)
-    assert batch.tokens == singles
-    assert lm.rollout(prefixes, ROLLOUT_LEN).tokens == singles  # repeatable (and cache-independent)
-
-
-def _check_rollouts_stop_at_eos(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    prefixes = _prefixes(lm, prompts)
-    outputs = [lm.rollout(prefixes, ROLLOUT_LEN)]
-    outputs += [lm.rollout(prefixes, ROLLOUT_LEN, temperature=2.0, seeds=_seeds(seed, len(prefixes))) for seed in range(3)]
-    for out in outputs:
-        assert len(out.tokens) == len(prefixes)
-        for tokens in out.tokens:
-            assert all(isinstance(t, int) and 0 <= t < lm.vocab_size for t in tokens)
-            assert 1 <= len(tokens) <= ROLLOUT_LEN
-            ends = [j for j, t in enumerate(tokens) if t in lm.eos_token_ids]
-            if ends:
-                assert ends[0] == len(tokens) - 1, f"continuation {tokens} goes on after EOS"
-            else:
-                assert len(tokens) == ROLLOUT_LEN, f"continuation {tokens} stopped early without EOS"
-
-
-def _check_seeded_sampling(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    prefixes = _prefixes(lm, prompts)
-    first = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(123, len(prefixes))).tokens
-    assert lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(123, len(prefixes))).tokens == first
-    others = [lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(seed, len(prefixes))).tokens
-              for seed in range(5)]
-    assert any(o != first for o in others), "five other seeds all sampled the same continuations"
-    unseeded = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=None).tokens
-    assert len(unseeded) == len(prefixes)
-
-
-def _check_seeded_rows_are_independent(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    """A prefix's sampled continuation depends only on its own seed: the same alone, in a batch, in another
-    position, with other budgets beside it; copies of one prefix with different seeds are different samples."""
-    prefixes = _prefixes(lm, prompts)
-    seeds = _seeds(5, len(prefixes))
-    batch = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.5, seeds=seeds).tokens
-    order = list(reversed(range(len(prefixes))))
-    shuffled = lm.rollout([prefixes[i] for i in order], ROLLOUT_LEN, 1.5, [seeds[i] for i in order]).tokens
-    assert [shuffled[order.index(i)] for i in range(len(prefixes))] == batch
-    for i in (0, len(prefixes) // 2, len(prefixes) - 1):
-        assert lm.rollout([prefixes[i]], ROLLOUT_LEN, 1.5, [seeds[i]]).tokens[0] == batch[i], f"prefix {i} alone"
-    ragged = lm.rollout(prefixes, [ROLLOUT_LEN if i % 2 else 1 for i in range(len(prefixes))], 1.5, seeds).tokens
-    assert all(ragged[i] == batch[i] for i in range(1, len(prefixes), 2))
-    copies = lm.rollout([prefixes[0]] * 6, ROLLOUT_LEN, 1.5, _seeds(9, 6)).tokens
-    assert len({tuple(t) for t in copies}) > 1, "six seeds gave six identical samples"
-
-
-def _check_forward_tokens(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    prefixes = _prefixes(lm, prompts)
-    for temperature, seed in ((0.0, None), (1.5, 7)):
-        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
-        assert len(out.forward_tokens) == len(prefixes)
-        assert all(n >= 1 for n in out.forward_tokens), out.forward_tokens
-        assert sum(out.forward_tokens) <= _naive_rollout_cost(prefixes, out.tokens), out.forward_tokens
-    assert lm.rollout([], ROLLOUT_LEN).tokens == []
-
-
-def _check_decode(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    eos = min(lm.eos_token_ids)
-    for tokens in lm.rollout(_prefixes(lm, prompts), ROLLOUT_LEN).tokens:
-        body = [t for t in tokens if t not in lm.eos_token_ids]
-        text = lm.decode(body)
-        assert isinstance(text, str)
-        assert lm.decode(body + [eos]) == text, "decode must drop the EOS token"
-
-
-def _check_score_continuations(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    """score_continuations equals the next-token log-probs read position by position (one full forward each), for
-    continuations of different lengths (one empty) after prefixes that share stems; rollouts' own log-probs agree."""
-    prefixes = _prefixes(lm, prompts)[:6]
-    extra = [t for t in range(lm.vocab_size - 1, -1, -1) if t not in lm.eos_token_ids][:4]
-    conts = [extra[:1 + i % 4] if i % 5 else [] for i in range(len(prefixes))]
-    conts[-1] = extra[:3] + [min(lm.eos_token_ids)]
-    got = lm.score_continuations(prefixes, conts)
-    assert len(got.logprobs) == len(got.forward_tokens) == len(prefixes)
-    for prefix, cont, lps, total in zip(prefixes, conts, got.logprobs, got.sums):
-        assert len(lps) == len(cont)
-        want = [float(lm.next_logprobs([list(prefix) + cont[:j]]).logprobs[0, t]) for j, t in enumerate(cont)]
-        assert lps == pytest.approx(want, abs=ATOL)
-        assert total == pytest.approx(sum(want), abs=ATOL * max(1, len(cont)))
-    out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=1.0, seeds=_seeds(5, len(prefixes)))
-    if out.logprobs is not None:  # the rollout's log-probs of its own tokens are the scores of those tokens
-        scored = lm.score_continuations(prefixes, out.tokens)
-        for a, b in zip(out.logprobs, scored.logprobs):
-            assert a == pytest.approx(b, abs=ATOL)
-
-
-CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
-    _check_metadata,
-    _check_normalised,
-    _check_batch_equals_singles,
-    _check_greedy_rollout_batch_equals_singles,
-    _check_rollouts_stop_at_eos,
-    _check_seeded_sampling,
-    _check_seeded_rows_are_independent,
-    _check_forward_tokens,
-    _check_decode,
-    _check_score_continuations,
-]
-
-
-def check_language_model(lm: LanguageModel, prompts: Sequence[str]) -> None:
-    """Assert that ``lm`` honours the :class:`LanguageModel` contract on ``prompts`` (at least two)."""
-    for check in CHECKS:
-        check(lm, prompts)
-
-
-def check_eos_forced(lm: LanguageModel, eos: int, prompts: Sequence[str]) -> None:
-    """``lm`` puts (almost) all mass on ``eos``: every rollout, greedy or sampled, is exactly ``[eos]``."""
-    prefixes = _prefixes(lm, prompts)
-    step = lm.next_logprobs(prefixes)
-    assert (step.logprobs.argmax(dim=-1) == eos).all()
-    for temperature, seed in ((0.0, None), (1.0, 0)):
-        out = lm.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
-        assert out.tokens == [[eos]] * len(prefixes)
-        assert all(n >= 1 for n in out.forward_tokens)
-
-
-# ---- backends -----------------------------------------------------------------------------------------------
-class ProtocolDefaultLM(FullVocabLM):
-    """A backend without a cache that implements only the abstract methods (delegating to a transformers
-    backend whose cache it clears before every call), so the base class's default :meth:`LanguageModel.rollout`
-    is what runs, and every call costs the naive token count."""
-
-    def __init__(self, inner: TransformersLM) -> None:
-        self.inner = inner
-        self.name = f"default-rollout({inner.name})"
-        self.vocab_size = inner.vocab_size
-        self.eos_token_ids = inner.eos_token_ids
-        self.max_context = inner.max_context
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return self.inner.encode_prompt(prompt)
-
-    def decode(self, ids) -> str:
-        return self.inner.decode(ids)
-
-    def next_logprobs(self, seqs) -> StepOutput:
-        self.inner.reset_cache()
-        return self.inner.next_logprobs(seqs)
-
-
 EOS_ID = 2  # the tiny models' EOS
-
-
-def _eos_forcing_model(model):
-    """A copy of ``model`` whose lm_head puts all mass on :data:`EOS_ID` (zero weights, a large EOS bias)."""
-    model = copy.deepcopy(model)
-    old = model.lm_head
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=True, device=old.weight.device)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[EOS_ID] = 50.0
-    model.lm_head = head
-    return model.eval()
-
-
-def _transformers(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
-    lm = TransformersLM.from_pretrained(tiny_paths["sft"], name="tiny-sft", device=TEST_DEVICE)
-    eos_lm = TransformersLM(_eos_forcing_model(lm.model), lm.tokenizer, name="tiny-eos")
-    return lm, eos_lm, EOS_ID
-
-
-def _protocol_default(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
-    lm, eos_lm, eos = _transformers(tiny_paths)
-    return ProtocolDefaultLM(lm), ProtocolDefaultLM(eos_lm), eos
-
-
-#: name -> factory(tiny_paths) returning (backend, EOS-forcing variant, the forced EOS id).
-def _tabular(tiny_paths) -> tuple[LanguageModel, LanguageModel, int]:
-    return TabularLM.random(5, 4, seed=0), TabularLM.random(5, 4, seed=0, eos_weight=1e9), 0
-
-
-BACKENDS: dict[str, Callable] = {
-    "transformers": _transformers,
-    "protocol-default": _protocol_default,
-    "tabular": _tabular,
-}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request, tiny_paths):
-    return BACKENDS[request.param](tiny_paths)
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("_check_"))
-def test_contract(backend, check):
-    lm, _, _ = backend
-    check(lm, PROMPTS)
-
-
-def test_check_language_model_on_raw_text_prompts(sft):
-    check_language_model(sft.with_prompt_format(chat_template=False), PROMPTS)
-
-
-def test_rollout_stops_at_forced_eos(backend):
-    _, eos_lm, eos = backend
-    assert eos in eos_lm.eos_token_ids
-    check_eos_forced(eos_lm, eos, PROMPTS)
-
-
-def test_default_rollout_equals_transformers_rollout(sft):
-    """The base class's slow rollout and the cached override return the same tokens, greedy and seeded."""
-    reference = ProtocolDefaultLM(TransformersLM(sft.model, sft.tokenizer))
-    prefixes = _prefixes(sft, PROMPTS)
-    for temperature, seed in ((0.0, None), (1.5, 3)):
-        expected = reference.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
-        assert sum(expected.forward_tokens) == _naive_rollout_cost(prefixes, expected.tokens)
-        got = sft.rollout(prefixes, ROLLOUT_LEN, temperature=temperature, seeds=_seeds(seed, len(prefixes)))
-        assert got.tokens == expected.tokens
-        assert sum(got.forward_tokens) < sum(expected.forward_tokens)
 
 
 # ---- transformers: the prefix KV cache ----------------------------------------------------------------------
@@ -356,9 +65,9 @@ def test_rollouts_from_cached_stems_equal_fresh_rollouts(sft):
     # One committed token later, the new stem (prefix + chosen token) extends the stored stem by one token.
     chosen = candidates[0]
     longer = [chosen + [z] for z in top]
-    cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer)))
+    cached = sft.rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=stream_seeds(11, len(longer)))
     assert cached.forward_tokens == [1 + len(cached.tokens[0])] + [len(t) for t in cached.tokens[1:]]
-    assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=_seeds(11, len(longer))).tokens
+    assert cached.tokens == _fresh(sft).rollout(longer, ROLLOUT_LEN, temperature=1.5, seeds=stream_seeds(11, len(longer))).tokens
 
 
 def test_score_continuations_from_the_cache_equals_a_full_forward(sft):
@@ -366,7 +75,7 @@ def test_score_continuations_from_the_cache_equals_a_full_forward(sft):
     pass over each whole sequence, for the continuation tokens alone (the first from the stored last logits)."""
     prefix = sft.encode_prompt(PROMPTS[3])
     top = sft.next_logprobs([prefix]).logprobs[0].topk(3).indices.tolist()  # stores `prefix`
-    rollouts = sft.rollout([prefix + [z] for z in top for _ in range(2)], ROLLOUT_LEN, 1.0, seeds=_seeds(2, 6))
+    rollouts = sft.rollout([prefix + [z] for z in top for _ in range(2)], ROLLOUT_LEN, 1.0, seeds=stream_seeds(2, 6))
     sft.next_logprobs([prefix])  # the committed prefix is what the cache holds when the SFT model scores
     prefixes = [prefix + [z] for z in top for _ in range(2)] + [prefix]
     conts = rollouts.tokens + [[top[1], 7]]
