@@ -33,7 +33,7 @@ from ._schema import known_keys, typed
 from .errors import ConfigError, describe
 from .lm.base import Prompt
 from .lm.spec import ModelSpec, Shared, load
-from .params import DecodeParams
+from .params import FIELDS, DecodeParams
 from .prompts import check_prompt, read_prompt_file
 from .reward.spec import RewardSpec
 
@@ -118,8 +118,8 @@ def _prompt_list(value: Any) -> list[Prompt]:
 
 
 # ---- command-line flags over a YAML file -------------------------------------------------------------------------
-DECODE_FLAGS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "rollout_seed", "beta",
-                "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n", "bon_policy")
+#: The decoding parameters ``tqstar generate`` has a flag for (their metadata says how: :mod:`tqstar.params`).
+DECODE_FLAGS = tuple(name for name, info in FIELDS.items() if info.flag is not None)
 
 
 def merge_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -130,13 +130,11 @@ def merge_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         return data  # refused with its value by RunConfig
     decode = dict(decode)
     for name in DECODE_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
+        value, how = getattr(args, name), FIELDS[name].flag
+        if how == "value" and value is not None:
             decode[name] = value
-    if args.stop:
-        decode["stop"] = tuple(args.stop)
-    if args.trace:
-        decode["trace"] = True
+        elif value:  # a repeated flag's values, or a switch that is on
+            decode[name] = tuple(value) if how == "append" else True
     data["decode"] = decode
     if args.prompt:
         data["prompts"] = list(args.prompt)

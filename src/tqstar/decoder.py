@@ -46,7 +46,8 @@ class Decoder:
     def __init__(self, models: Models, params: DecodeParams) -> None:
         self.models = models
         self.params = params
-        self.estimator = ESTIMATORS[params.method](models, params) if params.is_token_level else None
+        row = params.method_row  # what the method is: tqstar.methods
+        self.estimator = ESTIMATORS[row.value](models, params, policy=row.rolls) if row.kind == "token" else None
         self.reward_range = models.reward.range if models.reward is not None else None
         # the reward bound prunes (greedy choice only) and bounds the KL only when Q̂ lies in the reward's range
         self.value_range = self.reward_range if params.value_in_reward_range else None
@@ -69,12 +70,13 @@ class Decoder:
             row.begin_step(len(active))
         if not active:
             return []
-        if self.params.method == "bon":
+        row = self.params.method_row
+        if row.kind == "best-of-n":
             return self._finish_best_of_n(active)
-        if not self.params.is_token_level:
+        if row.kind == "plain":
             tokens = plain_tokens(self.models, self.params, active)
             self._record_plain_kl(active)  # before the token is committed: the step's distributions
-            return commit_tokens(active, tokens, self.models.lm(self.params.method))
+            return commit_tokens(active, tokens, self.models.lm(row.rolls))
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
@@ -152,7 +154,7 @@ class Decoder:
         with another tokenizer (text bridge), leaves the KL untracked. The
         decoded model's distribution is the one its rollout just computed (stored by its prefix cache: free); the
         SFT model's costs it one cached forward token per step, charged to the row."""
-        role, sft = self.params.method, self.models.sft
+        role, sft = self.params.method_row.rolls, self.models.sft
         lm = self.models.lm(role)
         if not (isinstance(lm, FullVocabLM) and isinstance(sft, FullVocabLM)):
             return
@@ -187,12 +189,14 @@ def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | Non
     Pruning skips candidate z when ``log π_sft(z) + α·R_max`` cannot beat the best score already computed, so
     it needs greedy choice and the reward's upper bound R_max.
     """
-    from .params import TOKEN_METHODS
-
-    if reward is None or params.method not in TOKEN_METHODS or params.method == "none" or params.alpha == 0:
-        return None
+    row = params.method_row
+    if reward is None or row.kind != "token" or row.value == "zero" or params.alpha == 0:
+        return None  # nothing is estimated, so nothing is pruned
     if not params.prune:
         return "pruning off: switched off (prune=False)"
+    if not row.in_reward_range:
+        return (f"pruning off: Q̂ of {params.method} is not bounded by the reward's range (a likelihood ratio), so"
+                " R_max proves nothing")
     if params.temperature != 0:
         return f"pruning off: it needs greedy choice (temperature 0), got temperature {params.temperature:g}"
     if reward.range is None:

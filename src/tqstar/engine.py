@@ -22,6 +22,7 @@ from .decoder import Decoder, OnStep
 from .errors import ConfigError, VocabularyMismatchError, require_type
 from .lm.base import LanguageModel
 from .lm.bridge import TextBridge
+from .methods import NEEDS
 from .params import DecodeParams
 from .randomness import prompt_key
 from .reward import Reward
@@ -74,21 +75,29 @@ class Engine:
                 check_same_eos(sft, baseline)
         self.models = Models(sft=sft, baseline=baseline, reward=reward, baseline_reward=baseline_reward,
                              bridge=text_bridge)
+        self._checked: set[tuple] = set()  # group keys that passed check()
 
     def check(self, params: DecodeParams, concurrency: int = 1) -> None:
         """Raise :class:`ConfigError` if ``params`` (and ``concurrency``) cannot run with the models and rewards
-        given."""
+        given.
+
+        What the models are asked (``k`` against a served model's log-probs limit is a round trip to its server) is
+        asked once per parameter group (:meth:`DecodeParams.group_key`): the server checks every request with it,
+        and ``stream``, ``decoder`` and the scheduler call it freely."""
         check_params(params)
         m = self.models
         check_concurrency(concurrency, [lm.name for lm in (m.sft, m.baseline) if lm is not None and not lm.thread_safe])
-        needs = {
-            "baseline": params.uses_baseline,
-            "reward": params.needs_reward,
-            "baseline_reward": params.method == "tq-indirect",
-        }
+        key = params.group_key()
+        if key not in self._checked:
+            self._check_group(params)
+            self._checked.add(key)
+
+    def _check_group(self, params: DecodeParams) -> None:
+        """:meth:`check`'s questions to the models and rewards, for one parameter group."""
+        m = self.models
         flags = {"baseline": "--baseline", "reward": "--reward", "baseline_reward": "--baseline-reward"}
-        for what, needed in needs.items():
-            if needed and getattr(m, what) is None:
+        for what in NEEDS:  # what the method's row needs (tqstar.methods)
+            if what in params.needs and getattr(m, what) is None:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)")
         if params.is_token_level:
@@ -135,7 +144,8 @@ class Engine:
                            stop=row_params.stop, trace=[] if row_params.trace else None)
 
     def decoder(self, params: DecodeParams) -> Decoder:
-        """A :class:`Decoder` for rows made with ``params`` (checked against the models and rewards first)."""
+        """A :class:`Decoder` for rows made with ``params`` (checked against the models and rewards first): the one
+        way a decoder is built, by :meth:`stream`, a server's scheduler and anyone stepping rows themselves."""
         self.check(params)
         return Decoder(self.models, params)
 
@@ -194,8 +204,8 @@ class Engine:
         self.check(params, concurrency)
         states = [[self.new_state(p, params, truncate_prompt=truncate_prompt) for p in batch] for batch in batches]
 
-        def decode(batch: list[PromptState]) -> list[Response]:  # checked above: no second check per batch
-            return self.finish(Decoder(self.models, params).run(batch, on_step=on_step), params)
+        def decode(batch: list[PromptState]) -> list[Response]:
+            return self.finish(self.decoder(params).run(batch, on_step=on_step), params)
 
         if concurrency == 1:
             for index, batch in enumerate(states):

@@ -11,16 +11,44 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .errors import ConfigError
+from .methods import METHODS, Method, method
 
-#: Token-level methods: score(z) = log π_sft(z|s) + α·Q̂(s, z) over the top-k of π_sft.
-TOKEN_METHODS = ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd", "args", "eft", "none")
-#: Soft-value methods: Q̂ = β·log mean_i exp(r_i/β + log ρ_sft(y_i)/ρ(y_i)) over N rollouts sampled at temperature 1.
-SOFT_METHODS = ("tq-soft", "soft-cd")
-#: Trajectory-level methods: plain decoding of one model, or best-of-N.
-TRAJECTORY_METHODS = ("sft", "baseline", "bon")
-METHODS = TOKEN_METHODS + TRAJECTORY_METHODS
+#: Whether a field is the same for every row a decoder steps together (``group``: it is in
+#: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
+Scope = Literal["row", "group"]
+#: How ``tqstar generate`` sets a field: ``--name VALUE``, ``--name`` repeated, a ``--name`` switch (``None``: only
+#: YAML and requests set it).
+Flag = Literal["value", "append", "switch"]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a :class:`DecodeParams` field says about itself (its ``dataclasses.field`` metadata).
+
+    ``help`` is the one line ``--help`` shows (the default is added from the field itself; ``unset`` says what
+    ``None`` means); ``scope``; ``flag``, with ``choices``; ``request``: the HTTP request field that sets it per
+    request (``tqstar.<name>`` in the extension object, or an OpenAI field such as ``temperature``), ``None`` when only
+    the server's preset does.
+    """
+
+    help: str
+    scope: Scope = "group"
+    flag: Flag | None = None
+    choices: tuple[str, ...] | None = None
+    request: str | None = None
+    unset: str | None = None
+
+
+def param(default: Any, help: str, *, scope: Scope = "group", flag: Flag | None = None,
+          choices: tuple[str, ...] | None = None, request: str | None = None, unset: str | None = None) -> Any:
+    """A :class:`DecodeParams` field with its :class:`ParamInfo`."""
+    info = ParamInfo(help, scope, flag, choices, request, unset)
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata={"tqstar": info})
+    return field(default=default, metadata={"tqstar": info})
 
 
 def _fail(name: str, constraint: str, value: object) -> None:
@@ -69,25 +97,32 @@ class DecodeParams:
             rollout of its first token (only its last token is generated). Exact.
     """
 
-    method: str = "tq-direct"
-    k: int = 10
-    alpha: float = 1.0
-    n_rollouts: int = 1
-    rollout_len: int = 20
-    rollout_temperature: float = 0.0
-    rollout_seed: int | None = None
-    beta: float = 1.0
-    soft_beta: float | None = None
-    temperature: float = 0.0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = field(default_factory=tuple)
-    seed: int = 0
-    bon_n: int = 4
-    bon_policy: str = "sft"
-    trace: bool = False
-    prune: bool = True
-    prune_probe: int = 0
-    reuse_rollouts: bool = True
+    method: str = param("tq-direct", "the decoding method (the table below; tqstar.methods)", flag="value")
+    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k")
+    alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha")
+    n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts")
+    rollout_len: int = param(20, "rollout length in tokens, L", flag="value", request="tqstar.rollout_len")
+    rollout_temperature: float = param(0.0, "0 = greedy rollouts", flag="value",
+                                       request="tqstar.rollout_temperature")
+    rollout_seed: int | None = param(None, "seed of the rollouts", unset="--seed", scope="row", flag="value")
+    beta: float = param(1.0, "baseline's KL strength, tq-indirect and eft", flag="value", request="tqstar.beta")
+    soft_beta: float | None = param(None, "temperature of the soft value, tq-soft and soft-cd", unset="1/alpha",
+                                    flag="value")
+    temperature: float = param(0.0, "0 = greedy choice, else sample softmax(score/T)", flag="value",
+                               request="temperature")
+    max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
+    stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")
+    seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed")
+    bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n")
+    bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"))
+    trace: bool = param(False, "print the per-step candidate table", scope="row", flag="switch",
+                        request="tqstar.trace")
+    prune: bool = param(True, "skip candidates that cannot win (exact; greedy choice, a reward range)",
+                        request="tqstar.prune")
+    prune_probe: int = param(0, "value the top candidates first when pruning has nothing to compare with",
+                             request="tqstar.prune_probe")
+    reuse_rollouts: bool = param(True, "reuse the chosen candidate's greedy rollout at the next step (exact)",
+                                 request="tqstar.reuse_rollouts")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -107,7 +142,8 @@ class DecodeParams:
         if self.soft_beta is not None and (not _is_real(self.soft_beta) or not math.isfinite(self.soft_beta)
                                            or self.soft_beta <= 0):
             _fail("soft_beta", "a finite number > 0 or None (= 1/alpha)", self.soft_beta)
-        if self.method in SOFT_METHODS and self.rollout_temperature != 1:
+        row = self.method_row
+        if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
                               f" of the rolling model itself), got {self.rollout_temperature!r}; set"
                               " rollout_temperature: 1")
@@ -120,9 +156,10 @@ class DecodeParams:
                 f"`n_rollouts` = {self.n_rollouts} with greedy rollouts gives {self.n_rollouts} identical rollouts;"
                 " set `rollout_temperature` > 0 or use n_rollouts = 1"
             )
-        if self.method == "bon" and self.temperature == 0:
+        if row.kind == "best-of-n" and self.temperature == 0:
             raise ConfigError(
-                "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"
+                f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0; try"
+                " temperature=1.0"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             _fail("seed", "an integer", self.seed)
@@ -132,46 +169,55 @@ class DecodeParams:
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "True or False", getattr(self, name))
 
-    #: The fields rows must share to be stepped together (seed, rollout_seed, max_new_tokens, stop and trace are
-    #: per row: :meth:`tqstar.engine.Engine.new_state`).
-    GROUP_FIELDS = ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "soft_beta",
-                    "temperature", "bon_n", "bon_policy", "prune", "prune_probe", "reuse_rollouts")
-
     def group_key(self) -> tuple:
-        """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on."""
-        return tuple(getattr(self, name) for name in self.GROUP_FIELDS)
+        """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
+        (:data:`GROUP_FIELDS`; seed, rollout_seed, max_new_tokens, stop and trace are each row's own)."""
+        return tuple(getattr(self, name) for name in GROUP_FIELDS)
+
+    # ---- what the method is (its row in tqstar.methods) ------------------------------------------------------
+    @property
+    def method_row(self) -> Method:
+        """This method's row of :data:`tqstar.methods.TABLE`."""
+        return method(self.method)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the method needs besides the SFT model: its row's ``needs``, and the baseline when ``bon`` samples
+        from it (``bon_policy``)."""
+        row = self.method_row
+        sampled = {"baseline"} if row.kind == "best-of-n" and self.bon_policy == "baseline" else set()
+        return row.needs | sampled
 
     @property
     def is_token_level(self) -> bool:
-        return self.method in TOKEN_METHODS
+        return self.method_row.kind == "token"
 
     @property
     def uses_baseline(self) -> bool:
         """Whether the method runs the baseline model."""
-        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "eft", "baseline") or (
-            self.method == "bon" and self.bon_policy == "baseline")
+        return "baseline" in self.needs
 
     @property
     def needs_reward(self) -> bool:
         """Whether the method itself calls the target reward (every method is *scored* by it when given)."""
-        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd", "args", "bon")
+        return "reward" in self.needs
 
     @property
     def rolls_out(self) -> bool:
         """Whether each step rolls candidates out (each rollout stays within the response budget, so the context
         a row needs is its prompt plus ``max_new_tokens`` either way)."""
-        return self.method in ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd")
+        return self.is_token_level and self.method_row.rolls is not None
 
     @property
     def scores_likelihoods(self) -> bool:
         """Whether the method asks models for log-likelihoods of given tokens (``score_continuations``)."""
-        return self.method in ("tq-soft", "eft")
+        return self.method_row.likelihoods
 
     @property
     def value_in_reward_range(self) -> bool:
         """Whether Q̂ always lies in the reward's range [R_min, R_max] (a mean, or a soft mean, of rewards). Reward-
         bound pruning and the softmax KL bound rely on it; a likelihood ratio (``tq-soft``, ``eft``) breaks it."""
-        return self.method not in ("tq-soft", "eft")
+        return self.method_row.in_reward_range
 
     @property
     def soft_temperature(self) -> float:
@@ -200,3 +246,14 @@ class DecodeParams:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def info(name: str) -> ParamInfo:
+    """The :class:`ParamInfo` of the :class:`DecodeParams` field ``name``."""
+    return FIELDS[name]
+
+
+#: field name -> its :class:`ParamInfo`, in declaration order.
+FIELDS: dict[str, ParamInfo] = {f.name: f.metadata["tqstar"] for f in dataclasses.fields(DecodeParams)}
+#: The fields rows must share to be stepped together (:meth:`DecodeParams.group_key`).
+GROUP_FIELDS: tuple[str, ...] = tuple(name for name, i in FIELDS.items() if i.scope == "group")

@@ -21,8 +21,9 @@ from .value.base import score_texts
 
 
 def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[int]:
-    """The next token of every row from the ``params.method`` model's full distribution; charged to each row."""
-    role = params.method
+    """The next token of every row from the full distribution of the model the plain method decodes; charged to each
+    row."""
+    role = params.method_row.rolls
     seeds = None if params.temperature == 0 else [stream_seed(r.seed, r.key, "plain", r.step) for r in rows]
     out = models.lm(role).rollout([r.seq(role) for r in rows], 1, params.temperature, seeds)
     for row, cost in zip(rows, out.forward_tokens):

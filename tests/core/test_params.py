@@ -8,7 +8,8 @@ import math
 import pytest
 
 from tqstar.errors import ConfigError
-from tqstar.params import METHODS, SOFT_METHODS, DecodeParams
+from tqstar.methods import BY_NAME
+from tqstar.params import FIELDS, GROUP_FIELDS, METHODS, DecodeParams
 
 BAD = [
     ({"method": "best"},
@@ -78,7 +79,7 @@ def test_from_dict_and_replace_validate_too(values, message):
         {"method": "bon", "temperature": 1.0, "bon_policy": "baseline"},
         {"alpha": 0, "beta": 0.1, "temperature": 0.5, "k": 1, "stop": ("\n\n", "###")},
     ]
-    + [{"method": m, "temperature": 1.0, **({"rollout_temperature": 1.0} if m in SOFT_METHODS else {})}
+    + [{"method": m, "temperature": 1.0, **({"rollout_temperature": 1.0} if BY_NAME[m].sampled_rollouts else {})}
        for m in METHODS]
     + [{"method": "tq-soft", "rollout_temperature": 1.0, "n_rollouts": 4, "soft_beta": 0.2}],
 )
@@ -142,3 +143,44 @@ def test_method_properties(method, token_level, baseline, reward, rolls_out):
     assert params.rolls_out is rolls_out
     if method == "bon":
         assert params.replace(bon_policy="baseline").uses_baseline
+
+
+# ---- what the fields say about themselves ----------------------------------------------------------------------
+@pytest.mark.parametrize("field", dataclasses.fields(DecodeParams), ids=lambda f: f.name)
+def test_every_field_has_help_and_a_scope(field):
+    info = field.metadata.get("tqstar")
+    assert info is not None and info.help.strip(), f"DecodeParams.{field.name} has no help"
+    assert info.scope in ("row", "group")
+    assert info.request is None or info.request.split(".")[-1] in (field.name, "max_tokens")
+    assert info.unset is None or field.default is None, f"{field.name}: `unset` explains a None default"
+
+
+def test_derived_lists_are_what_they_were_by_hand():
+    """The group key, the CLI's decoding flags and the server's overrides, derived from the fields."""
+    from tqstar.config import DECODE_FLAGS
+    from tqstar.serving.protocol import OVERRIDABLE, TQStarOptions
+
+    assert GROUP_FIELDS == ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta",
+                            "soft_beta", "temperature", "bon_n", "bon_policy", "prune", "prune_probe",
+                            "reuse_rollouts")
+    assert set(DECODE_FLAGS) == {"method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature",
+                                 "rollout_seed", "beta", "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n",
+                                 "bon_policy", "stop", "trace"}
+    assert set(OVERRIDABLE) == {"alpha", "k", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "bon_n",
+                                "prune", "prune_probe", "reuse_rollouts"}
+    assert set(TQStarOptions.model_fields) == set(OVERRIDABLE) | {"trace"}
+    assert {name for name, info in FIELDS.items() if info.scope == "row"} == {
+        "rollout_seed", "max_new_tokens", "stop", "seed", "trace"}
+
+
+def test_generate_flags_show_the_fields_defaults():
+    from tqstar.cli import build_parser
+
+    parser = build_parser()
+    generate = parser._subparsers._group_actions[0].choices["generate"]
+    shown = {a.dest: a.help for a in generate._actions}
+    for name, info in FIELDS.items():
+        if info.flag == "value":
+            default = DecodeParams.__dataclass_fields__[name].default
+            assert shown[name] == f"{info.help} (default: {info.unset if default is None else default})"
+    assert "--prune" not in generate._option_string_actions  # YAML and requests only, as before

@@ -1,4 +1,4 @@
-"""The public API is what `__all__` says, and every name in it exists."""
+"""The public API is what `__all__` says, every name in it exists, and the list is pinned."""
 
 import tqstar
 
@@ -11,3 +11,24 @@ def test_all_names_exist_and_are_sorted():
 def test_every_error_is_a_tqstar_error():
     for name in ("ConfigError", "ModelLoadError", "PromptTooLongError", "RewardError", "VocabularyMismatchError"):
         assert issubclass(getattr(tqstar, name), tqstar.TQStarError)
+
+
+def test_the_public_names_are_pinned():
+    """The API changes only on purpose: a name added to or removed from ``tqstar.__all__`` is added here too."""
+    assert tqstar.__all__ == [
+        "Accounting", "CallableReward", "ConfigError", "ContinuationScores", "DecodeParams", "Decoder", "Engine",
+        "FullVocabLM", "LanguageModel", "METHODS", "ModelLoadError", "PromptState", "PromptTooLongError", "Response",
+        "Reward", "RewardError", "RewardSpec", "RolloutOutput", "StepOutput", "TQStarError", "TabularLM",
+        "TokenProgress", "TopLogprobs", "TransformersLM", "TransformersReward", "VocabularyMismatchError",
+        "WeightedReward", "load_reward",
+    ]
+
+
+def test_the_command_is_the_cli_main():
+    from importlib.metadata import entry_points
+
+    from tqstar.cli import main
+
+    assert callable(main)
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name == "tqstar"}
+    assert scripts.get("tqstar", "tqstar.cli:main") == "tqstar.cli:main"

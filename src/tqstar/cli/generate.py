@@ -3,46 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from typing import Any
 
 from ..errors import TQStarError
+from ..methods import METHODS, help_table
+from ..params import FIELDS, DecodeParams
 from .common import models_command, print_server_stats, progress
 
 
 def add_command(sub) -> None:
     g = models_command(sub, "generate", run_generate, "Decode prompts.", "YAML config file; flags override it",
-                        help="decode prompts with a method (tq-direct, tq-indirect, cd, args, bon, ...)")
-    dec = g.add_argument_group("decoding (see tqstar.params.DecodeParams)")
-    dec.add_argument("--method", help="tq-direct (default), tq-indirect, tq-soft, cd, soft-cd, args, eft, none, sft,"
-                     " baseline, bon")
-    dec.add_argument("--k", type=int, help="top-k candidates per step (10)")
-    dec.add_argument("--alpha", type=float, help="weight of Q in log pi_sft + alpha*Q (1.0)")
-    dec.add_argument("--n-rollouts", type=int, help="rollouts per candidate, N (1)")
-    dec.add_argument("--rollout-len", type=int, help="rollout length in tokens, L (20)")
-    dec.add_argument("--rollout-temperature", type=float, help="0 = greedy rollouts (0)")
-    dec.add_argument("--rollout-seed", type=int, help="seed of the rollouts (default: --seed)")
-    dec.add_argument("--beta", type=float, help="baseline's KL strength, tq-indirect and eft (1.0)")
-    dec.add_argument("--soft-beta", type=float, help="temperature of the soft value, tq-soft and soft-cd (1/alpha)")
-    dec.add_argument("--temperature", type=float, help="0 = greedy choice, else sample softmax(score/T) (0)")
-    dec.add_argument("--max-new-tokens", type=int, help="response budget (64)")
-    dec.add_argument("--stop", action="append", help="stop string (repeatable)")
-    dec.add_argument("--seed", type=int, help="seed of every random choice (0)")
-    dec.add_argument("--bon-n", type=int, help="samples for bon (4)")
-    dec.add_argument("--bon-policy", choices=["sft", "baseline"], help="model bon samples from (sft)")
+                        help="decode prompts with a method (" + ", ".join(METHODS[:5]) + ", ...)")
+    g.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the methods table below as it is
+    g.epilog = "methods (--method; tqstar.methods):\n" + help_table()
+    add_decoding_flags(g.add_argument_group("decoding (see tqstar.params.DecodeParams)"))
     io = g.add_argument_group("prompts and output")
     io.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     io.add_argument("--prompts-file", help="text file (one prompt per line), JSONL/JSON/CSV with a 'prompt' field")
     io.add_argument("--column", help="the prompt field of a JSONL/JSON/CSV --prompts-file (prompt)")
     io.add_argument("--output", "-o", help="write here instead of stdout (JSONL when it ends in .jsonl)")
     io.add_argument("--format", choices=["text", "jsonl"], help="output format (text)")
-    io.add_argument("--trace", action="store_true", help="print the per-step candidate table")
     io.add_argument("--batch-size", type=int, help="prompts decoded together (8)")
     io.add_argument("--concurrency", type=int, help="batches decoded at once, to keep model servers busy (1; needs"
                                                     " served models)")
     io.add_argument("--truncate-prompt", action="store_true", help="keep a too-long prompt's last tokens")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_decoding_flags(group) -> None:
+    """One flag per :class:`~tqstar.params.DecodeParams` field that has one (its metadata: ``--name VALUE`` typed
+    like the field, repeated, or a switch), with the field's help and default."""
+    hints = typing.get_type_hints(DecodeParams)
+    for f in dataclasses.fields(DecodeParams):
+        info = FIELDS[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if info.flag == "switch":
+            group.add_argument(flag, action="store_true", help=info.help)
+        elif info.flag == "append":
+            group.add_argument(flag, action="append", help=info.help)
+        elif info.flag == "value":
+            kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            default = info.unset if f.default is None else f.default
+            group.add_argument(flag, type=None if kind is str else kind, choices=info.choices,
+                               help=f"{info.help} (default: {default})")
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
     POST /v1/chat/completions    messages → one response (or a Server-Sent Events stream of chunks)
     POST /v1/completions         prompt → one response (or a stream)
-    GET  /v1/models              the presets, each with its decoding parameters (``tqstar`` metadata)
+    GET  /v1/models              the presets, each with its decoding parameters and its method's kind and description
+                                 (``tqstar`` metadata, from :mod:`tqstar.methods`)
     GET  /v1/tqstar/limits       the server's caps and every preset's parameters (for a playground's controls)
     GET  /health                 200 once the models are loaded and the engine runs; 503 while shutting down
     GET  /metrics                Prometheus text format (:mod:`~tqstar.serving.metrics`)
@@ -101,7 +102,9 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
         api.authorize(request)
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
-             "tqstar": {"params": public_params(params), "baseline": config.baseline_of(name)}}
+             "tqstar": {"params": public_params(params), "baseline": config.baseline_of(name),
+                        "method": {"name": params.method, "kind": params.method_row.kind,
+                                   "description": params.method_row.doc}}}
             for name, params in config.presets]}
 
     @app.get("/v1/tqstar/limits")

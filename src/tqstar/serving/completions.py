@@ -27,13 +27,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ..engine import Engine
 from ..errors import ConfigError, PromptTooLongError, TQStarError
-from ..params import DecodeParams
+from ..params import FIELDS, DecodeParams
 from .config import ServeConfig
 from .detok import IncrementalText
 from .metrics import ServerMetrics
 from .protocol import (
     FINISH_REASONS,
-    OVERRIDABLE,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -59,7 +58,6 @@ class Completions:
                  metrics: ServerMetrics) -> None:
         self.engines, self.config, self.scheduler, self.metrics = engines, config, scheduler, metrics
         self.limits = config.limits
-        self._checked: set[tuple] = set()  # (engine, group key) pairs that passed Engine.check
         self.started = int(time.time())
         keys = os.environ.get(config.api_keys_env, "")
         self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
@@ -159,10 +157,7 @@ class Completions:
             changes["temperature"] = req.temperature
         try:
             params = preset.replace(**changes) if changes else preset
-            checked = (id(engine), params.group_key())
-            if checked not in self._checked:  # once per parameter set: a served model's k check is a round trip
-                engine.check(params)
-                self._checked.add(checked)
+            engine.check(params)  # once per parameter group (remembered by the engine)
         except TQStarError as exc:
             raise param_error(exc) from None
         over = self.limits.check(params)
@@ -243,9 +238,9 @@ _PARAM = re.compile(r"^`([a-z_]+)`")
 
 
 def param_name(name: str) -> str:
-    if name in OVERRIDABLE:
-        return f"tqstar.{name}"
-    return {"max_new_tokens": "max_tokens"}.get(name, name)
+    """The request field that sets the decoding parameter ``name`` (``tqstar.alpha``, ``temperature``,
+    ``max_tokens``, ...; the parameter's own name when only the preset sets it)."""
+    return (FIELDS[name].request if name in FIELDS else None) or name
 
 
 def param_error(exc: TQStarError) -> APIError:

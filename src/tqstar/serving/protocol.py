@@ -12,16 +12,20 @@ Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import typing
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-#: Decoding parameters a request may set in its ``tqstar`` object (the rest belong to the preset).
-OVERRIDABLE = ("alpha", "k", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "bon_n", "prune",
-               "prune_probe", "reuse_rollouts")
+from ..params import FIELDS, DecodeParams
+
+#: Decoding parameters a request may set in its ``tqstar`` object (the rest belong to the preset): the fields of
+#: :class:`~tqstar.params.DecodeParams` that say so (``request="tqstar.<name>"``) and that rows share.
+OVERRIDABLE = tuple(name for name, info in FIELDS.items() if info.request == f"tqstar.{name}" and info.scope == "group")
 
 #: OpenAI's ``finish_reason`` for tqstar's (EOS and a stop string are both "stop").
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -40,29 +44,34 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class TQStarOptions(BaseModel):
+class _Options(BaseModel):
     """The request's ``tqstar`` extension: per-request overrides of the preset's TQ* parameters, and the trace.
 
-    Values are checked by :class:`~tqstar.params.DecodeParams` (the same checks as the command line) and the
+    Its fields are the :class:`~tqstar.params.DecodeParams` fields a request may set (``request="tqstar.<name>"``):
+    the shared ones (:data:`OVERRIDABLE`) default to the preset's (``None``), a row's own (``trace``) to the field's
+    default. Values are checked by :class:`~tqstar.params.DecodeParams` (the same checks as the command line) and the
     server's limits, so a bad one is a 400 that names ``tqstar.<field>``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float | None = None
-    k: int | None = None
-    n_rollouts: int | None = None
-    rollout_len: int | None = None
-    rollout_temperature: float | None = None
-    beta: float | None = None
-    bon_n: int | None = None
-    prune: bool | None = None
-    prune_probe: int | None = None
-    reuse_rollouts: bool | None = None
-    trace: bool = False
-
     def overrides(self) -> dict[str, Any]:
         return {name: value for name in OVERRIDABLE if (value := getattr(self, name)) is not None}
+
+
+def _options_model() -> type[_Options]:
+    hints = typing.get_type_hints(DecodeParams)
+    defaults = {f.name: f.default for f in dataclasses.fields(DecodeParams)}
+    fields: dict[str, Any] = {}
+    for name, info in FIELDS.items():
+        if info.request == f"tqstar.{name}":
+            shared = name in OVERRIDABLE
+            fields[name] = (hints[name] | None if shared else hints[name],
+                            Field(None if shared else defaults[name], description=info.help))
+    return create_model("TQStarOptions", __base__=_Options, __doc__=_Options.__doc__, **fields)
+
+
+TQStarOptions = _options_model()
 
 
 class StreamOptions(BaseModel):

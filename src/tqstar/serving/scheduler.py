@@ -195,11 +195,8 @@ class Scheduler:
             ticket = self._waiting.popleft()
             key = (id(ticket.engine), ticket.params.group_key())
             group = self._groups.get(key)
-            if group is None:
-                # checked when the request came in (Engine.decoder would check again: a served model's k check
-                # is a round trip to its server, under this lock)
-                group = self._groups[key] = Group(ticket.engine, ticket.params,
-                                                  Decoder(ticket.engine.models, ticket.params))
+            if group is None:  # checked when the request came in: Engine.decoder's check is remembered
+                group = self._groups[key] = Group(ticket.engine, ticket.params, ticket.engine.decoder(ticket.params))
             group.tickets.append(ticket)
         self.metrics.queue_depth.set(len(self._waiting))
         self.metrics.active_rows.set(self._active())

@@ -1,25 +1,29 @@
-"""Value estimators: one small class per method, all ``estimate(states, candidates (B, k), needed) -> (B, k)``."""
+"""Value estimators: the few generic pieces the methods' rows (:mod:`tqstar.methods`) point to, each
+``estimate(states, candidates (B, k), needed) -> (B, k)``.
+
+A row names its estimator by key (``Method.value``) and, for the rollout estimators, the model that rolls out
+(``Method.rolls``): ``cd`` is the ``mean`` estimator with the SFT model rolling out, ``tq-direct`` the same with the
+baseline; ``soft-cd`` and ``tq-soft`` share ``soft``.
+"""
 
 from __future__ import annotations
 
-from .base import RolloutEstimator, ValueEstimator
-from .cd import CDValue
+from .base import RolloutEstimator, Rollouts, ValueEstimator
 from .direct import DirectValue
 from .eft import EFTValue
 from .indirect import IndirectValue, indirect_q
 from .partial import ArgsValue, NoValue
-from .soft import SoftCDValue, SoftValue, soft_value
+from .soft import SoftValue, soft_value
 
+#: ``Method.value`` -> the estimator class, built as ``cls(models, params, policy=row.rolls)``.
 ESTIMATORS: dict[str, type[ValueEstimator]] = {
-    "tq-direct": DirectValue,
-    "tq-indirect": IndirectValue,
-    "tq-soft": SoftValue,
-    "cd": CDValue,
-    "soft-cd": SoftCDValue,
-    "args": ArgsValue,
-    "eft": EFTValue,
-    "none": NoValue,
+    "mean": DirectValue,
+    "importance": IndirectValue,
+    "soft": SoftValue,
+    "partial": ArgsValue,
+    "log-ratio": EFTValue,
+    "zero": NoValue,
 }
 
-__all__ = ["ESTIMATORS", "ArgsValue", "CDValue", "DirectValue", "EFTValue", "IndirectValue", "NoValue",
-           "RolloutEstimator", "SoftCDValue", "SoftValue", "ValueEstimator", "indirect_q", "soft_value"]
+__all__ = ["ESTIMATORS", "ArgsValue", "DirectValue", "EFTValue", "IndirectValue", "NoValue", "RolloutEstimator",
+           "Rollouts", "SoftValue", "ValueEstimator", "indirect_q", "soft_value"]

@@ -23,6 +23,7 @@ row's step t uses the stream ``(seed, prompt, "rollout", t, z, i)``, whatever el
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -37,11 +38,16 @@ Pair = tuple[int, int]  # (prompt row b, candidate column j)
 
 
 class ValueEstimator(ABC):
-    """Q̂(s_t, z) for the top-k candidates of every active row."""
+    """Q̂(s_t, z) for the top-k candidates of every active row.
 
-    def __init__(self, models: Models, params: DecodeParams) -> None:
+    ``policy``: the model whose rollouts value a candidate (``"sft"`` or ``"baseline"``: the method's row in
+    :mod:`tqstar.methods` says which); ``None`` for an estimator that rolls nothing out.
+    """
+
+    def __init__(self, models: Models, params: DecodeParams, policy: str | None = None) -> None:
         self.models = models
         self.params = params
+        self.policy = policy
 
     def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Values available without new rollouts ``(B, k)`` (NaN where unknown), and which of them were reused
@@ -54,23 +60,47 @@ class ValueEstimator(ABC):
         """Q̂ ``(B, k)`` for the ``needed`` candidates (all when ``None``); NaN elsewhere."""
 
 
+@dataclass
+class Rollouts:
+    """The N rollouts of some candidates, all in one order: candidate ``i`` is ``pairs[i]`` = (row b, column j).
+
+    ``tails[i]``: its N continuations (token ids of the rolling model; ``[]`` for a candidate that ends the
+    response); ``texts[i]``: the N reward texts; ``logprobs``: the rolling model's log-probs of the continuation
+    tokens, by pair, where the backend returned them (estimators that weigh rollouts by likelihood ratios read them).
+    """
+
+    candidates: torch.Tensor  # (B, k)
+    pairs: list[Pair]
+    tails: list[list[list[int]]]  # (P, N)
+    texts: list[list[str]]  # (P, N)
+    logprobs: dict[Pair, list[list[float]]]
+
+    @property
+    def owners(self) -> list[int]:
+        """The prompt row of each candidate."""
+        return [b for b, _ in self.pairs]
+
+    def flat(self, n: int) -> tuple[list[int], list[str]]:
+        """The owner and the text of each of the P×N rollouts, candidate by candidate."""
+        return [b for b in self.owners for _ in range(n)], [t for group in self.texts for t in group]
+
+
 class RolloutEstimator(ValueEstimator):
-    """Q̂ from N rollouts of the ``policy`` model from ``[s_t, z]``; subclasses turn the N texts into Q̂.
+    """Q̂ from N rollouts of the ``policy`` model from ``[s_t, z]``; subclasses turn the N rollouts into Q̂.
 
     A rollout stops at EOS or at its budget; one that stops at the budget is scored as the partial text it is.
     """
 
-    policy = "baseline"
-
-    def __init__(self, models: Models, params: DecodeParams) -> None:
-        super().__init__(models, params)
+    def __init__(self, models: Models, params: DecodeParams, policy: str | None = "baseline") -> None:
+        assert policy in ("sft", "baseline"), f"a rollout estimator rolls a model out, got policy {policy!r}"
+        super().__init__(models, params, policy)
         self.lm = models.lm(self.policy)
         self.bridge = models.bridge if self.policy == "baseline" else None  # None: the policy shares the SFT ids
         self.reuse = params.reuse_rollouts and params.n_rollouts == 1 and params.rollout_temperature == 0
 
     @abstractmethod
-    def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
-        """Q̂ for each candidate from its N rollout texts (``owners[i]`` is the candidate's prompt row)."""
+    def aggregate(self, states: list[PromptState], rollouts: Rollouts) -> list[float]:
+        """Q̂ for each candidate of ``rollouts`` from its N rollouts (their texts, tokens and log-probs)."""
 
     # ---- the two questions ------------------------------------------------------------------------------
     def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +212,8 @@ class RolloutEstimator(ValueEstimator):
         if not tails:
             return q
         texts = [[self.text(states[b], int(candidates[b, j]), t) for t in group] for (b, j), group in tails.items()]
-        for (b, j), value in zip(tails, self.aggregate(states, [b for b, _ in tails], texts)):
+        rollouts = Rollouts(candidates, list(tails), list(tails.values()), texts, logprobs or {})
+        for (b, j), value in zip(tails, self.aggregate(states, rollouts)):
             q[b, j] = value
         return q
 

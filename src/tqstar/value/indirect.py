@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..state import PromptState
-from .base import RolloutEstimator, score_texts
+from .base import RolloutEstimator, Rollouts, score_texts
 
 
 def indirect_q(r: torch.Tensor, r_bl: torch.Tensor, beta: float, log_mass: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,12 +34,9 @@ def indirect_q(r: torch.Tensor, r_bl: torch.Tensor, beta: float, log_mass: torch
 class IndirectValue(RolloutEstimator):
     """Baseline rollouts scored by the target r and the baseline's reward r_BL, weighted by exp((r − r_BL)/β)."""
 
-    policy = "baseline"
-
-    def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
+    def aggregate(self, states: list[PromptState], rollouts: Rollouts) -> list[float]:
         n = self.params.n_rollouts
-        flat_owners = [b for b in owners for _ in range(n)]
-        flat_texts = [t for group in texts for t in group]
+        flat_owners, flat_texts = rollouts.flat(n)
         r = torch.tensor(score_texts(self.models.reward, states, flat_owners, flat_texts)).view(-1, n)  # (P, N)
         r_bl = torch.tensor(score_texts(self.models.baseline_reward, states, flat_owners, flat_texts)).view(-1, n)
         return indirect_q(r, r_bl, self.params.beta).tolist()  # (P,)

@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..state import PromptState
-from .base import Pair, RolloutEstimator, score_texts
+from .base import Pair, RolloutEstimator, Rollouts, score_texts
 
 
 def soft_value(r: torch.Tensor, log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
@@ -37,36 +37,29 @@ def soft_value(r: torch.Tensor, log_ratio: torch.Tensor, beta: float) -> torch.T
 
 
 class SoftValue(RolloutEstimator):
-    """``tq-soft``: the soft value from N baseline rollouts, weighted by ρ_sft/ρ_BL of their tokens.
+    """The soft value from N rollouts of the ``policy`` model, weighted by ρ_sft/ρ of their tokens: ``tq-soft``
+    (the baseline rolls out) and ``soft-cd`` (the SFT model rolls out, so the ratio is 1 and nothing is scored).
 
     The baseline's log-probs come with its rollouts (or from ``score_continuations`` when the backend does not
     return them); the SFT model scores the k×N rollouts in one ``score_continuations`` batch from its cached prefix.
     """
 
-    policy = "baseline"
-
-    def _values(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
-                logprobs: dict[Pair, list[list[float]]] | None = None) -> torch.Tensor:
-        # aggregate() reads the ratios of the same candidates, in the same (tails) order
-        self._log_ratios = self.log_ratios(states, candidates, tails, logprobs or {})  # (P, N)
-        return super()._values(states, candidates, tails, logprobs)
-
-    def aggregate(self, states: list[PromptState], owners: list[int], texts: list[list[str]]) -> list[float]:
+    def aggregate(self, states: list[PromptState], rollouts: Rollouts) -> list[float]:
         n = self.params.n_rollouts
-        r = torch.tensor(score_texts(self.models.reward, states, [b for b in owners for _ in range(n)],
-                                     [t for group in texts for t in group]), dtype=torch.float64).view(-1, n)  # (P, N)
-        return soft_value(r, self._log_ratios, self.params.soft_temperature).tolist()  # (P,)
+        log_ratio = self.log_ratios(states, rollouts)  # (P, N)
+        r = torch.tensor(score_texts(self.models.reward, states, *rollouts.flat(n)), dtype=torch.float64).view(-1, n)
+        return soft_value(r, log_ratio, self.params.soft_temperature).tolist()  # (P,)
 
-    def log_ratios(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
-                   logprobs: dict[Pair, list[list[float]]]) -> torch.Tensor:
-        """log ρ_sft(y_i | s, z) − log ρ_BL(y_i | s, z) per rollout ``(P, N)``, in ``tails`` order."""
+    def log_ratios(self, states: list[PromptState], rollouts: Rollouts) -> torch.Tensor:
+        """log ρ_sft(y_i | s, z) − log ρ(y_i | s, z) per rollout ``(P, N)``, in ``rollouts`` order (0 when the SFT
+        model itself rolled out)."""
         n = self.params.n_rollouts
-        pairs = list(tails)
+        pairs, tails, logprobs, candidates = rollouts.pairs, rollouts.tails, rollouts.logprobs, rollouts.candidates
         ratio = torch.zeros(len(pairs), n, dtype=torch.float64)
-        flat = [(p, i) for p, pair in enumerate(pairs) for i in range(n) if tails[pair][i]]
-        if not flat:
+        flat = [(p, i) for p in range(len(pairs)) for i in range(n) if tails[p][i]]
+        if self.policy == "sft" or not flat:
             return ratio
-        conts = [tails[pairs[p]][i] for p, i in flat]
+        conts = [tails[p][i] for p, i in flat]
         sft = self._score("sft", states, candidates, [pairs[p] for p, _ in flat], conts)
         missing = [f for f, (p, _) in enumerate(flat) if pairs[p] not in logprobs]
         own = {f: sum(logprobs[pairs[p]][i]) for f, (p, i) in enumerate(flat) if pairs[p] in logprobs}
@@ -86,13 +79,3 @@ class SoftValue(RolloutEstimator):
         for (b, _), cost in zip(pairs, out.forward_tokens):
             states[b].accounting.add_forward(role, cost)
         return out.sums
-
-
-class SoftCDValue(SoftValue):
-    """``soft-cd``: the soft value from N SFT rollouts (the ratio is 1) — the soft analogue of CD."""
-
-    policy = "sft"
-
-    def log_ratios(self, states: list[PromptState], candidates: torch.Tensor, tails: dict[Pair, list[list[int]]],
-                   logprobs: dict[Pair, list[list[float]]]) -> torch.Tensor:
-        return torch.zeros(len(tails), self.params.n_rollouts, dtype=torch.float64)
