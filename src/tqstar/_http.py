@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, ServerError, ServerRejectedError
+from .errors import ConfigError, ModelServerError, ServerRejectedError
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
@@ -59,10 +59,10 @@ class JsonClient:
                               " http://127.0.0.1:8000")
         for name, value, low in (("timeout", self.timeout, 0), ("backoff", self.backoff, 0)):
             if not value > low:
-                raise ConfigError(f"`{name}` must be > {low} seconds, got {value!r}")
+                raise ConfigError(f"`{name}` must be > {low} seconds, got {value!r}", param=name, value=value)
         if self.retries < 0 or self.max_in_flight < 1:
             raise ConfigError(f"`retries` must be >= 0 and `max_in_flight` >= 1, got {self.retries} and"
-                              f" {self.max_in_flight}")
+                              f" {self.max_in_flight}", param="retries")
         root = self.base_url.rstrip("/")
         self.root = root[: -len("/v1")] if root.endswith("/v1") else root
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
@@ -99,16 +99,16 @@ class JsonClient:
                 wait = _retry_after(exc)
             except json.JSONDecodeError as exc:
                 self._count("failures")
-                raise ServerError(f"server {url} answered with something that is not JSON ({exc}); is this an"
-                                  " OpenAI-compatible server?") from exc
+                raise ModelServerError(f"server {url} answered with something that is not JSON ({exc}); is this an"
+                                       " OpenAI-compatible server?") from exc
             except _NETWORK_ERRORS as exc:
                 last = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
             if attempt < retries:
                 self._count("retries")
                 time.sleep(wait if wait is not None else min(30.0, self.backoff * 2**attempt) * random.uniform(1, 1.5))
         self._count("failures")
-        raise ServerError(f"server {url} failed after {retries + 1} attempt(s) ({last}); check that it is running and"
-                          " reachable, or raise the model's `timeout` / `retries` settings")
+        raise ModelServerError(f"server {url} failed after {retries + 1} attempt(s) ({last}); check that it is running and"
+                               " reachable, or raise the model's `timeout` / `retries` settings")
 
     def _count(self, what: str) -> None:
         with self._lock:

@@ -56,7 +56,8 @@ def known_keys(values: dict[str, Any], cls: type, what: str, extra_keys: Sequenc
     hints = typing.get_type_hints(cls) if check_types else {}
     for key, value in values.items():
         if key in hints and value is not None and not accepts(hints[key], value):
-            raise ConfigError(f"`{dotted(what, key)}` must be {phrase(hints[key])}, got {describe(value)}")
+            raise ConfigError(f"`{dotted(what, key)}` must be {phrase(hints[key])}, got {describe(value)}",
+                              param=dotted(what, key), value=value)
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -102,4 +103,4 @@ def typed(value: Any, kind: type, what: str, phrase: str) -> Any:
     """``value`` itself when it is ``None`` or a ``kind`` (bool is not an int); else a :class:`ConfigError`."""
     if value is None or accepts(kind, value):
         return value
-    raise ConfigError(f"`{what}` must be {phrase}, got {describe(value)}")
+    raise ConfigError(f"`{what}` must be {phrase}, got {describe(value)}", param=what, value=value)

@@ -54,7 +54,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
         from .engine import check_concurrency
 
         check_concurrency(self.concurrency, [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))
@@ -113,7 +113,7 @@ def _prompt_list(value: Any) -> list[Prompt]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]")
+        raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]", param="prompts")
     return [check_prompt(prompt, f"`prompts[{i}]`") for i, prompt in enumerate(value)]
 
 

@@ -10,8 +10,8 @@ finished responses with the target reward. A baseline with another tokenizer is 
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,6 +27,8 @@ from .params import DecodeParams
 from .randomness import prompt_key
 from .reward import Reward
 from .state import Models, PromptState, Response
+
+log = logging.getLogger("tqstar")
 
 #: A prompt: one user turn as a str, or chat messages ``[{"role": ..., "content": ...}, ...]``.
 Prompt = str | Sequence[Mapping[str, str]]
@@ -44,7 +46,7 @@ class Engine:
         reward: the target reward.
         baseline_reward: the reward the baseline was aligned to (``tq-indirect``).
         bridge: ``None`` (default) bridges through text exactly when the two vocabularies differ, and says so once
-            on stderr; ``True`` bridges a pair that shares its vocabulary too (to measure what the bridge costs);
+            (a warning on the ``tqstar`` logger); ``True`` bridges a pair that shares its vocabulary too (to measure what the bridge costs);
             ``False`` refuses a pair with different vocabularies (:class:`VocabularyMismatchError`).
     """
 
@@ -68,8 +70,8 @@ class Engine:
             if bridge or (bridge is None and not same):
                 text_bridge = TextBridge(sft, baseline)
                 why = "share a vocabulary but bridge=True" if same else "have different tokenizers"
-                print(f"tqstar: SFT model {sft.name} and baseline {baseline.name} {why}: the baseline reads and"
-                      " writes text (text bridge, docs/weak-to-strong.md)", file=sys.stderr)
+                log.warning(f"SFT model {sft.name} and baseline {baseline.name} {why}: the baseline reads and writes"
+                            " text (text bridge, docs/weak-to-strong.md)")
             else:
                 check_same_vocabulary(sft, baseline)
                 check_same_eos(sft, baseline)
@@ -99,19 +101,21 @@ class Engine:
         for what in NEEDS:  # what the method's row needs (tqstar.methods)
             if what in params.needs and getattr(m, what) is None:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
-                                  f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)")
+                                  f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
+                                  value=params.method)
         if params.is_token_level:
             m.sft.check_k(params.k)
             span = m.reward.range if m.reward is not None else None
             if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
                 raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
-                                  " give an alpha that keeps alpha*(R_max - R_min) finite")
+                                  " give an alpha that keeps alpha*(R_max - R_min) finite", param="alpha",
+                                  value=params.alpha)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
             if m.bridge is not None:
                 raise ConfigError(f"method {params.method!r} needs the baseline's and the SFT model's likelihoods of the"
                                   f" same tokens, but baseline {m.baseline.name} has another tokenizer (text bridge);"
                                   " use tq-direct, tq-indirect or cd with this pair, or a baseline that shares the SFT"
-                                  " tokenizer")
+                                  " tokenizer", param="method", value=params.method)
             for lm in (m.sft, m.baseline):
                 if lm is not None:
                     lm.check_scoring()
@@ -172,7 +176,7 @@ class Engine:
         if not prompts:
             raise ConfigError("no prompts given; pass at least one prompt")
         if batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}")
+            raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}", param="batch_size")
         check_params(params)
         batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
@@ -281,10 +285,11 @@ def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
     """Raise :class:`ConfigError` unless ``concurrency`` is a positive integer that the models allow (``local``:
     the names of the models that are not thread-safe)."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}")
+        raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}", param="concurrency")
     if concurrency > 1 and local:
         raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
-                          f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size")
+                          f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size",
+                          param="concurrency", value=concurrency)
 
 
 def shares_vocabulary(sft: LanguageModel, baseline: LanguageModel) -> bool:

@@ -38,7 +38,7 @@ def load_prompts(source: str, *, column: str | None = None, limit: int | None = 
     first ``limit`` prompts. An empty result is an error.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"`limit` must be an integer >= 1, got {limit!r}")
+        raise ConfigError(f"`limit` must be an integer >= 1, got {limit!r}", param="limit")
     if not isinstance(source, str) or not source:
         raise ConfigError(f"the prompt source must be {SOURCE_FIX}, got {source!r}")
     name, _, split = source.partition(":")

@@ -110,17 +110,17 @@ def test_a_second_eval_on_the_same_file_is_refused_while_the_first_runs(tmp_path
     assert len(keys) == len(set(keys))
 
 
-def test_report_counts_each_row_once_and_refuses_a_file_given_twice(tmp_path, tiny_paths, capsys):
+def test_report_counts_each_row_once_and_refuses_a_file_given_twice(tmp_path, tiny_paths, caplog):
     assert _eval(_config(tmp_path, tiny_paths)) == 0
     path = tmp_path / "out.jsonl"
     with pytest.raises(Exception, match="is given twice"):
         report([path, tmp_path / "." / "out.jsonl"])
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines + lines[1:]))  # every row twice, as two unlocked runs wrote them
-    capsys.readouterr()
+    caplog.clear()
     table, _ = report(path)
     assert table[0]["n"] == 4
-    assert "repeats 4 (method, prompt) rows" in capsys.readouterr().err
+    assert "repeats 4 (method, prompt) rows" in caplog.text  # a warning on the tqstar logger
 
 
 def test_report_refuses_one_label_from_two_configurations(tmp_path, tiny_paths, capsys):

@@ -59,6 +59,8 @@ def test_invalid_params_raise_one_exact_sentence(values, message):
         DecodeParams(**values)
     assert str(info.value) == message
     assert isinstance(info.value, ValueError)
+    named = message.split("`")[1]  # the error carries the parameter its message names (a server maps it)
+    assert info.value.param == named
 
 
 @pytest.mark.parametrize(("values", "message"), BAD, ids=[repr(v) for v, _ in BAD])

@@ -22,7 +22,7 @@ import torch
 
 from tqstar import DecodeParams, Engine
 from tqstar.builtin.models import adapter_dir
-from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
+from tqstar.errors import ConfigError, ModelServerError, VocabularyMismatchError
 from tqstar.lm.remote import RemoteLM
 from tqstar.testing.servers import EngineUnavailable, start_llama, start_vllm
 
@@ -159,7 +159,7 @@ def test_vocabulary_mismatch_with_a_real_server(server, tiny_paths):
 def test_timeout_with_a_real_server(server, smollm2_hf, local_smollm2):
     remote = _remote(server, smollm2_hf)  # connects with the default timeout, then gets an impossible one
     remote.client.timeout, remote.client.retries = 0.0005, 0
-    with pytest.raises(ServerError, match="timed out"):
+    with pytest.raises(ModelServerError, match="timed out"):
         remote.rollout([local_smollm2.encode_prompt(PROMPTS[0])], 200, 0.0)
 
 
@@ -190,7 +190,7 @@ def test_server_killed_mid_decode_fails_the_prompt_and_keeps_finished_ones(serve
     from tqstar.reward import RewardSpec
 
     params = DecodeParams(method="tq-direct", k=3, rollout_len=4, max_new_tokens=6)
-    with pytest.raises(ServerError, match=server.url):
+    with pytest.raises(ModelServerError, match=server.url):
         Engine(remote, remote, RewardSpec("sentiment").load()).generate(PROMPTS, params, batch_size=1,
                                                                         progress=False, on_response=kill_after_first)
     assert len(finished) == 1 and finished[0].text

@@ -29,11 +29,11 @@ def pair():
     return smol, qwen
 
 
-def test_qwen_guides_smollm2_through_the_text_bridge(pair, capsys):
+def test_qwen_guides_smollm2_through_the_text_bridge(pair, caplog):
     smol, qwen = pair
     reward = load_reward("sentiment")
     engine = Engine(smol, qwen, reward)
-    assert engine.models.bridge is not None and "different tokenizers" in capsys.readouterr().err
+    assert engine.models.bridge is not None and "different tokenizers" in caplog.text
     params = DecodeParams(k=3, alpha=1.0, rollout_len=6, max_new_tokens=8, trace=True, prune=False,
                           reuse_rollouts=False)
     (r,) = engine.generate([PROMPT], params, progress=False)

@@ -18,7 +18,7 @@ from conftest import vowel_share
 from fake_openai import FakeServer
 
 from tqstar import CallableReward, DecodeParams, Engine
-from tqstar.errors import ConfigError, ServerError, VocabularyMismatchError
+from tqstar.errors import ConfigError, ModelServerError, VocabularyMismatchError
 from tqstar.lm.hf import TransformersLM
 from tqstar.lm.remote import RemoteLM, parse_spec, prefix_cache_metrics
 
@@ -192,7 +192,7 @@ def test_unreachable_server_is_named():
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    with pytest.raises(ServerError, match=f"127.0.0.1:{port}.*running"):
+    with pytest.raises(ModelServerError, match=f"127.0.0.1:{port}.*running"):
         RemoteLM(url, "m", retries=1, backoff=0.01)
     assert time.perf_counter() - started < 10
 
@@ -235,7 +235,7 @@ def test_large_batches_are_split_into_requests(served, sft, tiny_paths):
 def test_persistent_5xx_fails_with_the_url(served, tiny_paths, sft):
     remote = _remote(served, tiny_paths, retries=2)
     served.faults.status = [500] * 3
-    with pytest.raises(ServerError, match=r"/v1/completions failed after 3 attempt\(s\) \(HTTP 500"):
+    with pytest.raises(ModelServerError, match=r"/v1/completions failed after 3 attempt\(s\) \(HTTP 500"):
         remote.top_logprobs([sft.encode_prompt("x")], 3)
 
 
@@ -243,16 +243,16 @@ def test_timeout(served, tiny_paths, sft):
     remote = _remote(served, tiny_paths)  # connects with the default timeout, then gets a short one
     remote.client.timeout, remote.client.retries = 0.2, 0
     served.faults.delay_s = 1.0
-    with pytest.raises(ServerError, match="timed out"):
+    with pytest.raises(ModelServerError, match="timed out"):
         remote.top_logprobs([sft.encode_prompt("x")], 3)
 
 
 def test_missing_logprobs(served, tiny_paths, sft):
     remote = _remote(served, tiny_paths)
     served.faults.drop_logprobs = True
-    with pytest.raises(ServerError, match="no log-probs"):
+    with pytest.raises(ModelServerError, match="no log-probs"):
         remote.top_logprobs([sft.encode_prompt("x")], 3)
-    with pytest.raises(ServerError, match="no generated token ids"):
+    with pytest.raises(ModelServerError, match="no generated token ids"):
         remote.rollout([sft.encode_prompt("x")], 3)
 
 
@@ -288,7 +288,7 @@ def test_server_dying_mid_decode_fails_the_prompt_clearly(tiny_paths, sft):
         remote = _remote(server, tiny_paths)
         server.faults.die_after = server.completions + 3
         params = DecodeParams(method="none", k=3, max_new_tokens=10)
-        with pytest.raises(ServerError, match=server.url):
+        with pytest.raises(ModelServerError, match=server.url):
             Engine(remote).generate(PROMPTS, params, batch_size=1, progress=False)
     finally:
         server.close()

@@ -175,7 +175,7 @@ def test_sliding_window_longer_inputs_run_uncached(tmp_path):
     assert cached.forward_tokens - before == sum(len(s) for s in ids)
 
 
-def test_bidirectional_reward_model_falls_back_once(tmp_path, capsys):
+def test_bidirectional_reward_model_falls_back_once(tmp_path, caplog):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -183,8 +183,9 @@ def test_bidirectional_reward_model_falls_back_once(tmp_path, capsys):
                         intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=0)
     path = _save(BertForSequenceClassification(config), tmp_path / "bert")
     reward = TransformersReward(path, format=FORMAT)
-    err = capsys.readouterr().err
-    assert err.count("is not a decoder model") == 1 and "BertForSequenceClassification" in err
+    said = caplog.text  # a warning on the tqstar logger
+    assert said.count("is not a decoder model") == 1 and "BertForSequenceClassification" in said
+    caplog.clear()
     assert reward._prefix is None
     TransformersReward(path, format=FORMAT, prefix_cache=False)  # asked for no cache: nothing to say
     for prompts, texts in _steps(2):
@@ -192,7 +193,7 @@ def test_bidirectional_reward_model_falls_back_once(tmp_path, capsys):
         before = reward.forward_tokens
         assert reward.score(prompts, texts) == pytest.approx(_hf_scores(reward, prompts, texts, "right"), abs=1e-5)
         assert reward.forward_tokens - before == sum(len(s) for s in ids)
-    assert "is not a decoder model" not in capsys.readouterr().err
+    assert "is not a decoder model" not in caplog.text
 
 
 def test_decoding_with_the_cache_is_identical_and_cheaper(sft, baseline, tiny_paths):

@@ -14,14 +14,17 @@ error boundary and the parser's assembly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import re
 import sys
 import sysconfig
 import traceback
+from collections.abc import Iterator
 from typing import NoReturn
 
-from ..errors import TQStarError
+from ..errors import ClientError, TQStarError
 from . import demo, eval, generate, serve, testbed
 
 
@@ -36,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see {self.prog} --help")
 
 
-class UsageError(TQStarError):
+class UsageError(ClientError):
     """A command-line flag that argparse refused."""
 
 
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("TQSTAR_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    with one_line_log():
+        return _run(argv, debug)
+
+
+def _run(argv: list[str], debug: bool) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -112,6 +120,35 @@ def _quiet_transformers() -> None:
         logging.set_verbosity_error()
     except ImportError:  # pragma: no cover
         pass
+
+
+class OneLineHandler(logging.Handler):
+    """The ``tqstar`` logger's records as the command line shows every message: ``tqstar: <message>`` on the
+    standard error of the moment (a traceback, where a record has one, follows on its own lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"tqstar: {self.format(record)}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def one_line_log() -> Iterator[None]:
+    """While a command runs: the library's log (``logging.getLogger("tqstar")``, INFO and up) on stderr, one line
+    each, and not passed on to the root logger's handlers (a server's timestamped log would repeat it)."""
+    logger = logging.getLogger("tqstar")
+    handler, saved = OneLineHandler(), (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ def prompt_source(value: Any) -> tuple[str, str | None, int | None]:
     if isinstance(value, str):
         value = {"source": value}
     if not isinstance(value, dict) or not value.get("source"):
-        raise ConfigError(f"`prompts` must name a source: {fix}, e.g. prompts: {{source: rtp, limit: 32}}")
+        raise ConfigError(f"`prompts` must name a source: {fix}, e.g. prompts: {{source: rtp, limit: 32}}", param="prompts")
     unknown = sorted(set(map(str, value)) - {"source", "limit", "column"})
     if unknown:
         raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
@@ -37,13 +37,13 @@ def prompt_source(value: Any) -> tuple[str, str | None, int | None]:
     column = typed(value.get("column"), str, "prompts.column", "a column name")
     limit = typed(value.get("limit"), int, "prompts.limit", "an integer >= 1")
     if limit is not None and limit < 1:
-        raise ConfigError(f"`prompts.limit` must be an integer >= 1, got {limit}")
+        raise ConfigError(f"`prompts.limit` must be an integer >= 1, got {limit}", param="prompts.limit")
     return source, column, limit
 
 
 def judge_spec(value: Any, what: str) -> RewardSpec:
     if value is None:
-        raise ConfigError(f"`{what}` has no reward spec; give one, e.g. {what.split('.')[-1]}: harmless")
+        raise ConfigError(f"`{what}` has no reward spec; give one, e.g. {what.split('.')[-1]}: harmless", param=what)
     spec = RewardSpec.parse(value, what)
     assert spec is not None
     return spec
@@ -77,11 +77,11 @@ class EvalConfig:
                            ("prompts_file", "as `prompts: {source: FILE}`"),
                            ("prompts_column", "as `prompts: {source: FILE, column: NAME}`")):
             if key in data:
-                raise ConfigError(f"`{key}` is not an eval config key; give it {where}")
+                raise ConfigError(f"`{key}` is not an eval config key; give it {where}", param=key)
         methods = data.pop("methods", None)
         if methods is not None and not isinstance(methods, list):
             raise ConfigError(f"`methods` must be a list of mappings, got {describe(methods)}; write"
-                              " methods: [{method: tq-direct}]")
+                              " methods: [{method: tq-direct}]", param="methods")
         defaults = typed(data.pop("defaults", None), dict, "defaults", "a mapping of decoding parameters") or {}
         judges = typed(data.pop("judges", None), dict, "judges", "a mapping of names to reward specs") or {}
         output = typed(data.pop("output", None), str, "output", "a file path") or "eval.jsonl"

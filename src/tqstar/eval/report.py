@@ -15,8 +15,8 @@ method with standard-error bars.
 from __future__ import annotations
 
 import csv
+import logging
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +27,8 @@ from ..errors import ConfigError
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 from .results import RESULTS_FIX, canonical, first_difference, read_rows
+
+log = logging.getLogger("tqstar")
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
@@ -265,8 +267,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             keys.add(key)
             rows.append(row)
         if duplicates:
-            print(f"tqstar: {path} repeats {duplicates} (method, prompt) rows already read; counting each once",
-                  file=sys.stderr)
+            log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once")
     return rows
 
 

@@ -11,7 +11,7 @@ report reads results with this module and :mod:`tqstar.params` alone.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from ..params import DecodeParams
 
 if TYPE_CHECKING:
     from ..reward import Reward
+
+log = logging.getLogger("tqstar")
 
 FORMAT = "tqstar-eval/1"
 OUTPUT_FIX = "give another --output (tqstar eval only appends to files it wrote)"
@@ -115,8 +117,9 @@ def read_rows(path: str | Path) -> tuple[dict[str, Any] | None, list[dict[str, A
 
 
 def cut_off_notice(path: str | Path, action: str) -> None:
-    """Say that the last line of ``path`` was cut off mid-write and what is done about it."""
-    print(f"tqstar: the last line of {path} was cut off mid-write (an interrupted run); {action}", file=sys.stderr)
+    """Say (a warning on the ``tqstar`` logger) that the last line of ``path`` was cut off mid-write and what is
+    done about it."""
+    log.warning(f"the last line of {path} was cut off mid-write (an interrupted run); {action}")
 
 
 def fingerprint_of(shared: dict[str, Any], prompts: Sequence[str], methods: Sequence[MethodRun],

@@ -5,7 +5,7 @@ can implement it. Backends may cache internally (the ``transformers`` backend ke
 sequences it saw last and reuses the longest matching prefix), but a call's result never depends on what
 was called before.
 
-The decoder needs two numbers calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
+The decoder needs two calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
 their log-probabilities, normalised over the full vocabulary) and :meth:`LanguageModel.rollout` (continuations).
 Estimators that need likelihood ratios (soft values, ``tq-soft``; emulated fine-tuning, ``eft``) also call
 :meth:`LanguageModel.score_continuations` (log ρ(y | prefix) of *given* continuations), whose correct, slow
@@ -197,7 +197,7 @@ class LanguageModel(ABC):
 
     def check_k(self, k: int) -> None:
         if self.vocab_size is not None and k > self.vocab_size:
-            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}")
+            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}", param="k")
 
 
 class FullVocabLM(LanguageModel):

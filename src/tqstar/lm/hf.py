@@ -129,7 +129,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         from transformers import AutoModelForCausalLM
 
         if dtype not in DTYPES:
-            raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}", param="dtype")
         path = str(path)
         check_device(device)
         check_model_path(path, allow_download)

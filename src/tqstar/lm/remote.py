@@ -51,7 +51,13 @@ from typing import Any
 import torch
 
 from .._http import JsonClient
-from ..errors import ConfigError, ModelLoadError, ServerError, ServerRejectedError, VocabularyMismatchError
+from ..errors import (
+    ConfigError,
+    ModelLoadError,
+    ModelServerError,
+    ServerRejectedError,
+    VocabularyMismatchError,
+)
 from .base import (
     ContinuationScores,
     LanguageModel,
@@ -100,7 +106,7 @@ class RemoteLM(LanguageModel):
         max_batch: prompts per request; larger batches are split into concurrent requests.
         name: shown in messages.
 
-    The constructor contacts the server: it fails with :class:`ServerError` naming the URL when the server
+    The constructor contacts the server: it fails with :class:`ModelServerError` naming the URL when the server
     does not answer, and with :class:`VocabularyMismatchError` when its tokenizer disagrees with the local one.
     """
 
@@ -112,7 +118,7 @@ class RemoteLM(LanguageModel):
                  concurrency: int = 8, max_batch: int = 256, name: str | None = None,
                  parse_special_tokens: bool = False) -> None:
         if max_batch < 1:
-            raise ConfigError(f"`max_batch` must be >= 1, got {max_batch}")
+            raise ConfigError(f"`max_batch` must be >= 1, got {max_batch}", param="max_batch")
         self.client = JsonClient(base_url, api_key_env=api_key_env, timeout=timeout, retries=retries,
                                  backoff=backoff, max_in_flight=concurrency)
         self.base_url, self.model = self.client.root, model
@@ -146,8 +152,8 @@ class RemoteLM(LanguageModel):
         try:
             listing = self.client.get("/v1/models", retries=min(self.client.retries, 2))
         except ServerRejectedError as exc:
-            raise ServerError(f"server {self.base_url} has no /v1/models (HTTP {exc.status}); give the address of an"
-                              " OpenAI-compatible server") from exc
+            raise ModelServerError(f"server {self.base_url} has no /v1/models (HTTP {exc.status}); give the address of an"
+                                   " OpenAI-compatible server") from exc
         entries = listing.get("data", []) if isinstance(listing, dict) else []
         served = [str(e.get("id")) for e in entries]
         entry = next((e for e in entries if e.get("id") == self.model), None)
@@ -169,7 +175,7 @@ class RemoteLM(LanguageModel):
         """GET an endpoint not every server has (``/props``, ``/metrics``); ``None`` when it is missing."""
         try:
             return self.client.get(path, raw=raw, retries=0)
-        except ServerError:
+        except ModelServerError:
             return None
 
     def _server_eos(self) -> set[int]:
@@ -262,14 +268,14 @@ class RemoteLM(LanguageModel):
         answer = self.client.post("/detokenize", {"model": self.model, "tokens": ids})
         text = answer.get("prompt", answer.get("content")) if isinstance(answer, dict) else None
         if not isinstance(text, str):
-            raise ServerError(f"server {self.base_url}/detokenize answered {str(answer)[:200]!r}; expected a"
-                              " 'prompt' or 'content' field")
+            raise ModelServerError(f"server {self.base_url}/detokenize answered {str(answer)[:200]!r}; expected a"
+                                   " 'prompt' or 'content' field")
         return text
 
     def _tokens(self, answer: Any) -> list[int]:
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list):
-            raise ServerError(f"server {self.base_url}/tokenize answered {str(answer)[:200]!r}; expected 'tokens'")
+            raise ModelServerError(f"server {self.base_url}/tokenize answered {str(answer)[:200]!r}; expected 'tokens'")
         return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
 
     # ---- numbers ----------------------------------------------------------------------------------------
@@ -283,8 +289,8 @@ class RemoteLM(LanguageModel):
         for row, choice in enumerate(choices):
             top = _top_entries(choice, self.base_url)
             if len(top) < k:
-                raise ServerError(f"server {self.base_url} returned {len(top)} next-token log-probs where k = {k} were"
-                                  " asked; lower k or raise the server's limit")
+                raise ModelServerError(f"server {self.base_url} returned {len(top)} next-token log-probs where k = {k} were"
+                                       " asked; lower k or raise the server's limit")
             top = top[:k]
             ids[row] = torch.tensor([t for t, _ in top])
             values[row] = torch.tensor([lp for _, lp in top])
@@ -337,8 +343,8 @@ class RemoteLM(LanguageModel):
         for i, seq, choice in zip(rows, seqs, choices):
             entries = choice.get("prompt_logprobs")
             if not isinstance(entries, list) or len(entries) != len(seq):
-                raise ServerError(f"server {self.base_url} returned no prompt log-probs for a {len(seq)}-token prompt"
-                                  " (prompt_logprobs); score_continuations needs a vLLM server")
+                raise ModelServerError(f"server {self.base_url} returned no prompt log-probs for a {len(seq)}-token prompt"
+                                       " (prompt_logprobs); score_continuations needs a vLLM server")
             start = len(prefixes[i])
             values[i] = [_prompt_logprob(entries[p], seq[p], self.base_url) for p in range(start, len(seq))]
             cost[i] = len(seq) + 1
@@ -349,7 +355,7 @@ class RemoteLM(LanguageModel):
         if self.flavor == "llama.cpp":
             raise ConfigError(f"server {self.base_url} is llama-server, which cannot score given continuations"
                               " (score_continuations needs prompt log-probs, which tq-soft and eft use); serve this"
-                              " model with vLLM or load it locally")
+                              " model with vLLM or load it locally", param="method")
 
     def check_k(self, k: int) -> None:
         """Ask the server for k next-token log-probs once, so a server limit fails before decoding starts."""
@@ -371,12 +377,13 @@ class RemoteLM(LanguageModel):
             if "logprob" in exc.detail.lower():
                 flag = _LOGPROB_FLAGS.get(self.flavor, "its log-probs limit")
                 raise ConfigError(f"server {self.base_url} refused logprobs={extra.get('logprobs')} ({exc.detail});"
-                                  f" lower k or restart the server with a higher limit ({flag})") from exc
+                                  f" lower k or restart the server with a higher limit ({flag})", param="k",
+                                  value=extra.get("logprobs")) from exc
             raise
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list) or len(choices) != len(prompts):
-            raise ServerError(f"server {self.base_url} answered {len(choices) if isinstance(choices, list) else 'no'}"
-                              f" choices for {len(prompts)} prompts; is it an OpenAI-compatible completions server?")
+            raise ModelServerError(f"server {self.base_url} answered {len(choices) if isinstance(choices, list) else 'no'}"
+                                   f" choices for {len(prompts)} prompts; is it an OpenAI-compatible completions server?")
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
         with self._lock:
             self.prompt_tokens_sent += sum(len(p) for p in prompts)
@@ -418,8 +425,8 @@ def _top_entries(choice: dict, url: str) -> list[tuple[int, float]]:
     elif logprobs.get("top_logprobs"):  # legacy (vLLM)
         entries = [(_token_id(key, url), float(value)) for key, value in (logprobs["top_logprobs"][0] or {}).items()]
     else:
-        raise ServerError(f"server {url} returned no log-probs in {str(choice)[:200]!r}; it must support the"
-                          " `logprobs` field of /v1/completions")
+        raise ModelServerError(f"server {url} returned no log-probs in {str(choice)[:200]!r}; it must support the"
+                               " `logprobs` field of /v1/completions")
     best: dict[int, float] = {}
     for token, value in entries:
         best[token] = max(value, best.get(token, float("-inf")))
@@ -437,8 +444,8 @@ def _generated_ids(choice: dict, url: str) -> list[int]:
         return [_token_id(t, url) for t in logprobs["tokens"]]
     if not choice.get("text") and choice.get("finish_reason") in ("stop", "length"):
         return []
-    raise ServerError(f"server {url} returned no generated token ids in {str(choice)[:200]!r}; it must return"
-                      " log-probs with token ids")
+    raise ModelServerError(f"server {url} returned no generated token ids in {str(choice)[:200]!r}; it must return"
+                           " log-probs with token ids")
 
 
 def _generated_logprobs(choice: dict) -> list[float] | None:
@@ -459,15 +466,15 @@ def _prompt_logprob(entry: Any, token: int, url: str) -> float:
     if isinstance(value, dict):
         value = value.get("logprob")
     if not isinstance(value, (int, float)):
-        raise ServerError(f"server {url} returned prompt log-probs without token {token} in {str(entry)[:200]!r}")
+        raise ModelServerError(f"server {url} returned prompt log-probs without token {token} in {str(entry)[:200]!r}")
     return float(value)
 
 
 def _token_id(key: str, url: str) -> int:
     match = _TOKEN_ID_KEY.match(str(key))
     if not match:
-        raise ServerError(f"server {url} returned token {key!r} as text, not as an id; tqstar needs"
-                          " return_tokens_as_token_ids (vLLM >= 0.5)")
+        raise ModelServerError(f"server {url} returned token {key!r} as text, not as an id; tqstar needs"
+                               " return_tokens_as_token_ids (vLLM >= 0.5)")
     return int(match.group(1))
 
 

@@ -57,7 +57,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}", param="dtype")
         if self.remote:
             url, _ = parse_spec(self.path)
             JsonClient(url, timeout=self.timeout, retries=self.retries,
@@ -69,7 +69,7 @@ class ModelSpec:
                 check_model_path(self.tokenizer)
             return
         if self.tokenizer is not None:
-            raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own")
+            raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own", param="tokenizer")
         if self.path in BUILTIN_MODELS:
             check_builtin(self.path)  # installed? (converted on first load)
         else:
@@ -87,9 +87,9 @@ class ModelSpec:
         if isinstance(value, dict):
             values = known_keys(value, cls, what)
             if "path" not in values:
-                raise ConfigError(f"`{what}` has no `path`; give the model as {{path: DIR}} or as a plain path")
+                raise ConfigError(f"`{what}` has no `path`; give the model as {{path: DIR}} or as a plain path", param=what)
             return cls(**values)
-        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {describe(value)}")
+        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {describe(value)}", param=what)
 
 
 def load(spec: ModelSpec, name: str | None = None, *, shared: Shared | None = None) -> LanguageModel:

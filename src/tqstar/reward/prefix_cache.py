@@ -28,7 +28,7 @@ uncached; about L + 1 with this cache (the stem's P + t once when new, about one
 from __future__ import annotations
 
 import inspect
-import sys
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -43,18 +43,19 @@ from ..lm.kvcache import (
 )
 
 Seq = tuple[int, ...]
+log = logging.getLogger("tqstar")
 
 
 def prefix_scorer(model, name: str, *, quiet: bool = False) -> PrefixScorer | None:
-    """A :class:`PrefixScorer` for a decoder sequence-classification ``model``; ``None`` (said once on stderr
-    unless ``quiet``) for a model the cache cannot serve exactly (a bidirectional encoder: BERT, DeBERTa)."""
+    """A :class:`PrefixScorer` for a decoder sequence-classification ``model``; ``None`` (said once, a warning on
+    the ``tqstar`` logger, unless ``quiet``) for a model the cache cannot serve exactly (a bidirectional encoder: BERT, DeBERTa)."""
     from transformers.modeling_layers import GenericForSequenceClassification
 
     if isinstance(model, GenericForSequenceClassification):
         return PrefixScorer(model)
     if not quiet:
-        print(f"tqstar: reward model {name} ({type(model).__name__}) is not a decoder model; it is scored with full"
-              " forwards, without the reward prefix cache", file=sys.stderr)
+        log.warning(f"reward model {name} ({type(model).__name__}) is not a decoder model; it is scored with full"
+                    " forwards, without the reward prefix cache")
     return None
 
 

@@ -103,13 +103,13 @@ class RewardSpec:
         if isinstance(value, dict):
             values = known_keys(value, cls, what)
             if "spec" not in values:
-                raise ConfigError(f"`{what}` has no `spec`; give the reward as {{spec: SPEC, ...}} or as a plain spec")
+                raise ConfigError(f"`{what}` has no `spec`; give the reward as {{spec: SPEC, ...}} or as a plain spec", param=what)
             if values.get("range") is not None:
                 values["range"] = tuple(values["range"])
             if values.get("format") is not None:
                 check_format(values["format"], f"{what}.format")
             return cls(**values)
-        raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {describe(value)}")
+        raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {describe(value)}", param=what)
 
 
 def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
@@ -155,15 +155,15 @@ def check_format(fmt: str, what: str) -> None:
         fields = [name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None]
     except ValueError as exc:
         raise ConfigError(f"`{what}` {fmt!r} is not a valid format string ({exc}); write a literal brace as"
-                          " {{ or }}") from None
+                          " {{ or }}", param=what) from None
     unknown = next((name for name in fields if re.split(r"[.\[]", name)[0] not in ("prompt", "response")), None)
     if unknown is not None:
         raise ConfigError(f"`{what}` {fmt!r} uses the field {{{unknown}}}; the fields are {{prompt}} and"
-                          " {response} (write a literal brace as {{ or }})")
+                          " {response} (write a literal brace as {{ or }})", param=what)
     if "response" not in fields:
-        raise ConfigError(f"`{what}` must contain {{response}}, got {fmt!r}")
+        raise ConfigError(f"`{what}` must contain {{response}}, got {fmt!r}", param=what)
     try:
         fmt.format(prompt="p", response="r")
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise ConfigError(f"`{what}` {fmt!r} cannot be filled in ({type(exc).__name__}: {exc}); use plain"
-                          " {prompt} and {response} fields") from None
+                          " {prompt} and {response} fields", param=what) from None

@@ -15,7 +15,6 @@ import dataclasses
 import hmac
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +25,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import Engine
-from ..errors import ConfigError, PromptTooLongError, TQStarError
+from ..errors import ClientError, ModelServerError, PromptTooLongError, TQStarError
 from ..params import FIELDS, DecodeParams
 from .config import ServeConfig
 from .detok import IncrementalText
@@ -139,8 +138,8 @@ class Completions:
         except PromptTooLongError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(prompt, list) else "prompt",
                            code="context_length_exceeded") from None
-        except ConfigError as exc:
-            raise param_error(exc) from None
+        except TQStarError as exc:
+            raise api_error(exc) from None
         n_prompt = len(state.prompt_ids["sft"])
         if n_prompt > self.limits.max_prompt_tokens:
             raise APIError(400, f"the prompt is {n_prompt} tokens, over the server's {self.limits.max_prompt_tokens}"
@@ -159,7 +158,7 @@ class Completions:
             params = preset.replace(**changes) if changes else preset
             engine.check(params)  # once per parameter group (remembered by the engine)
         except TQStarError as exc:
-            raise param_error(exc) from None
+            raise api_error(exc) from None
         over = self.limits.check(params)
         if over is not None:
             raise APIError(400, over[1], param=param_name(over[0]))
@@ -234,19 +233,22 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-_PARAM = re.compile(r"^`([a-z_]+)`")
-
-
 def param_name(name: str) -> str:
     """The request field that sets the decoding parameter ``name`` (``tqstar.alpha``, ``temperature``,
     ``max_tokens``, ...; the parameter's own name when only the preset sets it)."""
     return (FIELDS[name].request if name in FIELDS else None) or name
 
 
-def param_error(exc: TQStarError) -> APIError:
-    """A 400 naming the request field a parameter error is about (``tqstar.alpha``, ``temperature``, ...)."""
-    match = _PARAM.match(str(exc))
-    return APIError(400, str(exc), param=param_name(match.group(1)) if match else None)
+def api_error(exc: TQStarError) -> APIError:
+    """The answer to an error tqstar raised while checking a request, by its class: a :class:`ClientError` is the
+    request's (400, naming the request field of the error's ``param``: ``tqstar.alpha``, ``temperature``, ...); a
+    model server failing is 502; anything else tqstar runs failing is 500."""
+    if isinstance(exc, ClientError):
+        param = getattr(exc, "param", None)
+        return APIError(400, str(exc), param=param_name(param) if param else None)
+    if isinstance(exc, ModelServerError):
+        return APIError(502, str(exc), type="server_error", code="model_server_error")
+    return APIError(500, str(exc), type="server_error", code="internal_error")
 
 
 def validation_error(exc: ValidationError) -> APIError:

@@ -105,7 +105,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"`port` must be an integer in 0..65535, got {self.port!r}")
+            raise ConfigError(f"`port` must be an integer in 0..65535, got {self.port!r}", param="port")
         if not self.presets:
             raise ConfigError("no presets configured; add a `presets:` mapping of model id to decoding parameters")
         for name, params in self.presets:
@@ -124,17 +124,17 @@ class ServeConfig:
         for key in _RUN_ONLY:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
-                                  " remove it from the serve config")
+                                  " remove it from the serve config", param=key)
         run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS)  # an unknown key's message lists ours too
         defaults = dict(data.get("decode") or {})
         presets = own.get("presets")
         if presets is None:
             presets = default_presets(own.get("name") or model_name(run), run)
         if not isinstance(presets, dict):
-            raise ConfigError(f"`presets` must map model ids to decoding parameters, got {presets!r}")
+            raise ConfigError(f"`presets` must map model ids to decoding parameters, got {presets!r}", param="presets")
         baselines = own.get("baselines") or {}
         if not isinstance(baselines, dict):
-            raise ConfigError(f"`baselines` must map names to model specs, got {baselines!r}")
+            raise ConfigError(f"`baselines` must map names to model specs, got {baselines!r}", param="baselines")
         named = tuple((str(name), ModelSpec.parse(spec, f"baselines.{name}")) for name, spec in baselines.items())
         built, preset_baselines = [], []
         for name, values in presets.items():
@@ -155,10 +155,10 @@ class ServeConfig:
                 raise ConfigError(f"preset {name!r}: {exc}") from exc
         limits = own.get("limits") or {}
         if not isinstance(limits, dict):
-            raise ConfigError(f"`limits` must be a mapping, got {limits!r}")
+            raise ConfigError(f"`limits` must be a mapping, got {limits!r}", param="limits")
         origins = own.get("cors_origins") or []
         if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
-            raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}")
+            raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}", param="cors_origins")
         return cls(run=run, presets=tuple(built), limits=Limits(**known_keys(limits, Limits, "limits")),
                    cors_origins=tuple(origins), baselines=named, preset_baselines=tuple(preset_baselines),
                    **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})

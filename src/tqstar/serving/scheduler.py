@@ -28,7 +28,7 @@ from typing import Any
 
 from ..decoder import Decoder
 from ..engine import Engine
-from ..errors import ServerError, TQStarError
+from ..errors import ModelServerError, TQStarError
 from ..params import DecodeParams
 from ..state import PromptState, Response
 from .config import Limits
@@ -271,7 +271,7 @@ class Scheduler:
 
 def _error_for(exc: BaseException) -> APIError:
     """The API error for an exception raised while decoding (a model server failing, a reward failing, a bug)."""
-    if isinstance(exc, ServerError):
+    if isinstance(exc, ModelServerError):
         return APIError(502, str(exc), type="server_error", code="model_server_error")
     if isinstance(exc, TQStarError):
         return APIError(500, str(exc), type="server_error", code="decoding_error")

@@ -18,6 +18,8 @@ from ..lm.hf import TransformersLM
 from ..lm.spec import Shared, load
 from .config import ServeConfig
 
+log = logging.getLogger("tqstar")
+
 
 def build_engines(config: ServeConfig) -> dict[str | None, Engine]:
     """Load the models and rewards once; one :class:`Engine` per baseline (``None``: the top-level one, then each
@@ -64,10 +66,10 @@ def serve(config: ServeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(config.api_keys_env):
-        print(f"tqstar: warning: listening on {config.host} without API keys; anyone who can reach it can use it"
-              f" (set {config.api_keys_env} to comma-separated keys)", file=sys.stderr)
+        log.warning(f"warning: listening on {config.host} without API keys; anyone who can reach it can use it"
+                    f" (set {config.api_keys_env} to comma-separated keys)")
     names = ", ".join(name for name, _ in config.presets)
-    print(f"tqstar: serving {names} on http://{config.host}:{config.port}/v1", file=sys.stderr, flush=True)
+    log.info(f"serving {names} on http://{config.host}:{config.port}/v1")
     Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                           timeout_graceful_shutdown=grace + 5, lifespan="on")).run()
     return 0
