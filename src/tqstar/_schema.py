@@ -104,3 +104,19 @@ def typed(value: Any, kind: type, what: str, phrase: str) -> Any:
     if value is None or accepts(kind, value):
         return value
     raise ConfigError(f"`{what}` must be {phrase}, got {describe(value)}", param=what, value=value)
+
+
+def string_or_mapping(value: Any, cls: type, what: str, *, key: str, plain: str, fix: str) -> dict[str, Any] | None:
+    """The fields of a spec given either as a plain string (the ``key`` field) or as a mapping of ``cls``'s fields
+    that holds ``key``; ``None`` stays ``None``. ``plain`` names the string form ("a path") and ``fix`` says how to
+    give the spec, for the one-sentence errors."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {key: value}
+    if isinstance(value, dict):
+        values = known_keys(value, cls, what)
+        if key not in values:
+            raise ConfigError(f"`{what}` has no `{key}`; {fix}", param=what)
+        return values
+    raise ConfigError(f"`{what}` must be {plain} or a mapping with a `{key}` key, got {describe(value)}", param=what)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._http import JsonClient
-from .._schema import known_keys
+from .._schema import string_or_mapping
 from ..builtin.models import BUILTIN_MODELS, check_builtin, resolve_adapter, resolve_model
-from ..errors import ConfigError, describe
+from ..errors import ConfigError
 from .base import LanguageModel
 from .hf import TransformersLM
 from .loading import DTYPES, check_adapter_dir, check_device, check_model_path
@@ -80,16 +80,11 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, value: Any, what: str) -> ModelSpec | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, dict):
-            values = known_keys(value, cls, what)
-            if "path" not in values:
-                raise ConfigError(f"`{what}` has no `path`; give the model as {{path: DIR}} or as a plain path", param=what)
-            return cls(**values)
-        raise ConfigError(f"`{what}` must be a path or a mapping with a `path` key, got {describe(value)}", param=what)
+        """A spec from a config value (a path, or a mapping with a ``path`` key; ``None`` stays ``None``); ``what`` is
+        its key, named in messages."""
+        values = string_or_mapping(value, cls, what, key="path", plain="a path",
+                                   fix="give the model as {path: DIR} or as a plain path")
+        return None if values is None else cls(**values)
 
 
 def load(spec: ModelSpec, name: str | None = None, *, shared: Shared | None = None) -> LanguageModel:

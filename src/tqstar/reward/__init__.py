@@ -11,12 +11,7 @@ sums), :mod:`~tqstar.reward.hf` (reward models), :mod:`~tqstar.reward.prefix_cac
 :mod:`~tqstar.reward.builtin` (the built-ins) and :mod:`~tqstar.reward.spec` (what may stand for a reward, and
 loading it).
 
-A reward may declare its range ``[R_min, R_max]``: pruning trusts it (a candidate that cannot win even at R_max is
-skipped) and the decoder reports the per-token KL bound with it. Every value is checked in one place
-(:meth:`Reward.score`): a NaN or inf, or a value outside the declared range, raises
-:class:`~tqstar.errors.RewardError` naming the text, the value and the range. A reward whose range is only a
-guide opts out with ``check_range=False`` (YAML ``check_range: false``): its ``range`` is then ``None``, which
-turns pruning and the reward-based KL bound off.
+Every value is checked in one place, against the reward's declared range where it has one (:mod:`~tqstar.reward.base`).
 """
 
 from __future__ import annotations

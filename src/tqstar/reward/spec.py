@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._schema import known_keys
-from ..errors import ConfigError, describe
+from .._schema import string_or_mapping
+from ..errors import ConfigError
 from .base import CallableReward, Range, Reward, WeightedReward
 from .builtin import BUILTIN_REWARDS
 from .hf import TransformersReward
@@ -96,20 +96,15 @@ class RewardSpec:
     def parse(cls, value: Any, what: str) -> RewardSpec | None:
         """A spec from a config value (a spec string or a mapping with a ``spec`` key; ``None`` stays ``None``);
         ``what`` is its key, named in messages."""
-        if value is None:
+        values = string_or_mapping(value, cls, what, key="spec", plain="a spec string",
+                                   fix="give the reward as {spec: SPEC, ...} or as a plain spec")
+        if values is None:
             return None
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, dict):
-            values = known_keys(value, cls, what)
-            if "spec" not in values:
-                raise ConfigError(f"`{what}` has no `spec`; give the reward as {{spec: SPEC, ...}} or as a plain spec", param=what)
-            if values.get("range") is not None:
-                values["range"] = tuple(values["range"])
-            if values.get("format") is not None:
-                check_format(values["format"], f"{what}.format")
-            return cls(**values)
-        raise ConfigError(f"`{what}` must be a spec string or a mapping with a `spec` key, got {describe(value)}", param=what)
+        if values.get("range") is not None:
+            values["range"] = tuple(values["range"])
+        if values.get("format") is not None:
+            check_format(values["format"], f"{what}.format")
+        return cls(**values)
 
 
 def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
