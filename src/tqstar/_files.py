@@ -10,6 +10,8 @@
   temporary file beside FILE as they finish; only a run that completes replaces FILE (``os.replace``, atomic).
   A failed run leaves FILE as it was, and what was finished stays in the temporary file, which is named on
   stderr.
+* :func:`replaceable_output` says whether ``generate -o FILE`` may replace FILE: only a file tqstar generate wrote
+  (or an empty one), so a user's notes or data are never overwritten.
 * :func:`lock_exclusive` takes a non-blocking ``fcntl.flock`` on an open file, so two ``tqstar eval`` runs
   cannot append to one results file at once: the second is refused.
 """

@@ -113,7 +113,8 @@ def _prompt_list(value: Any) -> list[Prompt]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]", param="prompts")
+        raise ConfigError(f"`prompts` must be a list of strings, got {describe(value)}; write prompts: [\"...\"]",
+                          param="prompts", value=value)
     return [check_prompt(prompt, f"`prompts[{i}]`") for i, prompt in enumerate(value)]
 
 

@@ -46,8 +46,9 @@ class Engine:
         reward: the target reward.
         baseline_reward: the reward the baseline was aligned to (``tq-indirect``).
         bridge: ``None`` (default) bridges through text exactly when the two vocabularies differ, and says so once
-            (a warning on the ``tqstar`` logger); ``True`` bridges a pair that shares its vocabulary too (to measure what the bridge costs);
-            ``False`` refuses a pair with different vocabularies (:class:`VocabularyMismatchError`).
+            (a warning on the ``tqstar`` logger); ``True`` bridges a pair that shares its vocabulary too (to measure
+            what the bridge costs); ``False`` refuses a pair with different vocabularies
+            (:class:`VocabularyMismatchError`).
     """
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,

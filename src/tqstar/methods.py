@@ -66,7 +66,7 @@ class Method:
 
     def __post_init__(self) -> None:
         assert self.needs <= set(NEEDS), f"{self.name}: unknown needs {set(self.needs) - set(NEEDS)}"
-        assert (self.kind == "token") == (self.value is not None), f"{self.name}: token methods, and only they, have a value"
+        assert (self.kind == "token") == (self.value is not None), f"{self.name}: token methods (only) have a value"
         assert self.kind != "plain" or self.rolls is not None, f"{self.name}: a plain method names the model it decodes"
         assert self.rolls != "baseline" or "baseline" in self.needs, f"{self.name}: rolling the baseline needs it"
         assert self.doc and "\n" not in self.doc, f"{self.name}: one doc line"

@@ -146,7 +146,7 @@ class DecodeParams:
         if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
                               f" of the rolling model itself), got {self.rollout_temperature!r}; set"
-                              " rollout_temperature: 1", param="rollout_temperature")
+                              " rollout_temperature: 1", param="rollout_temperature", value=self.rollout_temperature)
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             _fail("stop", "a tuple of non-empty strings", self.stop)
         if self.bon_policy not in ("sft", "baseline"):
@@ -154,13 +154,10 @@ class DecodeParams:
         if self.n_rollouts > 1 and self.rollout_temperature == 0 and self.rolls_out:
             raise ConfigError(
                 f"`n_rollouts` = {self.n_rollouts} with greedy rollouts gives {self.n_rollouts} identical rollouts;"
-                " set `rollout_temperature` > 0 or use n_rollouts = 1"
-            , param="n_rollouts")
+                " set `rollout_temperature` > 0 or use n_rollouts = 1", param="n_rollouts", value=self.n_rollouts)
         if row.kind == "best-of-n" and self.temperature == 0:
-            raise ConfigError(
-                f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0; try"
-                " temperature=1.0"
-            , param="temperature")
+            raise ConfigError(f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0;"
+                              " try temperature=1.0", param="temperature", value=self.temperature)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             _fail("seed", "an integer", self.seed)
         if self.rollout_seed is not None and (isinstance(self.rollout_seed, bool) or not isinstance(self.rollout_seed, int)):

@@ -29,7 +29,8 @@ def prompt_source(value: Any) -> tuple[str, str | None, int | None]:
     if isinstance(value, str):
         value = {"source": value}
     if not isinstance(value, dict) or not value.get("source"):
-        raise ConfigError(f"`prompts` must name a source: {fix}, e.g. prompts: {{source: rtp, limit: 32}}", param="prompts")
+        raise ConfigError(f"`prompts` must name a source: {fix}, e.g. prompts: {{source: rtp, limit: 32}}",
+                          param="prompts")
     unknown = sorted(set(map(str, value)) - {"source", "limit", "column"})
     if unknown:
         raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")

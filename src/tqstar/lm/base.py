@@ -197,7 +197,8 @@ class LanguageModel(ABC):
 
     def check_k(self, k: int) -> None:
         if self.vocab_size is not None and k > self.vocab_size:
-            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}", param="k")
+            raise ConfigError(f"`k` must be <= the vocabulary size of {self.name} ({self.vocab_size}), got {k}",
+                              param="k")
 
 
 class FullVocabLM(LanguageModel):

@@ -69,7 +69,8 @@ class ModelSpec:
                 check_model_path(self.tokenizer)
             return
         if self.tokenizer is not None:
-            raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own", param="tokenizer")
+            raise ConfigError(f"`tokenizer` is for remote models (openai:...); {self.path!r} loads its own",
+                              param="tokenizer")
         if self.path in BUILTIN_MODELS:
             check_builtin(self.path)  # installed? (converted on first load)
         else:

@@ -131,7 +131,8 @@ class ServeConfig:
         if presets is None:
             presets = default_presets(own.get("name") or model_name(run), run)
         if not isinstance(presets, dict):
-            raise ConfigError(f"`presets` must map model ids to decoding parameters, got {presets!r}", param="presets")
+            raise ConfigError(f"`presets` must map model ids to decoding parameters, got {presets!r}",
+                              param="presets")
         baselines = own.get("baselines") or {}
         if not isinstance(baselines, dict):
             raise ConfigError(f"`baselines` must map names to model specs, got {baselines!r}", param="baselines")
@@ -158,7 +159,8 @@ class ServeConfig:
             raise ConfigError(f"`limits` must be a mapping, got {limits!r}", param="limits")
         origins = own.get("cors_origins") or []
         if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
-            raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}", param="cors_origins")
+            raise ConfigError(f"`cors_origins` must be a list of origins like http://localhost:5173, got {origins!r}",
+                              param="cors_origins")
         return cls(run=run, presets=tuple(built), limits=Limits(**known_keys(limits, Limits, "limits")),
                    cors_origins=tuple(origins), baselines=named, preset_baselines=tuple(preset_baselines),
                    **{k: own[k] for k in ("host", "port", "api_keys_env") if k in own})
