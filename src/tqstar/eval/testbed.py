@@ -356,8 +356,10 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
     checks.append(("--draws", draws, draws >= 1, "an integer >= 1"))
     for flag, value, ok, constraint in checks:
         if not ok:
-            raise ConfigError(f"{flag} must be {constraint}, got {value:g}")
+            raise ConfigError(f"{flag} must be {constraint}, got {value:g}", param=flag[2:].replace("-", "_"),
+                              value=value)
     sequences = vocab_size ** horizon
     if sequences > MAX_TESTBED_SEQUENCES:
         raise ConfigError(f"--vocab-size {vocab_size} with --horizon {horizon} enumerates {sequences:.3g}"
-                          f" sequences; keep vocab-size ** horizon <= {MAX_TESTBED_SEQUENCES:,}")
+                          f" sequences; keep vocab-size ** horizon <= {MAX_TESTBED_SEQUENCES:,}", param="vocab_size",
+                          value=vocab_size)
