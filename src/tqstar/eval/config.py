@@ -98,7 +98,9 @@ class EvalConfig:
             output=output,
         )
 
-    def fingerprint(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
+        """What identifies the run besides its prompts and methods (models, rewards, judges' specs, prompt source):
+        the shared part of the results file's fingerprint (:func:`~tqstar.eval.results.fingerprint_of`)."""
         run = self.run
         return {
             "sft": dataclasses.asdict(run.sft) if run.sft else "built-in tiny",
@@ -115,10 +117,10 @@ class EvalConfig:
 
         prompts = load_prompts(self.prompt_source, column=self.prompt_column, limit=self.prompt_limit)
         # a file that is not ours, or holds another configuration's results, is refused before any model loads
-        check_resumable(scan(self.output, OUTPUT_FIX), fingerprint_of(self.fingerprint(), prompts, self.methods),
+        check_resumable(scan(self.output, OUTPUT_FIX), fingerprint_of(self.identity(), prompts, self.methods),
                         self.output)
         engine = self.run.build(check=False)
         judges = {name: spec.load() for name, spec in self.judges}
-        return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.fingerprint(), judges=judges,
+        return Evaluation(engine, prompts, self.methods, self.output, fingerprint=self.identity(), judges=judges,
                           batch_size=self.run.batch_size, concurrency=self.run.concurrency,
                           truncate_prompt=self.run.truncate_prompt, progress=progress)
