@@ -55,6 +55,11 @@ class Limits:
         request_timeout_s: a request still running after this long ends with a timeout error.
         shutdown_grace_s: on SIGTERM, in-flight requests get this long to finish before they are ended.
         max_k, max_n_rollouts, max_rollout_len, max_bon_n, max_alpha: caps on the ``tqstar`` overrides.
+        max_stop: stop strings one request may give (OpenAI's 4).
+        max_step_tokens: tokens one step of one request may generate (``k × n_rollouts × rollout_len``;
+            ``bon_n × max_tokens`` for best-of-N): the compute a request takes in one indivisible piece.
+        max_request_kv_mb: KV-cache memory (MiB) one request may keep in the local models
+            (:mod:`~tqstar.serving.budget`); a request without ``max_tokens`` is given a budget under it.
     """
 
     max_batch: int = 16
@@ -69,6 +74,9 @@ class Limits:
     max_rollout_len: int = 256
     max_bon_n: int = 32
     max_alpha: float = 1000.0
+    max_stop: int = 4
+    max_step_tokens: int = 4096
+    max_request_kv_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -112,6 +120,11 @@ class ServeConfig:
             over = self.limits.check(params)
             if over is not None:
                 raise ConfigError(f"preset {name!r}: {over[1]} (raise `limits.max_{over[0]}` or lower the preset's)")
+            if params.rolls_out and params.k * params.n_rollouts * params.rollout_len > self.limits.max_step_tokens:
+                raise ConfigError(f"preset {name!r} rolls out k × n_rollouts × rollout_len = {params.k} × "
+                                  f"{params.n_rollouts} × {params.rollout_len} tokens per step, over"
+                                  f" `limits.max_step_tokens` {self.limits.max_step_tokens}; raise the limit or lower"
+                                  " the preset's")
             if params.trace:
                 raise ConfigError(f"preset {name!r} sets `trace`; a request asks for it with"
                                   ' "tqstar": {"trace": true}')
