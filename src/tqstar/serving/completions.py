@@ -378,8 +378,13 @@ def _check_string(text: str, path: tuple) -> None:
                        code="invalid_text") from None
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _where(path: tuple) -> str:
-    return ".".join(str(part) for part in path) or "body"
+    """A field's path as the error's ``param``: ``messages.0.content``; an odd key JSON-escaped and cut short."""
+    parts = [str(p) if isinstance(p, int) or _NAME.fullmatch(p) else json.dumps(p[:40]) for p in path]
+    return ".".join(parts) or "body"
 
 
 # ---- what a response says ---------------------------------------------------------------------------------------
@@ -459,7 +464,7 @@ def validation_error(exc: ValidationError) -> APIError:
     """A 400 naming the first invalid field (``messages.0.role``) with pydantic's reason (pydantic's names of union
     members, ``str`` or ``list[TextPart]``, are left out of the field's path)."""
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"] if not _TYPE_TAG.search(str(part))) or "body"
+    where = _where(tuple(part for part in first["loc"] if not _TYPE_TAG.search(str(part))))
     got = "" if first["type"] == "missing" else f", got {_short(first.get('input'))}"
     reason = first["msg"][:1].lower() + first["msg"][1:]
     return APIError(400, f"`{where}`: {reason}{got}; fix that field of the request", param=where)
