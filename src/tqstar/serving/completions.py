@@ -136,7 +136,7 @@ class Completions:
             ending, prompt = "auto", req.text()
         engine = self.engines[self.config.baseline_of(req.model)]
         params = self._params(engine, preset, req)
-        seed = req.seed if req.seed is not None else secrets.randbits(63)  # no seed: fresh randomness, reported
+        seed = req.seed if req.seed is not None else fresh_seed()
         try:
             state = engine.new_state(prompt, params, seed=seed, max_new_tokens=1, stop=stop, trace=req.tqstar.trace,
                                      ending=ending)
@@ -293,6 +293,12 @@ class Completions:
                                finish_reason=FINISH_REASONS[response.finish_reason],
                                usage=usage(event.prompt_tokens, len(response.token_ids)),
                                extension=response_extension(response, ticket.params, trace=True))
+
+
+def fresh_seed() -> int:
+    """The seed of a request that gave none (fresh randomness, as OpenAI and vLLM): below 2**53, so that a JavaScript
+    client reads the reported seed exactly and can send it back to repeat the answer."""
+    return secrets.randbits(53)
 
 
 # ---- reading a body ------------------------------------------------------------------------------------------
