@@ -49,9 +49,10 @@ PROMPTS = [
 ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def serve_config(model: str, k: int, rollout_len: int, max_step_tokens: int) -> dict:
+def serve_config(model: str, k: int, rollout_len: int, max_step_tokens: int, max_step_rows: int) -> dict:
     decode = {"k": k, "rollout_len": rollout_len, "alpha": 2.0}
-    limits = {"max_batch": 16, "max_queue": 256, "max_tokens": 1024, "max_step_tokens": max_step_tokens}
+    limits = {"max_batch": 16, "max_queue": 256, "max_tokens": 1024, "max_step_tokens": max_step_tokens,
+              "max_step_rows": max_step_rows}
     if model == "tiny":
         from tqstar.builtin.tiny import build_tiny_models, default_tiny_dir
 
@@ -86,9 +87,9 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
             if choice["finish_reason"] is None and "role" not in choice["delta"]:
                 stamps.append(time.perf_counter())  # one chunk per decoder step
             text.append(choice["delta"].get("content") or "")
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")  # mean gap
     return {"text": "".join(text), "tokens": tokens, "ttft": stamps[0] - start if stamps else float("nan"),
-            "step": statistics.median(gaps) if gaps else float("nan"), "done": time.perf_counter()}
+            "step": step, "done": time.perf_counter()}
 
 
 async def concurrent(url: str, bodies: list[dict]) -> tuple[list[dict], float]:
@@ -108,10 +109,11 @@ def timed_post(url: str, body: dict) -> tuple[float, dict]:
 # ---- the three measurements ------------------------------------------------------------------------------------
 def heavy_and_light(url: str, args: argparse.Namespace) -> dict:
     light = {"model": "sft", "messages": chat(PROMPTS[1]), "max_tokens": args.light_tokens, "temperature": 0}
-    n_rollouts = 4
-    heavy_k = max(1, args.max_step_tokens // (n_rollouts * args.heavy_rollout_len))
-    heavy = {"model": "tq", "messages": chat(PROMPTS[0]), "max_tokens": args.heavy_rollout_len,
-             "tqstar": {"k": heavy_k, "n_rollouts": n_rollouts, "rollout_len": args.heavy_rollout_len,
+    n_rollouts = 2  # the heaviest request the caps allow: max_step_rows rollouts of max_step_tokens in all
+    heavy_k = args.max_step_rows // n_rollouts
+    rollout_len = args.max_step_tokens // (heavy_k * n_rollouts)
+    heavy = {"model": "tq", "messages": chat(PROMPTS[0]), "max_tokens": rollout_len,
+             "tqstar": {"k": heavy_k, "n_rollouts": n_rollouts, "rollout_len": rollout_len,
                         "rollout_temperature": 1.0, "prune": False}}
     alone = [timed_post(url, light)[0] for _ in range(args.repeats)]
     client = httpx.Client(timeout=None)
@@ -125,8 +127,8 @@ def heavy_and_light(url: str, args: argparse.Namespace) -> dict:
         client.close()
     a, b = statistics.median(alone), statistics.median(beside)
     return {"light": {"method": "sft", "max_tokens": args.light_tokens},
-            "heavy": {"method": "tq-direct", "k": heavy_k, "n_rollouts": n_rollouts,
-                      "rollout_len": args.heavy_rollout_len, "step_tokens": heavy_k * n_rollouts * args.heavy_rollout_len},
+            "heavy": {"method": "tq-direct", "k": heavy_k, "n_rollouts": n_rollouts, "rollout_len": rollout_len,
+                      "step_tokens": heavy_k * n_rollouts * rollout_len, "rows": heavy_k * n_rollouts},
             "light_alone_s": alone, "light_beside_heavy_s": beside, "ratio": b / a, "goal": "<= 3"}
 
 
@@ -164,14 +166,15 @@ def clients_vs_generate(url: str, config_path: Path, args: argparse.Namespace) -
             "tokens": served_tokens, "ratio": server_tps / batch_tps, "same_texts": same, "goal": ">= 0.9"}
 
 
-def idle_ttft(url: str, args: argparse.Namespace) -> dict:
+def idle_ttft(url: str, args: argparse.Namespace, preset: str) -> dict:
     runs = []
     for i in range(args.repeats):
-        body = {"model": "tq", "messages": chat(PROMPTS[(i + 5) % len(PROMPTS)]), "max_tokens": args.max_tokens}
+        body = {"model": preset, "messages": chat(PROMPTS[(i + 5) % len(PROMPTS)]), "max_tokens": args.max_tokens}
         runs.append(asyncio.run(concurrent(url, [body]))[0][0])
     ttft = statistics.median(r["ttft"] for r in runs)
     step = statistics.median(r["step"] for r in runs)
-    return {"ttft_s": ttft, "step_s": step, "ttft_steps": ttft / step, "runs": len(runs), "goal": "< 2"}
+    return {"preset": preset, "ttft_s": ttft, "step_s": step, "ttft_steps": ttft / step, "runs": len(runs),
+            "goal": "< 2"}
 
 
 def main() -> int:
@@ -182,7 +185,7 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--rollout-len", type=int, default=20)
     parser.add_argument("--max-step-tokens", type=int, default=4096, help="the server's cap; the heavy request's step")
-    parser.add_argument("--heavy-rollout-len", type=int, default=64)
+    parser.add_argument("--max-step-rows", type=int, default=32, help="the server's cap; the heavy request's rows")
     parser.add_argument("--heavy-head-start", type=float, default=2.0, help="seconds the heavy request runs first")
     parser.add_argument("--light-tokens", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
@@ -199,15 +202,17 @@ def main() -> int:
                        "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "serve.yaml"
-        config_path.write_text(yaml.safe_dump(serve_config(args.model, args.k, args.rollout_len, args.max_step_tokens)))
+        config_path.write_text(yaml.safe_dump(serve_config(args.model, args.k, args.rollout_len, args.max_step_tokens,
+                                                           args.max_step_rows)))
         port = free_port()
         argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(config_path), "--port", str(port)]
         with ServerProcess("tqstar", argv, port, Path(tmp) / "serve.log", env=ENV, ready_timeout_s=600) as server:
             asyncio.run(concurrent(server.url, [{"model": "tq", "messages": chat("warm up"), "max_tokens": 2}]))
             if "ttft" in args.only:
-                out["idle_ttft"] = r = idle_ttft(server.url, args)
-                print(f"idle time to first token: {r['ttft_s']:.3f} s = {r['ttft_steps']:.2f} steps of"
-                      f" {r['step_s'] * 1000:.1f} ms (goal < 2)", flush=True)
+                out["idle_ttft"] = [idle_ttft(server.url, args, preset) for preset in ("tq", "sft")]
+                for r in out["idle_ttft"]:
+                    print(f"idle time to first token, {r['preset']}: {r['ttft_s']:.3f} s = {r['ttft_steps']:.2f} steps"
+                          f" of {r['step_s'] * 1000:.1f} ms (goal < 2)", flush=True)
             if "fairness" in args.only:
                 out["heavy_and_light"] = r = heavy_and_light(server.url, args)
                 print(f"light sft request beside a heavy one ({r['heavy']}): {statistics.median(r['light_beside_heavy_s']):.2f} s"

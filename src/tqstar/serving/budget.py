@@ -5,8 +5,10 @@ pass cannot be split, and memory is not time-shared: so both are capped per requ
 
 * **Tokens per step** (``limits.max_step_tokens``): the tokens one decoder step of the request generates —
   ``k × n_rollouts × min(rollout_len, max_tokens)`` for a method that rolls candidates out, ``bon_n × max_tokens``
-  for best-of-N (it samples whole responses in its one step), else ``k`` or 1. It bounds the rows of the largest
-  forward pass the request brings (``k × n_rollouts``) and how long its step keeps the machine.
+  for best-of-N (it samples whole responses in its one step), else ``k`` or 1: how much work one step is.
+* **Rows per forward pass** (``limits.max_step_rows``): the sequences the request's step runs through a model at
+  once — ``k × n_rollouts`` rollouts, ``bon_n`` samples, ``k`` scored candidates. One forward pass is the unit the
+  scheduler cannot split, so this bounds how long any other request may wait for this one.
 * **KV memory** (``limits.max_request_kv_mb``): for each local model the method runs, the rows it keeps in that
   model's cache (the committed sequence, plus a copy of the prefix per rollout or scored candidate) times their
   length (prompt + ``max_tokens``) times the model's KV bytes per token (2 × layers × KV heads × head size × dtype
@@ -56,6 +58,11 @@ def cache_rows(params: DecodeParams) -> dict[str, int]:
             for role in ("sft", "baseline"):
                 rows[role] = rows.get(role, 0) + candidates
     return rows
+
+
+def step_rows(params: DecodeParams) -> int:
+    """The most sequences one forward pass of the request's step runs (the largest cache row count)."""
+    return max(cache_rows(params).values())
 
 
 def step_tokens(params: DecodeParams, budget: int) -> int:

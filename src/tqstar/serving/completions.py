@@ -86,13 +86,17 @@ class Completions:
 
     async def complete(self, request: Request, *, chat: bool) -> Response:
         self.authorize(request)
-        body = await read_json(request, self.limits.max_body_bytes)
+        self.scheduler.arriving(+1)  # a new group's first step waits briefly for requests sent with this one
         try:
-            req = (ChatRequest if chat else CompletionRequest).model_validate(body)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        ticket = await run_in_threadpool(self._ticket, req, asyncio.get_running_loop())
-        self.scheduler.submit(ticket)
+            body = await read_json(request, self.limits.max_body_bytes)
+            try:
+                req = (ChatRequest if chat else CompletionRequest).model_validate(body)
+            except ValidationError as exc:
+                raise validation_error(exc) from None
+            ticket = await run_in_threadpool(self._ticket, req, asyncio.get_running_loop())
+            self.scheduler.submit(ticket)
+        finally:
+            self.scheduler.arriving(-1)
         meta = {"chat": chat, "id": new_id(chat), "model": req.model}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -190,6 +194,12 @@ class Completions:
             if room is not None and asked > room:
                 raise self._too_long(engine, params, prompt_field, prompt_tokens, (field, asked))
             budget = asked
+        rows = cost.step_rows(params)
+        if rows > limits.max_step_rows:
+            raise APIError(400, f"one step of this request would run {rows} sequences at once"
+                                f" ({rows_formula(params)}), over this server's {limits.max_step_rows} (max_step_rows in"
+                                f" GET /v1/tqstar/limits); lower {step_fields(params, req, rows=True)}",
+                           param=step_param(params, req, rows=True), code="request_too_costly")
         steps = cost.step_tokens(params, max(budget, 1))
         if steps > limits.max_step_tokens:
             raise APIError(400, f"one step of this request would generate {steps} tokens ({step_formula(params)}),"
@@ -450,15 +460,24 @@ def step_formula(params: DecodeParams) -> str:
     return f"k {params.k} × n_rollouts {params.n_rollouts} × rollout_len {params.rollout_len}"
 
 
-def step_fields(params: DecodeParams, req: ChatRequest | CompletionRequest) -> str:
+def rows_formula(params: DecodeParams) -> str:
     if params.method_row.kind == "best-of-n":
-        return "`tqstar.bon_n` or `max_tokens`"
+        return f"bon_n {params.bon_n}"
+    return f"k {params.k} × n_rollouts {params.n_rollouts}" if params.rolls_out else f"k {params.k}"
+
+
+def step_fields(params: DecodeParams, req: ChatRequest | CompletionRequest, rows: bool = False) -> str:
+    if params.method_row.kind == "best-of-n":
+        return "`tqstar.bon_n`" if rows else "`tqstar.bon_n` or `max_tokens`"
+    if rows:
+        return "`tqstar.k` or `tqstar.n_rollouts`" if params.rolls_out else "`tqstar.k`"
     return "`tqstar.k`, `tqstar.n_rollouts` or `tqstar.rollout_len`"
 
 
-def step_param(params: DecodeParams, req: ChatRequest | CompletionRequest) -> str:
-    """The field to blame for a step over the cap: the first of the request's own overrides that raise it."""
-    names = ("bon_n",) if params.method_row.kind == "best-of-n" else ("n_rollouts", "k", "rollout_len")
+def step_param(params: DecodeParams, req: ChatRequest | CompletionRequest, rows: bool = False) -> str:
+    """The field to blame for a step over a cap: the first of the request's own overrides that raise it."""
+    names = ("bon_n",) if params.method_row.kind == "best-of-n" else ("n_rollouts", "k") if rows else (
+        "n_rollouts", "k", "rollout_len")
     set_here = req.tqstar.overrides()
     return next((f"tqstar.{n}" for n in names if n in set_here), f"tqstar.{names[0]}")
 

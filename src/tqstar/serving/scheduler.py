@@ -72,6 +72,9 @@ log = logging.getLogger("tqstar.serve")
 
 #: A group computes at least this long before a checkpoint may hand the machine to another group.
 QUANTUM_S = 0.02
+#: A new group's first step waits at most this long for requests that are still arriving (being read and encoded), so
+#: that requests sent together start with one batched step, as one ``tqstar generate`` batch would.
+GATHER_S = 0.05
 
 
 @dataclass
@@ -252,6 +255,7 @@ class Scheduler:
         self._accepting = True
         self._drain_by: float | None = None
         self._closed = False
+        self._arriving = 0  # requests being read and encoded, not yet submitted
         self._thread = threading.Thread(target=self._run, name="tqstar-admit", daemon=True)
 
     # ---- any thread ---------------------------------------------------------------------------------------
@@ -273,6 +277,12 @@ class Scheduler:
         """Requests decoding now (their rows)."""
         with self._cond:
             return sum(g.size for g in self._groups.values())
+
+    def arriving(self, change: int) -> None:
+        """A request started (+1) or stopped (-1) being read and encoded (see :data:`GATHER_S`)."""
+        with self._cond:
+            self._arriving += change
+            self._cond.notify_all()
 
     def submit(self, ticket: Ticket) -> None:
         """Queue ``ticket``; raise :class:`APIError` 429 when the queue is full, 503 when shutting down."""
@@ -366,6 +376,7 @@ class Scheduler:
     def _run_group(self, group: Group) -> None:
         _local.slot = (self.share, group)
         try:
+            self._gather()
             while self._next_rows(group):
                 self.share.acquire(group)
                 try:
@@ -382,6 +393,15 @@ class Scheduler:
                 self._cond.notify_all()
         finally:
             _local.slot = None
+
+    def _gather(self) -> None:
+        """Before a new group's first step: wait (at most :data:`GATHER_S`) while requests are still arriving, and
+        admit them, so that requests sent together take their first step together."""
+        deadline = time.monotonic() + GATHER_S
+        with self._cond:
+            while self._arriving > 0 and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            self._admit()
 
     def _next_rows(self, group: Group) -> bool:
         """At a step boundary: admit the pending tickets, drop the ones that must leave; ``False`` (and the group
