@@ -86,6 +86,7 @@ class Completions:
 
     async def complete(self, request: Request, *, chat: bool) -> Response:
         self.authorize(request)
+        arrived = time.monotonic()  # latencies (TTFT, end to end) count from here: reading and encoding included
         self.scheduler.arriving(+1)  # a new group's first step waits briefly for requests sent with this one
         try:
             body = await read_json(request, self.limits.max_body_bytes)
@@ -93,7 +94,7 @@ class Completions:
                 req = (ChatRequest if chat else CompletionRequest).model_validate(body)
             except ValidationError as exc:
                 raise validation_error(exc) from None
-            ticket = await run_in_threadpool(self._ticket, req, asyncio.get_running_loop())
+            ticket = await run_in_threadpool(self._ticket, req, asyncio.get_running_loop(), arrived)
             self.scheduler.submit(ticket)
         finally:
             self.scheduler.arriving(-1)
@@ -116,7 +117,7 @@ class Completions:
             self.scheduler.cancel(ticket)
 
     # ---- building a row ---------------------------------------------------------------------------------
-    def _ticket(self, req: ChatRequest | CompletionRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
+    def _ticket(self, req: ChatRequest | CompletionRequest, loop: asyncio.AbstractEventLoop, arrived: float) -> Ticket:
         """The validated, encoded row of ``req`` (runs in a worker thread: encoding may call a model server)."""
         chat = isinstance(req, ChatRequest)
         prompt_field = "messages" if chat else "prompt"
@@ -156,8 +157,8 @@ class Completions:
         budget = self._budget(engine, params, req, prompt_tokens, prompt_field)
         row = params.replace(seed=seed, max_new_tokens=budget, stop=stop, trace=req.tqstar.trace)
         return Ticket(engine=engine, state=dataclasses.replace(state, max_new_tokens=budget), params=row,
-                      detok=IncrementalText(engine.models.sft.decode, stop), loop=loop,
-                      deadline=time.monotonic() + self.limits.request_timeout_s)
+                      detok=IncrementalText(engine.models.sft.decode, stop), loop=loop, arrived=arrived,
+                      deadline=arrived + self.limits.request_timeout_s)
 
     def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
         """The preset with the request's overrides, checked like the command line's and against the limits."""
