@@ -778,3 +778,24 @@ def test_a_port_in_use_is_found_before_the_models_load(tiny_paths, monkeypatch):
         monkeypatch.setattr(server_module, "build_engines", lambda config: pytest.fail("models loaded first"))
         with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
             server_module.serve(ServeConfig.from_dict({"sft": str(tiny_paths["sft"]), "port": port}))
+
+
+def test_the_kv_cap_is_checked_at_admission_and_shapes_the_default_budget(engine, config):
+    """A request asking for more KV cache than the server allows is a 400 naming max_tokens and what would fit;
+    without max_tokens it gets the largest budget under the cap instead of failing."""
+    from tqstar.serving.budget import kv_bytes, largest_budget
+
+    params = _params(config, "tiny-tq")
+    prompt = {role: len(engine.models.lm(role).encode_prompt(PROMPTS[0])) for role in ("sft", "baseline")}
+    cap_mb = kv_bytes(engine, params, prompt, 20) / 2**20
+    fits = largest_budget(engine, params, prompt, 10**9, cap_mb * 2**20)
+    assert 20 <= fits < 64
+    with _app_client(engine, config, max_request_kv_mb=cap_mb) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0], "max_tokens": 64})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        assert r.json()["error"]["code"] == "request_too_costly" and f"at most {fits} here" in r.json()["error"]["message"]
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0]})
+        assert r.status_code == 200 and r.json()["tqstar"]["params"]["max_new_tokens"] == fits
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0],
+                                            "tqstar": {"k": 8, "n_rollouts": 8, "rollout_temperature": 1.0}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tqstar.n_rollouts"  # 64 rows > 32

@@ -45,11 +45,11 @@ def kv_bytes_per_token(lm: LanguageModel | None) -> int:
 def cache_rows(params: DecodeParams) -> dict[str, int]:
     """Rows the method keeps in each model's cache during one step (by role)."""
     row = params.method_row
-    rows = {"sft": 1}
+    rows = {"sft": 1}  # the committed sequence (plain decoding of the SFT model: that is all)
     if row.kind == "plain":
-        rows[row.rolls] = rows.get(row.rolls, 0) + 1
+        rows[row.rolls] = 1  # the baseline's own sequence (the SFT model's gives the KL)
     elif row.kind == "best-of-n":
-        rows[params.bon_policy] = rows.get(params.bon_policy, 0) + params.bon_n
+        rows = {params.bon_policy: params.bon_n}  # the samples, nothing else
     elif row.kind == "token":
         candidates = params.k * (params.n_rollouts if row.rolls else 1)
         if row.rolls:

@@ -1,13 +1,15 @@
 """The OpenAI wire shapes the server reads and writes, as pydantic models, and the ``tqstar`` extension.
 
-Requests: :class:`ChatRequest` (``POST /v1/chat/completions``) and :class:`CompletionRequest`
-(``POST /v1/completions``). Both accept the OpenAI fields tqstar can honour (``max_tokens`` /
-``max_completion_tokens``, ``temperature``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``,
-``n`` = 1, ``user``) and an extension object ``"tqstar": {"alpha": 2, "k": 10, "trace": true}`` that overrides
-the preset's decoding parameters (:data:`OVERRIDABLE`). Fields that would change what OpenAI promises and that
-tqstar cannot do (``n`` > 1, ``logprobs``, tools, ``top_p`` < 1, ...) are refused by name rather than ignored.
+Requests: :class:`ChatRequest` (``POST /v1/chat/completions``, with vLLM's ``add_generation_prompt`` and
+``continue_final_message``) and :class:`CompletionRequest` (``POST /v1/completions``). Both accept the OpenAI fields
+tqstar can honour (``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``seed`` (a signed 64-bit integer),
+``stop``, ``stream``, ``stream_options.include_usage`` (only with ``stream``), ``n`` = 1, ``user``) and an extension
+object ``"tqstar": {"alpha": 2, "k": 10, "trace": true}`` that overrides the preset's decoding parameters
+(:data:`OVERRIDABLE`). Fields that would change what OpenAI promises and that tqstar cannot do (``n`` > 1,
+``logprobs``, tools, ``top_p`` < 1, ...) are refused by name rather than ignored.
 
-Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param", "code"}}``.
+Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param", "code"}}`` with
+``x-should-retry: false`` when a retry cannot help. A stream with usage ends with :func:`usage_chunk`.
 """
 
 from __future__ import annotations
