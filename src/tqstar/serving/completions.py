@@ -151,8 +151,9 @@ class Completions:
             raise self.api_error(exc, prompt_field) from None
         prompt_tokens = {role: len(ids) for role, ids in state.prompt_ids.items()}
         if prompt_tokens["sft"] > self.limits.max_prompt_tokens:
-            raise APIError(400, f"the {prompt_field} are {prompt_tokens['sft']} tokens, over this server's"
-                                f" {self.limits.max_prompt_tokens}-token limit; shorten them", param=prompt_field,
+            raise APIError(400, f"{_the(prompt_field)} {prompt_tokens['sft']} tokens, over this server's"
+                                f" {self.limits.max_prompt_tokens}-token limit; shorten {_it(prompt_field)}",
+                           param=prompt_field,
                            code="context_length_exceeded")
         budget = self._budget(engine, params, req, prompt_tokens, prompt_field)
         row = params.replace(seed=seed, max_new_tokens=budget, stop=stop, trace=req.tqstar.trace)
@@ -210,7 +211,7 @@ class Completions:
         kv = cost.kv_bytes(engine, params, prompt_tokens, max(budget, 1))
         if budget < 1 or kv > kv_cap:
             fix = f"lower `{field}` (at most {affordable} here) or " if asked is not None and affordable >= 1 else ""
-            raise APIError(400, f"this request would keep {kv / MiB:.0f} MiB of KV cache ({cost.cache_rows(params)}"
+            raise APIError(400, f"this request would keep {kv / MiB:.0f} MiB of KV cache ({sum(cost.cache_rows(params).values())}"
                                 f" rows of prompt + answer), over this server's {limits.max_request_kv_mb:g} MiB per"
                                 f" request (max_request_kv_mb in GET /v1/tqstar/limits); {fix}shorten the"
                                 f" {prompt_field}" + (" or lower `tqstar.k` / `tqstar.n_rollouts`"
@@ -232,10 +233,10 @@ class Completions:
         context = min(c for role in roles if (c := engine.models.lm(role).max_context) is not None)
         n = f"{prompt_tokens['sft']} tokens" if prompt_tokens else "too long"
         if asked is None:
-            message = (f"the {prompt_field} are {n}, which leaves no room for an answer in this model's {context}-token"
-                       f" context; shorten them")
+            message = (f"{_the(prompt_field)} {n}, which leaves no room for an answer in this model's {context}-token"
+                       f" context; shorten {_it(prompt_field)}")
         else:
-            message = (f"the {prompt_field} are {n} and `{asked[0]}` asks for {asked[1]} more, over this model's"
+            message = (f"{_the(prompt_field)} {n} and `{asked[0]}` asks for {asked[1]} more, over this model's"
                        f" {context}-token context; shorten the {prompt_field} or lower `{asked[0]}` (at most"
                        f" {max(0, context - prompt_tokens['sft'])} here)")
         return APIError(400, message, param=prompt_field if asked is None else asked[0],
@@ -304,6 +305,14 @@ class Completions:
                                finish_reason=FINISH_REASONS[response.finish_reason],
                                usage=usage(event.prompt_tokens, len(response.token_ids)),
                                extension=response_extension(response, ticket.params, trace=True))
+
+
+def _the(prompt_field: str) -> str:
+    return "the messages are" if prompt_field == "messages" else "the prompt is"
+
+
+def _it(prompt_field: str) -> str:
+    return "them" if prompt_field == "messages" else "it"
 
 
 def fresh_seed() -> int:

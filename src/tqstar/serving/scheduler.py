@@ -471,8 +471,9 @@ class Scheduler:
             self.metrics.itl.observe((now - ticket.last_event) / len(new))
         text = ticket.detok.update(state.response)
         ticket.sent, ticket.traced, ticket.last_event = len(state.response), ticket.traced + len(rows), now
-        assert len(rows) <= 1, "a decoder step writes one trace row"
-        ticket.push(Step(list(new), text, rows[0] if rows else None))
+        for row in rows[:-1]:  # a decoder writes one trace row per step; should one write more, none is lost
+            ticket.push(Step([], "", row))
+        ticket.push(Step(list(new), text, rows[-1] if rows else None))
 
     def _finish(self, tickets: list[Ticket], group: Group) -> None:
         try:
