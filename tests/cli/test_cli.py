@@ -85,7 +85,7 @@ def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
     ("argv", "message"),
     [
         (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft,"
-                                " none, sft, baseline, bon, got 'magic'"),
+                                " none, sft, baseline, bon, soft-bon, got 'magic'"),
         (["--k", "0"], "`k` must be an integer >= 1, got 0"),
         (["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
         (["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
