@@ -7,7 +7,8 @@ Each request is a :class:`Ticket` holding one :class:`~tqstar.state.PromptState`
              ``DecodeParams.group_key()``: method, k, alpha, rollouts, temperature, ...), in turn:
              ``Decoder.step(rows)`` advances every row by one token
     emit     each newly committed token goes to its request's event queue (text that is safe to send, see
-             :mod:`~tqstar.serving.detok`); rows that finished are scored together (``Engine.finish``) and leave
+             :mod:`~tqstar.serving.detok`), a step's trace row with its first token (a blockwise step commits
+             several tokens and writes one row); rows that finished are scored together (``Engine.finish``) and leave
     drop     cancelled rows (a client that went away) and rows past their deadline leave before the next step
 
 so a short request never waits for a long one, and a request's tokens are those ``tqstar generate`` gives for
@@ -78,6 +79,7 @@ class Ticket:
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     sent: int = 0  # tokens already pushed
+    traced: int = 0  # trace rows already pushed
 
     def push(self, event: Token | Done | Failed) -> None:
         try:
@@ -238,13 +240,14 @@ class Scheduler:
         group.tickets = keep
 
     def _emit(self, ticket: Ticket) -> None:
-        state, trace = ticket.state, ticket.state.trace
+        state = ticket.state
+        rows = state.trace[ticket.traced:] if state.trace is not None else []  # at most one: this step's
+        ticket.traced += len(rows)
         for j in range(ticket.sent, len(state.response)):
             if ticket.sent == 0:
                 self.metrics.ttft.observe(time.monotonic() - ticket.arrived)
             text = ticket.detok.update(state.response[: j + 1])
-            row = trace[j] if trace is not None and j < len(trace) else None
-            ticket.push(Token(state.response[j], text, row))
+            ticket.push(Token(state.response[j], text, rows.pop(0) if rows else None))
             ticket.sent = j + 1
 
     def _finish(self, tickets: list[Ticket], group: Group) -> None:
