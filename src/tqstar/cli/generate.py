@@ -120,7 +120,8 @@ def run_generate(args: argparse.Namespace) -> int:
 def format_response(response) -> str:
     a = response.accounting
     facts = [f"reward={response.reward:.4f}" if response.reward is not None else None,
-             f"kl={response.kl:.3f}" if response.kl is not None else None,
+             (f"kl={response.kl:.3f}" + (" (estimate)" if response.kl_kind == "estimate" else ""))
+             if response.kl is not None else None,
              f"tokens={len(response.token_ids)}", f"finish={response.finish_reason}",
              f"rollouts={a.rollouts}", f"reward_calls={a.reward_calls}", f"time={a.wall_time_s:.2f}s"]
     return (f"### [{response.method}] {response.prompt}\n{response.text}\n"
