@@ -76,6 +76,10 @@ test("describeParams shows only what the method uses", () => {
   assert.equal(describeParams({ ...all, method: "args" }), "method args · k 4 · alpha 2 · temperature 0");
   assert.equal(describeParams({ ...all, method: "bon" }), "method bon · bon_n 4 · bon_policy sft · temperature 0");
   assert.equal(describeParams({ method: "cd", k: 3 }), "method cd · k 3");
+  assert.equal(describeParams({ ...all, method: "cd", block_len: 8, n_rollouts: null }),
+    "method cd · k 4 · block_len 8 · alpha 2 · rollout_len 3 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "soft-bon", bon_beta: 0.1 }),
+    "method soft-bon · bon_n 4 · bon_policy sft · bon_beta 0.1 · temperature 0");
 });
 
 test("chatMessages adds the system turn only when written", () => {

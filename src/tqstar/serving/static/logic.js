@@ -56,10 +56,11 @@ export function defaultPair(presets) {
 export function describeParams(params) {
   const method = params.method;
   const names = ["method"];
-  if (TOKEN_METHODS.includes(method)) names.push("k", "alpha");
+  if (TOKEN_METHODS.includes(method)) names.push("k", "block_len", "alpha");
   if (ROLLOUT_METHODS.includes(method)) names.push("n_rollouts", "rollout_len");
   if (method === "tq-indirect") names.push("beta");
-  if (method === "bon") names.push("bon_n", "bon_policy");
+  if (method === "bon" || method === "soft-bon") names.push("bon_n", "bon_policy");
+  if (method === "soft-bon") names.push("bon_beta");
   names.push("temperature");
   return names.filter((n) => params[n] !== undefined && params[n] !== null).map((n) => `${n} ${params[n]}`).join(" · ");
 }
