@@ -100,6 +100,9 @@ class BlockPlan:
 
     @classmethod
     def of(cls, params: DecodeParams) -> BlockPlan:
+        """The plan of blockwise ``params``: a token method's ``block_len`` (blocks from the SFT model, chosen by
+        α·Q̂ at ``temperature``), or ``bon``/``soft-bon`` (whole responses from ``bon_policy`` at ``temperature``,
+        chosen by the reward: the best, or softmax(r/``bon_beta``))."""
         assert params.is_blockwise, params.method
         if params.method_row.kind == "best-of-n":
             role, k, m, weight = params.bon_policy, params.bon_n, None, 1.0
@@ -136,18 +139,18 @@ def propose(models: Models, plan: BlockPlan, rows: Sequence[PromptState]) -> Blo
     budget = {b: row.remaining if plan.block_len is None else min(plan.block_len, row.remaining)
               for b, row in enumerate(rows)}
     seeds = {b: block_seeds(row.seed, row.key, row.step, k) for b, row in enumerate(rows)}
-    blocks: list[list[tuple[int, ...]]] = [[()] * k for _ in rows]
-    sampling = [(b, i) for b in range(len(rows)) for i in range(k)]
+    blocks: Blocks = [[()] * k for _ in rows]
+    sampling = [(b, i) for b in range(len(rows)) for i in range(k)]  # the blocks still growing
     while sampling:
         grown = [len(blocks[b][i]) for b, i in sampling]
-        out = lm.rollout([rows[b].seq(plan.role) + list(blocks[b][i]) for b, i in sampling],
-                         [min(budget[b] - n, STOP_CHUNK if rows[b].stop else budget[b]) for (b, _), n in zip(sampling, grown)],
+        chunks = [min(budget[b] - n, STOP_CHUNK if rows[b].stop else budget[b]) for (b, _), n in zip(sampling, grown)]
+        out = lm.rollout([rows[b].seq(plan.role) + list(blocks[b][i]) for b, i in sampling], chunks,
                          plan.temperature, [stream_at(seeds[b][i], n) for (b, i), n in zip(sampling, grown)])
         still = []
         for (b, i), n, tokens, cost in zip(sampling, grown, out.tokens, out.forward_tokens):
             row = rows[b]
             row.accounting.add_forward(plan.role, cost)
-            row.accounting.rollouts += n == 0
+            row.accounting.rollouts += int(n == 0)  # a block is one rollout, however many calls it took
             row.accounting.rollout_tokens += len(tokens)
             blocks[b][i], stopped = until_stop(lm, row.response, blocks[b][i] + tuple(tokens), row.stop)
             if not stopped and len(blocks[b][i]) < budget[b] and tokens[-1] not in lm.eos_token_ids:

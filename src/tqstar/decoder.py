@@ -16,8 +16,9 @@ With ``block_len`` a decision commits a block: the SFT model samples k blocks, t
 one is chosen (:meth:`Decoder._block_step`, the rule in :mod:`tqstar.blocks`); ``bon`` and ``soft-bon`` are the
 same step with blocks of the whole response, so they finish a row in one step. ``sft``/``baseline`` decode one token
 per step from their model's full distribution (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives
-in helpers so each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back top-k results and continuations
-there (a GPU backend moves only those small tensors), so nothing here depends on the models' device.
+in helpers so each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back
+top-k results and continuations there (a GPU backend moves only those small tensors), so nothing here depends on the
+models' device.
 """
 
 from __future__ import annotations
