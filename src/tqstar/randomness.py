@@ -13,7 +13,7 @@ A draw's stream is named by ``(seed, prompt identity, use, step, candidate, inde
   its token id, or for a block of several tokens their ids (not its rank or sample number, so identical candidates
   get identical rollouts and valuing each distinct one once is exact) — and ``index`` the rollout number.
 
-Nothing else enters — not the batch, its size, the row's position, other rows, a resume or pruning — so a prompt
+Nothing else enters — not the batch, its size, the row's place in it, other rows, a resume or pruning — so a prompt
 decodes to the same text alone, in any batch, in a server beside strangers' requests, and with pruning on or off.
 
 A stream seed drives a *counter-based* generator: the t-th uniform of stream s is ``splitmix64(s + t·γ)``
@@ -47,11 +47,9 @@ def stream_seed(seed: int, key: str, use: str, step: int, candidate: int | Seque
     """The 63-bit seed of one stream: blake2b of ``(use, seed, key, step, candidate, index)``. ``candidate``: a token
     id, or a sequence of them (a block; a block of one token is keyed as that token)."""
     assert use in USES, use
-    if not isinstance(candidate, (int, np.integer)):
-        candidate = [int(t) for t in candidate]
-        candidate = candidate[0] if len(candidate) == 1 else candidate
-    payload = json.dumps([use, int(seed), key, int(step), candidate if isinstance(candidate, list) else int(candidate),
-                          int(index)], ensure_ascii=False)
+    ids = [int(candidate)] if isinstance(candidate, (int, np.integer)) else [int(t) for t in candidate]
+    content: int | list[int] = ids[0] if len(ids) == 1 else ids
+    payload = json.dumps([use, int(seed), key, int(step), content, int(index)], ensure_ascii=False)
     digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & _MASK63
 

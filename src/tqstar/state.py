@@ -50,12 +50,12 @@ class Accounting:
     ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens (the value rollouts,
     and the sampled blocks of a blockwise decision or best-of-N, whole, even past a stop string);
     ``reused_rollouts`` counts candidates valued from the previous step's rollout (at the cost of at most one
-    generated token); ``pruned`` counts candidates whose value was never
-    computed because it could not change the choice (pruned by the reward bound, or every candidate when α = 0
-    or k = 1); ``reward_calls`` counts texts a reward actually evaluated during decoding (identical or cached
-    texts are scored once); ``steps`` counts tokens committed (a blockwise decision commits its block in one step,
-    best-of-N its whole sample); ``wall_time_s`` runs from this response's first step until it finished; ``batch_size`` is the most rows
-    that were stepped together with it (they shared that wall time).
+    generated token); ``pruned`` counts candidates whose value was never computed because it could not change the
+    choice (pruned by the reward bound, or every candidate when α = 0 or k = 1); ``reward_calls`` counts texts a
+    reward actually evaluated during decoding (identical or cached texts are scored once); ``steps`` counts tokens
+    committed (a blockwise decision commits its block in one step, best-of-N its whole sample); ``wall_time_s``
+    runs from this response's first step until it finished; ``batch_size`` is the most rows that were stepped
+    together with it (they shared that wall time).
     """
 
     sft_forward_tokens: int = 0
