@@ -32,6 +32,12 @@ token, LM and reward-model forward tokens next to the cost model of ``docs/perfo
 tqstar / limit, tqstar / greedy and naive / tqstar, in tokens and in seconds.
 
     python bench/speed.py --quick              # tiny models, a few tokens: checks the benchmark runs end to end
+    python bench/speed.py --only-blocks --json blocks.json   # only the blockwise row (k = 4, m = 8, L = 16)
+
+The blockwise rows count forward tokens (SFT + baseline) per generated token of blockwise ``tq-direct`` — k sampled
+blocks of m tokens chosen by Q̂ — against token-level ``tq-direct`` at the same k and L, with each run's mean reward
+and KL beside them: at temperature 1 as the frontier runs decode (the goal of issue 18: at most a third), and
+greedy.
 """
 
 from __future__ import annotations
@@ -475,6 +481,10 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         e.models.reward.reset_cache()
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
+    if not args.only_soft:
+        results["blockwise_vs_token"] = blockwise_vs_token(run, params, *args.block)
+    if args.only_blocks:
+        return
     results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
     if args.only_soft:
         return
@@ -583,6 +593,10 @@ def main() -> int:
     parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
     parser.add_argument("--only-soft", action="store_true",
                         help="run only the tq-soft vs tq-direct work-per-token comparison (short prompts)")
+    parser.add_argument("--block", type=int, nargs=3, default=[4, 8, 16], metavar=("K", "M", "L"),
+                        help="the blockwise row: K sampled blocks of M tokens, rollouts of L (4 8 16)")
+    parser.add_argument("--only-blocks", action="store_true",
+                        help="run only the blockwise vs token-level forward-token comparison (short prompts)")
     args = parser.parse_args()
     if args.quick:
         args.model, args.prompts, args.tokens, args.k, args.rollout_len = "tiny", 1, 6, 4, 4
@@ -594,7 +608,7 @@ def main() -> int:
     results: dict[str, object] = {"model": name, "k": args.k, "L": args.rollout_len, "alpha": args.alpha}
     if not args.skip_short:
         short_runs(args, name, sft, baseline, results)
-    if args.prompt_tokens and not args.only_soft:
+    if args.prompt_tokens and not (args.only_soft or args.only_blocks):
         print(f"\n# long prompts: model {name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
               f" device {args.device}, {args.dtype}")
         results["long_prompts"] = long_runs(args, sft, baseline)
@@ -622,6 +636,40 @@ def soft_vs_direct(run, params: DecodeParams, n: int) -> dict[str, dict[str, flo
           " rollouts, sampled choice)\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for label, acct in out.items():
         print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in acct.values()) + " |")
+    return out
+
+
+def blockwise_vs_token(run, params: DecodeParams, k: int, block_len: int, rollout_len: int) -> dict[str, object]:
+    """Forward tokens per generated token (SFT + baseline, as the accounting counts them: cached prefix tokens are not
+    re-counted) of blockwise tq-direct — k blocks of ``block_len`` tokens sampled from the SFT model, each valued by one
+    greedy baseline rollout of ``rollout_len`` from its end — against token-level tq-direct at the same k and L, with
+    each run's mean reward and KL (blockwise: the selection estimate). Two regimes: sampled choice at temperature 1,
+    as the frontier runs decode (no pruning can apply; the goal's row), and greedy choice (token level: pruning and
+    reuse on; blockwise: the best of the k samples). Counted work, deterministic; the seconds are this machine's."""
+    out: dict[str, object] = {}
+    for regime, temperature in (("sampled, T = 1", 1.0), ("greedy", 0.0)):
+        token = params.replace(k=k, rollout_len=rollout_len, temperature=temperature)
+        rows: dict[str, dict[str, float]] = {}
+        for label, p in ((f"token-level (k={k}, L={rollout_len})", token),
+                         (f"blockwise (k={k}, m={block_len}, L={rollout_len})", token.replace(block_len=block_len))):
+            responses, seconds = run(p)
+            acct = accounting_per_token(responses)
+            rows[label] = {"forward_tokens": acct["sft_forward_tokens"] + acct["baseline_forward_tokens"],
+                           "sft_forward_tokens": acct["sft_forward_tokens"],
+                           "baseline_forward_tokens": acct["baseline_forward_tokens"], "rollouts": acct["rollouts"],
+                           "reward": sum(r.reward for r in responses) / len(responses),
+                           "kl": sum(r.kl for r in responses) / len(responses),
+                           "s_per_token": per_token(seconds, responses)}
+        (_, token_row), (_, block_row) = rows.items()
+        ratio = block_row["forward_tokens"] / token_row["forward_tokens"]
+        keys = list(token_row)
+        print(f"\n## blockwise vs token-level tq-direct ({regime}, alpha {params.alpha:g}), work per generated token"
+              "\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+        for label, row in rows.items():
+            print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+        goal = f" (goal: <= 1/3; {'met' if ratio <= 1 / 3 else 'missed'})" if temperature else ""
+        print(f"\nforward tokens per token, blockwise / token-level ({regime}): {ratio:.3f}{goal}")
+        out[regime] = {"runs": rows, "forward_tokens_ratio": ratio}
     return out
 
 

@@ -105,7 +105,8 @@ class Engine:
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
                                   value=params.method)
         if params.is_token_level:
-            m.sft.check_k(params.k)
+            if params.block_len is None:  # blockwise: k samples, not a top-k of the vocabulary
+                m.sft.check_k(params.k)
             span = m.reward.range if m.reward is not None else None
             if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
                 raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
@@ -228,7 +229,6 @@ class Engine:
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _response(self, state: PromptState, params: DecodeParams, value: float | None) -> Response:
-        token_level = params.is_token_level
         return Response(
             prompt=state.prompt,
             method=params.method,
@@ -236,11 +236,12 @@ class Engine:
             token_ids=list(state.response),
             finish_reason=state.finish_reason or "length",
             reward=value,
-            kl=sum(state.kl) if token_level or state.kl else None,
-            kl_bound=sum(state.kl_bound) if token_level or state.kl_bound else None,
+            kl=sum(state.kl) if state.kl_kind is not None else None,
+            kl_bound=sum(state.kl_bound) if state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,
+            kl_kind=state.kl_kind,
         )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .methods import METHODS, Method, method
+from .methods import METHODS, TABLE, Method, method
 
 #: Whether a field is the same for every row a decoder steps together (``group``: it is in
 #: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
@@ -66,8 +66,15 @@ class DecodeParams:
             model), ``soft-cd`` (the soft value of N SFT rollouts), ``args`` (reward of the partial text), ``eft``
             (emulated fine-tuning: Q̂ = β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward), ``none`` (Q̂ = 0: top-k
             SFT decoding), ``sft`` / ``baseline`` (plain decoding of that model over its full vocabulary), ``bon``
-            (best of ``bon_n`` samples).
-        k: number of SFT top-k candidates scored per step (token-level methods).
+            (best of ``bon_n`` samples), ``soft-bon`` (one of ``bon_n`` samples drawn ∝ exp(r/``bon_beta``)).
+        k: number of SFT top-k candidates scored per step (token-level methods); with ``block_len``, the number of
+            blocks the SFT model samples per decision.
+        block_len: ``None`` (default): token-level decisions over the SFT top-k. m ≥ 1: blockwise decisions — the
+            SFT model samples k continuations of up to m tokens (fewer where EOS, a stop string or the budget ends
+            one), each is valued by the method's estimator from its end, and one is committed: the best Q̂ at
+            temperature 0 (blocks then sampled at temperature 1), else sampled ∝ exp(α·Q̂/T) from blocks sampled at
+            T (:mod:`tqstar.blocks`: the rule, its KL bound and estimate). Token-level methods with an estimator that
+            values a block (all but ``eft``).
         alpha: weight of Q̂ in the score ``log π_sft + α·Q̂``; 0 decodes the SFT model.
         n_rollouts: rollouts per candidate (N); with N = 1 ``tq-indirect`` reduces to ``tq-direct``.
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
@@ -85,8 +92,10 @@ class DecodeParams:
         seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
             draw has its own stream keyed by (seed, prompt, use, step, candidate, index), so a prompt's output
             does not depend on the other prompts in its batch, the batch size, a resume or pruning.
-        bon_n: samples drawn by ``bon``.
-        bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
+        bon_n: samples drawn by ``bon`` and ``soft-bon``.
+        bon_policy: the model ``bon`` and ``soft-bon`` sample from (``sft`` or ``baseline``).
+        bon_beta: temperature β of ``soft-bon``'s choice softmax(r_i/β) over its samples (reward units); β → 0 is
+            ``bon``, β → ∞ the policy itself.
         trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
         prune: for greedy decoding with a reward that declares its range, skip candidates that cannot win
             (log π_sft(z) + α·R_max ≤ the best score already computed). Exact: the same tokens, fewer rollouts.
@@ -98,7 +107,10 @@ class DecodeParams:
     """
 
     method: str = param("tq-direct", "the decoding method (the table below; tqstar.methods)", flag="value")
-    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k")
+    k: int = param(10, "top-k candidates per step (with block_len: sampled blocks per decision)", flag="value",
+                   request="tqstar.k")
+    block_len: int | None = param(None, "tokens per decision: choose among k sampled blocks of this length",
+                                  unset="one token, the SFT top-k", flag="value", request="tqstar.block_len")
     alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha")
     n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts")
     rollout_len: int = param(20, "rollout length in tokens, L", flag="value", request="tqstar.rollout_len")
@@ -115,6 +127,8 @@ class DecodeParams:
     seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed")
     bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n")
     bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"))
+    bon_beta: float = param(0.1, "temperature of soft-bon's choice softmax(r/bon_beta)", flag="value",
+                            request="tqstar.bon_beta")
     trace: bool = param(False, "print the per-step candidate table", scope="row", flag="switch",
                         request="tqstar.trace")
     prune: bool = param(True, "skip candidates that cannot win (exact; greedy choice, a reward range)",
@@ -137,12 +151,25 @@ class DecodeParams:
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or value < 0:
                 _fail(name, "a finite number >= 0", value)
-        if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta <= 0:
-            _fail("beta", "a finite number > 0", self.beta)
+        for name in ("beta", "bon_beta"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+                _fail(name, "a finite number > 0", value)
         if self.soft_beta is not None and (not _is_real(self.soft_beta) or not math.isfinite(self.soft_beta)
                                            or self.soft_beta <= 0):
             _fail("soft_beta", "a finite number > 0 or None (= 1/alpha)", self.soft_beta)
         row = self.method_row
+        if self.block_len is not None:
+            if isinstance(self.block_len, bool) or not isinstance(self.block_len, int) or self.block_len < 1:
+                _fail("block_len", "an integer >= 1 or None (token-level decisions)", self.block_len)
+            if not row.blockwise:
+                blockwise = ", ".join(m.name for m in TABLE if m.blockwise)
+                why = {"token": "its value is the per-token likelihood ratio β·log(π_BL/π_sft), which a block of"
+                                " sampled tokens does not have",  # eft, the one token method without blocks
+                       "best-of-n": "it already chooses among whole responses (a block of the whole budget)",
+                       "plain": "it decodes one model token by token without candidates"}[row.kind]
+                raise ConfigError(f"`block_len` does not apply to {self.method}: {why}; drop block_len or use one of"
+                                  f" {blockwise}", param="block_len", value=self.block_len)
         if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
                               f" of the rolling model itself), got {self.rollout_temperature!r}; set"
@@ -187,7 +214,14 @@ class DecodeParams:
 
     @property
     def is_token_level(self) -> bool:
+        """Whether the method scores candidates with Q̂ and α (one token per decision, or a block: ``block_len``)."""
         return self.method_row.kind == "token"
+
+    @property
+    def is_blockwise(self) -> bool:
+        """Whether a decision chooses among sampled blocks (:mod:`tqstar.blocks`): ``block_len`` on a token method,
+        and ``bon`` / ``soft-bon``, whose block is the whole response."""
+        return self.block_len is not None or self.method_row.kind == "best-of-n"
 
     @property
     def uses_baseline(self) -> bool:

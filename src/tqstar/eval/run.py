@@ -61,7 +61,7 @@ def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] |
         for alpha in sweep:
             values = dict(entry) if alpha is None else {**entry, "alpha": alpha}
             params = DecodeParams.from_dict(values)
-            name = label or params.method
+            name = label or params.method + (f"[m={params.block_len}]" if params.block_len is not None else "")
             if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
                 name = f"{name}(α={params.alpha:g})"
             runs.append(MethodRun(name, params))

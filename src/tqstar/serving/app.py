@@ -161,6 +161,8 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
     names: list[str] = []
     if row.kind == "token":
         names += ["k", "alpha"]
+        if row.value != "log-ratio":  # every token-level method decides over sampled blocks but eft
+            names.append("block_len")
         if row.rolls:
             names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
         if row.in_reward_range and row.value != "zero":  # reward-bound pruning
@@ -171,6 +173,8 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
             names.append("soft_beta")
     elif row.kind == "best-of-n":
         names += ["bon_n", "bon_policy"]
+        if row.name == "soft-bon":
+            names.append("bon_beta")
     return (*names, "temperature", "max_new_tokens", "stop", "seed")
 
 

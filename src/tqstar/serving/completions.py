@@ -417,8 +417,8 @@ def _where(path: tuple) -> str:
 def response_extension(response, params: DecodeParams, *, trace: bool) -> dict[str, Any]:
     """The ``tqstar`` object of a response: reward, KL, accounting, the parameters this request ran with (its own
     seed, budget and stop strings included), and the trace."""
-    out = {"method": response.method, "reward": response.reward, "kl": response.kl, "kl_bound": response.kl_bound,
-           "finish": response.finish_reason, "accounting": dataclasses.asdict(response.accounting),
+    out = {"method": response.method, "reward": response.reward, "kl": response.kl, "kl_kind": response.kl_kind,
+           "kl_bound": response.kl_bound, "finish": response.finish_reason, "accounting": dataclasses.asdict(response.accounting),
            "params": public_params(params)}
     if trace and response.trace is not None:
         out["trace"] = response.trace
