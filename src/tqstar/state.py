@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .text import hits_stop, response_text
+from .text import ResponseText
 
 if TYPE_CHECKING:
     from .lm.base import LanguageModel
@@ -88,6 +88,8 @@ class PromptState:
             by the rolled-out sequence ``[s, z]`` (what rollout reuse reads and writes).
         accounting, kl, kl_bound, trace: bookkeeping; ``started``: when the row's first step began.
         finish_reason (``"eos"``, ``"stop"``, ``"length"``) and text: set when the row finishes.
+        texts: the response's :class:`~tqstar.text.ResponseText` per model that decodes it (:meth:`decoded`), with
+            the response list it follows.
     """
 
     prompt: str
@@ -108,10 +110,23 @@ class PromptState:
     finish_reason: str | None = None
     text: str = ""
     started: float | None = None
+    texts: dict[int, tuple[ResponseText, list[int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def seq(self, role: str) -> list[int]:
         """The sequence the ``role`` model sees: its own prompt ids, then the response so far."""
         return self.prompt_ids[role] + self.response
+
+    def decoded(self, lm: LanguageModel) -> ResponseText:
+        """The response as ``lm`` decodes it, kept incrementally: its text, stop strings and reward texts with more
+        tokens after it cost what the new tokens cost (:class:`~tqstar.text.ResponseText`). The response only
+        grows (:meth:`commit`); one that was replaced or cut starts a new text."""
+        text, follows = self.texts.get(id(lm), (None, None))
+        if text is None or text.lm is not lm or follows is not self.response or len(text.ids) > len(self.response):
+            text = ResponseText(lm, self.stop)
+            self.texts[id(lm)] = text, self.response
+        if len(text.ids) < len(self.response):
+            text.extend(self.response[len(text.ids):])
+        return text
 
     @property
     def done(self) -> bool:
@@ -152,10 +167,11 @@ def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel)
     finished = []
     for row, token in zip(rows, tokens):
         row.commit(token)
-        reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+        text = row.decoded(lm)
+        reason = ("eos" if token in lm.eos_token_ids else "stop" if text.hits_stop()
                   else "length" if row.remaining <= 0 else None)
         if reason is not None:
-            row.finish(reason, response_text(lm, row.response, row.stop))
+            row.finish(reason, text.text())
             finished.append(row)
     return finished
 

@@ -145,8 +145,7 @@ class Completions:
             raise APIError(400, f"the prompt is {n_prompt} tokens, over the server's {self.limits.max_prompt_tokens}"
                                 "-token limit; shorten it", param="messages" if isinstance(prompt, list) else "prompt",
                            code="context_length_exceeded")
-        return Ticket(engine=engine, state=state, params=params, detok=IncrementalText(engine.models.sft.decode,
-                                                                                       state.stop),
+        return Ticket(engine=engine, state=state, params=params, detok=IncrementalText(engine.models.sft, state.stop),
                       loop=loop, deadline=time.monotonic() + self.limits.request_timeout_s)
 
     def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:

@@ -32,7 +32,6 @@ from ..params import DecodeParams
 from ..randomness import stream_seed
 from ..reward import Reward
 from ..state import Models, PromptState
-from ..text import hits_stop, response_text
 
 Pair = tuple[int, int]  # (prompt row b, candidate column j)
 
@@ -159,7 +158,7 @@ class RolloutEstimator(ValueEstimator):
     def text(self, state: PromptState, z: int, tail: list[int]) -> str:
         """The reward text of the response continued by ``z`` and the policy's rollout ``tail``."""
         if self.bridge is None:
-            return response_text(self.lm, state.response + [z] + tail, state.stop)
+            return state.decoded(self.lm).text([z, *tail])
         return self.bridge.text(state.response + [z], tail, state.stop)
 
     # ---- helpers ----------------------------------------------------------------------------------------
@@ -167,7 +166,7 @@ class RolloutEstimator(ValueEstimator):
         """Whether committing ``z`` would finish the response: EOS (the decoder's, the SFT model's), a completed
         stop string, or the budget's last token. Such a candidate is valued by its own text, without a rollout."""
         return (z in self.models.sft.eos_token_ids or self._budget(state) <= 0
-                or hits_stop(self.models.sft, state.response + [z], state.stop))
+                or state.decoded(self.models.sft).hits_stop([z]))
 
     def _budget(self, state: PromptState) -> int:
         """Rollout length after a candidate: ``rollout_len``, capped by what the response has left after it."""

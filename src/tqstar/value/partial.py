@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from ..state import PromptState
-from ..text import response_text
 from .base import ValueEstimator, score_texts
 
 
@@ -19,8 +18,7 @@ class ArgsValue(ValueEstimator):
                  needed: torch.Tensor | None = None) -> torch.Tensor:
         q = torch.full(candidates.shape, float("nan"))
         pairs = [tuple(p) for p in (needed if needed is not None else torch.ones_like(q, dtype=torch.bool)).nonzero().tolist()]
-        texts = [response_text(self.models.sft, states[b].response + [int(candidates[b, j])], states[b].stop)
-                 for b, j in pairs]
+        texts = [states[b].decoded(self.models.sft).text([int(candidates[b, j])]) for b, j in pairs]
         for (b, j), value in zip(pairs, score_texts(self.models.reward, states, [b for b, _ in pairs], texts)):
             q[b, j] = value
         return q
