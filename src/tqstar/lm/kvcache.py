@@ -55,6 +55,10 @@ class Rows:
         return Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
 
     def select(self, idx: Sequence[int]) -> Rows:
+        """The rows ``idx`` (repeats allowed). Selecting every row in order returns these rows uncopied: plain
+        decoding selects its one stored row every step, and copying its KV cost O(sequence) per token."""
+        if len(idx) == len(self.tokens) and all(i == j for j, i in enumerate(idx)):
+            return self
         index = torch.as_tensor(list(idx), dtype=torch.long, device=self.mask.device)
         kv = None if self.kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
         last = None if self.last_logits is None else self.last_logits.index_select(0, index)
