@@ -108,3 +108,28 @@ def test_rollout_budgets_per_prefix(sft):
     assert out.tokens[0] == [] and len(out.tokens[1]) == 1
     full = sft.rollout([ids + [12]], 3)
     assert out.tokens[2] == full.tokens[0]
+
+
+@pytest.mark.parametrize(("method", "temperature"), [("sft", 0.0), ("sft", 0.8), ("baseline", 0.0)])
+def test_plain_decoding_reports_the_exact_kl_per_step(sft, baseline, reward, method, temperature):
+    """Greedy sft decoding takes its KL from the rollout's log-prob of the chosen token (no second look-up); every
+    plain setting reports KL(π_dec ‖ π_sft) over the full vocabulary, checked here against full forwards."""
+    import torch
+
+    engine = Engine(sft, baseline, reward)
+    params = DecodeParams(method=method, temperature=temperature, max_new_tokens=6, seed=3)
+    for r in engine.generate(PROMPTS, params, progress=False):
+        decoded = sft if method == "sft" else baseline
+        for t, kl in enumerate(r.kl_per_step):
+            with torch.inference_mode():
+                own = decoded.model(torch.tensor([decoded.encode_prompt(r.prompt) + r.token_ids[:t]],
+                                                 device=decoded.device)).logits[0, -1].float()
+                ref = sft.model(torch.tensor([sft.encode_prompt(r.prompt) + r.token_ids[:t]],
+                                             device=sft.device)).logits[0, -1].float()
+            ref = torch.log_softmax(ref, -1)
+            if temperature == 0:
+                expected = -ref[int(own.argmax())]
+            else:
+                dec = torch.log_softmax(own / temperature, -1)
+                expected = (dec.exp() * (dec - ref)).sum()
+            assert kl == pytest.approx(max(0.0, float(expected)), abs=1e-4)

@@ -90,6 +90,8 @@ class PrefixKV:
         stored = self._rows
         if stored is None or not self.prefix_cache:
             return self._prefill(seqs)
+        if stored.tokens == seqs:  # the stored rows themselves (plain decoding's stem, every step)
+            return Rows(list(seqs), stored.kv, stored.mask, stored.last_logits), [0] * len(seqs)
         rows, kept = longest_common_prefixes(stored, seqs)
         base = stored.select(rows).keep_first(kept)
         suffixes = [s[n:] for s, n in zip(seqs, kept)]
