@@ -32,6 +32,14 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+if "--worker" in sys.argv:  # the tree a worker measures is the tqstar that every import below finds
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve()))
+
+from benchargs import Parser, check, integer, one_line_errors  # noqa: E402
+
+from tqstar._files import check_output  # noqa: E402
+from tqstar.errors import ConfigError  # noqa: E402
+
 PROMPT = "Write a long story about a cat who learns to play the piano, with a happy ending."
 CATEGORIES = {  # category: (module, class or None, attribute) it wraps
     "model forward": [],  # forward hooks on the model itself
@@ -98,12 +106,14 @@ def instrument(clock: Clock, model) -> None:
 
 
 def worker(args) -> dict:
-    sys.path.insert(0, str(Path(args.src).resolve()))
     import torch
 
     torch.set_num_threads(1)
+    import tqstar
     from tqstar import DecodeParams, Engine, TransformersLM, load_reward
     from tqstar.builtin.models import smollm2_dir
+
+    assert Path(tqstar.__file__).resolve().is_relative_to(Path(args.src).resolve()), tqstar.__file__
 
     sft = TransformersLM.from_pretrained(smollm2_dir(), name="smollm2")
     baseline = sft.with_prompt_format(system_prompt="You are a cheerful, kind and positive assistant.")
@@ -153,8 +163,8 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = Parser(prog="step_profile.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--after", default=str(Path(__file__).resolve().parents[1] / "src"),
                         help="the source tree (the folder holding tqstar/) measured as 'after' (default: this one)")
     parser.add_argument("--before", help="a second source tree, measured alternately as 'before'")
@@ -168,8 +178,23 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check([integer("--reps", args.reps, 1), integer("--tokens", args.tokens, 4), integer("--k", args.k, 1),
+           integer("--rollout-len", args.rollout_len, 1)])
+    for flag in ("--after", "--before"):
+        tree = getattr(args, flag[2:])
+        if tree is not None and not (Path(tree) / "tqstar" / "__init__.py").is_file():
+            raise ConfigError(f"{flag} {tree!r} holds no tqstar package; give the folder that holds tqstar/ (e.g. the"
+                              " src of a checkout)")
+    if args.json:
+        check_output(args.json, "--json file")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = one_line_errors("step_profile.py", lambda: parse_args(argv))
+    if isinstance(args, int):
+        return args
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
