@@ -67,7 +67,7 @@ from benchargs import Parser, check, integer, one_line_errors, positive  # noqa:
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
 from tqstar._files import check_output  # noqa: E402
 from tqstar.decoder import pruning_off_reason  # noqa: E402
-from tqstar.errors import ModelLoadError  # noqa: E402
+from tqstar.errors import ConfigError, ModelLoadError  # noqa: E402
 from tqstar.prompts import builtin_prompts  # noqa: E402
 from tqstar.reward import TransformersReward  # noqa: E402
 from tqstar.testing.reference import naive_generate, naive_step, rollout_limit  # noqa: E402
@@ -449,7 +449,8 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         e.models.reward.reset_cache()
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
-    results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
+    if not args.skip_soft:
+        results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
     if args.only_soft:
         return
     results["plain_decoding"] = plain = plain_decoding(run, sft, prompts, args)
@@ -649,6 +650,7 @@ def build_parser() -> Parser:
     parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
     parser.add_argument("--only-soft", action="store_true",
                         help="run only the tq-soft vs tq-direct work-per-token comparison (short prompts)")
+    parser.add_argument("--skip-soft", action="store_true", help="leave the tq-soft vs tq-direct comparison out")
     return parser
 
 
@@ -667,6 +669,8 @@ def check_args(args: argparse.Namespace) -> None:
     checks += [positive("--rm-scales", x) for x in args.rm_scales]
     check(checks)
     DecodeParams(method="tq-direct", k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)  # the CLI's checks
+    if args.skip_soft and args.only_soft:
+        raise ConfigError("--skip-soft and --only-soft leave nothing to run; give one of them")
     if args.json:
         check_output(args.json, "--json file")
 

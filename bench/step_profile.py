@@ -12,6 +12,11 @@ is the decoder and engine. ``model.generate`` (greedy, KV cache on, the same pro
 is timed in the same worker as the anchor of plain decoding, and its tokens are compared with tqstar's. The clock
 adds ~1 µs per wrapped call to the categories it wraps, the same in both trees.
 
+``--methods text`` times the text work of a token-level step alone, at several response lengths (SmolLM2's
+tokenizer, no model): the commit's stop check, then for each of k candidates its stop check and the reward text of
+the candidate and an L-token rollout — what ``commit_tokens``, ``_ends_response`` and the rollout values do. A tree
+with :class:`~tqstar.text.ResponseText` does it incrementally, one without decodes whole texts.
+
 Times are CPU time of the decoding thread (``time.thread_time``; everything runs on one torch thread), which a
 busy machine disturbs far less than wall time: a process waiting for a core is not charged. The totals are also
 given in wall time.
@@ -105,7 +110,55 @@ def instrument(clock: Clock, model) -> None:
     model.register_forward_hook(lambda *_: clock.pop())
 
 
+TEXT = ("The café on the corner serves naïve little pastries — 10 € each — and the owner's dog sleeps by the door."
+        " She told me, \"It's the best in town!\" and I believe her. 日本語も少し。 ") * 200
+
+
+def text_worker(args) -> dict:
+    """Per step, the text work of a token-level step after a response of each length in ``args.lengths``."""
+    from transformers import AutoTokenizer
+
+    import tqstar.text as text
+    from tqstar.builtin.models import smollm2_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
+
+    class Model:  # what the text functions need of a model
+        local_decoding = text.local_decoding(tokenizer) if hasattr(text, "local_decoding") else None
+
+        def decode(self, ids):
+            return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    lm, stop, k, L = Model(), tuple(args.stop), args.k, args.rollout_len
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    out = {}
+    for length in args.lengths:
+        steps = range(length, length + 8)
+        if hasattr(text, "ResponseText"):  # incremental: built up token by token, as decoding does
+            response = text.ResponseText(lm, stop)
+            response.extend(ids[:length])
+            response.text()
+            start = time.thread_time()
+            for t in steps:
+                response.extend([ids[t]])
+                response.hits_stop()
+                for j in range(k):
+                    response.hits_stop([ids[t + 1 + j]])
+                    response.text([ids[t + 1 + j], *ids[t + 2:t + 1 + L]])
+        else:  # whole texts
+            start = time.thread_time()
+            for t in steps:
+                text.hits_stop(lm, ids[:t + 1], stop)
+                for j in range(k):
+                    text.hits_stop(lm, ids[:t + 1] + [ids[t + 1 + j]], stop)
+                    text.response_text(lm, ids[:t + 1] + [ids[t + 1 + j], *ids[t + 2:t + 1 + L]], stop)
+        out[str(length)] = 1000 * (time.thread_time() - start) / len(steps)
+    return {"text_ms": out}
+
+
 def worker(args) -> dict:
+    if args.method == "text":
+        return text_worker(args)
     import torch
 
     torch.set_num_threads(1)
@@ -168,7 +221,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--after", default=str(Path(__file__).resolve().parents[1] / "src"),
                         help="the source tree (the folder holding tqstar/) measured as 'after' (default: this one)")
     parser.add_argument("--before", help="a second source tree, measured alternately as 'before'")
-    parser.add_argument("--methods", nargs="+", default=["sft", "tq-direct"], choices=["sft", "tq-direct", "cd"])
+    parser.add_argument("--methods", nargs="+", default=["sft", "tq-direct", "text"],
+                        choices=["sft", "tq-direct", "cd", "text"])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024, 4096],
+                        help="response lengths at which --methods text times a step")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens of the sft run (tq-direct: a quarter)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--rollout-len", type=int, default=20)
@@ -180,7 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     check([integer("--reps", args.reps, 1), integer("--tokens", args.tokens, 4), integer("--k", args.k, 1),
-           integer("--rollout-len", args.rollout_len, 1)])
+           integer("--rollout-len", args.rollout_len, 1), *(integer("--lengths", n, 1, 8000) for n in args.lengths)])
     for flag in ("--after", "--before"):
         tree = getattr(args, flag[2:])
         if tree is not None and not (Path(tree) / "tqstar" / "__init__.py").is_file():
@@ -207,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             order = list(trees) if rep % 2 == 0 else list(reversed(trees))
             for label in order:
                 cmd = [sys.executable, __file__, "--worker", "--src", trees[label], "--method", method, "--tokens",
-                       str(tokens), "--k", str(args.k), "--rollout-len", str(args.rollout_len), "--stop", *args.stop]
+                       str(tokens), "--k", str(args.k), "--rollout-len", str(args.rollout_len), "--lengths",
+                       *map(str, args.lengths), "--stop", *args.stop]
                 line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 runs[label].append(json.loads(line))
+        if method == "text":
+            results[method] = {label: {n: statistics.median(r["text_ms"][str(n)] for r in rs) for n in args.lengths}
+                               for label, rs in runs.items()}
+            print_text_table(args, results[method], args.reps)
+            continue
         results[method] = {label: summarise(r) for label, r in runs.items()}
         print_table(method, tokens, results[method])
     if args.json:
@@ -244,6 +306,15 @@ def print_table(method: str, tokens: int, result: dict) -> None:
         print("| tqstar / generate | " + " | ".join(f"{result[x]['tqstar_over_generate']:.3f}" for x in labels) + " |")
         print("| same tokens as generate | " + " | ".join(str(result[x]["same_tokens_as_generate"]) for x in labels)
               + " |")
+
+
+def print_text_table(args, result: dict, reps: int) -> None:
+    labels = list(result)
+    print(f"\n## text work of a token-level step (k = {args.k}, L = {args.rollout_len}, stop strings {args.stop}):"
+          f" CPU ms per step by response length, median of {reps} runs")
+    print("| response tokens | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
+    for n in args.lengths:
+        print(f"| {n} | " + " | ".join(f"{result[x][n]:.3f}" for x in labels) + " |")
 
 
 if __name__ == "__main__":
