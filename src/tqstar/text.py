@@ -155,6 +155,7 @@ class ResponseText:
         self._context: list[int] = []  # ids[cut - c:cut]
         self._context_text = ""
         self._head_stop = -1  # start of the first stop string lying wholly inside the head (-1: none)
+        self._tried = 0  # the committed length at which the cut last tried to move
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Commit ``tokens`` (one or several). Nothing is decoded until a question is asked."""
@@ -185,7 +186,8 @@ class ResponseText:
     # ---- internals -------------------------------------------------------------------------------------------
     def _decoded(self, more: Sequence[int]) -> tuple[str, int]:
         """``decode(ids + more)`` and how many of its first characters are the head (0 when decoded whole)."""
-        if self.local is not None and self._cut < len(self.ids):
+        if self.local is not None and self._cut < len(self.ids) != self._tried:
+            self._tried = len(self.ids)
             self._advance()
         return self._decoded_from_cut(more)
 
@@ -203,10 +205,7 @@ class ResponseText:
     def _first_stop(self, text: str, settled: int) -> int:
         """Where the first stop string starts in ``text`` (-1: nowhere), whose first ``settled`` characters are the
         head (whose own stop strings are known)."""
-        starts = [i for s in self.stop if (i := text.find(s, max(0, settled - len(s) + 1))) >= 0]
-        if settled and self._head_stop >= 0:
-            starts.append(self._head_stop)
-        return min(starts, default=-1)
+        return _earliest(self._find_stop(text, settled), self._head_stop if settled else -1)
 
     def _advance(self) -> None:
         """Move the cut to the end of the committed tokens if their text is settled."""
@@ -221,14 +220,13 @@ class ResponseText:
         if not settled:  # a new head (first cut, or earlier text rewritten): look for stops in all of it
             self._head_stop = self._find_stop(text, 0)
         else:  # the head grew: stops ending in its new part (one may start before a stop found earlier)
-            found = self._find_stop(text, settled)
-            self._head_stop = found if self._head_stop < 0 or 0 <= found < self._head_stop else self._head_stop
+            self._head_stop = _earliest(self._find_stop(text, settled), self._head_stop)
         self._cut, self._head = len(self.ids), text
         self._context, self._context_text = context
 
     def _find_stop(self, text: str, start: int) -> int:
-        """The first stop string lying wholly in ``text`` and ending after ``start`` (-1: none)."""
-        return min((i for s in self.stop if (i := text.find(s, max(0, start - len(s) + 1))) >= 0), default=-1)
+        """Where the first stop string of ``text`` that ends after ``start`` starts (-1: none)."""
+        return _earliest(*(text.find(s, max(0, start - len(s) + 1)) for s in self.stop))
 
     def _settled_context(self) -> tuple[list[int], str] | None:
         """The fewest last committed tokens (at most :attr:`MAX_CONTEXT`) whose text is non-empty and has no trailing
@@ -239,3 +237,8 @@ class ResponseText:
             if text and not text.endswith(REPLACEMENT):
                 return context, text
         return None
+
+
+def _earliest(*starts: int) -> int:
+    """The smallest of ``starts`` that is not -1 (not found), or -1."""
+    return min((i for i in starts if i >= 0), default=-1)
