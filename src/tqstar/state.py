@@ -110,7 +110,8 @@ class PromptState:
     finish_reason: str | None = None
     text: str = ""
     started: float | None = None
-    texts: dict[int, tuple[ResponseText, list[int]]] = field(default_factory=dict, repr=False, compare=False)
+    texts: dict[int, tuple[ResponseText, list[int]]] = field(default_factory=dict, init=False, repr=False,
+                                                             compare=False)
 
     def seq(self, role: str) -> list[int]:
         """The sequence the ``role`` model sees: its own prompt ids, then the response so far."""
