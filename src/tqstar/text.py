@@ -211,12 +211,16 @@ class ResponseText:
         """Move the cut to the end of the committed tokens if their text is settled."""
         if self.ids[-1] in self.local.runs:
             return
+        rest = self.ids[self._cut:]
         text, settled = self._decoded_from_cut(())
         if not text or text.endswith(REPLACEMENT):
             return
-        context = self._settled_context()
-        if context is None:
-            return
+        if settled and len(self._context) + len(rest) <= self.MAX_CONTEXT:  # the context grows by the new tokens
+            context = self._context + rest, self._context_text + text[settled:]  # its text was just decoded
+        else:
+            context = self._settled_context()
+            if context is None:
+                return
         if not settled:  # a new head (first cut, or earlier text rewritten): look for stops in all of it
             self._head_stop = self._find_stop(text, 0)
         else:  # the head grew: stops ending in its new part (one may start before a stop found earlier)
