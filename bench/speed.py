@@ -453,7 +453,7 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
     if args.only_soft:
         return
-    results["plain_decoding"] = plain = plain_decoding(run, sft, prompts, args)
+    results["plain_decoding"] = plain = plain_decoding(run, sft, args)
     fast, t_fast = run(params)
     slow, t_slow = run(no_prune)
     results["prune_reuse_identical"] = same_tokens(fast, slow, "pruning/reuse", args.dtype)
@@ -542,7 +542,7 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         print(f"| {size} | {value:.2f} | {value / batch[args.batch_sizes[0]]:.2f} |")
 
 
-def plain_decoding(run, sft: TransformersLM, prompts: list[str], args) -> dict:
+def plain_decoding(run, sft: TransformersLM, args) -> dict:
     """Greedy ``sft`` decoding by tqstar and by ``model.generate`` (same prompt tokens, as many new tokens, KV cache
     on), alternately ``--greedy-reps`` times; median seconds per token of each (wall time, and CPU time of this
     process, which a busy machine disturbs less), and whether the tokens agree."""
