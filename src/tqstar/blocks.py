@@ -64,11 +64,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lm.base import LanguageModel
 from .params import DecodeParams
 from .randomness import block_seeds, stream_at
 from .state import Models, PromptState
-from .text import hits_stop
+from .text import ResponseText
 from .value.base import Block, Blocks
 
 
@@ -152,22 +151,22 @@ def propose(models: Models, plan: BlockPlan, rows: Sequence[PromptState]) -> Blo
             row.accounting.add_forward(plan.role, cost)
             row.accounting.rollouts += int(n == 0)  # a block is one rollout, however many calls it took
             row.accounting.rollout_tokens += len(tokens)
-            blocks[b][i], stopped = until_stop(lm, row.response, blocks[b][i] + tuple(tokens), row.stop)
+            blocks[b][i], stopped = until_stop(row.decoded(lm), blocks[b][i] + tuple(tokens))
             if not stopped and len(blocks[b][i]) < budget[b] and tokens[-1] not in lm.eos_token_ids:
                 still.append((b, i))
         sampling = still
     return blocks
 
 
-def until_stop(lm: LanguageModel, response: Sequence[int], tokens: Sequence[int],
-               stop: Sequence[str]) -> tuple[Block, bool]:
-    """``tokens`` up to and including the first one whose text, after ``response``, completes a stop string (the
-    response would end there; a stop string may straddle the response and the block), and whether one did."""
+def until_stop(response: ResponseText, tokens: Sequence[int]) -> tuple[Block, bool]:
+    """``tokens`` up to and including the first one whose text, after the committed ``response`` (its text and
+    stop strings, kept incrementally), completes a stop string (the response would end there; a stop string may
+    straddle the response and the block), and whether one did. Costs the block's tokens, not the response's."""
     block = tuple(int(t) for t in tokens)
     assert block, "a sampled block has at least one token"
-    if not stop or not hits_stop(lm, list(response) + list(block), stop):
+    if not response.hits_stop(block):
         return block, False
-    end = next(j for j in range(1, len(block) + 1) if hits_stop(lm, list(response) + list(block[:j]), stop))
+    end = next(j for j in range(1, len(block) + 1) if response.hits_stop(block[:j]))
     return block[:end], True
 
 

@@ -87,8 +87,8 @@ class Decoder:
             return []
         row = self.params.method_row
         if row.kind == "plain":
-            tokens = plain_tokens(self.models, self.params, active)
-            self._record_plain_kl(active)  # before the token is committed: the step's distributions
+            tokens, logprobs = plain_tokens(self.models, self.params, active)
+            self._record_plain_kl(active, logprobs)  # before the token is committed: the step's distributions
             return commit_tokens(active, [[t] for t in tokens], self.models.lm(row.rolls))
         if self.plan is not None:
             return self._block_step(active)
@@ -196,19 +196,25 @@ class Decoder:
                     "pruned": q[b].isnan().tolist(),
                 })
 
-    def _record_plain_kl(self, rows: list[PromptState]) -> None:
+    def _record_plain_kl(self, rows: list[PromptState], logprobs: list[float] | None = None) -> None:
         """Plain ``sft``/``baseline`` decoding: KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution the token was
         drawn from (the model's at ``temperature``; a point mass when greedy), exact over the full vocabulary.
 
         Needs both models' full distributions over one vocabulary (local backends); a served model, or a baseline
-        with another tokenizer (text bridge), leaves the KL untracked. The
-        decoded model's distribution is the one its rollout just computed (stored by its prefix cache: free); the
-        SFT model's costs it one cached forward token per step, charged to the row."""
+        with another tokenizer (text bridge), leaves the KL untracked. Greedy ``sft`` decoding needs no
+        distribution: the KL of a point mass on z is −log π_sft(z), the chosen tokens' ``logprobs`` that the rollout
+        returned. Otherwise the decoded model's distribution is the one its rollout just computed (stored by its
+        prefix cache: free); the SFT model's costs it one cached forward token per step, charged to the row."""
         role, sft = self.params.method_row.rolls, self.models.sft
         lm = self.models.lm(role)
         if not (isinstance(lm, FullVocabLM) and isinstance(sft, FullVocabLM)):
             return
         if role != "sft" and self.models.bridge is not None:  # another vocabulary: no per-token KL to the SFT
+            return
+        if role == "sft" and self.params.temperature == 0 and logprobs is not None:
+            for row, lp in zip(rows, logprobs):
+                row.kl.append(max(0.0, -lp))
+                row.kl_kind = "exact"
             return
         own = lm.next_logprobs([r.seq(role) for r in rows])  # (B, V)
         ref = own if role == "sft" else sft.next_logprobs([r.seq("sft") for r in rows])  # (B, V)

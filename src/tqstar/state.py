@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .text import hits_stop, response_text
+from .text import ResponseText
 
 if TYPE_CHECKING:
     from .lm.base import LanguageModel
@@ -99,6 +99,8 @@ class PromptState:
             the ``kl`` entries are (:data:`KL_KINDS`; ``None`` while nothing is recorded); ``started``: when the
             row's first step began.
         finish_reason (``"eos"``, ``"stop"``, ``"length"``) and text: set when the row finishes.
+        texts: the response's :class:`~tqstar.text.ResponseText` per model that decodes it (:meth:`decoded`), with
+            the response list it follows.
     """
 
     prompt: str
@@ -119,10 +121,24 @@ class PromptState:
     finish_reason: str | None = None
     text: str = ""
     started: float | None = None
+    texts: dict[int, tuple[ResponseText, list[int]]] = field(default_factory=dict, init=False, repr=False,
+                                                             compare=False)
 
     def seq(self, role: str) -> list[int]:
         """The sequence the ``role`` model sees: its own prompt ids, then the response so far."""
         return self.prompt_ids[role] + self.response
+
+    def decoded(self, lm: LanguageModel) -> ResponseText:
+        """The response as ``lm`` decodes it, kept incrementally: its text, stop strings and reward texts with more
+        tokens after it cost what the new tokens cost (:class:`~tqstar.text.ResponseText`). The response only
+        grows (:meth:`commit`); one that was replaced or cut starts a new text."""
+        text, follows = self.texts.get(id(lm), (None, None))
+        if text is None or text.lm is not lm or follows is not self.response or len(text.ids) > len(self.response):
+            text = ResponseText(lm, self.stop)
+            self.texts[id(lm)] = text, self.response
+        if len(text.ids) < len(self.response):
+            text.extend(self.response[len(text.ids):])
+        return text
 
     @property
     def step(self) -> int:
@@ -170,10 +186,11 @@ def commit_tokens(rows: list[PromptState], tokens: Sequence[Sequence[int]], lm: 
     finished = []
     for row, block in zip(rows, tokens):
         row.commit(block)
-        reason = ("eos" if block[-1] in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+        text = row.decoded(lm)
+        reason = ("eos" if block[-1] in lm.eos_token_ids else "stop" if text.hits_stop()
                   else "length" if row.remaining <= 0 else None)
         if reason is not None:
-            row.finish(reason, response_text(lm, row.response, row.stop))
+            row.finish(reason, text.text())
             finished.append(row)
     return finished
 

@@ -14,12 +14,12 @@ from .randomness import stream_seed
 from .state import Models, PromptState
 
 
-def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) -> list[int]:
+def plain_tokens(models: Models, params: DecodeParams, rows: list[PromptState]) -> tuple[list[int], list[float] | None]:
     """The next token of every row from the full distribution of the model the plain method decodes; charged to each
-    row."""
+    row. Also each token's log-probability under that model (untempered), where the backend returns it."""
     role = params.method_row.rolls
     seeds = None if params.temperature == 0 else [stream_seed(r.seed, r.key, "plain", r.step) for r in rows]
     out = models.lm(role).rollout([r.seq(role) for r in rows], 1, params.temperature, seeds)
     for row, cost in zip(rows, out.forward_tokens):
         row.accounting.add_forward(role, cost)
-    return [tokens[0] for tokens in out.tokens]
+    return [tokens[0] for tokens in out.tokens], None if out.logprobs is None else [lp[0] for lp in out.logprobs]

@@ -16,6 +16,7 @@ from tqstar.eval.testbed import TabularReward, optimal_policy, random_reward
 from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams
 from tqstar.reward import CallableReward
+from tqstar.text import ResponseText
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 
@@ -129,8 +130,13 @@ def test_a_stop_string_may_straddle_the_response_and_the_block(sft):
     text = sft.decode(response)
     stop = text[-2:] + sft.decode(ids[:3])[len(text):][:2]  # the response's last 2 characters + the block's first 2
     assert stop not in text
-    cut, stopped = until_stop(sft, response, block, (stop,))
-    assert stopped and cut == tuple(block[:1]) and until_stop(sft, response, block, ("zzz",)) == (tuple(block), False)
+    def committed(stops):
+        text = ResponseText(sft, stops)
+        text.extend(response)
+        return text
+
+    cut, stopped = until_stop(committed((stop,)), block)
+    assert stopped and cut == tuple(block[:1]) and until_stop(committed(("zzz",)), block) == (tuple(block), False)
 
 
 def test_rows_with_stop_strings_draw_the_same_blocks_chunk_by_chunk(engine):

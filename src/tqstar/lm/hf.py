@@ -41,6 +41,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
+from ..text import local_decoding
 from .base import (
     ContinuationScores,
     Ending,
@@ -93,6 +94,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         self.parse_special_tokens = parse_special_tokens
         self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
+        self.local_decoding = local_decoding(tokenizer)
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self.chat_template = chat_template
         self.system_prompt = system_prompt

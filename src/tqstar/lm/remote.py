@@ -62,6 +62,7 @@ from ..errors import (
     ServerRejectedError,
     VocabularyMismatchError,
 )
+from ..text import local_decoding
 from .base import (
     ContinuationScores,
     Ending,
@@ -140,6 +141,7 @@ class RemoteLM(LanguageModel):
         if isinstance(tokenizer, (str, Path)):
             tokenizer = _load_tokenizer(Path(tokenizer))
         self.tokenizer = tokenizer
+        self.local_decoding = local_decoding(tokenizer) if tokenizer is not None else None  # EOS ids dropped first
         self.vocab_size = len(tokenizer) if tokenizer is not None else server_vocab
         ids = set(eos_token_ids or [])
         if tokenizer is not None:

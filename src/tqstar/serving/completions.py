@@ -158,7 +158,7 @@ class Completions:
         budget = self._budget(engine, params, req, prompt_tokens, prompt_field)
         row = params.replace(seed=seed, max_new_tokens=budget, stop=stop, trace=req.tqstar.trace)
         return Ticket(engine=engine, state=dataclasses.replace(state, max_new_tokens=budget), params=row,
-                      detok=IncrementalText(engine.models.sft.decode, stop), loop=loop, arrived=arrived,
+                      detok=IncrementalText(engine.models.sft, stop), loop=loop, arrived=arrived,
                       deadline=arrived + self.limits.request_timeout_s)
 
     def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:

@@ -36,7 +36,6 @@ from ..params import DecodeParams
 from ..randomness import stream_seed
 from ..reward import Reward
 from ..state import Models, PromptState
-from ..text import hits_stop, response_text
 
 Pair = tuple[int, int]  # (prompt row b, candidate column j)
 Block = tuple[int, ...]
@@ -180,7 +179,7 @@ class RolloutEstimator(ValueEstimator):
     def text(self, state: PromptState, block: Block, tail: list[int]) -> str:
         """The reward text of the response continued by ``block`` and the policy's rollout ``tail``."""
         if self.bridge is None:
-            return response_text(self.lm, state.response + list(block) + tail, state.stop)
+            return state.decoded(self.lm).text([*block, *tail])
         return self.bridge.text(state.response + list(block), tail, state.stop)
 
     # ---- helpers ----------------------------------------------------------------------------------------
@@ -189,7 +188,7 @@ class RolloutEstimator(ValueEstimator):
         model's), completes a stop string, or reaches the budget. Such a candidate is valued by its own text,
         without a rollout."""
         return (block[-1] in self.models.sft.eos_token_ids or self._budget(state, block) <= 0
-                or hits_stop(self.models.sft, state.response + list(block), state.stop))
+                or state.decoded(self.models.sft).hits_stop(block))
 
     def _budget(self, state: PromptState, block: Block) -> int:
         """Rollout length after a candidate: ``rollout_len``, capped by what the response has left after it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from ..state import PromptState
-from ..text import response_text
 from .base import Blocks, ValueEstimator, nan_values, score_texts
 
 
@@ -24,7 +23,7 @@ class ArgsValue(ValueEstimator):
         q = nan_values(candidates)
         lm = self.models.lm(self.policy or "sft")
         pairs = [tuple(p) for p in (needed if needed is not None else torch.ones_like(q, dtype=torch.bool)).nonzero().tolist()]
-        texts = [response_text(lm, states[b].response + list(candidates[b][j]), states[b].stop) for b, j in pairs]
+        texts = [states[b].decoded(lm).text(candidates[b][j]) for b, j in pairs]
         for (b, j), value in zip(pairs, score_texts(self.models.reward, states, [b for b, _ in pairs], texts)):
             q[b, j] = value
         return q
