@@ -103,3 +103,42 @@ def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baselin
     assert sentence.startswith("TQ* direct (α=2) reaches the highest mean reward (+0.500)")
     assert "baseline gains the most reward over SFT per nat of KL (+0.150/nat)" in sentence
     assert "does not beat TQ* direct (α=2): less reward at more KL" in sentence
+
+
+def _scored(method, family, prompt, kl, reward, fwd, **params):
+    """A result row with what the best-of-N comparison reads: 10 tokens, ``fwd`` forward tokens per token."""
+    return {**_row(method, family, prompt, kl, reward), "token_ids": list(range(10)), "params": params,
+            "accounting": {"sft_forward_tokens": int(fwd * 10), "baseline_forward_tokens": 0, "rollouts": 0,
+                           "reward_calls": 0, "wall_time_s": 0.0}}
+
+
+def test_every_method_is_set_beside_best_of_n_at_its_kl_and_at_its_compute():
+    from tqstar.eval.frontier import against_bon, format_against_bon
+
+    rows = [  # SFT (N = 1), bon-4 and bon-16 over two prompts, and one blockwise method
+        _scored("sft", "sft", 0, 0.0, 0.0, 1, temperature=1.0), _scored("sft", "sft", 1, 0.0, 0.2, 1, temperature=1.0),
+        _scored("bon-4", "bon", 0, 1.0, 0.4, 4, bon_n=4), _scored("bon-4", "bon", 1, 0.6, 0.6, 4, bon_n=4),
+        _scored("bon-16", "bon", 0, 2.0, 0.8, 16, bon_n=16), _scored("bon-16", "bon", 1, 1.6, 0.6, 16, bon_n=16),
+        _scored("blk", "tq-direct", 0, 1.2, 0.9, 10), _scored("blk", "tq-direct", 1, 1.4, 0.7, 10),
+        _scored("far", "cd", 0, 9.0, 1.0, 40), _scored("far", "cd", 1, 9.0, 1.0, 40),
+    ]
+    summary = report_rows_summary(rows)
+    (blk, far) = against_bon(rows, summary)
+    # mean BoN KL: N=1 → 0, N=4 → 0.8, N=16 → 1.8; blk's mean KL 1.3 lies halfway from N=4 to N=16 (N = 10)
+    assert blk["kl_n"] == pytest.approx(10.0)
+    # per prompt, BoN halfway: prompt 0 (0.4 + 0.8)/2 = 0.6, prompt 1 0.6 → Δ = (0.3, 0.1): 0.2 ± 0.1
+    assert blk["kl_bon"] == pytest.approx(0.6) and blk["kl_diff"] == pytest.approx(0.2)
+    assert blk["kl_diff_se"] == pytest.approx(0.1)
+    # compute: 10 forward tokens per token is half-way from N=4 (4) to N=16 (16) → N = 10, the same rewards
+    assert blk["fwd_n"] == pytest.approx(10.0) and blk["fwd_diff"] == pytest.approx(0.2)
+    # beyond the largest N run: nothing to compare with, never extrapolated
+    assert far["kl_n"] is None and far["fwd_n"] is None
+    text = format_against_bon([blk, far])
+    assert "+0.200 ± 0.100 (2)" in text and "not in the BoN range run" in text
+    assert against_bon([r for r in rows if r["family"] != "bon"], summary) == []  # one N is no curve
+
+
+def report_rows_summary(rows):
+    from tqstar.eval.report import summarise
+
+    return summarise([{**r, "prompt": "p", "text": "t"} for r in rows], "sft")

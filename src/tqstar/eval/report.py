@@ -25,7 +25,7 @@ from typing import Any
 
 from .._files import read_bytes
 from ..errors import ConfigError
-from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
+from .frontier import against_bon, auto_kls, family_label, format_against_bon, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 from .results import RESULTS_FIX, canonical, first_difference, read_rows
 
@@ -170,7 +170,8 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
 
 #: What tqstar writes into ``--out-dir`` and how each of its files begins (or, for a plot, what it contains).
 OUTPUTS = {"table.md": b"| method |", "table.csv": b"method,", "reward_vs_kl.png": b"Matplotlib",
-           "reward_by_method.png": b"Matplotlib", "matched_kl.md": b"| method |", "frontier.png": b"Matplotlib"}
+           "reward_by_method.png": b"Matplotlib", "matched_kl.md": b"| method |", "frontier.png": b"Matplotlib",
+           "vs_bon.md": b"| method |"}
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -189,7 +190,9 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
     table.csv and the plots there. When methods were swept over α with a KL on every row, the text and
     ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.eval.frontier`; ``kls`` the targets, default
-    :func:`~tqstar.eval.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
+    :func:`~tqstar.eval.frontier.auto_kls`); when best-of-N ran at two or more N (SFT sampled at temperature 1 counts as
+    N = 1), ``vs_bon.md`` sets every other method beside best-of-N at its KL and at its compute
+    (:func:`~tqstar.eval.frontier.against_bon`); ``frontier.png`` is the reward–KL plot of every method with a KL."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return report_rows(merge_files(paths), reference=reference, out_dir=out_dir, coherence=coherence, title=title,
                        llm_judge=llm_judge, kls=kls)
@@ -206,6 +209,11 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
     if matched:
         text += ("\n\nreward at matched KL (interpolated along each prompt's own α sweep, then averaged over the prompts"
                  " that reach it; ± s.e. over those prompts):\n" + format_matched(matched, markdown=False))
+    versus = against_bon(rows, table)
+    if versus:
+        text += ("\n\nagainst best-of-N of this run at the same mean KL and at the same forward tokens per token (N"
+                 " interpolated; Δ: the method's reward minus BoN's, paired per prompt, ± s.e.):\n"
+                 + format_against_bon(versus, markdown=False))
     if out_dir is not None:
         out_dir = Path(out_dir)
         check_out_dir(out_dir)
@@ -215,6 +223,9 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
         plot(table, out_dir, title)
         if matched:
             (out_dir / "matched_kl.md").write_text(format_matched(matched) + "\n")
+        if versus:
+            (out_dir / "vs_bon.md").write_text(format_against_bon(versus) + "\n")
+        if matched or versus:
             plot_frontier(table, out_dir / "frontier.png", title)
     return table, text
 
