@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,8 @@ from .lm.base import FullVocabLM
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState, commit_tokens
+from .tail import Tail, TailArm, arm_kl, arm_scores, shared_value
+from .tail import kl_bound as tail_kl_bound
 from .trajectory import best_of_n, plain_tokens
 from .value import ESTIMATORS
 
@@ -53,6 +55,7 @@ class Decoder:
         self.value_range = self.reward_range if params.value_in_reward_range else None
         prunes = self.value_range is not None and params.prune and params.temperature == 0
         self.r_max = self.value_range[1] if prunes else None
+        self.tail = Tail(models, params, values_needed=params.alpha > 0 and row.value not in (None, "zero"))
 
     def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
         """Step ``rows`` until all are done; returns them."""
@@ -80,53 +83,69 @@ class Decoder:
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
-        p, sft = self.params, self.models.sft
-        # 1. propose: top-k of the SFT model's next-token distribution
-        proposal = sft.top_logprobs([r.seq("sft") for r in rows], p.k)
+        p, sft, k = self.params, self.models.sft, self.params.k
+        # 1. propose: top-k of the SFT model's next-token distribution, and one arm for the rest (tqstar.tail)
+        proposal = self.tail.top_logprobs(rows, k)
         top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
-        # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped)
-        q, reused = self.estimate(rows, top_lp, candidates)  # (B, k), (B, k)
-        # 3. score: log π_sft + α·Q̂
-        scores = score(top_lp, q, p.alpha)  # (B, k)
-        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream
-        log_dec = decision_logprobs(scores, p.temperature)  # (B, k)
-        chosen = candidates.gather(-1, choose(log_dec, p.temperature, rows)[:, None]).squeeze(-1)  # (B,)
-        self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen)
+        arm = self.tail.propose(rows, proposal)  # None: truncation (tail off), or a greedy choice
+        # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped), z′ included
+        q, reused = self.estimate(rows, top_lp, candidates if arm is None else arm.candidates(candidates),
+                                  None if arm is None else arm.has_mass)  # (B, k[+1]), (B, k[+1])
+        # 3. score: log π_sft + α·Q̂ per candidate, and the tail arm's T·log S_T + α·Q̂_𝒯
+        scores = score(top_lp, q[:, :k], p.alpha)  # (B, k)
+        if arm is not None:
+            arm.value = shared_value(arm.mode, top_lp, q)  # (B,) Q̂_𝒯
+            scores = arm_scores(scores, arm, p.alpha)  # (B, k + 1)
+        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream; the tail arm commits a token
+        #    drawn from the tail
+        log_dec = decision_logprobs(scores, p.temperature)  # (B, k[+1])
+        chosen = self.tail.commit(rows, choose(log_dec, p.temperature, rows), candidates, arm)  # (B,)
+        self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen, arm)
         return commit_tokens(rows, chosen.tolist(), sft)
 
-    def estimate(self, rows: list[PromptState], top_lp: torch.Tensor,
-                 candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q̂ ``(B, k)`` (NaN: not computed) and which values were reused ``(B, k)``: cheap known values first, then
-        one batch for the candidates that can still change the choice.
+    def estimate(self, rows: list[PromptState], top_lp: torch.Tensor, candidates: torch.Tensor,
+                 extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q̂ ``(B, c)`` (NaN: not computed) and which values were reused ``(B, c)``: cheap known values first, then
+        one batch for the candidates that can still change the choice. ``candidates`` are the top k, and a tail's z′
+        as column k (``c = k + 1``) valued only where ``extra`` ``(B,)`` is true.
 
-        Nothing is estimated when α = 0 (Q̂ does not enter the score) or k = 1 (one candidate). With ``r_max``
-        (greedy decoding, a reward range, pruning on), candidates that cannot be the argmax are skipped
-        (:func:`cannot_win`): the output is the same token.
+        Nothing is estimated when α = 0 (Q̂ does not enter the score) or c = 1 (one candidate: with no z′ its value
+        tilts every arm alike). With ``r_max`` (greedy decoding, a reward range, pruning on), candidates that cannot
+        be the argmax are skipped (:func:`cannot_win`): the output is the same token.
         """
         p, estimator = self.params, self.estimator
         assert estimator is not None
-        if p.alpha == 0 or p.k == 1:
+        wanted = torch.ones(candidates.shape, dtype=torch.bool)  # (B, c)
+        if extra is not None and candidates.shape[-1] > top_lp.shape[-1]:
+            wanted[:, -1] = extra
+        if p.alpha == 0 or candidates.shape[-1] == 1:
             q, reused = torch.full(candidates.shape, float("nan")), torch.zeros(candidates.shape, dtype=torch.bool)
         else:
-            q, reused = estimator.known(rows, candidates)  # (B, k), NaN = unknown
+            # (B, c), NaN = unknown; ``wanted`` only with a tail column (an estimator written before it may not take it)
+            q, reused = estimator.known(rows, candidates) if extra is None else estimator.known(rows, candidates, wanted)
             if self.r_max is not None and p.prune_probe:  # rows with nothing known: value the top candidates first
                 probe = q.isnan().all(dim=-1, keepdim=True) & (torch.arange(q.shape[1]) < p.prune_probe)  # (B, k)
                 if bool(probe.any()):
                     q = torch.where(probe, estimator.estimate(rows, candidates, probe), q)
-            needed = q.isnan()
-            if self.r_max is not None:
+            needed = q.isnan() & wanted
+            if self.r_max is not None:  # greedy: no tail column
                 needed &= ~cannot_win(top_lp, q, p.alpha, self.r_max)
             if bool(needed.any()):
                 q = torch.where(needed, estimator.estimate(rows, candidates, needed), q)
         for b, row in enumerate(rows):
-            row.accounting.pruned += int(q[b].isnan().sum())
+            row.accounting.pruned += int((q[b].isnan() & wanted[b]).sum())
         return q, reused
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
-    def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen) -> None:
-        """Per-step accounting, KL, its bound and (when the row asked) the trace row."""
-        kls = step_kl(log_dec, top_lp)
-        bounds = kl_bound(top_lp, self.params.alpha, self.params.temperature, self.value_range)
+    def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen, arm) -> None:
+        """Per-step accounting, KL, its bound and (when the row asked) the trace row (with the tail arm's row)."""
+        p, k = self.params, top_lp.shape[-1]
+        if arm is None:
+            kls = step_kl(log_dec, top_lp)
+            bounds = kl_bound(top_lp, p.alpha, p.temperature, self.value_range)
+        else:
+            kls = arm_kl(log_dec, top_lp, arm).clamp(min=0)  # rounding can leave −1e-8 where π_dec = π_sft
+            bounds = tail_kl_bound(p.alpha, p.temperature, arm.mode, self.value_range, len(rows))
         sft = self.models.sft
         for b, row in enumerate(rows):
             row.accounting.add_forward("sft", forward_tokens[b])
@@ -138,13 +157,28 @@ class Decoder:
                     "candidates": candidates[b].tolist(),
                     "tokens": [sft.decode([z]) for z in candidates[b].tolist()],
                     "logp_sft": top_lp[b].tolist(),
-                    "q": [None if v != v else v for v in q[b].tolist()],  # None: not computed
-                    "score": [None if v == float("-inf") else v for v in scores[b].tolist()],
-                    "p_dec": log_dec[b].exp().tolist(),
+                    "q": [None if v != v else v for v in q[b, :k].tolist()],  # None: not computed
+                    "score": [None if v == float("-inf") else v for v in scores[b, :k].tolist()],
+                    "p_dec": log_dec[b, :k].exp().tolist(),
                     "chosen": int(chosen[b]),
-                    "reused": reused[b].tolist(),
-                    "pruned": q[b].isnan().tolist(),
+                    "reused": reused[b, :k].tolist(),
+                    "pruned": q[b, :k].isnan().tolist(),
+                    **({} if arm is None else {"tail": self._tail_row(b, arm, reused, scores, log_dec, chosen,
+                                                                      candidates)}),
                 })
+
+    def _tail_row(self, b: int, arm: TailArm, reused, scores, log_dec, chosen, candidates) -> dict[str, Any]:
+        """The tail arm's trace entry: its mass (log Σ_𝒯 p^{1/T}: at T = 1 log π_sft(𝒯)), shared value Q̂_𝒯, score
+        and probability; z′ where one was valued (``rollout``, ``rolling``); the tail token committed, if any."""
+        k, has, sft = candidates.shape[-1], bool(arm.has_mass[b]), self.models.sft
+        z = int(arm.token[b]) if arm.token is not None and has else None
+        value = float(arm.value[b]) if has else None
+        committed = int(chosen[b]) if int(chosen[b]) not in candidates[b].tolist() else None
+        return {"mode": arm.mode, "log_mass": float(arm.log_mass[b]) if has else None,
+                "q": None if value is None or value != value else value,
+                "score": float(scores[b, k]) if has else None, "p_dec": float(log_dec[b, k].exp()),
+                "token": z, "text": None if z is None else sft.decode([z]), "reused": z is not None and bool(reused[b, k]),
+                "committed": committed, "committed_text": None if committed is None else sft.decode([committed])}
 
     def _record_plain_kl(self, rows: list[PromptState]) -> None:
         """Plain ``sft``/``baseline`` decoding: KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution the token was
@@ -207,9 +241,9 @@ def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | Non
 
 # ---- the math, one function each ------------------------------------------------------------------------------
 def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """log π_sft + α·Q̂ per candidate ``(B, k)``; −inf where Q̂ is NaN (skipped: it cannot win). With α = 0 or
-    k = 1 no Q̂ is computed and the score is log π_sft."""
-    if alpha == 0 or top_lp.shape[-1] == 1:
+    """log π_sft + α·Q̂ per candidate ``(B, k)``; −inf where Q̂ is NaN (skipped: it cannot win). Where no Q̂ was
+    computed at all (α = 0, or one candidate and no tail token to compare it with) the score is log π_sft."""
+    if alpha == 0 or bool(q.isnan().all()):
         return top_lp.clone()
     return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
 

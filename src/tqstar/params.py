@@ -19,6 +19,13 @@ from .methods import METHODS, Method, method
 #: Whether a field is the same for every row a decoder steps together (``group``: it is in
 #: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
 Scope = Literal["row", "group"]
+#: What a token-level decision does with the vocabulary outside the SFT model's top k (the *tail*, :mod:`tqstar.tail`):
+#: ``off`` drops it (top-k truncation); ``mean``, ``rollout`` and ``rolling`` keep it with π_sft's shape, tilted by
+#: one shared value — the π_sft-weighted mean of the candidates' values, the value of one token drawn from the tail,
+#: or the importance-weighted value of one token drawn from the rolling model's tail.
+TAILS = ("off", "mean", "rollout", "rolling")
+#: The default ``tail``: measured best on SmolLM2 (docs/no-truncation.md).
+DEFAULT_TAIL = "mean"
 #: How ``tqstar generate`` sets a field: ``--name VALUE``, ``--name`` repeated, a ``--name`` switch (``None``: only
 #: YAML and requests set it).
 Flag = Literal["value", "append", "switch"]
@@ -80,6 +87,10 @@ class DecodeParams:
         soft_beta: temperature β of the soft value (``tq-soft``, ``soft-cd``); ``None`` (default) uses 1/α, which
             makes the decoding policy the token factorisation of the optimum ρ_sft·exp(α·r) when Q̂ is exact.
         temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
+        tail: token-level methods: what the decision does with the vocabulary outside the top k (:data:`TAILS`,
+            :mod:`tqstar.tail`). ``off`` is top-k truncation; the others keep every token with π_sft's shape
+            (p^{1/T}) tilted by one shared value for the tail, so at α = 0 sampling *is* π_sft and the per-step KL is
+            exact over the whole vocabulary. Greedy decoding (temperature 0) is the same for every value.
         max_new_tokens: response budget.
         stop: stop strings; the response is cut before the first one found.
         seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
@@ -110,6 +121,9 @@ class DecodeParams:
                                     flag="value")
     temperature: float = param(0.0, "0 = greedy choice, else sample softmax(score/T)", flag="value",
                                request="temperature")
+    tail: str = param(DEFAULT_TAIL, "the vocabulary outside the top k: off = dropped (top-k truncation), mean /"
+                      " rollout / rolling = kept with pi_sft's shape and one shared value (docs/no-truncation.md)",
+                      flag="value", choices=TAILS, request="tqstar.tail")
     max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
     stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")
     seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed")
@@ -158,6 +172,7 @@ class DecodeParams:
         if row.kind == "best-of-n" and self.temperature == 0:
             raise ConfigError(f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0;"
                               " try temperature=1.0", param="temperature", value=self.temperature)
+        self._check_tail()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             _fail("seed", "an integer", self.seed)
         if self.rollout_seed is not None and (isinstance(self.rollout_seed, bool) or not isinstance(self.rollout_seed, int)):
@@ -165,6 +180,24 @@ class DecodeParams:
         for name in ("trace", "prune", "reuse_rollouts"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "True or False", getattr(self, name))
+
+    def _check_tail(self) -> None:
+        """``tail`` against :data:`TAILS` and the method's row: the one place that says which methods it applies to.
+
+        It applies to token-level methods (the only ones with a top k); the default is accepted, and has no effect,
+        for the others. ``rolling`` draws its tail token from the model that rolls out, so a method whose row rolls
+        nothing out (``args``, ``eft``, ``none``) cannot use it."""
+        if self.tail not in TAILS:
+            _fail("tail", "one of " + ", ".join(TAILS), self.tail)
+        row = self.method_row
+        if row.kind != "token" and self.tail != DEFAULT_TAIL:
+            token = ", ".join(m for m in METHODS if method(m).kind == "token")
+            raise ConfigError(f"`tail` applies to the token-level methods ({token}), not to {self.method}, which"
+                              f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
+                              f" leave `tail` out for {self.method}", param="tail", value=self.tail)
+        if self.tail == "rolling" and row.rolls is None:
+            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and {self.method}"
+                              " rolls out none; use tail: mean or tail: rollout", param="tail", value=self.tail)
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields

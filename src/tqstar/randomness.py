@@ -3,10 +3,11 @@
 A draw's stream is named by ``(seed, prompt identity, use, step, candidate, index)`` and hashed
 (``hashlib.blake2b``) to a 63-bit *stream seed*:
 
-* ``use`` is a domain tag — ``"choice"`` (sampling the decoded token among the k candidates), ``"rollout"``
-  (one rollout of one candidate), ``"plain"`` (one token of plain ``sft``/``baseline`` decoding), ``"bon"``
-  (one best-of-N sample) — so no two uses ever share a stream, whatever the seed (the step-0 rollouts and the
-  step-0 choice of the default seed 0 are different streams);
+* ``use`` is a domain tag — ``"choice"`` (sampling the decoded token among the k candidates, or the tail arm),
+  ``"rollout"`` (one rollout of one candidate), ``"tail"`` (a token drawn from outside the top k: index 0 the one
+  committed when the tail arm wins, index 1 the one valued as its representative; :mod:`tqstar.tail`), ``"plain"``
+  (one token of plain ``sft``/``baseline`` decoding), ``"bon"`` (one best-of-N sample) — so no two uses ever share a
+  stream, whatever the seed (the step-0 rollouts and the step-0 choice of the default seed 0 are different streams);
 * the prompt identity is the prompt as given: a str, or the canonical JSON of a chat message list;
 * ``step`` is the row's own step (its response length), ``candidate`` the candidate's *token id* (not its rank)
   and ``index`` the rollout or sample number.
@@ -29,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-USES = ("choice", "rollout", "plain", "bon")
+USES = ("choice", "rollout", "tail", "plain", "bon")
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (the golden ratio in 64 bits)
 _MASK63 = (1 << 63) - 1
 

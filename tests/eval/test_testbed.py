@@ -174,11 +174,11 @@ def test_engine_reports_kl_within_the_bound_when_sampling():
 
 
 def test_engine_kl_matches_the_exact_decoding_policy_kl():
-    """Sampling at T = 1 with α = 0 and top-k: each step's KL is exactly log(1/π_sft(top-k))."""
+    """Sampling at T = 1 with α = 0 and top-k truncation: each step's KL is exactly log(1/π_sft(top-k))."""
     sft = TabularLM.random(V, H, seed=8)
     r = random_reward(V, H, seed=8)
     engine = Engine(sft, sft, TabularReward(r, sft))
-    params = DecodeParams(method="none", k=2, alpha=0.0, temperature=1.0, max_new_tokens=H + 1, seed=0)
+    params = DecodeParams(method="none", k=2, alpha=0.0, temperature=1.0, max_new_tokens=H + 1, seed=0, tail="off")
     (response,) = engine.generate(["x"], params, progress=False)
     for t, kl in enumerate(response.kl_per_step):
         top = sft.probs(tuple(response.token_ids[:t])).topk(2).values.sum().item()

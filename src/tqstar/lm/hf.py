@@ -48,6 +48,7 @@ from .base import (
     TopLogprobs,
     rollout_budgets,
     rollout_uniforms,
+    tail_sums,
 )
 from .chat import encode_with_tokenizer
 from .kvcache import PrefixKV, Rows, longest_common_prefixes, make_cache
@@ -174,11 +175,14 @@ class TransformersLM(FullVocabLM, PrefixKV):
         logits, cost = self._last_logits(seqs)
         return StepOutput(torch.log_softmax(logits, dim=-1).cpu(), cost)  # (B, V)
 
-    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
-        """The top k on the model's device; only ``(B, k)`` numbers cross to the host."""
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int, tail_temperature: float | None = None) -> TopLogprobs:
+        """The top k (and the tail's sums) on the model's device; only ``(B, k)`` and ``(B,)`` numbers cross to the
+        host."""
         logits, cost = self._last_logits(seqs)
-        values, ids = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)  # (B, k)
-        return TopLogprobs(values.cpu(), ids.cpu(), cost)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
+        values, ids = logprobs.topk(k, dim=-1)  # (B, k)
+        tail = None if tail_temperature is None else tail_sums(logprobs, ids, tail_temperature)
+        return TopLogprobs(values.cpu(), ids.cpu(), cost, tail)
 
     def _last_logits(self, seqs: Sequence[TokenIds]) -> tuple[torch.Tensor, list[int]]:
         """Float32 logits after each sequence ``(B, V)`` on the device; the sequences become the stored rows."""

@@ -49,9 +49,11 @@ class ValueEstimator(ABC):
         self.params = params
         self.policy = policy
 
-    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: torch.Tensor,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Values available without new rollouts ``(B, k)`` (NaN where unknown), and which of them were reused
-        from the previous step's rollout ``(B, k)`` bool."""
+        from the previous step's rollout ``(B, k)`` bool; only for the candidates in ``wanted`` ``(B, k)`` (all when
+        ``None``: a column may hold a placeholder, e.g. the tail's z′ of a row whose tail is empty)."""
         return torch.full(candidates.shape, float("nan")), torch.zeros(candidates.shape, dtype=torch.bool)
 
     @abstractmethod
@@ -103,11 +105,14 @@ class RolloutEstimator(ValueEstimator):
         """Q̂ for each candidate of ``rollouts`` from its N rollouts (their texts, tokens and log-probs)."""
 
     # ---- the two questions ------------------------------------------------------------------------------
-    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: torch.Tensor,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.params.n_rollouts
+        allowed = (torch.ones(candidates.shape, dtype=torch.bool) if wanted is None else wanted).tolist()
         ends = [(b, j) for b, row in enumerate(candidates.tolist()) for j, z in enumerate(row)
-                if self._ends_response(states[b], z)]
-        reused = {pair: tail for pair, tail in self._reused(states, candidates).items() if pair not in ends}
+                if allowed[b][j] and self._ends_response(states[b], z)]
+        reused = {pair: tail for pair, tail in self._reused(states, candidates).items()
+                  if pair not in ends and allowed[pair[0]][pair[1]]}
         short = [(b, j) for (b, j), tail in reused.items() if self._is_short(tail, self._budget(states[b]))]
         if short:  # generate the missing last tokens of each reused rollout (one, with shared ids), as one batch
             prefixes = [self.prefix(states[b], int(candidates[b, j])) + reused[(b, j)] for b, j in short]

@@ -29,7 +29,8 @@ class ArgsValue(ValueEstimator):
 class NoValue(ValueEstimator):
     """Q̂ = 0: top-k decoding of the SFT model (the α = 0 reference)."""
 
-    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: torch.Tensor,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(candidates.shape, dtype=torch.float32), torch.zeros(candidates.shape, dtype=torch.bool)
 
     def estimate(self, states: list[PromptState], candidates: torch.Tensor,
