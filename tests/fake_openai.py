@@ -111,10 +111,15 @@ class FakeServer:
         prompts = body["prompt"]
         budget, temperature, seed = int(body["max_tokens"]), float(body.get("temperature", 1.0)), body.get("seed")
         choices = []
+        bias = body.get("logit_bias")
         with self._model_lock:  # one engine, as a real server
             for index, prompt in enumerate(prompts):
-                out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed])  # all alike (vLLM)
-                tokens = out.tokens[0]
+                if bias:  # one biased token (what tqstar asks: its tail draws)
+                    assert budget == 1, "the fake applies logit_bias to one-token requests only"
+                    tokens = self._biased_token(prompt, bias, temperature, seed)
+                else:
+                    out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed])  # all alike
+                    tokens = out.tokens[0]
                 stopped = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
                 dist = self.lm.next_logprobs([list(prompt) + tokens[:i] for i in range(len(tokens))]).logprobs
                 choices.append(self._choice(index, tokens, dist, k, stopped))
@@ -123,6 +128,16 @@ class FakeServer:
                     choices[-1]["prompt_logprobs"] = [None] + [
                         {str(t): {"logprob": float(seen[i, t]), "rank": 1}} for i, t in enumerate(prompt[1:])]
         return 200, {"id": "cmpl-fake", "object": "text_completion", "model": self.name, "choices": choices}
+
+    def _biased_token(self, prompt: list[int], bias: dict[str, float], temperature: float, seed) -> list[int]:
+        """One token from softmax((log π + bias)/T), seeded like the fake's rollouts."""
+        from tqstar.randomness import sample_tokens, uniforms
+
+        logits = self.lm.next_logprobs([list(prompt)]).logprobs[0].clone()
+        for token, value in bias.items():
+            logits[int(token)] += float(value)
+        u = None if seed is None else torch.from_numpy(uniforms([int(seed)], 1)[:, 0])
+        return [int(sample_tokens(logits[None], temperature, u)[0])]
 
     def _choice(self, index: int, tokens: list[int], dist: torch.Tensor, k: int, stopped: bool) -> dict:
         tok = self.lm.tokenizer

@@ -24,6 +24,13 @@ SAMPLED = {  # every method, sampling everything it samples
 }
 
 
+#: Every token-level method with every tail it takes (``rolling`` needs a model that rolls out), for the suite's
+#: no-truncation cases: ``(method, tail)``.
+TAILED = [(method, tail) for method in SAMPLED if method not in ("sft", "baseline", "bon")
+          for tail in ("off", "mean", "rollout", "rolling")
+          if not (tail == "rolling" and method in ("args", "eft", "none"))]
+
+
 # ---- reusable checks ----------------------------------------------------------------------------------------
 def _outputs(responses) -> list[tuple[list[int], str, str]]:
     return [(r.token_ids, r.text, r.finish_reason) for r in responses]

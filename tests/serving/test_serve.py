@@ -216,6 +216,24 @@ def test_sampled_preset_repeats_with_a_seed(client):
     assert ask(7) == ask(7)
 
 
+@pytest.mark.parametrize("tail", ["off", "mean", "rollout", "rolling"])
+def test_sampled_requests_with_every_tail_equal_generate_alone_and_concurrently(server, engine, config, tail):
+    """A sampled request's text with a ``tqstar.tail`` override is what ``generate`` decodes for it alone, whether the
+    server steps it alone or beside other requests (keyed streams: the tail draws included)."""
+    prompts = PROMPTS[16:20]
+    want = [r.text for r in _expected(engine, config, "tiny-sample", prompts, 10, seed=5, tail=tail)]
+    assert [_expected(engine, config, "tiny-sample", [p], 10, seed=5, tail=tail)[0].text for p in prompts] == want
+
+    async def ask_all():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0) as aclient:
+            answers = await asyncio.gather(*(aclient.completions.create(
+                model="tiny-sample", prompt=p, max_tokens=10, seed=5, temperature=1.0,
+                extra_body={"tqstar": {"tail": tail}}) for p in prompts))
+        return [a.choices[0].text for a in answers]
+
+    assert asyncio.run(ask_all()) == want
+
+
 # ---- continuous batching -------------------------------------------------------------------------------------
 def test_32_concurrent_streams_share_steps_and_each_gets_its_answer(server, engine, config):
     want = [r.text for r in _expected(engine, config, "tiny-tq", [_chat(p) for p in PROMPTS], 12)]
