@@ -2,11 +2,14 @@
 
 At each step, for every active row with state s_t = [x, y_<t]::
 
-    1. propose   top-k tokens z of log π_sft(· | s_t)
-    2. estimate  Q̂(s_t, z) with the method's value estimator (skipped where it cannot change the choice)
-    3. score     score(z) = log π_sft(z | s_t) + α · Q̂(s_t, z)
-    4. choose    argmax (temperature 0) or a keyed sample of softmax(score / temperature); stop at EOS, a stop
-                 string or the row's token budget
+    1. propose   top-k tokens z of log π_sft(· | s_t), and (``tail`` on, sampled choice) one arm for the rest of the
+                 vocabulary, the tail 𝒯 (:mod:`tqstar.tail`)
+    2. estimate  Q̂(s_t, z) with the method's value estimator (skipped where it cannot change the choice); the tail's
+                 one token z′ too, for the ``rollout``/``rolling`` tails
+    3. score     score(z) = log π_sft(z | s_t) + α · Q̂(s_t, z); the tail arm T·log Σ_𝒯 π_sft^{1/T} + α·Q̂_𝒯
+    4. choose    argmax over the top k (temperature 0) or a keyed sample of softmax(score / temperature) over the
+                 arms, a tail win committing a keyed draw from the tail; stop at EOS, a stop string or the row's
+                 token budget
 
 :meth:`Decoder.step` advances every unfinished row by one token and returns the rows that finished; rows may join
 and leave between steps (a server's scheduler steps forever while requests come and go), because everything a
@@ -145,7 +148,7 @@ class Decoder:
             bounds = kl_bound(top_lp, p.alpha, p.temperature, self.value_range)
         else:
             kls = arm_kl(log_dec, top_lp, arm).clamp(min=0)  # rounding can leave −1e-8 where π_dec = π_sft
-            bounds = tail_kl_bound(p.alpha, p.temperature, arm.mode, self.value_range, len(rows))
+            bounds = tail_kl_bound(self.tail.alpha, p.temperature, arm.mode, self.value_range, len(rows))
         sft = self.models.sft
         for b, row in enumerate(rows):
             row.accounting.add_forward("sft", forward_tokens[b])

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one
-#: (:meth:`tqstar.decoder.Decoder._token_step`); ``plain`` — decode one model over its full vocabulary;
+#: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one, the
+#: rest of the vocabulary kept as one arm unless ``tail: off`` (:meth:`tqstar.decoder.Decoder._token_step`,
+#: :mod:`tqstar.tail`); ``plain`` — decode one model over its full vocabulary;
 #: ``best-of-n`` — sample whole responses and keep one (:mod:`tqstar.trajectory`).
 Kind = Literal["token", "plain", "best-of-n"]
 #: The two models a method may run besides its rewards.
@@ -96,7 +97,8 @@ TABLE: tuple[Method, ...] = (
     Method("eft", "token", "β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward: π_sft^(1−λ)·π_BL^λ, λ = αβ"
            " (emulated fine-tuning)",
            value="log-ratio", needs=_needs("baseline"), likelihoods=True, in_reward_range=False),
-    Method("none", "token", "0: top-k decoding of the SFT model (the α = 0 reference)", value="zero"),
+    Method("none", "token", "0: the SFT model through the token step (the α = 0 reference: top-k, or π_sft itself with"
+           " the tail kept)", value="zero"),
     Method("sft", "plain", "plain decoding of the SFT model over its full vocabulary", rolls="sft"),
     Method("baseline", "plain", "plain decoding of the baseline over its full vocabulary", rolls="baseline",
            needs=_needs("baseline")),

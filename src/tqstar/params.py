@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,13 @@ Scope = Literal["row", "group"]
 TAILS = ("off", "mean", "rollout", "rolling")
 #: The default ``tail``: measured best on SmolLM2 (docs/no-truncation.md).
 DEFAULT_TAIL = "mean"
+#: Fields that apply to some methods only, by what the method's row (:mod:`tqstar.methods`) says: a non-default value
+#: for another method is refused (:meth:`DecodeParams._check_tail`), and an eval config's ``defaults`` leave the field
+#: out for such a method (:func:`applies`).
+APPLIES: dict[str, Callable[[Method], bool]] = {"tail": lambda row: row.kind == "token"}
+#: What a field amounted to in runs written before it existed, where that is not its default: a results file whose
+#: rows lack the field is read with this value (``tail``: those runs truncated to the top k).
+BEFORE: dict[str, Any] = {"tail": "off"}
 #: How ``tqstar generate`` sets a field: ``--name VALUE``, ``--name`` repeated, a ``--name`` switch (``None``: only
 #: YAML and requests set it).
 Flag = Literal["value", "append", "switch"]
@@ -86,7 +94,8 @@ class DecodeParams:
         beta: KL strength β of the baseline's alignment (``tq-indirect``; ``eft``, whose mixing weight is λ = α·β).
         soft_beta: temperature β of the soft value (``tq-soft``, ``soft-cd``); ``None`` (default) uses 1/α, which
             makes the decoding policy the token factorisation of the optimum ρ_sft·exp(α·r) when Q̂ is exact.
-        temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
+        temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature) (over the
+            candidates and, unless ``tail`` is ``off``, the rest of the vocabulary).
         tail: token-level methods: what the decision does with the vocabulary outside the top k (:data:`TAILS`,
             :mod:`tqstar.tail`). ``off`` is top-k truncation; the others keep every token with π_sft's shape
             (p^{1/T}) tilted by one shared value for the tail, so at α = 0 sampling *is* π_sft and the per-step KL is
@@ -190,7 +199,7 @@ class DecodeParams:
         if self.tail not in TAILS:
             _fail("tail", "one of " + ", ".join(TAILS), self.tail)
         row = self.method_row
-        if row.kind != "token" and self.tail != DEFAULT_TAIL:
+        if not APPLIES["tail"](row) and self.tail != DEFAULT_TAIL:
             token = ", ".join(m for m in METHODS if method(m).kind == "token")
             raise ConfigError(f"`tail` applies to the token-level methods ({token}), not to {self.method}, which"
                               f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
@@ -276,6 +285,13 @@ class DecodeParams:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def applies(name: str, method_name: str) -> bool:
+    """Whether field ``name`` means anything for method ``method_name`` (:data:`APPLIES`; an unknown method: yes, so
+    that its own check names it)."""
+    rule = APPLIES.get(name)
+    return rule is None or method_name not in METHODS or rule(method(method_name))
 
 
 def info(name: str) -> ParamInfo:

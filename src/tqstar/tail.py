@@ -156,7 +156,10 @@ def tempered_shape_kl(log_mass: torch.Tensor, mean_logprob: torch.Tensor | None,
 def kl_bound(alpha: float, temperature: float, mode: str, value_range: tuple[float, float] | None,
              rows: int) -> torch.Tensor:
     """A per-step bound ``(B,)`` on KL(π_dec ‖ π_sft) that holds for the policy run: α·(R_max − R_min) for ``mean`` and
-    ``rollout`` at T = 1 with Q̂ in the reward's range, else +inf (none claimed)."""
+    ``rollout`` at T = 1 with Q̂ in the reward's range (0 when nothing is valued, α = 0: π_dec is π_sft), else +inf
+    (none claimed)."""
+    if temperature == 1 and alpha == 0:
+        return torch.zeros(rows)
     if temperature == 1 and value_range is not None and mode != "rolling":
         return torch.full((rows,), alpha * (value_range[1] - value_range[0]))
     return torch.full((rows,), math.inf)
@@ -191,6 +194,8 @@ class Tail:
         self.models, self.params = models, params
         self.mode = params.tail if values_needed or params.tail == "mean" else "mean"
         self.role = params.method_row.rolls or "sft"
+        #: the α that tilts the decision: 0 when nothing is valued (π_dec = p^{1/T}; its bound at T = 1 is 0)
+        self.alpha = params.alpha if values_needed else 0.0
 
     def active(self) -> bool:
         """The tail is part of the decision: on, and a sampled choice (greedy decoding takes the argmax over K)."""

@@ -252,3 +252,16 @@ def test_tail_at_another_temperature_on_a_model_without_its_full_distribution_is
                                " does not give (only its top k); use a local SFT model, temperature 1, or tail: off")
     engine.generate(["x"], params.replace(tail="off"), progress=False)
     engine.generate(["x"], params.replace(temperature=1.0), progress=False)
+
+
+@pytest.mark.parametrize("tail", ["off", "mean"])
+def test_the_tail_costs_no_sft_forward_tokens(tiny_engine, sft, tail):
+    """A row's SFT model runs its prompt once and one token per later step, with or without the tail: the tail's
+    sums come with the top k, and its draws read the stored rows without displacing them (a side trip)."""
+    sft.reset_cache()
+    params = DecodeParams(method="none", k=3, alpha=0.0, temperature=1.0, max_new_tokens=8, tail=tail, trace=True)
+    prompts = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
+    responses = tiny_engine.generate(prompts, params, progress=False)
+    assert tail == "off" or any(row["tail"]["committed"] is not None for r in responses for row in r.trace)
+    for r in responses:
+        assert r.accounting.sft_forward_tokens == len(sft.encode_prompt(r.prompt)) + len(r.token_ids) - 1

@@ -6,7 +6,9 @@ sequences it saw last and reuses the longest matching prefix), but a call's resu
 was called before.
 
 The decoder needs two calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
-their log-probabilities, normalised over the full vocabulary) and :meth:`LanguageModel.rollout` (continuations).
+their log-probabilities, normalised over the full vocabulary; with ``tail_temperature`` also the sums of p^{1/T}
+over the rest, where the backend has them) and :meth:`LanguageModel.rollout` (continuations); no-truncation
+decoding (:mod:`tqstar.tail`) also draws tokens outside the top k with :meth:`LanguageModel.sample_outside`.
 Estimators that need likelihood ratios (soft values, ``tq-soft``; emulated fine-tuning, ``eft``) also call
 :meth:`LanguageModel.score_continuations` (log ρ(y | prefix) of *given* continuations), whose correct, slow
 default asks for the whole vocabulary at every position; backends override it.

@@ -23,9 +23,13 @@ sequences the decoder built; the server's own prefix cache plays the part of the
 
 **KL without the full vocabulary.** A server returns only the top k of the next-token distribution, but both
 engines compute those log-probabilities with a log-softmax over the *whole* vocabulary before keeping k. The
-decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z π_dec(z)·(log π_dec(z) −
-log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers, and are computed exactly as
-with the local backend (up to the server's numerics).
+decoder needs nothing else: with ``tail: off`` π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z
+π_dec(z)·(log π_dec(z) − log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers; with the
+tail kept (:mod:`tqstar.tail`, temperature 1) the tail's mass is log(1 − Σ_k π_sft), and its KL term needs nothing
+more — both exactly as with the local backend (up to the server's numerics). Tail tokens come from
+:meth:`RemoteLM.sample_outside`: one-token requests with ``logit_bias`` −100 on the row's k candidates and its seed
+(vLLM and llama-server both take ``{"<token id>": bias}``). A temperature other than 1 with the tail needs the sums
+of π_sft^{1/T} over the whole vocabulary, which no server returns: refused (:meth:`RemoteLM.check_tail`).
 
 Accounting: a server does not say per request how much of a prompt its prefix cache saved, so ``forward_tokens``
 counts the tokens sent plus the tokens generated (an upper bound on the model's work); :meth:`RemoteLM.stats`
