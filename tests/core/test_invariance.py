@@ -34,6 +34,17 @@ def tabular_engine(seed: int = 0) -> Engine:
     return Engine(sft, optimal_policy(sft, r, beta=0.5), TabularReward(r, sft), TabularReward(r_bl, sft))
 
 
+def eos_likely_engine(sft, baseline) -> Engine:
+    """The tiny models with EOS made a likely candidate (not a certain one) for both, and the vowel reward."""
+    eos = min(sft.eos_token_ids)
+    with torch.no_grad():
+        for lm in (sft, baseline):
+            bias = torch.zeros(lm.vocab_size)
+            bias[eos] = 3.0
+            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
+    return Engine(sft, baseline, CallableReward(vowel_share))
+
+
 @pytest.fixture()
 def tiny_engine(sft, baseline):
     return Engine(sft, baseline, CallableReward(vowel_share),
@@ -101,13 +112,7 @@ def test_tabular_pruning_and_reuse_are_exact_with_the_tail(method, tail, tempera
 
 @pytest.mark.parametrize("tail", ["mean", "rollout", "rolling"])
 def test_tiny_sampling_with_the_tail_is_exact_with_stop_strings_and_eos(sft, baseline, tail):
-    eos = min(sft.eos_token_ids)
-    with torch.no_grad():  # EOS becomes a likely candidate (not a certain one) for both models
-        for lm in (sft, baseline):
-            bias = torch.zeros(lm.vocab_size)
-            bias[eos] = 3.0
-            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
-    engine = Engine(sft, baseline, CallableReward(vowel_share))
+    engine = eos_likely_engine(sft, baseline)
     params = DecodeParams(method="tq-direct", k=3, alpha=0.5, rollout_len=4, max_new_tokens=7, stop=("the",),
                           temperature=1.0, tail=tail)
     assert_batch_invariant(engine, PROMPTS, params)
@@ -137,13 +142,7 @@ def test_tabular_pruning_and_reuse_are_exact(method, rollouts):
 @pytest.mark.parametrize("rollouts", [dict(), dict(n_rollouts=2, rollout_temperature=1.0)], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("method", ["tq-direct", "cd"])
 def test_tiny_pruning_and_reuse_are_exact_with_stop_strings_and_eos(sft, baseline, method, rollouts):
-    eos = min(sft.eos_token_ids)
-    with torch.no_grad():  # EOS becomes a likely candidate (not a certain one) for both models
-        for lm in (sft, baseline):
-            bias = torch.zeros(lm.vocab_size)
-            bias[eos] = 3.0
-            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
-    engine = Engine(sft, baseline, CallableReward(vowel_share))
+    engine = eos_likely_engine(sft, baseline)
     params = DecodeParams(method=method, k=5, alpha=0.5, rollout_len=4, max_new_tokens=7, stop=("the",), **rollouts)
     assert_speedups_exact(engine, PROMPTS, params)
     responses = engine.generate(PROMPTS, params, progress=False)

@@ -293,6 +293,20 @@ def optimum_at_kl(sft: TabularLM, r: RewardFn, target: float, *, iterations: int
 SOFT_NS = (1, 4, 16)
 
 
+def _instance(instance: int, vocab_size: int, horizon: int, beta_baseline: float, seed: int, setting: str):
+    """One random instance: (SFT model, target reward, baseline, {method: exact Q̂(s, z)}). ``setting`` ``"direct"``:
+    the baseline is ρ*_r at β_BL (aligned to the target); ``"indirect"``: ρ*_{r_BL} at β_BL for an independent random
+    reward r_BL."""
+    assert setting in ("direct", "indirect"), setting
+    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
+    r = random_reward(vocab_size, horizon, seed=seed + instance)
+    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
+    baseline = optimal_policy(sft, r_bl, beta_baseline)
+    values = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
+              "eft": eft_value(sft, baseline, beta_baseline)}
+    return sft, r, baseline, values
+
+
 def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4, horizon: int = 4,
                   beta_baseline: float = 0.2, k: int | None = None, temperature: float = 1.0, seed: int = 0,
                   setting: str = "direct", soft_ns: Sequence[int] = SOFT_NS, draws: int = 400) -> list[dict]:
@@ -300,14 +314,8 @@ def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4
 
     ``setting`` ``"direct"``: the baseline is ρ*_r at β_BL (aligned to the target); ``"indirect"``: it is ρ*_{r_BL}
     at β_BL for an independent random reward r_BL. Rows: {"instance", "method", "alpha", "reward", "kl"}."""
-    assert setting in ("direct", "indirect"), setting
     k = k or vocab_size
-    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
-    r = random_reward(vocab_size, horizon, seed=seed + instance)
-    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
-    baseline = optimal_policy(sft, r_bl, beta_baseline)
-    values = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
-              "eft": eft_value(sft, baseline, beta_baseline)}
+    sft, r, baseline, values = _instance(instance, vocab_size, horizon, beta_baseline, seed, setting)
     rows = [{"method": "sft", "alpha": 0.0, "reward": expected_reward(sft, r), "kl": 0.0},
             {"method": "baseline", "alpha": 0.0, "reward": expected_reward(baseline, r),
              "kl": trajectory_kl(baseline, sft)}]
@@ -413,13 +421,7 @@ def tail_rows(instance: int, alphas: Sequence[float], *, k: int, vocab_size: int
     :data:`TAIL_MODES`, on one random instance (as :func:`instance_rows`: each method's exact Q̂; ``tq-soft(N=∞)`` the
     exact soft value at β = 1/α — its many-rollout limit, and with an optimal baseline at α = 1/β_BL its one-rollout
     value). Rows {"instance", "method" ("<method> tail=<tail>"), "alpha", "reward", "kl"}, plus the SFT anchor."""
-    assert setting in ("direct", "indirect"), setting
-    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
-    r = random_reward(vocab_size, horizon, seed=seed + instance)
-    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
-    baseline = optimal_policy(sft, r_bl, beta_baseline)
-    fixed = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
-             "eft": eft_value(sft, baseline, beta_baseline)}
+    sft, r, baseline, fixed = _instance(instance, vocab_size, horizon, beta_baseline, seed, setting)
     fixed = {m: functools.lru_cache(maxsize=None)(q) for m, q in fixed.items() if m in TAIL_MODES}
     rolling = {"tq-direct": baseline, "cd": sft, "tq-indirect": baseline, "tq-soft(N=∞)": baseline}
     rows = [{"method": "sft", "alpha": 0.0, "reward": expected_reward(sft, r), "kl": 0.0}]
