@@ -97,8 +97,7 @@ TABLE: tuple[Method, ...] = (
     Method("eft", "token", "β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward: π_sft^(1−λ)·π_BL^λ, λ = αβ"
            " (emulated fine-tuning)",
            value="log-ratio", needs=_needs("baseline"), likelihoods=True, in_reward_range=False),
-    Method("none", "token", "0: the SFT model through the token step (the α = 0 reference: top-k, or π_sft itself with"
-           " the tail kept)", value="zero"),
+    Method("none", "token", "0: top-k decoding of the SFT model (the α = 0 reference)", value="zero"),
     Method("sft", "plain", "plain decoding of the SFT model over its full vocabulary", rolls="sft"),
     Method("baseline", "plain", "plain decoding of the baseline over its full vocabulary", rolls="baseline",
            needs=_needs("baseline")),

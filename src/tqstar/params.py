@@ -25,7 +25,7 @@ Scope = Literal["row", "group"]
 #: one shared value — the π_sft-weighted mean of the candidates' values, the value of one token drawn from the tail,
 #: or the importance-weighted value of one token drawn from the rolling model's tail.
 TAILS = ("off", "mean", "rollout", "rolling")
-#: The default ``tail``: measured best on SmolLM2 (docs/no-truncation.md).
+#: The default ``tail``: measured best on SmolLM2 (docs/methods.md#no-truncation-the-tail).
 DEFAULT_TAIL = "mean"
 #: Fields that apply to some methods only, by what the method's row (:mod:`tqstar.methods`) says: a non-default value
 #: for another method is refused (:meth:`DecodeParams._check_tail`), and an eval config's ``defaults`` leave the field
@@ -131,7 +131,7 @@ class DecodeParams:
     temperature: float = param(0.0, "0 = greedy choice, else sample softmax(score/T)", flag="value",
                                request="temperature")
     tail: str = param(DEFAULT_TAIL, "the vocabulary outside the top k: off = dropped (top-k truncation), mean /"
-                      " rollout / rolling = kept with pi_sft's shape and one shared value (docs/no-truncation.md)",
+                      " rollout / rolling = kept with pi_sft's shape and one shared value (docs/methods.md)",
                       flag="value", choices=TAILS, request="tqstar.tail")
     max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
     stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")

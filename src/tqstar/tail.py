@@ -15,7 +15,8 @@ is today's softmax(score/T) extended to every token of the vocabulary with Q̂(z
 The shared value (``tail``, :data:`tqstar.params.TAILS`):
 
 * ``mean``: Q̂_𝒯 = Σ_K p(z)·Q̂(z) / p(K), the π_sft-weighted mean of the candidates' values. Free, in the reward's
-  range, deterministic given the candidates' values; the default (measured best on SmolLM2, docs/no-truncation.md).
+  range, deterministic given the candidates' values; the default (measured best on SmolLM2: docs/methods.md, "No
+  truncation").
 * ``rollout``: Q̂_𝒯 = Q̂(z′) for one token z′ ~ p^{1/T}|𝒯 (stream ``("tail", step, index 1)``), valued by the
   estimator as one extra candidate (one more rollout, or one reward call for ``args``); the committed token is a
   fresh draw. An unbiased one-sample estimate of the tail's mean value.

@@ -160,7 +160,7 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
     row = params.method_row
     names: list[str] = []
     if row.kind == "token":
-        names += ["k", "alpha"]
+        names += ["k", "alpha", "tail"]
         if row.rolls:
             names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
         if row.in_reward_range and row.value != "zero":  # reward-bound pruning
