@@ -105,13 +105,14 @@ class Engine:
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
                                   value=params.method)
         if params.is_token_level:
-            m.sft.check_k(params.k)
+            if params.block_len is None:  # blockwise: k samples, not a top-k of the vocabulary
+                m.sft.check_k(params.k)
             span = m.reward.range if m.reward is not None else None
             if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
                 raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
                                   " give an alpha that keeps alpha*(R_max - R_min) finite", param="alpha",
                                   value=params.alpha)
-        if params.is_token_level and params.tail != "off" and params.temperature > 0:
+        if params.samples_tail:
             self._check_tail(params)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
             if m.bridge is not None:
@@ -249,7 +250,6 @@ class Engine:
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _response(self, state: PromptState, params: DecodeParams, value: float | None) -> Response:
-        token_level = params.is_token_level
         return Response(
             prompt=state.prompt,
             method=params.method,
@@ -257,11 +257,12 @@ class Engine:
             token_ids=list(state.response),
             finish_reason=state.finish_reason or "length",
             reward=value,
-            kl=sum(state.kl) if token_level or state.kl else None,
-            kl_bound=_bound(state.kl_bound) if token_level or state.kl_bound else None,
+            kl=sum(state.kl) if state.kl_kind is not None else None,
+            kl_bound=_bound(state.kl_bound) if state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,
+            kl_kind=state.kl_kind,
         )
 
 

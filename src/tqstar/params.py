@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .methods import METHODS, Method, method
+from .methods import METHODS, TABLE, Method, method
 
 #: Whether a field is the same for every row a decoder steps together (``group``: it is in
 #: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
@@ -27,10 +27,12 @@ Scope = Literal["row", "group"]
 TAILS = ("off", "mean", "rollout", "rolling")
 #: The default ``tail``: measured best on SmolLM2 (docs/methods.md#no-truncation-the-tail).
 DEFAULT_TAIL = "mean"
-#: Fields that apply to some methods only, by what the method's row (:mod:`tqstar.methods`) says: a non-default value
-#: for another method is refused (:meth:`DecodeParams._check_tail`), and an eval config's ``defaults`` leave the field
-#: out for such a method (:func:`applies`).
-APPLIES: dict[str, Callable[[Method], bool]] = {"tail": lambda row: row.kind == "token"}
+#: Fields that apply to some decisions only, by what the method's row (:mod:`tqstar.methods`) and the other settings
+#: given say: a non-default value where the field does not apply is refused (:meth:`DecodeParams._check_tail`), and an
+#: eval config's ``defaults`` leave the field out there (:func:`applies`). ``tail``: token-level decisions over the SFT
+#: top k — a token method without ``block_len`` (sampled blocks have no top k whose rest could be kept).
+APPLIES: dict[str, Callable[[Method, Mapping[str, Any]], bool]] = {
+    "tail": lambda row, given: row.kind == "token" and given.get("block_len") is None}
 #: What a field amounted to in runs written before it existed, where that is not its default: a results file whose
 #: rows lack the field is read with this value (``tail``: those runs truncated to the top k).
 BEFORE: dict[str, Any] = {"tail": "off"}
@@ -81,8 +83,15 @@ class DecodeParams:
             model), ``soft-cd`` (the soft value of N SFT rollouts), ``args`` (reward of the partial text), ``eft``
             (emulated fine-tuning: Q̂ = β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward), ``none`` (Q̂ = 0: top-k
             SFT decoding), ``sft`` / ``baseline`` (plain decoding of that model over its full vocabulary), ``bon``
-            (best of ``bon_n`` samples).
-        k: number of SFT top-k candidates scored per step (token-level methods).
+            (best of ``bon_n`` samples), ``soft-bon`` (one of ``bon_n`` samples drawn ∝ exp(r/``bon_beta``)).
+        k: number of SFT top-k candidates scored per step (token-level methods); with ``block_len``, the number of
+            blocks the SFT model samples per decision.
+        block_len: ``None`` (default): token-level decisions over the SFT top-k. m ≥ 1: blockwise decisions — the
+            SFT model samples k continuations of up to m tokens (fewer where EOS, a stop string or the budget ends
+            one), each is valued by the method's estimator from its end, and one is committed: the best Q̂ at
+            temperature 0 (blocks then sampled at temperature 1), else sampled ∝ exp(α·Q̂/T) from blocks sampled at
+            T (:mod:`tqstar.blocks`: the rule, its KL bound and estimate). Token-level methods with an estimator that
+            values a block (all but ``eft``).
         alpha: weight of Q̂ in the score ``log π_sft + α·Q̂``; 0 decodes the SFT model.
         n_rollouts: rollouts per candidate (N); with N = 1 ``tq-indirect`` reduces to ``tq-direct``.
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
@@ -96,8 +105,8 @@ class DecodeParams:
             makes the decoding policy the token factorisation of the optimum ρ_sft·exp(α·r) when Q̂ is exact.
         temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature) (over the
             candidates and, unless ``tail`` is ``off``, the rest of the vocabulary).
-        tail: token-level methods: what the decision does with the vocabulary outside the top k (:data:`TAILS`,
-            :mod:`tqstar.tail`). ``off`` is top-k truncation; the others keep every token with π_sft's shape
+        tail: token-level decisions over the SFT top k (not with ``block_len``): what the decision does with the
+            vocabulary outside the top k (:data:`TAILS`, :mod:`tqstar.tail`). ``off`` is top-k truncation; the others keep every token with π_sft's shape
             (p^{1/T}) tilted by one shared value for the tail, so at α = 0 sampling *is* π_sft and the per-step KL is
             exact over the whole vocabulary. Greedy decoding (temperature 0) is the same for every value.
         max_new_tokens: response budget.
@@ -105,8 +114,10 @@ class DecodeParams:
         seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
             draw has its own stream keyed by (seed, prompt, use, step, candidate, index), so a prompt's output
             does not depend on the other prompts in its batch, the batch size, a resume or pruning.
-        bon_n: samples drawn by ``bon``.
-        bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
+        bon_n: samples drawn by ``bon`` and ``soft-bon``.
+        bon_policy: the model ``bon`` and ``soft-bon`` sample from (``sft`` or ``baseline``).
+        bon_beta: temperature β of ``soft-bon``'s choice softmax(r_i/β) over its samples (reward units); β → 0 is
+            ``bon``, β → ∞ the policy itself.
         trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
         prune: for greedy decoding with a reward that declares its range, skip candidates that cannot win
             (log π_sft(z) + α·R_max ≤ the best score already computed). Exact: the same tokens, fewer rollouts.
@@ -118,7 +129,10 @@ class DecodeParams:
     """
 
     method: str = param("tq-direct", "the decoding method (the table below; tqstar.methods)", flag="value")
-    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k")
+    k: int = param(10, "top-k candidates per step (with block_len: sampled blocks per decision)", flag="value",
+                   request="tqstar.k")
+    block_len: int | None = param(None, "tokens per decision: choose among k sampled blocks of this length",
+                                  unset="one token, the SFT top-k", flag="value", request="tqstar.block_len")
     alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha")
     n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts")
     rollout_len: int = param(20, "rollout length in tokens, L", flag="value", request="tqstar.rollout_len")
@@ -138,6 +152,8 @@ class DecodeParams:
     seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed")
     bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n")
     bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"))
+    bon_beta: float = param(0.1, "temperature of soft-bon's choice softmax(r/bon_beta)", flag="value",
+                            request="tqstar.bon_beta")
     trace: bool = param(False, "print the per-step candidate table", scope="row", flag="switch",
                         request="tqstar.trace")
     prune: bool = param(True, "skip candidates that cannot win (exact; greedy choice, a reward range)",
@@ -160,12 +176,25 @@ class DecodeParams:
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or value < 0:
                 _fail(name, "a finite number >= 0", value)
-        if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta <= 0:
-            _fail("beta", "a finite number > 0", self.beta)
+        for name in ("beta", "bon_beta"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value <= 0:
+                _fail(name, "a finite number > 0", value)
         if self.soft_beta is not None and (not _is_real(self.soft_beta) or not math.isfinite(self.soft_beta)
                                            or self.soft_beta <= 0):
             _fail("soft_beta", "a finite number > 0 or None (= 1/alpha)", self.soft_beta)
         row = self.method_row
+        if self.block_len is not None:
+            if isinstance(self.block_len, bool) or not isinstance(self.block_len, int) or self.block_len < 1:
+                _fail("block_len", "an integer >= 1 or None (token-level decisions)", self.block_len)
+            if not row.blockwise:
+                blockwise = ", ".join(m.name for m in TABLE if m.blockwise)
+                why = {"token": "its value is the per-token likelihood ratio β·log(π_BL/π_sft), which a block of"
+                                " sampled tokens does not have",  # eft, the one token method without blocks
+                       "best-of-n": "it already chooses among whole responses (a block of the whole budget)",
+                       "plain": "it decodes one model token by token without candidates"}[row.kind]
+                raise ConfigError(f"`block_len` does not apply to {self.method}: {why}; drop block_len or use one of"
+                                  f" {blockwise}", param="block_len", value=self.block_len)
         if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
                               f" of the rolling model itself), got {self.rollout_temperature!r}; set"
@@ -191,15 +220,22 @@ class DecodeParams:
                 _fail(name, "True or False", getattr(self, name))
 
     def _check_tail(self) -> None:
-        """``tail`` against :data:`TAILS` and the method's row: the one place that says which methods it applies to.
+        """``tail`` against :data:`TAILS`, the method's row and ``block_len``: the one place that says which decisions
+        it applies to.
 
-        It applies to token-level methods (the only ones with a top k); the default is accepted, and has no effect,
-        for the others. ``rolling`` draws its tail token from the model that rolls out, so a method whose row rolls
-        nothing out (``args``, ``eft``, ``none``) cannot use it."""
+        It applies to token-level decisions over the SFT top k (the only ones with a rest of the vocabulary to keep);
+        the default is accepted, and has no effect, for the others — methods without a top k, and blockwise decisions
+        (``block_len``), whose k candidates are sampled blocks rather than a truncation. ``rolling`` draws its tail
+        token from the model that rolls out, so a method whose row rolls nothing out (``args``, ``eft``, ``none``)
+        cannot use it."""
         if self.tail not in TAILS:
             _fail("tail", "one of " + ", ".join(TAILS), self.tail)
         row = self.method_row
-        if not APPLIES["tail"](row) and self.tail != DEFAULT_TAIL:
+        if not self.applies("tail") and self.tail != DEFAULT_TAIL:
+            if row.kind == "token":  # block_len: sampled blocks
+                raise ConfigError(f"`tail` applies to token-level decisions over the SFT top k, not to blockwise ones"
+                                  f" (block_len {self.block_len}), whose k candidates are sampled blocks with nothing"
+                                  " truncated; leave `tail` out or drop block_len", param="tail", value=self.tail)
             token = ", ".join(m for m in METHODS if method(m).kind == "token")
             raise ConfigError(f"`tail` applies to the token-level methods ({token}), not to {self.method}, which"
                               f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
@@ -207,6 +243,10 @@ class DecodeParams:
         if self.tail == "rolling" and row.rolls is None:
             raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and {self.method}"
                               " rolls out none; use tail: mean or tail: rollout", param="tail", value=self.tail)
+
+    def applies(self, name: str) -> bool:
+        """Whether field ``name`` means anything for these parameters (:data:`APPLIES`)."""
+        return applies(name, vars(self))
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
@@ -229,7 +269,21 @@ class DecodeParams:
 
     @property
     def is_token_level(self) -> bool:
+        """Whether the method scores candidates with Q̂ and α (one token per decision, or a block: ``block_len``)."""
         return self.method_row.kind == "token"
+
+    @property
+    def is_blockwise(self) -> bool:
+        """Whether a decision chooses among sampled blocks (:mod:`tqstar.blocks`): ``block_len`` on a token method,
+        and ``bon`` / ``soft-bon``, whose block is the whole response."""
+        return self.block_len is not None or self.method_row.kind == "best-of-n"
+
+    @property
+    def samples_tail(self) -> bool:
+        """Whether a decision samples over the whole vocabulary with the tail as one arm (:mod:`tqstar.tail`): ``tail``
+        applies (a token-level decision, no ``block_len``), is not ``off``, and the choice is sampled (a greedy one
+        takes the argmax over the top k)."""
+        return self.applies("tail") and self.tail != "off" and self.temperature > 0
 
     @property
     def uses_baseline(self) -> bool:
@@ -287,11 +341,11 @@ def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def applies(name: str, method_name: str) -> bool:
-    """Whether field ``name`` means anything for method ``method_name`` (:data:`APPLIES`; an unknown method: yes, so
-    that its own check names it)."""
-    rule = APPLIES.get(name)
-    return rule is None or method_name not in METHODS or rule(method(method_name))
+def applies(name: str, given: Mapping[str, Any]) -> bool:
+    """Whether field ``name`` means anything for the settings ``given`` — a method's name under ``method`` and the
+    other fields set with it (:data:`APPLIES`; an unknown method: yes, so that its own check names it)."""
+    rule, name_of = APPLIES.get(name), str(given.get("method", DecodeParams.method))
+    return rule is None or name_of not in METHODS or rule(method(name_of), given)
 
 
 def info(name: str) -> ParamInfo:

@@ -168,8 +168,8 @@ def kl_bound(alpha: float, temperature: float, mode: str, value_range: tuple[flo
 
 def describe(params: DecodeParams, value_range: tuple[float, float] | None) -> str | None:
     """One line for ``--trace`` output and logs: what the tail does for ``params`` and what its KL numbers are (exact,
-    estimate, bound); ``None`` for a method without a top k."""
-    if params.method_row.kind != "token":
+    estimate, bound); ``None`` where it does not apply (no top k: a method without one, or ``block_len``)."""
+    if not params.applies("tail"):
         return None
     if params.tail == "off":
         return ("tail off: top-k truncation; per-step KL exact (π_dec lives on the top k), bound"
@@ -200,7 +200,7 @@ class Tail:
 
     def active(self) -> bool:
         """The tail is part of the decision: on, and a sampled choice (greedy decoding takes the argmax over K)."""
-        return self.params.tail != "off" and self.params.temperature > 0
+        return self.params.samples_tail
 
     def top_logprobs(self, rows: Sequence[PromptState], k: int) -> TopLogprobs:
         """Step 1's proposal: the SFT top k, with the tail's sums when the tail is part of the decision."""

@@ -31,6 +31,9 @@ def test_expand_methods_sweeps_alpha():
                           {"k": 4})
     assert [r.label for r in runs] == ["sft", "tq-direct(α=0.5)", "tq-direct(α=1)", "cd(α=2)"]
     assert runs[1].params.k == 4 and runs[2].params.alpha == 1
+    blocks = expand_methods([{"method": "tq-direct", "alpha": [1, 3], "block_len": 8}, {"method": "tq-direct",
+                                                                                       "alpha": 3}])
+    assert [r.label for r in blocks] == ["tq-direct[m=8](α=1)", "tq-direct[m=8](α=3)", "tq-direct(α=3)"]
     with pytest.raises(ConfigError, match="`method` must be one of"):
         expand_methods([{"method": "nope"}])
     with pytest.raises(ConfigError, match="method label 'sft' appears twice"):
@@ -122,13 +125,18 @@ def test_rows_written_before_a_parameter_existed_still_resume(tmp_path, tiny_pat
 
 
 def test_defaults_apply_to_the_methods_they_mean_something_for():
-    """``tail`` under ``defaults`` reaches the token-level methods only; set on a method that has no top k, it is
-    refused with the reason."""
-    runs = expand_methods([{"method": "sft"}, {"method": "bon", "temperature": 1.0}, {"method": "cd"}],
-                          {"tail": "off", "k": 3})
-    assert [r.params.tail for r in runs] == ["mean", "mean", "off"] and runs[2].params.k == 3
+    """``tail`` under ``defaults`` reaches the token-level decisions over a top k only (not ``block_len``'s sampled
+    blocks, nor best-of-N's whole responses); set where there is no top k, it is refused with the reason."""
+    runs = expand_methods([{"method": "sft"}, {"method": "bon", "temperature": 1.0},
+                           {"method": "soft-bon", "temperature": 1.0}, {"method": "cd"},
+                           {"method": "tq-direct", "block_len": 2}], {"tail": "off", "k": 3})
+    assert [r.params.tail for r in runs] == ["mean", "mean", "mean", "off", "mean"] and runs[3].params.k == 3
+    blockwise = expand_methods([{"method": "cd"}], {"tail": "off", "block_len": 2})  # block_len beside it in defaults
+    assert blockwise[0].params.tail == "mean" and blockwise[0].params.block_len == 2
     with pytest.raises(ConfigError, match="^`tail` applies to the token-level methods .* not to sft"):
         expand_methods([{"method": "sft", "tail": "off"}])
+    with pytest.raises(ConfigError, match="^`tail` applies to token-level decisions over the SFT top k, not to blockwise"):
+        expand_methods([{"method": "cd", "tail": "rollout", "block_len": 2}])
 
 
 def test_rows_written_before_the_tail_existed_resume_as_truncated_runs(tmp_path, tiny_paths, capsys):

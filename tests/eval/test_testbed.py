@@ -22,7 +22,7 @@ from tqstar.eval.testbed import (
     format_matched_kl,
     format_report,
     interpolate_at,
-    log_w,
+    log_partition,
     matched_kl,
     method_values,
     optimal_policy,
@@ -392,7 +392,7 @@ def test_no_truncation_tq_soft_with_an_optimal_baseline_is_the_optimum_under_rol
     sft, r, _ = instance
     beta = 0.3
     optimum = optimal_policy(sft, r, beta)
-    lw = log_w(sft, r, beta)
+    lw = log_partition(sft, r, beta)
     policy = decoding_policy(sft, lambda s, z: beta * lw(s + (z,)), 1 / beta, k, tail="rolling", rolling=optimum)
     for prefix in prefixes(V, H):
         torch.testing.assert_close(policy.probs(prefix), optimum.probs(prefix), rtol=0, atol=1e-12)
@@ -413,7 +413,7 @@ def test_a_shared_tail_value_at_its_exact_soft_value_is_the_optimum_coarse_grain
     sft, r, _ = instance
     beta = 0.3
     optimum = optimal_policy(sft, r, beta)
-    lw = log_w(sft, r, beta)
+    lw = log_partition(sft, r, beta)
 
     def tail_value(prefix):
         rest = _rest(sft, prefix, k)
@@ -467,7 +467,7 @@ def test_the_engine_samples_the_testbed_tail_policy(tail):
     ``rollout`` the value of the z′ the row drew, and the candidates' masses given it."""
     beta = 0.25
     sft, r = TabularLM.random(V, H, seed=6), random_reward(V, H, seed=6)
-    lw = log_w(sft, r, beta)
+    lw = log_partition(sft, r, beta)
 
     def q(s, z):
         return beta * lw(s + (z,))

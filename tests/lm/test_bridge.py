@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TEST_DEVICE
 from fake_openai import FakeServer
-from invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
+from invariance import CASES, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar import CallableReward, DecodeParams, Engine, PromptTooLongError
 from tqstar.builtin.tiny import CORPUS, build_tokenizer, tiny_config
@@ -311,14 +311,17 @@ def test_pruning_and_reuse_are_exact_through_the_bridge(sft_family, baseline_fam
     assert_speedups_exact(bridged(sft_family, baseline_family), PROMPTS, params)
 
 
-@pytest.mark.parametrize(("method", "tail"), [("tq-direct", "mean"), ("tq-direct", "rollout"), ("tq-direct", "off"),
-                                            ("tq-indirect", "mean"), ("tq-indirect", "rollout"), ("baseline", "mean"),
-                                            ("bon", "mean")])
-def test_bridged_output_is_batch_and_join_invariant(method, tail):
+@pytest.mark.parametrize(("case", "tail"), [("tq-direct", "mean"), ("tq-direct", "rollout"), ("tq-direct", "off"),
+                                          ("tq-indirect", "mean"), ("tq-indirect", "rollout"), ("baseline", None),
+                                          ("bon", None), ("soft-bon", None), ("tq-direct[m=2]", None),
+                                          ("tq-indirect[m=2]", None), ("tq-direct[m=3,argmax]", None)])
+def test_bridged_output_is_batch_and_join_invariant(case, tail):
+    """Every tail TQ* takes through the bridge (z′ is an SFT token, rolled out through text like a candidate), and
+    blockwise TQ* (a block of SFT tokens is text for the baseline, which rolls out from it)."""
     engine = Engine(family_lm("unigram"), family_lm("bpe", 1), REWARD,
                     CallableReward(lambda p, r: [len(t) / 100 for t in r], name="length"))
-    params = DecodeParams(method=method, k=4, alpha=2.0, rollout_len=4, max_new_tokens=5, bon_policy="baseline",
-                          tail=tail, **SAMPLED[method])
+    params = DecodeParams(**{**dict(k=4, alpha=2.0, rollout_len=4, max_new_tokens=5, bon_policy="baseline"),
+                             **CASES[case], **({} if tail is None else {"tail": tail})})
     assert_batch_invariant(engine, PROMPTS, params)
     assert_join_invariant(engine, PROMPTS, params, seeds=[0, 7, 123])
 

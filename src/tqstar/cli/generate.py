@@ -76,8 +76,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if config.sft is None:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
-    if config.decode.trace and not config.decode.is_token_level:
-        print(f"tqstar: --trace shows the candidates of each token-level step; method {config.decode.method!r} decodes"
+    if config.decode.trace and not (config.decode.is_token_level or config.decode.is_blockwise):
+        print(f"tqstar: --trace shows the candidates of each decision; method {config.decode.method!r} decodes"
               " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
@@ -124,7 +124,8 @@ def run_generate(args: argparse.Namespace) -> int:
 def format_response(response) -> str:
     a = response.accounting
     facts = [f"reward={response.reward:.4f}" if response.reward is not None else None,
-             f"kl={response.kl:.3f}" if response.kl is not None else None,
+             (f"kl={response.kl:.3f}" + (" (estimate)" if response.kl_kind == "estimate" else ""))
+             if response.kl is not None else None,
              f"tokens={len(response.token_ids)}", f"finish={response.finish_reason}",
              f"rollouts={a.rollouts}", f"reward_calls={a.reward_calls}", f"time={a.wall_time_s:.2f}s"]
     return (f"### [{response.method}] {response.prompt}\n{response.text}\n"
@@ -138,7 +139,10 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
     previous step's rollout is marked ``reused``. With the tail on (``tail``, sampled choice) a ``<tail>`` row
     follows: the rest of the vocabulary as one arm, with its mass (log Σ p^(1/T) over it; at T = 1 log π_sft of the
     tail), shared value Q̂_𝒯, score and probability, the token z′ it was valued by (``rollout``, ``rolling``) and the
-    tail token drawn when it won."""
+    tail token drawn when it won. Blockwise decisions (a trace row with ``blocks``) show their k sampled blocks
+    instead (:func:`format_block_trace`)."""
+    if trace and "blocks" in trace[0]:
+        return format_block_trace(trace)
     lines = [f"{'step':>4}  {'token':<14}{'logp_sft':>9}{'Q':>9}{'score':>9}{'p_dec':>7}"]
     for row in trace:
         for j, z in enumerate(row["candidates"]):
@@ -165,3 +169,18 @@ def format_tail_row(step: int, tail: dict[str, Any]) -> str:
     return (f"{step:>4}{mark} {'<tail>':<14}{'-inf' if mass is None else f'{mass:.3f}':>9}"
             f"{'-' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
             f"{tail['p_dec']:>7.3f}  {', '.join(notes)}")
+
+
+def format_block_trace(trace: list[dict[str, Any]]) -> str:
+    """Per decision (at response position ``pos``): each sampled block's text, Q̂ and the probability the choice gave
+    it (``argmax`` or ``soft``); * marks the chosen one, ``dup`` a block identical to an earlier sample (valued once),
+    ``-`` a value the choice did not need (α = 0, k = 1)."""
+    lines = [f"{'pos':>4}  {'#':>2}  {'block':<40}{'Q':>9}{'p_dec':>7}"]
+    for row in trace:
+        for i, text in enumerate(row["texts"]):
+            mark = "*" if i == row["chosen"] else " "
+            q = row["q"][i]
+            notes = [note for note, on in (("dup", row["duplicate"][i]), ("reused", row["reused"][i])) if on]
+            lines.append(f"{row['step']:>4}{mark} {i:>2}  {text!r:<40.40}{'-' if q is None else f'{q:.3f}':>9}"
+                         f"{row['p_dec'][i]:>7.3f}{'  ' + ' '.join(notes) if notes else ''}")
+    return "\n".join(lines)

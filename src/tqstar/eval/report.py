@@ -5,7 +5,8 @@ Per method (one row each): prompts, mean target reward ± standard error, the no
 the ``normalise_to`` method (the aligned baseline by default: 1), i.e. the share of the baseline's gain a
 method recovers,
 win / tie rates against the reference under each judge, diversity, coherence, KL to the SFT model (sum of the
-per-step KLs) and the summed per-token bound beside it, response length, and compute per generated token
+per-step KLs), what that KL is (``kl_is``: ``exact`` per-step KLs, or a selection ``estimate`` for blockwise
+decisions and best-of-N; :data:`tqstar.state.KL_KINDS`) and the summed bound beside it, response length, and compute per generated token
 (forward tokens, rollouts, reward calls, wall seconds).
 
 Plots (PNG): reward vs KL across α for each token-level method family, and a bar chart of mean reward per
@@ -31,7 +32,7 @@ from .results import RESULTS_FIX, canonical, first_difference, read_rows
 log = logging.getLogger("tqstar")
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
-COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_is", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
@@ -66,6 +67,7 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             "diversity": sum(diversity(r["text"]) for r in items) / len(items),
             "kl": sum(kls) / len(kls) if kls else None,
             "kl_se": mean_and_stderr(kls)[1] if kls else None,
+            "kl_is": "/".join(sorted({r["kl_kind"] for r in items if r.get("kl_kind")})) or None,
             "family_label": family_label(items[0]),
             "kl_bound": sum(bounds) / len(bounds) if bounds else None,
             "length": tokens / len(items),

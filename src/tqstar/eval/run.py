@@ -55,7 +55,8 @@ def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] |
     for entry in entries:
         if not isinstance(entry, dict) or "method" not in entry:
             raise ConfigError(f"each method must be a mapping with a `method` key, got {entry!r}")
-        shared = {k: v for k, v in (defaults or {}).items() if applies(k, str(entry["method"]))}  # tail: token-level
+        given = {**(defaults or {}), **entry}  # what the field applies to: the method and the settings beside it
+        shared = {k: v for k, v in (defaults or {}).items() if applies(k, given)}  # tail: token-level, no block_len
         entry = {**shared, **entry}
         label = entry.pop("label", None)
         alphas = entry.pop("alpha", None)
@@ -63,7 +64,7 @@ def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] |
         for alpha in sweep:
             values = dict(entry) if alpha is None else {**entry, "alpha": alpha}
             params = DecodeParams.from_dict(values)
-            name = label or params.method
+            name = label or params.method + (f"[m={params.block_len}]" if params.block_len is not None else "")
             if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
                 name = f"{name}(α={params.alpha:g})"
             runs.append(MethodRun(name, params))

@@ -17,6 +17,7 @@ from itertools import product
 import torch
 
 from ..errors import ConfigError
+from ..text import LocalDecoding
 from .base import FullVocabLM, StepOutput, TokenIds
 
 EOS = 0
@@ -34,6 +35,7 @@ class TabularLM(FullVocabLM):
         self.name = name
         self.eos_token_ids = frozenset({EOS})
         self.max_context = None
+        self.local_decoding = LocalDecoding()  # names joined by spaces
         self._ids = {t: i for i, t in enumerate(self.vocab)}
 
     @classmethod

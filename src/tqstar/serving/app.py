@@ -160,7 +160,11 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
     row = params.method_row
     names: list[str] = []
     if row.kind == "token":
-        names += ["k", "alpha", "tail"]
+        names += ["k", "alpha"]
+        if row.value != "log-ratio":  # every token-level method decides over sampled blocks but eft
+            names.append("block_len")
+        if params.applies("tail"):  # a top k to keep the rest of: not with block_len
+            names.append("tail")
         if row.rolls:
             names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
         if row.in_reward_range and row.value != "zero":  # reward-bound pruning
@@ -171,6 +175,8 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
             names.append("soft_beta")
     elif row.kind == "best-of-n":
         names += ["bon_n", "bon_policy"]
+        if row.name == "soft-bon":
+            names.append("bon_beta")
     return (*names, "temperature", "max_new_tokens", "stop", "seed")
 
 
