@@ -397,6 +397,8 @@ CASES = [
     Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0",)),
     Case("testbed-k-zero", TESTBED + ["--k", "0"], ("--k must be an integer from 1 to --vocab-size (4), got 0",)),
     Case("testbed-k-large", TESTBED + ["--k", "9"], ("--k must be an integer from 1 to --vocab-size (4), got 9",)),
+    Case("testbed-tail-k", TESTBED + ["--tail-k", "4"],
+         ("--tail-k must be an integer from 0 (no section) to --vocab-size - 1 (3), got 4",)),
     Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0, got 0",)),
     Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0, got nan",)),
     Case("testbed-too-big", TESTBED + ["--vocab-size", "100", "--horizon", "10"],

@@ -11,7 +11,7 @@ import tqstar
 
 PACKAGE = Path(tqstar.__file__).parent
 CORE = {"__init__", "_files", "_http", "_schema", "config", "decoder", "engine", "errors", "methods", "params",
-        "prompts", "randomness", "state", "text", "trajectory", "blocks"}
+        "prompts", "randomness", "state", "tail", "text", "trajectory", "blocks"}
 
 
 def modules() -> dict[str, Path]:

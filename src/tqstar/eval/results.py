@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import read_bytes
 from ..errors import ConfigError
-from ..params import DecodeParams
+from ..params import BEFORE, DecodeParams
 
 if TYPE_CHECKING:
     from ..reward import Reward
@@ -147,7 +147,7 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
                           f" ({first_difference(shared_old, shared_new)}); refusing to append to it: give another"
                           " --output or restore the original settings")
     mine = fingerprint["methods"]
-    defaults = asdict(DecodeParams())  # a field added since the file was written had its default then
+    defaults = {**asdict(DecodeParams()), **BEFORE}  # a field added since the file was written: what it was then
     for row in results.rows:
         label = row["method"]
         old = row.get("params") or header["config"].get("methods", {}).get(label)

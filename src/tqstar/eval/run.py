@@ -10,7 +10,8 @@ fingerprint differs from this run's, or a method label already in the file with 
 the reason. A run holds an exclusive ``flock`` on the file while it appends: a second run on the same file at the
 same time is refused.
 
-Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value)::
+Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value); ``defaults`` apply
+to every method they mean something for (``tail`` to the token-level ones, :data:`tqstar.params.APPLIES`)::
 
     methods:
       - {method: sft}
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from .._files import lock_exclusive
 from ..engine import Engine, TokenProgress
 from ..errors import ConfigError, require_type
-from ..params import DecodeParams
+from ..params import DecodeParams, applies
 from ..reward import Reward
 from .results import (
     FORMAT,
@@ -54,7 +55,9 @@ def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] |
     for entry in entries:
         if not isinstance(entry, dict) or "method" not in entry:
             raise ConfigError(f"each method must be a mapping with a `method` key, got {entry!r}")
-        entry = {**(defaults or {}), **entry}
+        given = {**(defaults or {}), **entry}  # what the field applies to: the method and the settings beside it
+        shared = {k: v for k, v in (defaults or {}).items() if applies(k, given)}  # tail: token-level, no block_len
+        entry = {**shared, **entry}
         label = entry.pop("label", None)
         alphas = entry.pop("alpha", None)
         sweep = alphas if isinstance(alphas, list) else [alphas]

@@ -163,6 +163,8 @@ def used_params(params: DecodeParams) -> tuple[str, ...]:
         names += ["k", "alpha"]
         if row.value != "log-ratio":  # every token-level method decides over sampled blocks but eft
             names.append("block_len")
+        if params.applies("tail"):  # a top k to keep the rest of: not with block_len
+            names.append("tail")
         if row.rolls:
             names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
         if row.in_reward_range and row.value != "zero":  # reward-bound pruning
