@@ -81,7 +81,7 @@ def test_sampled_eval_gives_every_method_a_kl_and_a_frontier(tmp_path, tiny_path
     assert "reward @ KL 0.5" in text and all(e["kl_se"] is not None for e in summary)
 
 
-def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baseline):
+def test_demo_shows_reward_kl_compute_and_coherence_and_says_what_they_show(sft, baseline):
     import io
 
     from conftest import vowel_share
@@ -92,17 +92,27 @@ def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baselin
 
     out = io.StringIO()
     engine = Engine(sft, baseline, CallableReward(vowel_share))
-    results = run_demo(max_new_tokens=3, k=3, rollout_len=2, prompts=["the cat sat", "tell me a story"], out=out,
-                       engine=engine, coherence=lambda p, r: [0.5] * len(p))
+    results = run_demo(max_new_tokens=4, k=3, block_len=2, rollout_len=2, bon_n=3,
+                       prompts=["the cat sat", "tell me a story"], out=out, engine=engine,
+                       coherence=lambda p, r: [0.5] * len(p))
     text = out.getvalue()
-    assert len(results) == 5 and all(r.kl is not None for rs in results.values() for r in rs)
-    assert text.count("| KL ") == 10 and "coherence 0.50" in text and "per nat of KL" in text.splitlines()[-1]
-    means = {"SFT": (0.1, 0.0, 0.5), "baseline": (0.4, 2.0, 0.5), "TQ* direct (α=2)": (0.5, 4.0, 0.5),
-             "TQ* soft (α=2, N=2)": (0.45, 5.0, 0.5), "EFT": (0.2, 1.0, 0.5)}
+    assert list(results) == ["SFT", "baseline (DPO)", "best-of-3", "CD blockwise (k=3, m=2)", "TQ* blockwise (k=3, m=2)"]
+    assert all(r.kl is not None for rs in results.values() for r in rs)
+    answers = [line for line in text.splitlines() if line.startswith("  [")]
+    assert len(answers) == 10 and all("| KL " in a and "| fwd " in a for a in answers) and "coherence 0.50" in text
+    assert "| method | mean reward | mean KL | fwd tok/tok |" in text and "forward tokens per token" in text.splitlines()[-1]
+    # the blocks' compute is what they ran: more forward tokens per token than plain SFT sampling
+    row = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+    assert float(row["CD blockwise (k=3, m=2)"][4]) > float(row["SFT"][4])
+    means = {"SFT": (0.1, 0.0, 2.6, 0.5), "baseline (DPO)": (0.4, 2.0, 3.6, 0.5), "best-of-40": (0.88, 2.7, 40, 0.5),
+             "CD blockwise (k=24, m=12)": (0.89, 3.1, 36, 0.5), "TQ* blockwise (k=24, m=12)": (0.80, 2.9, 80, 0.5)}
     sentence = verdict(means)
-    assert sentence.startswith("TQ* direct (α=2) reaches the highest mean reward (+0.500)")
-    assert "baseline gains the most reward over SFT per nat of KL (+0.150/nat)" in sentence
-    assert "does not beat TQ* direct (α=2): less reward at more KL" in sentence
+    assert sentence.startswith("CD blockwise (k=24, m=12) streams its answer and reaches +0.890 at KL 3.1 with 36")
+    assert "as much reward as best-of-40 or more, within a nat of its KL, for no more compute" in sentence
+    means["CD blockwise (k=24, m=12)"] = (0.70, 3.1, 36, 0.5)
+    assert "less reward than best-of-40 (+0.880)" in verdict(means)
+    means["CD blockwise (k=24, m=12)"] = (0.95, 5.0, 36, 0.5)
+    assert "but at more KL or compute" in verdict(means)
 
 
 def _scored(method, family, prompt, kl, reward, fwd, **params):
