@@ -25,7 +25,15 @@ from typing import Any
 
 from .._files import read_bytes
 from ..errors import ConfigError
-from .frontier import against_bon, auto_kls, family_label, format_against_bon, format_matched, matched_kl, plot_frontier
+from .frontier import (
+    against_bon,
+    auto_kls,
+    family_label,
+    format_against_bon,
+    format_matched,
+    matched_kl,
+    plot_frontier,
+)
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 from .results import RESULTS_FIX, canonical, first_difference, read_rows
 
