@@ -140,6 +140,7 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # twenty methods before a colour repeats
     families: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in summary:
         if e.get("kl") is not None:
