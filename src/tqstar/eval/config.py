@@ -86,7 +86,7 @@ class EvalConfig:
         defaults = typed(data.pop("defaults", None), dict, "defaults", "a mapping of decoding parameters") or {}
         judges = typed(data.pop("judges", None), dict, "judges", "a mapping of names to reward specs") or {}
         output = typed(data.pop("output", None), str, "output", "a file path") or "eval.jsonl"
-        check_output(output, "output file")
+        check_output(output, "output file", stream=False)
         source, column, limit = prompt_source(data.pop("prompts", None))
         return cls(
             run=RunConfig.from_dict(data, extra_keys=EVAL_KEYS),

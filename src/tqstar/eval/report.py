@@ -17,12 +17,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import read_bytes
+from .._files import OutDir, read_bytes
 from ..errors import ConfigError
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
@@ -166,19 +167,15 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
     return paths
 
 
-#: What tqstar writes into ``--out-dir`` and how each of its files begins (or, for a plot, what it contains).
-OUTPUTS = {"table.md": b"| method |", "table.csv": b"method,", "reward_vs_kl.png": b"Matplotlib",
-           "reward_by_method.png": b"Matplotlib", "matched_kl.md": b"| method |", "frontier.png": b"Matplotlib"}
+#: What the report writes into ``--out-dir``; it replaces a file of these names only when its manifest proves
+#: tqstar wrote it (:class:`tqstar._files.OutDir`).
+OUTPUTS = ("table.md", "table.csv", "reward_vs_kl.png", "reward_by_method.png", "matched_kl.md", "frontier.png")
 
 
 def check_out_dir(out_dir: str | Path) -> None:
     """Raise :class:`ConfigError` if ``out_dir`` holds a file under one of the names the report writes that tqstar
-    did not write (recognised by how tqstar's own files begin), so a user's own ``table.md`` is never replaced."""
-    for name, mark in OUTPUTS.items():
-        path = Path(out_dir) / name
-        if path.is_dir() or (path.exists() and mark not in read_bytes(path, "report file", "move it")[:4096]):
-            raise ConfigError(f"--out-dir {str(out_dir)!r} already holds {name}, which tqstar did not write;"
-                              " give another --out-dir, or move that file away")
+    did not write (or that was changed since), so a user's own ``table.md`` is never replaced."""
+    OutDir(out_dir, "report").check(OUTPUTS)
 
 
 def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
@@ -205,16 +202,25 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
         text += ("\n\nreward at matched KL (interpolated along each prompt's own α sweep, then averaged over the prompts"
                  " that reach it; ± s.e. over those prompts):\n" + format_matched(matched, markdown=False))
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        check_out_dir(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
-        write_csv(table, out_dir / "table.csv")
-        plot(table, out_dir, title)
-        if matched:
-            (out_dir / "matched_kl.md").write_text(format_matched(matched) + "\n")
-            plot_frontier(table, out_dir / "frontier.png", title)
+        write_outputs(out_dir, table, matched, title)
     return table, text
+
+
+def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched, title: str) -> None:
+    """Write table.md, table.csv, the plots (and the matched-KL table and frontier) into ``out_dir``: made in a
+    temporary folder there, then put in place by :class:`~tqstar._files.OutDir` (checked, hashed, recorded)."""
+    out = OutDir(out_dir, "report")
+    out.check(OUTPUTS)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tqstar-report.") as tmp:
+        made = Path(tmp)
+        (made / "table.md").write_text(format_table(table, markdown=True) + "\n")
+        write_csv(table, made / "table.csv")
+        plot(table, made, title)
+        if matched:
+            (made / "matched_kl.md").write_text(format_matched(matched) + "\n")
+            plot_frontier(table, made / "frontier.png", title)
+        out.install({name: made / name for name in OUTPUTS if (made / name).exists()})
 
 
 def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

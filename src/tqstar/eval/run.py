@@ -35,13 +35,13 @@ from ..errors import ConfigError, require_type
 from ..params import DecodeParams
 from ..reward import Reward
 from .results import (
-    FORMAT,
     OUTPUT_FIX,
     MethodRun,
     ResultsFile,
     check_resumable,
     cut_off_notice,
     fingerprint_of,
+    header,
     scan,
 )
 
@@ -128,7 +128,7 @@ class Evaluation:
             elif results.needs_newline:
                 fh.write(b"\n")
             if results.header is None:
-                self._append(fh, {"format": FORMAT, "config": self.fingerprint})
+                self._append(fh, header(self.fingerprint))
             self._decode(todo, fh, on_row)
         return self.output
 
