@@ -70,6 +70,10 @@ class RunConfig:
         column = typed(data.pop("prompts_column", None), str, "prompts_column", "a column name")
         if prompts_file:
             prompts.extend(read_prompt_file(prompts_file, column))
+        elif column is not None:
+            raise ConfigError(f"`prompts_column` (--column) {column!r} names the prompt field of a prompts file, and none"
+                              " is given; give --prompts-file FILE (prompts_file:) or drop it", param="prompts_column",
+                              value=column)
         known = known_keys(data, cls, what, (*extra_keys, "prompts_file", "prompts_column"), check_types=False)
         return cls(
             sft=ModelSpec.parse(known.get("sft"), "sft"),

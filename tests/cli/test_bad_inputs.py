@@ -292,6 +292,25 @@ CASES = [
     prompts_file("json-missing-field", "p.json", '[{"q": "a"}]', "item 0 of '@TMP/p.json' has no 'prompt' field"),
     prompts_file("csv-column", "p.csv", "a,b\n1,2\n", "'@TMP/p.csv' has no 'prompt' column (columns: a, b)",
                  "--column NAME"),
+    prompts_file("csv-as-txt", "p.txt", "prompt,id\nhello,1\n", "prompts file '@TMP/p.txt' is read as plain text (one"
+                 " prompt per line) but its first line is a CSV header (prompt, id)", "name it .csv"),
+    prompts_file("tsv-as-txt", "p.txt", "id\tquestion\n1\thello\n", "its first line is a TSV header (id, question)",
+                 "name it .tsv", flags=("--column", "question")),
+    prompts_file("jsonl-as-txt", "p.txt", '{"prompt": "a"}\n', "'@TMP/p.txt' is read as plain text (one prompt per"
+                 " line) but its first line is a JSON object", "name it .jsonl"),
+    prompts_file("column-for-text", "p.txt", "a\nb\n", "`column` 'q' names a field of a JSONL, JSON, CSV or TSV file,"
+                 " but '@TMP/p.txt' is read as plain text, one prompt per line", "drop the column",
+                 flags=("--column", "q")),
+    prompts_file("csv-empty-cell", "p.csv", "prompt,id\nhello,1\n\n,3\n", "line 4 of '@TMP/p.csv' has an empty 'prompt'"
+                 " cell", "fill it in or remove the line"),
+    prompts_file("csv-blank-cell", "p.csv", 'id,prompt\n1,"two\nlines"\n2,"  "\n', "line 4 of '@TMP/p.csv' has an"
+                 " empty 'prompt' cell"),
+    prompts_file("csv-missing-cell", "p.csv", "id,prompt\n1,hello\n2\n", "line 3 of '@TMP/p.csv' has no 'prompt' cell"),
+    prompts_file("tsv-empty-cell", "p.tsv", "prompt\tid\n\t1\n", "line 2 of '@TMP/p.tsv' has an empty 'prompt' cell"),
+    prompts_file("json-blank-item", "p.json", '["a", " "]', "the prompt of item 1 of '@TMP/p.json' must be a non-empty"
+                 " string, got ' '"),
+    gen("column-without-file", ["--column", "q"], "`prompts_column` (--column) 'q' names the prompt field of a prompts"
+        " file, and none is given", "give --prompts-file FILE"),
     Case("prompts-file-dir", ["generate", "--prompts-file", "@TMP/d", "--no-progress"],
          ("prompts file '@TMP/d' is a directory", "give a text, JSONL or CSV file"), {"d/": ""}),
     # ---- eval config --------------------------------------------------------------------------------------
@@ -342,6 +361,12 @@ CASES = [
     evaluation("prompts-flag-empty", {}, "`prompts` must name a source", flags=("--prompts", "")),
     evaluation("column-flag", {}, "has no 'question' field", "--column NAME", flags=("--prompts", "@TMP/p.jsonl",
                "--column", "question"), files={"p.jsonl": '{"prompt": "a"}\n'}),
+    evaluation("column-for-builtin-set", {"prompts": {"source": "rtp", "column": "text"}}, "`column` 'text' names a"
+               " field of a prompt file or dataset; the built-in set 'rtp' has its own", "drop it"),
+    evaluation("column-for-text-file", {}, "`column` 'q' names a field of a JSONL, JSON, CSV or TSV file",
+               flags=("--column", "q")),
+    evaluation("csv-empty-cell", {"prompts": {"source": "@TMP/p.csv"}}, "line 3 of '@TMP/p.csv' has an empty 'prompt'",
+               files={"p.csv": "prompt\na\n\"\"\n"}),
     evaluation("out-dir-file", {}, "--out-dir '@TMP/notes.txt' is a file, not a directory",
                flags=("--out-dir", "@TMP/notes.txt"), files={"notes.txt": "notes"}),
     evaluation("reference-not-a-method", {}, "reference method 'sft(α=1)' is not among the methods (sft)",

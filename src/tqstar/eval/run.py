@@ -81,6 +81,10 @@ class Evaluation:
         judges: extra rewards scored on every response and stored under ``scores`` (e.g. a judge reward for
             win rates, ideally not the target).
         truncate_prompt: keep the last tokens of a prompt too long for a model's context (else it is refused).
+
+    Each row holds ``prompt_index`` (the prompt's place in ``prompts``) and, when ``prompts`` came from a file or a
+    dataset (:class:`~tqstar.prompts.PromptList`), ``prompt_at``: where it stands there (``"line 7"``), which is
+    what a reader of the file counts (blank lines and a header are not prompts).
     """
 
     def __init__(self, engine: Engine, prompts: Sequence[str], methods: Sequence[MethodRun], output: str | Path,
@@ -94,6 +98,7 @@ class Evaluation:
         for name, judge in (judges or {}).items():
             require_type(judge, Reward, f"judges[{name!r}]", "a Reward", "load one with load_reward(SPEC)")
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
+        self.where = list(getattr(prompts, "where", None) or [None] * len(self.prompts))
         self.output, self.judges = Path(output), dict(judges or {})
         self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
         self.truncate_prompt = truncate_prompt
@@ -154,6 +159,7 @@ class Evaluation:
         data = response.to_dict()
         data.pop("trace", None)
         return {**data, "method": method.label, "family": method.params.method, "prompt_index": index,
+                **({"prompt_at": self.where[index]} if self.where[index] else {}),
                 "alpha": method.params.alpha if method.params.is_token_level else None, "scores": scores,
                 "params": asdict(method.params)}
 
