@@ -61,9 +61,12 @@ class RunConfig:
                                              if spec is None or not spec.remote])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = ()) -> RunConfig:
+    def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = (),
+                  decode_defaults: bool = False) -> RunConfig:
         """Build and validate from a mapping (a YAML file merged with flags); ``extra_keys`` are the other keys
-        the caller's file may hold (named when a key is unknown)."""
+        the caller's file may hold (named when a key is unknown). ``decode`` is the run's method, whose every key
+        must have an effect on it, or with ``decode_defaults`` the defaults several methods start from (a server's
+        presets), which a method uses as far as they apply."""
         data = dict(data)
         prompts = _prompt_list(data.pop("prompts", None))
         prompts_file = typed(data.pop("prompts_file", None), str, "prompts_file", "a file path")
@@ -80,8 +83,8 @@ class RunConfig:
             baseline=ModelSpec.parse(known.get("baseline"), "baseline"),
             reward=RewardSpec.parse(known.get("reward"), "reward"),
             baseline_reward=RewardSpec.parse(known.get("baseline_reward"), "baseline_reward"),
-            decode=DecodeParams.from_dict(typed(known.get("decode"), dict, "decode",
-                                                 "a mapping like {method: tq-direct, k: 10}") or {}),
+            decode=_decode(typed(known.get("decode"), dict, "decode", "a mapping like {method: tq-direct, k: 10}") or {},
+                           decode_defaults),
             prompts=tuple(prompts),
             batch_size=known.get("batch_size", 8),
             truncate_prompt=typed(known.get("truncate_prompt", False), bool, "truncate_prompt", "true or false"),
@@ -110,6 +113,10 @@ class RunConfig:
         if check:
             engine.check(self.decode)
         return engine
+
+
+def _decode(values: dict[str, Any], defaults: bool) -> DecodeParams:
+    return DecodeParams.from_dict({}, base=values) if defaults else DecodeParams.from_dict(values)
 
 
 def _prompt_list(value: Any) -> list[Prompt]:

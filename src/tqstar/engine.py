@@ -11,7 +11,6 @@ finished responses with the target reward. A baseline with another tokenizer is 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -104,13 +103,8 @@ class Engine:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
                                   value=params.method)
-        if params.is_token_level:
+        if params.is_token_level:  # α·(R_max − R_min) is finite by the numeric envelope (tqstar._checks)
             m.sft.check_k(params.k)
-            span = m.reward.range if m.reward is not None else None
-            if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
-                raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
-                                  " give an alpha that keeps alpha*(R_max - R_min) finite", param="alpha",
-                                  value=params.alpha)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
             if m.bridge is not None:
                 raise ConfigError(f"method {params.method!r} needs the baseline's and the SFT model's likelihoods of the"

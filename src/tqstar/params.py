@@ -4,17 +4,24 @@ Every field is checked in ``__post_init__`` and never rewritten; an invalid valu
 :class:`~tqstar.errors.ConfigError` reading "`<param>` must be <constraint>, got <value>" before any model
 is loaded. Checks that need the loaded models (``k`` against the vocabulary, the method against the models
 and rewards that were given) run in :meth:`tqstar.engine.Engine.check`.
+
+Each field describes itself (:class:`ParamInfo`): how it is checked (an integer's least value, whether a real may be
+0; every real lies in the numeric envelope of :mod:`tqstar._checks`) and which methods it applies to (a scope of
+:data:`tqstar.methods.SCOPES`). A field given for a method outside its scope has no effect, and giving it is refused
+(:meth:`DecodeParams.check_given`): that is decided here, from the metadata, for every field at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._checks import check_int, check_real
 from .errors import ConfigError
-from .methods import METHODS, Method, method
+from .methods import METHODS, SCOPES, Method, in_scope, method
 
 #: Whether a field is the same for every row a decoder steps together (``group``: it is in
 #: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
@@ -31,7 +38,9 @@ class ParamInfo:
     ``help`` is the one line ``--help`` shows (the default is added from the field itself; ``unset`` says what
     ``None`` means); ``scope``; ``flag``, with ``choices``; ``request``: the HTTP request field that sets it per
     request (``tqstar.<name>`` in the extension object, or an OpenAI field such as ``temperature``), ``None`` when only
-    the server's preset does.
+    the server's preset does. ``applies``: the methods the field has an effect on, a key of
+    :data:`tqstar.methods.SCOPES`. ``low``: an integer field's least value (``None``: any integer); ``zero``: a real
+    field may be 0 besides the envelope's range (:data:`tqstar._checks.REAL_RANGE`).
     """
 
     help: str
@@ -40,12 +49,17 @@ class ParamInfo:
     choices: tuple[str, ...] | None = None
     request: str | None = None
     unset: str | None = None
+    applies: str = "all"
+    low: int | None = 1
+    zero: bool = False
 
 
 def param(default: Any, help: str, *, scope: Scope = "group", flag: Flag | None = None,
-          choices: tuple[str, ...] | None = None, request: str | None = None, unset: str | None = None) -> Any:
+          choices: tuple[str, ...] | None = None, request: str | None = None, unset: str | None = None,
+          applies: str = "all", low: int | None = 1, zero: bool = False) -> Any:
     """A :class:`DecodeParams` field with its :class:`ParamInfo`."""
-    info = ParamInfo(help, scope, flag, choices, request, unset)
+    assert applies in SCOPES, f"unknown scope {applies!r}"
+    info = ParamInfo(help, scope, flag, choices, request, unset, applies, low, zero)
     if isinstance(default, tuple):
         return field(default_factory=lambda: default, metadata={"tqstar": info})
     return field(default=default, metadata={"tqstar": info})
@@ -98,50 +112,49 @@ class DecodeParams:
     """
 
     method: str = param("tq-direct", "the decoding method (the table below; tqstar.methods)", flag="value")
-    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k")
-    alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha")
-    n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts")
-    rollout_len: int = param(20, "rollout length in tokens, L", flag="value", request="tqstar.rollout_len")
+    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k", applies="token")
+    alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha",
+                         applies="valued", zero=True)
+    n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts",
+                            applies="rollouts")
+    rollout_len: int = param(20, "rollout length in tokens, L", flag="value", request="tqstar.rollout_len",
+                             applies="rollouts")
     rollout_temperature: float = param(0.0, "0 = greedy rollouts", flag="value",
-                                       request="tqstar.rollout_temperature")
-    rollout_seed: int | None = param(None, "seed of the rollouts", unset="--seed", scope="row", flag="value")
-    beta: float = param(1.0, "baseline's KL strength, tq-indirect and eft", flag="value", request="tqstar.beta")
+                                       request="tqstar.rollout_temperature", applies="rollouts", zero=True)
+    rollout_seed: int | None = param(None, "seed of the rollouts", unset="--seed", scope="row", flag="value",
+                                     applies="rollouts", low=None)
+    beta: float = param(1.0, "baseline's KL strength, tq-indirect and eft", flag="value", request="tqstar.beta",
+                        applies="kl-strength")
     soft_beta: float | None = param(None, "temperature of the soft value, tq-soft and soft-cd", unset="1/alpha",
-                                    flag="value")
+                                    flag="value", applies="soft")
     temperature: float = param(0.0, "0 = greedy choice, else sample softmax(score/T)", flag="value",
-                               request="temperature")
+                               request="temperature", zero=True)
     max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
     stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")
-    seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed")
-    bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n")
-    bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"))
+    seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed", low=None)
+    bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n", applies="best-of-n")
+    bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"),
+                            applies="best-of-n")
     trace: bool = param(False, "print the per-step candidate table", scope="row", flag="switch",
-                        request="tqstar.trace")
+                        request="tqstar.trace", applies="token")
     prune: bool = param(True, "skip candidates that cannot win (exact; greedy choice, a reward range)",
-                        request="tqstar.prune")
+                        request="tqstar.prune", applies="bounded")
     prune_probe: int = param(0, "value the top candidates first when pruning has nothing to compare with",
-                             request="tqstar.prune_probe")
+                             request="tqstar.prune_probe", applies="bounded", low=0)
     reuse_rollouts: bool = param(True, "reuse the chosen candidate's greedy rollout at the next step (exact)",
-                                 request="tqstar.reuse_rollouts")
+                                 request="tqstar.reuse_rollouts", applies="rollouts")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", "one of " + ", ".join(METHODS), self.method)
-        for name in ("k", "n_rollouts", "rollout_len", "max_new_tokens", "bon_n"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                _fail(name, "an integer >= 1", value)
-        if isinstance(self.prune_probe, bool) or not isinstance(self.prune_probe, int) or self.prune_probe < 0:
-            _fail("prune_probe", "an integer >= 0", self.prune_probe)
-        for name in ("alpha", "rollout_temperature", "temperature"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
-                _fail(name, "a finite number >= 0", value)
-        if not _is_real(self.beta) or not math.isfinite(self.beta) or self.beta <= 0:
-            _fail("beta", "a finite number > 0", self.beta)
-        if self.soft_beta is not None and (not _is_real(self.soft_beta) or not math.isfinite(self.soft_beta)
-                                           or self.soft_beta <= 0):
-            _fail("soft_beta", "a finite number > 0 or None (= 1/alpha)", self.soft_beta)
+        for name, info in FIELDS.items():  # every number and switch by its metadata (reals: tqstar._checks' envelope)
+            value, kind = getattr(self, name), KINDS[name]
+            if kind is int and not (value is None and info.unset):
+                check_int(value, name, low=info.low)
+            elif kind is float:
+                check_real(value, name, zero=info.zero, none=info.unset)
+            elif kind is bool and not isinstance(value, bool):
+                _fail(name, "True or False", value)
         row = self.method_row
         if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
@@ -158,13 +171,6 @@ class DecodeParams:
         if row.kind == "best-of-n" and self.temperature == 0:
             raise ConfigError(f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0;"
                               " try temperature=1.0", param="temperature", value=self.temperature)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            _fail("seed", "an integer", self.seed)
-        if self.rollout_seed is not None and (isinstance(self.rollout_seed, bool) or not isinstance(self.rollout_seed, int)):
-            _fail("rollout_seed", "an integer or None", self.rollout_seed)
-        for name in ("trace", "prune", "reuse_rollouts"):
-            if not isinstance(getattr(self, name), bool):
-                _fail(name, "True or False", getattr(self, name))
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
@@ -218,31 +224,53 @@ class DecodeParams:
 
     @property
     def soft_temperature(self) -> float:
-        """β of the soft value: ``soft_beta``, else 1/α (α > 0 whenever a value is estimated)."""
+        """β of the soft value: ``soft_beta``, else 1/α (α > 0 whenever a value is estimated; α in the envelope
+        [1e-6, 1e6] keeps 1/α there too)."""
         return self.soft_beta if self.soft_beta is not None else 1.0 / self.alpha
 
     def replace(self, **changes: object) -> DecodeParams:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
+    def unused(self, given: Iterable[str]) -> str | None:
+        """The first of the fields named in ``given`` that has no effect on this method (outside the scope its
+        metadata declares), or ``None``."""
+        row = self.method_row
+        return next((name for name in FIELDS if name in set(given) and not SCOPES[FIELDS[name].applies][0](row)),
+                    None)
+
+    def check_given(self, given: Iterable[str], where: str = "") -> None:
+        """Raise :class:`ConfigError` if a field named in ``given`` (set by a flag, a YAML key or a request) has no
+        effect on this method: it would be silently ignored. ``where`` prefixes the message ("preset 'x': ")."""
+        name = self.unused(given)
+        if name is not None:
+            raise ConfigError(f"{where}{unused_message(name, self.method)}", param=name, value=getattr(self, name))
+
     @classmethod
-    def from_dict(cls, values: dict) -> DecodeParams:
-        """Build from a mapping (a YAML section), rejecting unknown keys by name."""
+    def from_dict(cls, values: dict, *, base: dict | None = None, where: str = "") -> DecodeParams:
+        """Build from a mapping (a YAML section) over ``base`` (defaults every method starts from, e.g. an eval's
+        ``defaults``), rejecting unknown keys by name and a key of ``values`` that has no effect on the method
+        (:meth:`check_given`; a key of ``base`` that does not apply is simply not used)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted((set(values) | set(base or {})) - names)
         if unknown:
             raise ConfigError(
                 f"unknown decoding parameter `{unknown[0]}`; valid ones are " + ", ".join(sorted(names))
             )
-        values = dict(values)
-        if isinstance(values.get("stop"), (str, list)):  # one string or a list; other shapes fail the check
-            stop = values["stop"]
-            values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        merged = {**(base or {}), **values}
+        if isinstance(merged.get("stop"), (str, list)):  # one string or a list; other shapes fail the check
+            stop = merged["stop"]
+            merged["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        params = cls(**{k: v for k, v in merged.items() if v is not None})
+        params.check_given([k for k, v in values.items() if v is not None], where)
+        return params
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def unused_message(name: str, method_name: str) -> str:
+    """Why field ``name`` has no effect on method ``method_name``, and the fix, as one sentence."""
+    row, (_, scope) = method(method_name), SCOPES[FIELDS[name].applies]
+    return (f"`{name}` has no effect on method {method_name!r} ({row.doc}): it applies to {scope}"
+            f" ({', '.join(in_scope(FIELDS[name].applies))}); drop it, or choose one of those methods")
 
 
 def info(name: str) -> ParamInfo:
@@ -252,5 +280,9 @@ def info(name: str) -> ParamInfo:
 
 #: field name -> its :class:`ParamInfo`, in declaration order.
 FIELDS: dict[str, ParamInfo] = {f.name: f.metadata["tqstar"] for f in dataclasses.fields(DecodeParams)}
+#: field name -> the plain type of its values (``int``, ``float``, ``str``, ``bool``, ``tuple``), ``None`` dropped.
+KINDS: dict[str, type] = {
+    name: next(typing.get_origin(t) or t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    for name, hint in typing.get_type_hints(DecodeParams).items()}
 #: The fields rows must share to be stepped together (:meth:`DecodeParams.group_key`).
 GROUP_FIELDS: tuple[str, ...] = tuple(name for name, i in FIELDS.items() if i.scope == "group")

@@ -87,8 +87,8 @@ def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
         (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft,"
                                 " none, sft, baseline, bon, got 'magic'"),
         (["--k", "0"], "`k` must be an integer >= 1, got 0"),
-        (["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
-        (["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
+        (["--alpha", "-1"], "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1.0"),
+        (["--beta", "0"], "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 0.0"),
         (["--n-rollouts", "0"], "`n_rollouts` must be an integer >= 1, got 0"),
         (["--rollout-len", "0"], "`rollout_len` must be an integer >= 1, got 0"),
         (["--reward", "nonsense"], "reward spec 'nonsense' does not resolve"),

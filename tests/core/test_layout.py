@@ -10,7 +10,7 @@ from pathlib import Path
 import tqstar
 
 PACKAGE = Path(tqstar.__file__).parent
-CORE = {"__init__", "_files", "_http", "_schema", "config", "decoder", "engine", "errors", "methods", "params",
+CORE = {"__init__", "_checks", "_files", "_http", "_schema", "config", "decoder", "engine", "errors", "methods", "params",
         "prompts", "randomness", "state", "text", "trajectory"}
 
 

@@ -164,7 +164,7 @@ def test_weighted_reward_range_unknown_when_a_part_has_none():
 
 
 def test_weighted_reward_needs_parts():
-    with pytest.raises(ConfigError, match="at least one"):
+    with pytest.raises(ConfigError, match=r"must be a non-empty list of \(weight, reward\) pairs"):
         WeightedReward([])
 
 

@@ -84,7 +84,7 @@ def test_default_presets_follow_the_models_given():
 def test_presets_start_from_decode_and_are_checked_by_name():
     config = ServeConfig.from_dict({"decode": {"k": 6, "alpha": 3}, "presets": {"a": {"method": "cd", "alpha": 1}}})
     assert dict(config.presets)["a"].k == 6 and dict(config.presets)["a"].alpha == 1
-    with pytest.raises(ConfigError, match=r"preset 'bad': `alpha` must be a finite number >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"preset 'bad': `alpha` must be a finite number >= 0 \(0, or 1e-06 to 1e\+06\), got -1"):
         ServeConfig.from_dict({"presets": {"bad": {"alpha": -1}}})
     with pytest.raises(ConfigError, match=r"preset 'big': `k` must be <= 50 on this server, got 60"):
         ServeConfig.from_dict({"presets": {"big": {"k": 60}}})

@@ -21,6 +21,7 @@ Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from .._files import lock_exclusive
 from ..engine import Engine, TokenProgress
 from ..errors import ConfigError, require_type
-from ..params import DecodeParams
+from ..params import DecodeParams, unused_message
 from ..reward import Reward
 from .results import (
     OUTPUT_FIX,
@@ -45,22 +46,42 @@ from .results import (
     scan,
 )
 
+log = logging.getLogger("tqstar")
+
 
 def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] | None = None) -> list[MethodRun]:
-    """Method mappings → :class:`MethodRun` list; a list-valued ``alpha`` expands into one run per value."""
+    """Method mappings → :class:`MethodRun` list; a list-valued ``alpha`` expands into one run per value.
+
+    ``defaults`` are the parameters every method starts from: one a method does not use is simply not used. A key
+    a method's own entry gives that has no effect on it is refused (:meth:`DecodeParams.check_given`), except an α
+    sweep over a method α does not apply to (``sft``, ``none``, ...): that is one run, with a warning, not identical
+    runs labelled by α.
+    """
     if not entries:
         raise ConfigError("no methods given; list at least one, e.g. {method: tq-direct}")
     runs: list[MethodRun] = []
+    base = dict(defaults or {})
+    base_alpha = base.pop("alpha", None)
     for entry in entries:
         if not isinstance(entry, dict) or "method" not in entry:
             raise ConfigError(f"each method must be a mapping with a `method` key, got {entry!r}")
-        entry = {**(defaults or {}), **entry}
-        label = entry.pop("label", None)
-        alphas = entry.pop("alpha", None)
+        own = dict(entry)
+        label = own.pop("label", None)
+        alphas = own.pop("alpha", None)
+        alphas = base_alpha if alphas is None else alphas
         sweep = alphas if isinstance(alphas, list) else [alphas]
+        if not sweep:
+            raise ConfigError(f"`alpha` of method {entry['method']!r} is an empty list; give at least one value")
+        first = DecodeParams.from_dict(own, base=base)
+        if alphas is not None and first.unused(["alpha"]):
+            if not isinstance(alphas, list) and "alpha" in entry:
+                first.check_given(["alpha"])  # refused: the entry itself gives α to a method that has no use for it
+            if isinstance(alphas, list):
+                log.warning(f"{unused_message('alpha', first.method).split(';')[0]}; the sweep over {alphas} runs it"
+                            " once")
+            sweep = [None]
         for alpha in sweep:
-            values = dict(entry) if alpha is None else {**entry, "alpha": alpha}
-            params = DecodeParams.from_dict(values)
+            params = first if alpha is None else DecodeParams.from_dict({**own, "alpha": alpha}, base=base)
             name = label or params.method
             if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
                 name = f"{name}(α={params.alpha:g})"

@@ -33,7 +33,7 @@ from typing import Any
 
 from .._schema import known_keys
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..lm.spec import ModelSpec
 from ..params import DecodeParams
 
@@ -125,7 +125,7 @@ class ServeConfig:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
                                   " remove it from the serve config", param=key)
-        run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS)  # an unknown key's message lists ours too
+        run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS, decode_defaults=True)  # an unknown key's message lists ours too
         defaults = dict(data.get("decode") or {})
         presets = own.get("presets")
         if presets is None:
@@ -146,14 +146,22 @@ class ServeConfig:
             values = dict(values)
             baseline = values.pop("baseline", None)
             if baseline is not None:
+                if not isinstance(baseline, str):
+                    raise ConfigError(f"preset {name!r}: `baseline` must name one of `baselines`"
+                                      f" ({', '.join(map(str, baselines)) or 'none defined'}), got {describe(baseline)}",
+                                      param="baseline", value=baseline)
                 if baseline not in baselines:
                     raise ConfigError(f"preset {name!r} names baseline {baseline!r}, which `baselines` does not define;"
                                       f" add it there (defined: {', '.join(baselines) or 'none'})")
                 preset_baselines.append((name, baseline))
             try:
-                built.append((name, DecodeParams.from_dict({**defaults, **values})))
+                params = DecodeParams.from_dict(values, base=defaults)
             except ConfigError as exc:
-                raise ConfigError(f"preset {name!r}: {exc}") from exc
+                raise ConfigError(f"preset {name!r}: {exc}", param=exc.param, value=exc.value) from exc
+            if baseline is not None and not params.uses_baseline:
+                raise ConfigError(f"preset {name!r} names baseline {baseline!r}, but method {params.method!r} runs no"
+                                  " baseline; drop `baseline` from the preset", param="baseline", value=baseline)
+            built.append((name, params))
         limits = own.get("limits") or {}
         if not isinstance(limits, dict):
             raise ConfigError(f"`limits` must be a mapping, got {limits!r}", param="limits")
