@@ -24,6 +24,7 @@ YAML layout (every key optional; command-line flags override the file)::
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,11 +63,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = (),
-                  decode_defaults: bool = False) -> RunConfig:
+                  decode_defaults: bool = False, decode_given: Sequence[str] | None = None) -> RunConfig:
         """Build and validate from a mapping (a YAML file merged with flags); ``extra_keys`` are the other keys
         the caller's file may hold (named when a key is unknown). ``decode`` is the run's method, whose every key
         must have an effect on it, or with ``decode_defaults`` the defaults several methods start from (a server's
-        presets), which a method uses as far as they apply."""
+        presets), which a method uses as far as they apply; ``decode_given`` narrows the keys that must have an
+        effect (:func:`decode_given`: when a flag chose the method, the YAML file's keys are defaults)."""
         data = dict(data)
         prompts = _prompt_list(data.pop("prompts", None))
         prompts_file = typed(data.pop("prompts_file", None), str, "prompts_file", "a file path")
@@ -84,12 +86,30 @@ class RunConfig:
             reward=RewardSpec.parse(known.get("reward"), "reward"),
             baseline_reward=RewardSpec.parse(known.get("baseline_reward"), "baseline_reward"),
             decode=_decode(typed(known.get("decode"), dict, "decode", "a mapping like {method: tq-direct, k: 10}") or {},
-                           decode_defaults),
+                           decode_defaults, decode_given),
             prompts=tuple(prompts),
             batch_size=known.get("batch_size", 8),
             truncate_prompt=typed(known.get("truncate_prompt", False), bool, "truncate_prompt", "true or false"),
             concurrency=known.get("concurrency", 1),
         )
+
+    def check_used(self, methods: Sequence[DecodeParams], *, warn: bool = False,
+                   flags: set[str] | None = None) -> None:
+        """Raise :class:`ConfigError` if a baseline or a baseline reward is given that none of ``methods`` (the
+        run's) uses: it would load for nothing and read as if it mattered. With ``warn`` (an evaluation, whose
+        results file records the models: a later run of the same file may add a method that uses it) say so on the
+        ``tqstar`` logger instead, and so for one given in a YAML file (it may serve several methods) when ``flags``
+        names the roles given by flags. (The target reward is always used: every response is scored by it.)"""
+        for role in ("baseline", "baseline_reward"):
+            if getattr(self, role) is not None and not any(role in p.needs for p in methods):
+                names = ", ".join(dict.fromkeys(p.method for p in methods))
+                what = f"a {role.replace('_', ' ')} is given (--{role.replace('_', '-')}, `{role}:`), but no method"
+                if warn or (flags is not None and role not in flags):
+                    logging.getLogger("tqstar").warning(f"{what} of this run uses it ({names}); it is loaded all the"
+                                                        " same, as the configuration says")
+                    continue
+                raise ConfigError(f"{what} of this run uses it ({names}); drop it, or choose a method that does",
+                                  param=role)
 
     def build(self, check: bool = True):
         """Load the models and rewards; returns an :class:`~tqstar.engine.Engine` (checked against ``decode``)."""
@@ -115,8 +135,11 @@ class RunConfig:
         return engine
 
 
-def _decode(values: dict[str, Any], defaults: bool) -> DecodeParams:
-    return DecodeParams.from_dict({}, base=values) if defaults else DecodeParams.from_dict(values)
+def _decode(values: dict[str, Any], defaults: bool, given: Sequence[str] | None) -> DecodeParams:
+    if defaults or given is not None:
+        own = {k: v for k, v in values.items() if not defaults and k in given}  # type: ignore[operator]
+        return DecodeParams.from_dict(own, base=values)
+    return DecodeParams.from_dict(values)
 
 
 def _prompt_list(value: Any) -> list[Prompt]:
@@ -163,6 +186,20 @@ def merge_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     if args.truncate_prompt:
         data["truncate_prompt"] = True
     return data
+
+
+def decode_given(args: argparse.Namespace) -> list[str] | None:
+    """The decoding keys that must have an effect on the method (:meth:`DecodeParams.check_given`) when flags are
+    merged over a YAML file: every key (``None``), unless ``--method`` chose the method, when the file's keys are
+    defaults that were written for another method and only the flags must count."""
+    if getattr(args, "method", None) is None:
+        return None
+    return [name for name in DECODE_FLAGS if getattr(args, name) not in (None, False, [])]
+
+
+def flag_roles(args: argparse.Namespace) -> set[str]:
+    """The models and rewards given by flags (``--baseline``, ``--baseline-reward``), not by the YAML file."""
+    return {role for role in ("baseline", "baseline_reward") if getattr(args, role, None) is not None}
 
 
 def merge_model_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -141,6 +141,52 @@ CASES = [
     gen("concurrency-local", ["--concurrency", "2"], "`concurrency` 2", "use concurrency 1"),
     gen("empty-prompt", ["--prompt", ""], "`prompts[1]` must be a non-empty string, got ''"),
     Case("generate-no-prompts", ["generate", "--no-progress"], ("no prompts given", "--prompt TEXT")),
+    # ---- flags without an effect (each DecodeParams field's `applies`, tqstar.methods.SCOPES) -------------------
+    gen("k-for-sft", ["--method", "sft", "--k", "5"], "`k` has no effect on method 'sft' (plain decoding of the SFT",
+        "it applies to token-level methods (tq-direct", "drop it"),
+    gen("beta-for-cd", ["--method", "cd", "--beta", "2"], "`beta` has no effect on method 'cd'",
+        "the methods weighted by the baseline's β (tq-indirect, eft)"),
+    gen("soft-beta-for-direct", ["--soft-beta", "0.5"], "`soft_beta` has no effect on method 'tq-direct'",
+        "the soft-value methods (tq-soft, soft-cd)"),
+    gen("rollout-len-for-args", ["--method", "args", "--rollout-len", "4"], "`rollout_len` has no effect on method"
+        " 'args'", "methods that roll candidates out"),
+    gen("alpha-for-none", ["--method", "none", "--alpha", "3"], "`alpha` has no effect on method 'none'",
+        "token-level methods that estimate Q̂"),
+    gen("bon-n-for-sft", ["--method", "sft", "--bon-n", "8"], "`bon_n` has no effect on method 'sft'", "best-of-N"),
+    gen("temperature-rollouts-for-bon", ["--method", "bon", "--temperature", "1", "--rollout-temperature", "1"],
+        "`rollout_temperature` has no effect on method 'bon'"),
+    gen("trace-for-sft", ["--method", "sft", "--trace"], "`trace` has no effect on method 'sft'"),
+    gen_yaml("prune-for-sft", "decode: {method: sft, prune: false}\n", "`prune` has no effect on method 'sft'",
+             "methods whose Q̂ lies in the reward's range"),
+    gen_yaml("prune-for-eft", "decode: {method: eft, prune_probe: 2}\n", "`prune_probe` has no effect on method"
+             " 'eft'"),
+    gen("baseline-for-sft", ["--method", "sft", "--baseline", "@BASELINE"], "a baseline is given (--baseline,"
+        " `baseline:`), but no method of this run uses it (sft)", "drop it"),
+    gen("baseline-reward-for-direct", ["--baseline-reward", "harmless"], "a baseline reward is given"
+        " (--baseline-reward, `baseline_reward:`), but no method of this run uses it (tq-direct)"),
+    gen("reward-format-builtin", ["--reward", "sentiment", "--reward-format", "Q: {prompt} A: {response}"],
+        "`format` (--reward-format) applies to a reward-model directory, but reward 'sentiment' is a built-in"
+        " reward", "drop it"),
+    gen("reward-sigmoid-builtin", ["--reward", "sentiment", "--reward-sigmoid"], "`sigmoid` (--reward-sigmoid)"
+        " applies to a reward-model directory, but reward 'sentiment' is a built-in reward"),
+    gen("reward-truncate-callable", ["--reward", "conftest:vowel_share", "--reward-truncate"], "`truncate`"
+        " (--reward-truncate) applies to a reward-model directory, but reward 'conftest:vowel_share' is a"
+        " module:function"),
+    gen_yaml("reward-range-builtin", "reward: {spec: harmless, range: [0, 2]}\n", "`range` has no effect on reward"
+             " 'harmless': a built-in reward declares its own range"),
+    evaluation("k-for-sft-entry", {"methods": [{"method": "sft", "k": 4}]}, "`k` has no effect on method 'sft'"),
+    evaluation("alpha-for-sft-entry", {"methods": [{"method": "sft", "alpha": 2}]},
+               "`alpha` has no effect on method 'sft'"),
+    Case("serve-preset-baseline-list", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p': `baseline` must name one of `baselines` (prompted), got ['a', 'list']",),
+         {"serve.yaml": "baselines: {prompted: {path: '@SFT'}}\npresets: {p: {method: tq-direct, baseline: [a, list]}}\n"}),
+    Case("serve-preset-baseline-unused", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p' names baseline 'prompted', but method 'sft' runs no baseline", "drop `baseline`"),
+         {"serve.yaml": "baselines: {prompted: {path: '@SFT'}}\npresets: {p: {method: sft, baseline: prompted}}\n"}),
+    Case("serve-preset-unused-key", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p': `n_rollouts` has no effect on method 'args'",),
+         {"serve.yaml": "decode: {n_rollouts: 2, rollout_temperature: 1}\npresets: {p: {method: args, n_rollouts: 3}}\n"}),
+
     # ---- generate: models and rewards ---------------------------------------------------------------------
     gen("reward-unknown", ["--reward", "nonsense"], "reward spec 'nonsense' does not resolve", "module:function"),
     gen("reward-module", ["--reward", "no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'",

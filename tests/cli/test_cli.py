@@ -146,13 +146,15 @@ def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_path
 
 
 @pytest.mark.parametrize("method", ["sft", "bon"])
-def test_trace_of_a_trajectory_method_says_there_is_none(tiny_paths, capsys, method):
+def test_trace_of_a_trajectory_method_is_refused(tiny_paths, capsys, method):
+    """A trajectory method has no per-step candidates: --trace would have no effect, so it is refused, naming why."""
     extra = ["--temperature", "1", "--bon-n", "2"] if method == "bon" else []
     assert main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--reward", "sentiment",
                  "--method", method, "--max-new-tokens", "2", "--prompt", "hi", "--trace", "--no-progress",
-                 *extra]) == 0
+                 *extra]) == 2
     out, err = capsys.readouterr()
-    assert f"method {method!r} decodes without them, so no table is printed" in err and "logp_sft" not in out
+    assert f"`trace` has no effect on method {method!r}" in err and "it applies to token-level methods" in err
+    assert out == ""
 
 
 def test_a_closed_stdout_pipe_stops_quietly(tiny_paths, tmp_path):

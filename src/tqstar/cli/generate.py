@@ -64,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
     from .._files import check_not_input, check_output, open_output
     from .._schema import load_yaml
-    from ..config import RunConfig, merge_flags
+    from ..config import RunConfig, decode_given, flag_roles, merge_flags
 
     output = None if args.output in (None, "-") else args.output
     if output:
@@ -72,7 +72,8 @@ def run_generate(args: argparse.Namespace) -> int:
     data = merge_flags(load_yaml(args.config) if args.config else {}, args)
     if output:
         check_not_input(output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
-    config = RunConfig.from_dict(data)
+    config = RunConfig.from_dict(data, decode_given=decode_given(args))
+    config.check_used([config.decode], flags=flag_roles(args) if args.config else None)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
     fmt = args.format or ("jsonl" if output and output.endswith(".jsonl") else "text")
@@ -93,9 +94,6 @@ def _generate(args: argparse.Namespace, config, out, fmt: str) -> None:
     if config.sft is None:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
-    if config.decode.trace and not config.decode.is_token_level:
-        print(f"tqstar: --trace shows the candidates of each token-level step; method {config.decode.method!r} decodes"
-              " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
         from ..decoder import pruning_off_reason

@@ -88,9 +88,12 @@ class EvalConfig:
         output = typed(data.pop("output", None), str, "output", "a file path") or "eval.jsonl"
         check_output(output, "output file", stream=False)
         source, column, limit = prompt_source(data.pop("prompts", None))
+        run = RunConfig.from_dict(data, extra_keys=EVAL_KEYS)
+        runs = tuple(expand_methods(methods or [], defaults))
+        run.check_used([m.params for m in runs], warn=True)
         return cls(
-            run=RunConfig.from_dict(data, extra_keys=EVAL_KEYS),
-            methods=tuple(expand_methods(methods or [], defaults)),
+            run=run,
+            methods=runs,
             judges=tuple((str(name), judge_spec(spec, f"judges.{name}")) for name, spec in judges.items()),
             prompt_source=source,
             prompt_column=column,

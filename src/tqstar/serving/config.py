@@ -162,6 +162,7 @@ class ServeConfig:
                 raise ConfigError(f"preset {name!r} names baseline {baseline!r}, but method {params.method!r} runs no"
                                   " baseline; drop `baseline` from the preset", param="baseline", value=baseline)
             built.append((name, params))
+        run.check_used([params for _, params in built])
         limits = own.get("limits") or {}
         if not isinstance(limits, dict):
             raise ConfigError(f"`limits` must be a mapping, got {limits!r}", param="limits")
