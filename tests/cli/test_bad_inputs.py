@@ -100,6 +100,11 @@ def row(method: str = "sft", index: int = 0, **extra) -> str:
                                       "reward_calls": 0, "wall_time_s": 0.1}, **extra})
 
 
+def header(**config) -> str:
+    """A results header over prompt 'a' with ``config`` (reward, judges, models)."""
+    return json.dumps({"format": "tqstar-eval/1", "config": {"prompts": ["a"], "sft": "built-in tiny", **config}})
+
+
 def results(*lines: str, header: str = HEADER) -> str:
     return "\n".join([header, *lines]) + "\n"
 
@@ -452,7 +457,23 @@ CASES = [
            "`params` differs", "another `label`"),
     report("other-prompts", {"a.jsonl": results(row()), "b.jsonl": results(
         row("args"), header=json.dumps({"format": "tqstar-eval/1", "config": {"prompts": ["b"]}}))},
-        ["@TMP/a.jsonl", "@TMP/b.jsonl"], "was run on other prompts", "report files of one prompt set together"),
+        ["@TMP/a.jsonl", "@TMP/b.jsonl"], "'@TMP/b.jsonl' and '@TMP/a.jsonl' differ in the prompt set (`prompts`): prompt"
+        " 0 is 'b' vs 'a'", "report files of one prompt set together"),
+    report("other-reward", {"a.jsonl": results(row(), header=header(reward="sentiment")),
+                            "b.jsonl": results(row("args"), header=header(reward="harmless"))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "'@TMP/b.jsonl' and '@TMP/a.jsonl' differ in the target reward (`reward`):"
+           " 'harmless' vs 'sentiment'", "report files of one target reward together"),
+    report("other-judges", {"a.jsonl": results(row(), header=header(judges={"j": "harmless"})),
+                            "b.jsonl": results(row("args"), header=header(judges={"j": "sentiment"}))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the judges (`judges`)"),
+    report("other-budget", {"a.jsonl": results(row(params={"max_new_tokens": 32})),
+                            "b.jsonl": results(row("args", params={"max_new_tokens": 64}))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the response budget (`max_new_tokens`): 64 vs 32"),
+    report("other-baseline-used", {"a.jsonl": results(row("tq-direct", params={"method": "tq-direct"}),
+                                                      header=header(baseline="dpo-a")),
+                                   "b.jsonl": results(row("baseline", params={"method": "baseline"}),
+                                                      header=header(baseline="dpo-b"))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the baseline (`baseline`): 'dpo-b' vs 'dpo-a'"),
     report("reference", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--reference", "bon"],
            "reference method 'bon' is not in the results (methods: sft)", "--reference"),
     report("coherence-dir", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--coherence", "/no/minilm"],
@@ -473,14 +494,20 @@ CASES = [
     Case("testbed-instances", ["testbed", "--instances", "0"], ("--instances must be an integer >= 1, got 0",)),
     Case("testbed-vocab", TESTBED + ["--vocab-size", "1"], ("--vocab-size must be an integer >= 2, got 1",)),
     Case("testbed-horizon", TESTBED + ["--horizon", "0"], ("--horizon must be an integer >= 1, got 0",)),
-    Case("testbed-beta", TESTBED + ["--beta-baseline", "0"], ("--beta-baseline must be a finite number > 0, got 0",)),
-    Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0",)),
+    Case("testbed-beta", TESTBED + ["--beta-baseline", "0"], ("--beta-baseline must be a finite number > 0 (1e-06 to 1e+06), got 0",)),
+    Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0 (1e-06 to 1e+06), got -1.0",)),
     Case("testbed-k-zero", TESTBED + ["--k", "0"], ("--k must be an integer from 1 to --vocab-size (4), got 0",)),
     Case("testbed-k-large", TESTBED + ["--k", "9"], ("--k must be an integer from 1 to --vocab-size (4), got 9",)),
-    Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0, got 0",)),
-    Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0, got nan",)),
+    Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got 0",)),
+    Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got nan",)),
     Case("testbed-too-big", TESTBED + ["--vocab-size", "100", "--horizon", "10"],
          ("--vocab-size 100 with --horizon 10 enumerates 1e+20 sequences", "<= 1,000,000")),
+    Case("testbed-kls-negative", TESTBED + ["--kls", "-1"], ("--kls must be finite numbers > 0 (1e-06 to 1e+06), got -1",)),
+    report("kls-negative", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--kls", "-1"],
+           "--kls must be finite numbers > 0 (1e-06 to 1e+06), got -1"),  # the one validator testbed --kls uses
+    report("kls-nan", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--kls", "nan"],
+           "--kls must be finite numbers > 0 (1e-06 to 1e+06), got nan"),
+    evaluation("kls-inf", {}, "--kls must be finite numbers > 0 (1e-06 to 1e+06), got inf", flags=("--kls", "inf")),
     Case("testbed-int", ["testbed", "--instances", "many"], ("argument --instances: invalid int value: 'many'",)),
     # ---- demo (flags are checked before SmolLM2 loads) ----------------------------------------------------
     Case("demo-k", ["demo", "--k", "0"], ("`k` must be an integer >= 1, got 0",)),

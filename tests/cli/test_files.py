@@ -136,7 +136,8 @@ def test_report_refuses_one_label_from_two_configurations(tmp_path, tiny_paths, 
     capsys.readouterr()
     assert main(["report", str(a / "out.jsonl"), str(b / "out.jsonl"), "--coherence", "none"]) == 2
     err = capsys.readouterr().err
-    assert "method 'sft' appears in both" in err and "from different configurations (`reward` differs)" in err
+    assert f"'{b / 'out.jsonl'}' and '{a / 'out.jsonl'}' differ in the target reward (`reward`)" in err
+    assert """'{"spec": "test_files:other_judge"}' vs '{"spec": "conftest:vowel_share"}'""" in err  # both values
 
 
 def test_eval_fingerprint_holds_each_judges_spec(tmp_path, tiny_paths, capsys):

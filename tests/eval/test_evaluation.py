@@ -233,5 +233,5 @@ def test_report_merges_files_of_one_prompt_set(tmp_path, tiny_paths):
     c.mkdir()
     main(["eval", "--config", _config(c, tiny_paths, n_prompts=3, methods=[{"method": "sft"}]), "--no-progress",
           "--coherence", "none"])
-    with pytest.raises(ConfigError, match="was run on other prompts"):
+    with pytest.raises(ConfigError, match=r"differ in the prompt set \(`prompts`\): 3 prompts vs 6"):
         report([a / "out.jsonl", c / "out.jsonl"])

@@ -70,8 +70,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def check_report_flags(args: argparse.Namespace) -> None:
     """The report's flags, checked before an evaluation spends time on models."""
+    from .._checks import check_reals
     from .._files import check_output
 
+    if getattr(args, "kls", None) is not None:
+        check_reals(args.kls, "--kls")
     if args.out_dir:
         from ..eval.report import check_out_dir
 

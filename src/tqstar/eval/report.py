@@ -20,11 +20,15 @@ import math
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_reals
 from .._files import OutDir, read_bytes
-from ..errors import ConfigError
+from ..errors import ConfigError, preview
+from ..methods import BY_NAME, NEEDS
+from ..params import DecodeParams
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 from .results import RESULTS_FIX, canonical, first_difference, read_rows
@@ -194,6 +198,8 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
                 coherence=None, title: str = "", llm_judge=None,
                 kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """:func:`report` of rows already read (see :func:`merge_files`)."""
+    if kls is not None:
+        check_reals(kls, "kls")
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
     kls = list(kls) if kls else auto_kls(rows)
@@ -223,19 +229,34 @@ def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched,
         out.install({name: made / name for name in OUTPUTS if (made / name).exists()})
 
 
+#: What the rows of every merged file must share, besides their prompts: ``config`` key -> how a message names it.
+#: ``baseline`` and ``baseline_reward`` count only between files whose methods use them (a file of peers that run
+#: no baseline merges with one that does).
+SHARED = {"sft": "SFT model", "reward": "target reward", "judges": "judges",
+          "baseline": "baseline", "baseline_reward": "baseline reward"}
+#: The decoding settings every compared response must share across files: the budget and the stop strings it was
+#: cut at (a method's other parameters are its own, and a label from two configurations is refused as such).
+DECODING = {"max_new_tokens": "response budget", "stop": "stop strings"}
+
+
 def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The rows of evaluation files over one prompt set, each (method, prompt) once.
 
-    Refused: a file given twice, files over other prompts, and a method label in two files that came from
-    different configurations (other models, rewards, judges or parameters: its rows are not one method's).
-    Rows repeated within or across files of one configuration (e.g. two runs that appended at once, before
-    runs were locked) are counted once, with a note on stderr.
+    Refused, naming both values and both files: files over other prompts, scored by another target reward, decoded
+    from another SFT model (or, between files whose methods use one, another baseline or baseline reward), judged by
+    other judges, or whose responses had another budget or stop strings; a file given twice; and a method label in
+    two files that came from different configurations. There is no ``--report-anyway``: such a table mixes numbers
+    that do not compare (every ``normalised`` value changes with the reward) and nothing in it would say so; report
+    each file alone, or, knowing what you do, assemble the rows yourself and call :func:`report_rows`. Rows repeated
+    within or across files of one configuration (e.g. two runs that appended at once, before runs were locked) are
+    counted once, with a note on stderr.
     """
     seen_paths: dict[Path, str | Path] = {}
     rows: list[dict[str, Any]] = []
     keys: set[tuple[str, int]] = set()
     origin: dict[str, tuple[str | Path, dict[str, Any]]] = {}  # label -> (file, its configuration)
-    prompts = None
+    first: dict[str, tuple[str | Path, Any]] = {}  # a shared setting -> (the first file that fixed it, its value)
+    defaults = asdict(DecodeParams())
     for path in paths:
         resolved = Path(path).resolve()
         if resolved in seen_paths:
@@ -246,21 +267,24 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not part or header is None:
             raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
         config = header["config"]
-        if prompts is not None and config.get("prompts") != prompts:
-            raise ConfigError(f"{str(path)!r} was run on other prompts than {str(paths[0])!r}; report files of one"
-                              " prompt set together")
-        prompts = config.get("prompts")
+        uses = set().union(*(_needs(row, config) for row in part))
+        settings = {"prompts": config.get("prompts"), **{key: config.get(key) for key in SHARED
+                                                          if key not in ("baseline", "baseline_reward") or key in uses}}
+        for row in part:
+            params = {**defaults, **(row.get("params") or config.get("methods", {}).get(row["method"]) or {})}
+            settings.update({key: params.get(key) for key in DECODING})
+            _same(first, path, settings)
         shared = {k: v for k, v in config.items() if k not in ("methods", "prompts")}
         duplicates = 0
         for row in part:
             label = row["method"]
             mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
-            first_file, first = origin.setdefault(label, (path, mine))
-            if canonical(first) != canonical(mine):
+            first_file, first_config = origin.setdefault(label, (path, mine))
+            if canonical(first_config) != canonical(mine):
                 where = "twice in " + repr(str(path)) if first_file == path else (
                     f"in both {str(first_file)!r} and {str(path)!r}")
                 raise ConfigError(f"method {label!r} appears {where} from different configurations"
-                                  f" ({first_difference(first, mine)}); report them separately, or give one run"
+                                  f" ({first_difference(first_config, mine)}); report them separately, or give one run"
                                   " another `label`")
             missing = next((k for k in ROW_FIELDS if k not in row), None)
             if missing is not None:
@@ -275,6 +299,47 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if duplicates:
             log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once")
     return rows
+
+
+def _needs(row: dict[str, Any], config: dict[str, Any]) -> set[str]:
+    """What the row's method needs besides the SFT model (every need, for a method this version does not know)."""
+    params = row.get("params") or config.get("methods", {}).get(row["method"]) or {}
+    name = params.get("method", row.get("family"))
+    if name not in BY_NAME:
+        return set(NEEDS)
+    sampled = {"baseline"} if BY_NAME[name].kind == "best-of-n" and params.get("bon_policy") == "baseline" else set()
+    return set(BY_NAME[name].needs) | sampled
+
+
+def _same(first: dict[str, tuple[str | Path, Any]], path: str | Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` of the file ``path``; raise :class:`ConfigError` naming both values and both files when
+    an earlier file fixed one of them otherwise."""
+    for key, value in settings.items():
+        other, before = first.setdefault(key, (path, value))
+        if other != path and canonical(before) != canonical(value):
+            what = {"prompts": "prompt set", **SHARED, **DECODING}[key]
+            mine, theirs = _shown(key, value, before)
+            raise ConfigError(f"{str(path)!r} and {str(other)!r} differ in the {what} (`{key}`): {mine} vs {theirs};"
+                              f" report files of one {what} together (each file alone otherwise)", param=key)
+
+
+def _shown(key: str, value: Any, other: Any) -> tuple[str, str]:
+    """The two values of ``key`` as a message shows them: a prompt list by its size or first differing prompt, two
+    specs by the fields that differ (JSON, cut to one line)."""
+    if key == "prompts" and isinstance(value, list) and isinstance(other, list):
+        if len(value) != len(other):
+            return f"{len(value)} prompts", f"{len(other)}"
+        i = next(i for i, (a, b) in enumerate(zip(value, other)) if canonical(a) != canonical(b))
+        return f"prompt {i} is {preview(str(value[i]))}", preview(str(other[i]))
+    if isinstance(value, dict) and isinstance(other, dict):  # a spec: only the fields that differ
+        differ = [k for k in sorted(set(value) | set(other)) if canonical(value.get(k)) != canonical(other.get(k))]
+        value, other = {k: value.get(k) for k in differ}, {k: other.get(k) for k in differ}
+
+    def one(v: Any) -> str:
+        return preview(v, 80) if isinstance(v, str) else preview(canonical(v), 80) if isinstance(v, (dict, list)) \
+            else repr(v)
+
+    return one(value), one(other)
 
 
 def _cell(value: Any) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_int, check_real, check_reals
 from ..decoder import decision_logprobs
 from ..errors import ConfigError
 from ..lm.tabular import EOS, TabularLM, prefixes
@@ -342,22 +343,15 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
                    k: int | None, alphas: Sequence[float], kls: Sequence[float], draws: int) -> None:
     """Every setting of a testbed run against its range, before any enumeration starts; a :class:`ConfigError` names
     the setting as its ``tqstar testbed`` flag."""
-    checks = [("--instances", instances, instances >= 1, "an integer >= 1"),
-              ("--vocab-size", vocab_size, vocab_size >= 2, "an integer >= 2"),
-              ("--horizon", horizon, horizon >= 1, "an integer >= 1"),
-              ("--beta-baseline", beta_baseline, math.isfinite(beta_baseline) and beta_baseline > 0,
-               "a finite number > 0"),
-              ("--temperature", temperature, math.isfinite(temperature) and temperature > 0,
-               "a finite number > 0"),
-              ("--k", k, k is None or 1 <= k <= vocab_size,
-               f"an integer from 1 to --vocab-size ({vocab_size})")]
-    checks += [("--alphas", alpha, math.isfinite(alpha) and alpha > 0, "finite numbers > 0") for alpha in alphas]
-    checks += [("--kls", kl, math.isfinite(kl) and kl > 0, "finite numbers > 0") for kl in kls]
-    checks.append(("--draws", draws, draws >= 1, "an integer >= 1"))
-    for flag, value, ok, constraint in checks:
-        if not ok:
-            raise ConfigError(f"{flag} must be {constraint}, got {value:g}", param=flag[2:].replace("-", "_"),
-                              value=value)
+    for flag, value, low in (("--instances", instances, 1), ("--vocab-size", vocab_size, 2), ("--horizon", horizon, 1),
+                             ("--draws", draws, 1)):
+        check_int(value, flag, low=low)
+    check_real(beta_baseline, "--beta-baseline")  # the one validator of every real flag and parameter
+    check_real(temperature, "--temperature")
+    if k is not None and not (isinstance(k, int) and 1 <= k <= vocab_size):
+        raise ConfigError(f"--k must be an integer from 1 to --vocab-size ({vocab_size}), got {k!r}", param="k", value=k)
+    check_reals(alphas, "--alphas")
+    check_reals(kls, "--kls")
     sequences = vocab_size ** horizon
     if sequences > MAX_TESTBED_SEQUENCES:
         raise ConfigError(f"--vocab-size {vocab_size} with --horizon {horizon} enumerates {sequences:.3g}"
