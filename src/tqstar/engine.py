@@ -17,12 +17,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
+from ._checks import check_int
+from ._schema import check_arguments
 from .decoder import Decoder, OnStep
-from .errors import ConfigError, VocabularyMismatchError, require_type
+from .errors import ConfigError, VocabularyMismatchError, describe, require_type
 from .lm.base import LanguageModel
 from .lm.bridge import TextBridge
 from .methods import NEEDS
 from .params import DecodeParams
+from .prompts import check_prompt
 from .randomness import prompt_key
 from .reward import Reward
 from .state import Models, PromptState, Response
@@ -52,6 +55,7 @@ class Engine:
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
                  baseline_reward: Reward | None = None, *, bridge: bool | None = None) -> None:
+        check_arguments(Engine.__init__, {"bridge": bridge})
         for role, model in (("sft", sft), ("baseline", baseline)):
             if model is not None or role == "sft":
                 path = repr(model) if isinstance(model, str) else "PATH"
@@ -122,6 +126,8 @@ class Engine:
         fit their contexts; ``seed``, ``max_new_tokens``, ``stop`` and ``trace`` override ``params`` for this row
         (checked the same way)."""
         check_params(params)
+        check_prompt(prompt, "`prompt`")
+        check_arguments(Engine.new_state, {"truncate_prompt": truncate_prompt})
         changes = {name: value for name, value in (("seed", seed), ("max_new_tokens", max_new_tokens),
                                                    ("stop", None if stop is None else tuple(stop)),
                                                    ("trace", trace)) if value is not None}
@@ -168,10 +174,9 @@ class Engine:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        if not prompts:
-            raise ConfigError("no prompts given; pass at least one prompt")
-        if batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}", param="batch_size")
+        check_prompts(prompts, "prompts")
+        check_int(batch_size, "batch_size")
+        check_arguments(Engine.generate, {"progress": progress, "on_response": on_response})
         check_params(params)
         batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
@@ -200,6 +205,13 @@ class Engine:
         own requests; it needs every model to be thread-safe (remote). Every prompt is checked before the first
         batch starts.
         """
+        check_params(params)
+        if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+            raise ConfigError(f"`batches` must be a list of lists of prompts, got {describe(batches)}", param="batches",
+                              value=batches)
+        for b, batch in enumerate(batches):
+            check_prompts(batch, f"batches[{b}]")
+        check_arguments(Engine.stream, {"truncate_prompt": truncate_prompt, "on_step": on_step})
         self.check(params, concurrency)
         states = [[self.new_state(p, params, truncate_prompt=truncate_prompt) for p in batch] for batch in batches]
 
@@ -268,6 +280,18 @@ def reward_prompt(prompt: Prompt) -> str:
         raise ConfigError(f"chat prompt {prompt_key(prompt)[:80]!r} has no user message; add one"
                           ' ({"role": "user", "content": ...})')
     return str(users[-1])
+
+
+def check_prompts(prompts: object, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``prompts`` is a non-empty list of prompts (each a non-empty string or a list
+    of chat messages), naming the first bad one as ``name[i]``."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"`{name}` must be a list of prompts (strings or chat-message lists), got"
+                          f" {describe(prompts)}", param=name, value=prompts)
+    if not prompts:
+        raise ConfigError(f"no prompts given in `{name}`; pass at least one prompt", param=name)
+    for i, prompt in enumerate(prompts):
+        check_prompt(prompt, f"`{name}[{i}]`")
 
 
 def check_params(params: object) -> None:

@@ -251,8 +251,12 @@ class DecodeParams:
         """Build from a mapping (a YAML section) over ``base`` (defaults every method starts from, e.g. an eval's
         ``defaults``), rejecting unknown keys by name and a key of ``values`` that has no effect on the method
         (:meth:`check_given`; a key of ``base`` that does not apply is simply not used)."""
+        for what, mapping in (("decoding parameters", values), ("defaults", base or {})):
+            if not isinstance(mapping, dict):
+                raise ConfigError(f"the {what} must be a mapping like {{method: tq-direct, k: 10}}, got"
+                                  f" {mapping!r}", param="decode", value=mapping)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted((set(values) | set(base or {})) - names)
+        unknown = sorted(map(str, (set(values) | set(base or {})) - names))
         if unknown:
             raise ConfigError(
                 f"unknown decoding parameter `{unknown[0]}`; valid ones are " + ", ".join(sorted(names))

@@ -30,8 +30,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from .._files import lock_exclusive
-from ..engine import Engine, TokenProgress
+from ..engine import Engine, TokenProgress, check_concurrency
 from ..errors import ConfigError, require_type
 from ..params import DecodeParams, unused_message
 from ..reward import Reward
@@ -118,6 +119,8 @@ class Evaluation:
             require_type(method, MethodRun, "methods[...]", "a MethodRun", "build them with expand_methods([{...}])")
         for name, judge in (judges or {}).items():
             require_type(judge, Reward, f"judges[{name!r}]", "a Reward", "load one with load_reward(SPEC)")
+        check_int(batch_size, "batch_size")
+        check_concurrency(concurrency, [])  # the models' thread-safety is checked with each method below
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
         self.where = list(getattr(prompts, "where", None) or [None] * len(self.prompts))
         self.output, self.judges = Path(output), dict(judges or {})

@@ -12,13 +12,14 @@ import importlib
 import math
 import re
 import string
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._schema import string_or_mapping
-from ..errors import ConfigError
+from .._schema import accepts, phrase, string_or_mapping
+from ..errors import ConfigError, describe
 from .base import CallableReward, Range, Reward, WeightedReward, checked_range
 from .builtin import BUILTIN_REWARDS
 from .hf import TransformersReward
@@ -47,6 +48,10 @@ class RewardSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec.strip():
             raise ConfigError(f"reward spec must be a non-empty string, got {self.spec!r}")
+        for f in dataclasses.fields(self):  # every field's type, as a YAML mapping's keys are checked
+            if f.name != "range" and not accepts(HINTS[f.name], getattr(self, f.name)):
+                raise ConfigError(f"reward `{f.name}` must be {phrase(HINTS[f.name])}, got"
+                                  f" {describe(getattr(self, f.name))}", param=f.name, value=getattr(self, f.name))
         checked_range(self.range, "reward `range`")
         kinds = {_check_term(term) for _, term in self.terms()}
         self._check_options(kinds)
@@ -121,10 +126,24 @@ class RewardSpec:
         return cls(**values)
 
 
+HINTS = typing.get_type_hints(RewardSpec)
+
+
 def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
     """Build a :class:`Reward` from a spec string, a :class:`RewardSpec` or an existing reward."""
     if spec is None or isinstance(spec, Reward):
         return spec
+    if not isinstance(spec, (str, RewardSpec)):
+        raise ConfigError(f"`spec` must be a reward spec string, a RewardSpec or a Reward, got {describe(spec)}; wrap a"
+                          " function with CallableReward(fn)", param="spec", value=spec)
+    if options and not isinstance(spec, str):
+        raise ConfigError(f"options {', '.join(options)} apply to a spec string; a RewardSpec holds its own",
+                          param="spec", value=spec)
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RewardSpec)} - {"spec"})
+    if unknown or "spec" in options:
+        raise ConfigError(f"unknown reward option `{(unknown or ['spec'])[0]}`; the options are"
+                          f" {', '.join(f.name for f in dataclasses.fields(RewardSpec) if f.name != 'spec')}",
+                          param=(unknown or ["spec"])[0])
     if isinstance(spec, str):
         spec = RewardSpec(spec, **options)  # type: ignore[arg-type]
     return spec.load()
