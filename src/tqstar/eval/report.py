@@ -36,6 +36,32 @@ from .results import RESULTS_FIX, canonical, first_difference, read_rows
 log = logging.getLogger("tqstar")
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
+ACCOUNTING = ("sft_forward_tokens", "baseline_forward_tokens", "rollouts", "reward_calls", "wall_time_s")
+
+
+def _number(value: Any, none: bool = True) -> bool:
+    return (value is None and none) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                         and math.isfinite(value))
+
+
+#: what each field a table reads must hold: (check, what the message says it must be)
+ROW_TYPES: dict[str, tuple[Any, str]] = {
+    "prompt": (lambda v: isinstance(v, str), "a string"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "token_ids": (lambda v: isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v),
+                  "a list of token ids"),
+    "accounting": (lambda v: isinstance(v, dict) and all(_number(v.get(k), none=False) for k in ACCOUNTING)
+                   and _number(v.get("batch_size", 1), none=False) and v.get("batch_size", 1) > 0,
+                   "a mapping of " + ", ".join(ACCOUNTING) + " to numbers"),
+    "reward": (_number, "a finite number or null"),
+    "kl": (_number, "a finite number or null"),
+    "kl_bound": (_number, "a finite number or null"),
+    "alpha": (_number, "a finite number or null"),
+    "scores": (lambda v: v is None or (isinstance(v, dict) and all(_number(x, none=False) for x in v.values())),
+               "a mapping of judge names to numbers"),
+    "params": (lambda v: v is None or isinstance(v, dict), "a mapping of decoding parameters"),
+    "family": (lambda v: v is None or isinstance(v, str), "a method name"),
+}
 COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
            "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
@@ -267,6 +293,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not part or header is None:
             raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
         config = header["config"]
+        _check_shape(path, config, part)
         uses = set().union(*(_needs(row, config) for row in part))
         settings = {"prompts": config.get("prompts"), **{key: config.get(key) for key in SHARED
                                                           if key not in ("baseline", "baseline_reward") or key in uses}}
@@ -286,10 +313,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                 raise ConfigError(f"method {label!r} appears {where} from different configurations"
                                   f" ({first_difference(first_config, mine)}); report them separately, or give one run"
                                   " another `label`")
-            missing = next((k for k in ROW_FIELDS if k not in row), None)
-            if missing is not None:
-                raise ConfigError(f"the row of method {label!r}, prompt {row['prompt_index']} in {str(path)!r} has no"
-                                  f" `{missing}`; the file was edited or damaged: rerun tqstar eval on a fresh --output")
+
             key = (label, row["prompt_index"])
             if key in keys:
                 duplicates += 1
@@ -299,6 +323,23 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if duplicates:
             log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once")
     return rows
+
+
+def _check_shape(path: str | Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Raise :class:`ConfigError` unless the header's ``prompts`` and ``methods`` and every row's fields have the
+    shapes a table reads (a file tqstar wrote always does; an edited or damaged one may not)."""
+    fix = "the file was edited or damaged: rerun tqstar eval on a fresh --output"
+    if not isinstance(config.get("prompts"), list) or not isinstance(config.get("methods", {}), dict):
+        raise ConfigError(f"the header of {str(path)!r} has no list of `prompts` or no mapping of `methods`; {fix}")
+    for row in rows:
+        where = f"the row of method {row['method']!r}, prompt {row['prompt_index']} in {str(path)!r}"
+        missing = next((k for k in ROW_FIELDS if k not in row), None)
+        if missing is not None:
+            raise ConfigError(f"{where} has no `{missing}`; {fix}")
+        wrong = next((k for k, (ok, _) in ROW_TYPES.items() if k in row and not ok(row[k])), None)
+        if wrong is not None:
+            raise ConfigError(f"{where} has `{wrong}` = {preview(canonical(row[wrong]), 40)}, not"
+                              f" {ROW_TYPES[wrong][1]}; {fix}")
 
 
 def _needs(row: dict[str, Any], config: dict[str, Any]) -> set[str]:
