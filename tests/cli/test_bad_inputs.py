@@ -28,15 +28,8 @@ def exploding_reward(prompts, responses):
 
 
 @pytest.fixture(autouse=True)
-def tiny_cache(monkeypatch, tiny_paths):
-    # the built-in default builds its tiny models under $TQSTAR_CACHE/tiny; reuse the session's copies
-    root = tiny_paths["sft"].parent.parent
-    (root / "tiny").mkdir(exist_ok=True)
-    for role, path in tiny_paths.items():
-        if not (root / "tiny" / role).exists():
-            (root / "tiny" / role).symlink_to(path)
-    monkeypatch.setenv("TQSTAR_CACHE", str(root))
-    monkeypatch.delenv("TQSTAR_DEBUG", raising=False)
+def _tiny(builtin_tiny):
+    """No --sft decodes with the session's tiny models; no debug tracebacks."""
 
 
 @dataclass

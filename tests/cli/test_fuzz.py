@@ -48,15 +48,8 @@ def _count():
 
 
 @pytest.fixture(autouse=True)
-def tiny_cache(monkeypatch, tiny_paths):
-    """The built-in tiny models of the session (no --sft decodes with them) and no debug tracebacks."""
-    root = tiny_paths["sft"].parent.parent
-    (root / "tiny").mkdir(exist_ok=True)
-    for role, path in tiny_paths.items():
-        if not (root / "tiny" / role).exists():
-            (root / "tiny" / role).symlink_to(path)
-    monkeypatch.setenv("TQSTAR_CACHE", str(root))
-    monkeypatch.delenv("TQSTAR_DEBUG", raising=False)
+def _tiny(builtin_tiny):
+    """No --sft decodes with the session's tiny models; no debug tracebacks."""
 
 
 # ---- the values a user might type -----------------------------------------------------------------------------
