@@ -11,7 +11,9 @@ when the manifest lists it with the SHA-256 of its current bytes.
 
 Anything that is not a regular file -- a FIFO, a character device such as ``/dev/null`` or a terminal, a pipe
 behind ``/dev/stdout``, a symlink to one of them -- is written *to* as a stream (:class:`StreamOutput`), never
-replaced, and ``-o -`` is standard output. A block device (a disk) or a socket is refused.
+replaced, and ``-o -`` is standard output. ``/dev/stdout``, ``/dev/fd/N`` and ``/proc/self/fd/N`` are written to
+through the descriptor itself, whatever it is open on, so ``-o /dev/stdout >> log`` appends to ``log``. A block
+device (a disk) or a socket is refused.
 
 * :func:`read_text` reads a user's text file (config, prompts) as UTF-8 (a byte-order mark is dropped), and
   turns a missing path, a directory, an unreadable or binary file into one :class:`ConfigError` sentence.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -180,16 +183,36 @@ class Output:
         return None
 
 
+def open_descriptor(path: str | Path) -> int | None:
+    """The file descriptor ``path`` names, when it or a symlink on its way is ``/dev/fd/N`` or ``/proc/self/fd/N``
+    (``/dev/stdout`` is such a link): writing to a copy of it keeps the shell's redirection as it is (its offset,
+    ``>>``'s append) instead of opening the file anew."""
+    current = str(path)
+    for _ in range(40):
+        match = re.fullmatch(rf"/(?:dev|proc/self|proc/{os.getpid()})/fd/(\d+)", current)
+        if match:
+            return int(match.group(1))
+        if not os.path.islink(current):
+            return None
+        target = os.readlink(current)
+        current = os.path.join(os.path.dirname(current), target) if not os.path.isabs(target) else target
+    return None
+
+
 class StreamOutput(Output):
-    """A stream: standard output (``-`` or ``None``), or a FIFO, pipe or character device opened for writing
-    (never created, truncated or replaced); each write goes straight to it."""
+    """A stream: standard output (``-`` or ``None``), an open descriptor (:func:`open_descriptor`), or a FIFO, pipe
+    or character device opened for writing (never created, truncated or replaced); each write goes straight to it."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = path
         self._own = path is not None and str(path) != "-"
-        # a FIFO blocks here until a reader opens it, as a shell's redirection does
-        self._fh: IO[str] = (open(os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0)), "w", encoding="utf-8")
-                             if self._own else sys.stdout)
+        fd = open_descriptor(path) if self._own else None
+        if fd is not None:
+            sys.stdout.flush()  # what was printed before goes first
+            self._fh: IO[str] = open(os.dup(fd), "w", encoding="utf-8")
+        else:  # a FIFO blocks here until a reader opens it, as a shell's redirection does
+            self._fh = (open(os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0)), "w", encoding="utf-8")
+                        if self._own else sys.stdout)
 
     def write(self, text: str) -> None:
         self._fh.write(text)
@@ -265,7 +288,7 @@ def open_output(path: str | None, replaceable: Callable[[Path], bool], refusal: 
     if path is None or path == "-":
         return StreamOutput()
     kind = output_kind(path)
-    if kind == "stream":
+    if kind == "stream" or open_descriptor(path) is not None:
         return StreamOutput(path)
     if kind == "file" and os.path.getsize(path) > 0 and not replaceable(Path(path)):
         raise ConfigError(refusal(path))

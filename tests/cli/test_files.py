@@ -311,3 +311,20 @@ def test_report_out_dir_replaces_only_files_its_manifest_proves(tmp_path, tiny_p
     assert main(argv) == 2
     assert "already holds table.md, which tqstar did not write (or which was changed since)" in capsys.readouterr().err
     assert (out / "table.md").read_text().endswith("my own line\n")
+
+
+def test_generate_to_a_descriptor_path_writes_through_the_descriptor(tmp_path, tiny_paths):
+    """`-o /dev/stdout >> log` appends to log: a path that names an open descriptor (/dev/fd/N, as /dev/stdout links
+    to /proc/self/fd/1) is written through that descriptor, keeping its append mode, not opened anew at offset 0."""
+    log = tmp_path / "log.txt"
+    log.write_text("my log line\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/dev/fd/{fd}")
+    try:
+        assert _generate(tiny_paths, str(link)) == 0
+    finally:
+        os.close(fd)
+    text = log.read_text()
+    assert text.startswith("my log line\n### [sft] hi\n") and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "stdout"]
