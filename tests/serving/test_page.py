@@ -88,7 +88,7 @@ def driver(tmp_path_factory):
     browser.quit()
 
 
-def start_serve(tiny_paths, work: Path, **extra) -> ServerProcess:
+def start_serve(tiny_paths, work: Path, env: dict[str, str] | None = None, **extra) -> ServerProcess:
     """A real ``tqstar serve`` process on the tiny models: a plain SFT preset and a TQ* preset (and ``extra``)."""
     for module in ("fastapi", "uvicorn"):
         pytest.importorskip(module, reason=f"`tqstar serve` needs {module}: pip install -e '.[serve]'")
@@ -105,7 +105,7 @@ def start_serve(tiny_paths, work: Path, **extra) -> ServerProcess:
     (work / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     argv = [sys.executable, "-m", "tqstar.cli", "serve", "--config", str(work / "serve.yaml"), "--port", str(port)]
-    return ServerProcess("tqstar", argv, port, work / "serve.log", ready_timeout_s=180)
+    return ServerProcess("tqstar", argv, port, work / "serve.log", env=env, ready_timeout_s=180)
 
 
 @pytest.fixture(scope="module")
@@ -214,17 +214,24 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
     assert driver.find_element(By.ID, "preset-b").get_attribute("value") == "tiny-tq"
     assert driver.find_element(By.ID, "alpha").get_attribute("max") == str(MAX_ALPHA)
     defaults = {name: driver.find_element(By.ID, name).get_attribute("value") for name in
-                ("alpha", "k", "rollout_len", "max_tokens", "seed")}
-    assert defaults == {"alpha": "2", "k": "4", "rollout_len": "3", "max_tokens": "8", "seed": "0"}  # tiny-tq's
-    fill(driver, prompt=PROMPT, alpha="1", k="8", rollout_len="2", max_tokens="7", seed="11")
+                ("alpha", "k", "rollout_len", "temperature", "max_tokens", "seed")}
+    assert defaults == {"alpha": "2", "k": "4", "rollout_len": "3", "temperature": "0", "max_tokens": "8",
+                        "seed": ""}  # tiny-tq's; no seed: the server draws one
+    assert not driver.find_element(By.ID, "alpha").get_attribute("disabled")  # tiny-tq uses it
+    assert driver.find_element(By.ID, "seed").get_attribute("disabled")  # both greedy: no seed matters
+    fill(driver, prompt=PROMPT, alpha="1", k="8", rollout_len="2", max_tokens="7")
     requests = generate(driver)
     assert requests[1]["tqstar"] == {"trace": True, "alpha": 1, "k": 8, "rollout_len": 2}
     assert requests[0]["tqstar"] == {"trace": True}  # the SFT preset takes no α, k or rollout length
-    assert [r["seed"] for r in requests] == [11, 11] and [r["max_tokens"] for r in requests] == [7, 7]
+    assert [r["max_tokens"] for r in requests] == [7, 7] and [r["temperature"] for r in requests] == [0, 0]
+    assert all("seed" not in r for r in requests)
     assert requests[0]["messages"] == [{"role": "user", "content": PROMPT}]
     driver.save_screenshot(str(ARTIFACTS / "generated.png"))
     ran = driver.find_element(By.CSS_SELECTOR, "#answer-b .params").text
-    assert ran.startswith("ran: method tq-direct · k 8 · alpha 1 · n_rollouts 1 · rollout_len 2"), ran
+    assert ran.startswith("ran: method tq-direct · k 8 · alpha 1 · n_rollouts 1 · rollout_len 2 · temperature 0"
+                          " · max_tokens 7 · seed "), ran
+    note = driver.find_element(By.CSS_SELECTOR, "#answer-a .kl-note").text  # greedy: what its KL means
+    assert "−log π_sft(chosen token)" in note
 
     for column, request in zip(("a", "b"), requests):
         section = driver.find_element(By.ID, f"answer-{column}")
@@ -253,6 +260,57 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
     resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(name.startswith(server) for name in resources), resources  # nothing from a CDN
     assert console_errors(driver) == []
+
+
+@pytest.mark.browser
+def test_a_sampled_answer_shows_its_seed_and_repeats_with_it(driver, server):
+    """Temperature above 0 turns the seed on; with it empty the server draws one, the "ran:" line shows it, and the
+    same seed gives the same answers again (and the API's)."""
+    from selenium.webdriver.common.by import By
+
+    load(driver, server)
+    fill(driver, prompt=PROMPT, temperature="0.8", max_tokens="6")
+    assert not driver.find_element(By.ID, "seed").get_attribute("disabled")
+    requests = generate(driver)
+    assert all(r["temperature"] == 0.8 and "seed" not in r for r in requests)
+    ran = driver.find_element(By.CSS_SELECTOR, "#answer-b .params").text
+    seed = int(re.search(r"seed (\d+)", ran).group(1))
+    first = [text_of(driver, driver.find_element(By.CSS_SELECTOR, f"#answer-{c} .tokens")) for c in "ab"]
+    assert not driver.find_elements(By.CSS_SELECTOR, "#answer-a .kl-note")  # sampled: its KL needs no note
+    fill(driver, seed=str(seed))
+    again = generate(driver)
+    assert [r["seed"] for r in again] == [seed, seed]
+    second = [text_of(driver, driver.find_element(By.CSS_SELECTOR, f"#answer-{c} .tokens")) for c in "ab"]
+    assert second[1] == first[1] == api_answer(server, again[1])["choices"][0]["message"]["content"]
+    assert console_errors(driver) == []
+
+
+@pytest.mark.browser
+def test_with_api_keys_the_page_asks_for_one(driver, tiny_paths, tmp_path):
+    """The page's 401 path: a server with API keys refuses the page's first reads; the page opens the API key field
+    and says why; with the key typed in it loads the presets and generates."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with start_serve(tiny_paths, tmp_path, env={"TQSTAR_API_KEYS": "page-key"}) as s:
+        driver.get(s.url + "/")
+        body = driver.find_element(By.TAG_NAME, "body")
+        WebDriverWait(driver, 30).until(lambda d: body.get_attribute("data-ready"))
+        assert body.get_attribute("data-ready") == "error"
+        assert driver.find_element(By.ID, "auth").get_attribute("open") is not None
+        message = driver.find_element(By.ID, "form-error").text
+        assert "API key" in message and "Authorization: Bearer" in message, message
+        driver.save_screenshot(str(ARTIFACTS / "api-key.png"))
+        key = driver.find_element(By.ID, "api-key")
+        key.send_keys("page-key")
+        driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+        WebDriverWait(driver, 30).until(lambda d: body.get_attribute("data-ready") == "true")
+        assert driver.find_element(By.ID, "form-error").get_attribute("hidden") is not None
+        fill(driver, prompt=PROMPT, max_tokens="3")
+        generate(driver)
+        states = [driver.find_element(By.ID, f"answer-{c}").get_attribute("data-state") for c in "ab"]
+        assert states == ["done", "done"]
+        assert console_errors(driver, allowed_status=401) == []
 
 
 @pytest.mark.browser

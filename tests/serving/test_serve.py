@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
+import time
 
 import httpx
 import openai
@@ -37,7 +39,7 @@ def _config(tiny_paths, **extra) -> dict:
         "presets": {"tiny-tq": {"method": "tq-direct", "alpha": 2.0}, "tiny-cd": {"method": "cd"},
                     "tiny-sft": {"method": "sft"}, "tiny-sample": {"method": "tq-direct", "temperature": 1.0}},
         "limits": {"max_batch": 16, "max_queue": 64, "max_tokens": 64, "max_prompt_tokens": 48,
-                   "max_body_bytes": 20_000, "max_k": 8},
+                   "max_body_bytes": 20_000, "max_k": 8, "max_step_tokens": 500},
     }
     config.update(extra)
     return config
@@ -144,15 +146,17 @@ def test_streamed_text_equals_non_streamed_and_generate(client, engine, config):
                                                  stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
+    *chunks, usage_chunk = chunks  # OpenAI's usage chunk: choices [], after every other chunk
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == len(want.token_ids)
+    assert usage_chunk.usage.total_tokens == usage_chunk.usage.prompt_tokens + len(want.token_ids)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed == whole.choices[0].message.content == want.text
     token_chunks = [c for c in chunks[1:] if c.choices[0].finish_reason is None]
-    assert len(token_chunks) == len(want.token_ids)  # one chunk per committed token
+    assert len(token_chunks) == len(want.token_ids)  # one chunk per step, here one token each
     last = chunks[-1]
     assert last.choices[0].finish_reason == whole.choices[0].finish_reason
-    assert last.usage.completion_tokens == len(want.token_ids)
     assert last.model_extra["tqstar"]["reward"] == pytest.approx(want.reward)
-    assert all(c.usage is None for c in chunks[:-1])
+    assert all(c.usage is None and "usage" in c.model_fields_set for c in chunks)  # null, as OpenAI sends
 
 
 def test_completion_stream_with_raw_http_ends_with_done(server, engine, config):
@@ -216,6 +220,87 @@ def test_sampled_preset_repeats_with_a_seed(client):
     assert ask(7) == ask(7)
 
 
+def test_without_a_seed_each_answer_is_fresh_and_reports_the_seed_that_repeats_it(client):
+    """As OpenAI and vLLM: no seed is fresh randomness (a chat UI's "regenerate" gives another answer); the seed
+    used comes back in tqstar.params, and sending it repeats the answer."""
+    answers = [client.completions.create(model="tiny-sample", prompt=PROMPTS[2], max_tokens=12) for _ in range(4)]
+    texts = {a.choices[0].text for a in answers}
+    seeds = [a.model_extra["tqstar"]["params"]["seed"] for a in answers]
+    assert len(set(seeds)) == 4 and len(texts) > 1, texts
+    again = client.completions.create(model="tiny-sample", prompt=PROMPTS[2], max_tokens=12, seed=seeds[0])
+    assert again.choices[0].text == answers[0].choices[0].text
+    assert again.model_extra["tqstar"]["params"]["seed"] == seeds[0]
+
+
+def test_params_report_what_ran(client, config):
+    """tqstar.params is this request's: its seed, budget, stop strings, temperature and every override."""
+    body = client.completions.create(model="tiny-tq", prompt=PROMPTS[8], max_tokens=7, seed=5, stop=["zzz", "qq"],
+                                     temperature=0.5, extra_body={"tqstar": {"k": 3, "alpha": 1.5, "trace": True}})
+    params = body.model_extra["tqstar"]["params"]
+    assert params | {} == params and {k: params[k] for k in ("seed", "max_new_tokens", "stop", "temperature", "k",
+                                                             "alpha", "trace", "method")} == \
+        {"seed": 5, "max_new_tokens": 7, "stop": ["zzz", "qq"], "temperature": 0.5, "k": 3, "alpha": 1.5,
+         "trace": True, "method": "tq-direct"}
+    assert params["rollout_len"] == config["decode"]["rollout_len"]  # the preset's, not overridden
+    chunks = list(client.completions.create(model="tiny-tq", prompt=PROMPTS[8], max_tokens=5, seed=9, stream=True))
+    assert chunks[-1].model_extra["tqstar"]["params"]["seed"] == 9
+    assert chunks[-1].model_extra["tqstar"]["params"]["max_new_tokens"] == 5
+
+
+def test_max_tokens_defaults_to_the_rest_of_the_context_capped_by_the_server(client, engine, config):
+    """As vLLM: no max_tokens is the model's context minus the prompt, capped by the server's limit (here 64, which
+    is below the tiny model's context); the preset's max_new_tokens (16) is not the default any more."""
+    body = client.completions.create(model="tiny-sft", prompt=PROMPTS[0])
+    params = body.model_extra["tqstar"]["params"]
+    context = engine.models.sft.max_context
+    prompt = body.usage.prompt_tokens
+    assert params["max_new_tokens"] == min(config["limits"]["max_tokens"], context - prompt) == 64
+    assert body.usage.completion_tokens <= 64
+    want = _expected(engine, config, "tiny-sft", [PROMPTS[0]], 64)[0]
+    assert body.choices[0].text == want.text
+
+
+def _turn_answer(engine, config, messages, ending, max_tokens=8):
+    """What the decoder gives for ``messages`` ended as ``ending`` (the library's Engine calls, no server)."""
+    params = _params(config, "tiny-sft", max_new_tokens=max_tokens)
+    state = engine.new_state(messages, params, ending=ending)
+    return engine.finish(engine.decoder(params).run([state]), params)[0].text
+
+
+def test_a_final_assistant_message_gets_a_new_turn_unless_continuation_is_asked(client, engine, config):
+    """OpenAI starts a new assistant turn after a final assistant message; vLLM's continue_final_message (and
+    add_generation_prompt: false) are the opt-ins, and tqstar takes the same names."""
+    messages = [*_chat(PROMPTS[10]), {"role": "assistant", "content": "The cat"}]
+    new_turn = client.chat.completions.create(model="tiny-sft", messages=messages, max_tokens=8)
+    assert new_turn.choices[0].message.content == _turn_answer(engine, config, messages, "assistant")
+    cont = client.chat.completions.create(model="tiny-sft", messages=messages, max_tokens=8,
+                                          extra_body={"continue_final_message": True,
+                                                      "add_generation_prompt": False})
+    assert cont.choices[0].message.content == _turn_answer(engine, config, messages, "continue")
+    assert cont.choices[0].message.content == _expected(engine, config, "tiny-sft", [messages], 8)[0].text  # generate
+    assert new_turn.usage.prompt_tokens > cont.usage.prompt_tokens  # the new turn's header
+    bare = client.chat.completions.create(model="tiny-sft", messages=messages, max_tokens=8,
+                                          extra_body={"add_generation_prompt": False})
+    assert bare.choices[0].message.content == _turn_answer(engine, config, messages, "none")
+
+
+def test_a_system_only_conversation_is_answered(client, engine, config):
+    messages = [{"role": "system", "content": "Say something about the park."}]
+    body = client.chat.completions.create(model="tiny-tq", messages=messages, max_tokens=6)
+    assert body.choices[0].message.content == _expected(engine, config, "tiny-tq", [messages], 6)[0].text
+
+
+def test_one_model_by_id(server, client, config):
+    card = client.models.retrieve("tiny-cd")
+    assert card.id == "tiny-cd" and card.object == "model"
+    method = card.model_extra["tqstar"]["method"]
+    assert method["name"] == "cd" and method["rolls"] == "sft" and "rollout_len" in method["uses"]
+    sft = client.models.retrieve("tiny-sft").model_extra["tqstar"]["method"]
+    assert "alpha" not in sft["uses"] and "temperature" in sft["uses"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
 # ---- continuous batching -------------------------------------------------------------------------------------
 def test_32_concurrent_streams_share_steps_and_each_gets_its_answer(server, engine, config):
     want = [r.text for r in _expected(engine, config, "tiny-tq", [_chat(p) for p in PROMPTS], 12)]
@@ -261,6 +346,26 @@ BAD = [
     # (body or raw bytes, status, param, code)
     ({"model": "nope", "prompt": "x"}, 404, "model", "model_not_found"),
     (b"{not json", 400, None, "invalid_json"),
+    (b'{"model": "tiny-tq", "prompt": "\\ud800"}', 400, "prompt", "invalid_text"),  # a lone surrogate is valid JSON
+    (b'{"model": "tiny-tq", "messages": [{"role": "user", "content": "a\\udfffb"}]}', 400, "messages.0.content",
+     "invalid_text"),
+    (b"[" * 5000 + b"]" * 5000, 400, None, "invalid_json"),
+    (b'{"model": "tiny-tq", "prompt": "x", "user": ' + b"[" * 40 + b"]" * 40 + b"}", 400, "user" + ".0" * 31,
+     "invalid_json"),
+    (b'{"model": "tiny-tq", "prompt": "x", "temperature": NaN}', 400, None, "invalid_json"),
+    (b'{"model": "tiny-tq", "prompt": "x", "seed": 1' + b"0" * 5000 + b"}", 400, None, "invalid_json"),
+    (b'["model", "tiny-tq"]', 400, None, "invalid_json"),
+    (b"\xff\xfe{}", 400, None, "invalid_json"),
+    ({"model": "tiny-tq", "prompt": "x", "seed": 2**64}, 400, "seed", None),
+    ({"model": "tiny-tq", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ({"model": "tiny-tq", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options",
+     "unsupported_parameter"),
+    ({"model": "tiny-tq", "messages": [{"role": "user", "content": "x"}], "continue_final_message": True}, 400,
+     "continue_final_message", None),
+    ({"model": "tiny-tq", "messages": [{"role": "assistant", "content": "x"}], "continue_final_message": True,
+      "add_generation_prompt": True}, 400, "continue_final_message", None),
+    ({"model": "tiny-tq", "prompt": "x", "tqstar": {"k": 8, "rollout_len": 64}, "max_tokens": 64}, 400,
+     "tqstar.k", "request_too_costly"),
     ({"model": "tiny-tq"}, 400, "prompt", None),
     ({"model": "tiny-tq", "prompt": "x", "n": 2}, 400, "n", "unsupported_parameter"),
     ({"model": "tiny-tq", "prompt": "x", "logprobs": 3}, 400, "logprobs", "unsupported_parameter"),
@@ -279,15 +384,57 @@ BAD = [
 
 
 @pytest.mark.parametrize("body,status,param,code", BAD)
-def test_bad_requests_get_openai_errors(server, body, status, param, code):
-    path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"
+def test_bad_requests_get_openai_errors(server, body, status, param, code, tiny_paths):
+    chat = (b'"messages"' in body) if isinstance(body, bytes) else "messages" in body
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(server.url + path, headers=_headers(), **kwargs)
+    r = httpx.post(server.url + path, headers={**_headers(), "Content-Type": "application/json"}, **kwargs)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["code"] == code
-    assert error["message"] and "\n" not in error["message"]
+    assert_api_facing(error["message"], tiny_paths)
+    assert r.headers["x-should-retry"] == "false"  # the same request fails the same way
+
+
+def assert_api_facing(message: str, tiny_paths) -> None:
+    """One line of advice for an API client: no command-line flag, no path on the server."""
+    assert message and "\n" not in message
+    assert not re.search(r"(^|\s)--[a-z]", message), message
+    assert not any(str(path) in message for path in tiny_paths.values()), message
+    assert "tmp/" not in message and "site-packages" not in message, message
+
+
+def test_only_json_bodies_are_read(server):
+    """A page in the user's browser may POST text/plain (or a form) to a server on localhost without a CORS
+    preflight; the server reads only application/json, so such a request cannot drive it."""
+    body = json.dumps({"model": "tiny-sft", "prompt": "x", "max_tokens": 2})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {**_headers(), **({"Content-Type": content_type} if content_type else {})}
+        r = httpx.post(server.url + "/v1/completions", content=body.encode(), headers=headers)
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    ok = httpx.post(server.url + "/v1/completions", content=body.encode(),
+                    headers={**_headers(), "Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_prompt_over_the_context_gets_api_advice(engine, config, tiny_paths):
+    """The advice names request fields (messages, max_tokens), never --truncate-prompt or a server path."""
+    context = engine.models.sft.max_context
+    prompt = " ".join(["cat"] * (context - 20))
+    with _app_client(engine, config, max_tokens=4 * context, max_prompt_tokens=4 * context) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": prompt, "max_tokens": 100})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == "max_tokens" and error["code"] == "context_length_exceeded"
+        assert f"{context}-token context" in error["message"] and "lower `max_tokens`" in error["message"]
+        assert_api_facing(error["message"], tiny_paths)
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": " ".join(["cat"] * (2 * context))})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        assert_api_facing(r.json()["error"]["message"], tiny_paths)
+        r = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": prompt})  # no max_tokens: what is left
+        assert r.status_code == 200 and r.json()["tqstar"]["params"]["max_new_tokens"] == \
+            context - r.json()["usage"]["prompt_tokens"]
 
 
 def test_api_key_and_unknown_route(server):
@@ -305,10 +452,16 @@ def test_metrics_are_prometheus_text(server, client):
     text = httpx.get(server.url + "/metrics").text
     for name in ("tqstar_requests_total", "tqstar_queue_depth", "tqstar_active_rows", "tqstar_tokens_total",
                  "tqstar_rollouts_total", "tqstar_reward_calls_total", "tqstar_step_seconds_bucket",
-                 "tqstar_time_to_first_token_seconds_count"):
+                 "tqstar_time_to_first_token_seconds_count", "tqstar_inter_token_latency_seconds_count",
+                 "tqstar_e2e_request_latency_seconds_count", "tqstar_queue_time_seconds_count"):
         assert name in text
     assert _metric(server.url, "tqstar_requests_total", 'endpoint="/v1/completions",status="200"') >= 1
     assert _metric(server.url, "tqstar_tokens_total", 'kind="completion"') >= 4
+    assert _metric(server.url, "tqstar_inter_token_latency_seconds_count") >= 3  # one per step after the first
+    finished = {reason: _metric(server.url, "tqstar_finished_total", f'reason="{reason}"')
+                for reason in ("eos", "stop", "length")}
+    assert sum(finished.values()) >= _metric(server.url, "tqstar_e2e_request_latency_seconds_count") - \
+        _metric(server.url, "tqstar_finished_total", 'reason="error"') - 1 and finished["length"] >= 1
 
 
 # ---- one row, one waiting request: faults that need a request to keep running ----------------------------------
@@ -339,6 +492,7 @@ def test_queue_full_is_429_with_retry_after(small):
             assert second.status_code == 200
             r = httpx.post(small.url + "/v1/completions", json={"model": "tiny-sft", "prompt": "x", "max_tokens": 2})
             assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+            assert "x-should-retry" not in r.headers  # a later retry may find room
             assert r.json()["error"]["code"] == "queue_full"
             with pytest.raises(openai.RateLimitError):
                 openai.OpenAI(base_url=small.url + "/v1", api_key="x", max_retries=0).completions.create(
@@ -378,8 +532,13 @@ def test_sigterm_during_a_stream_finishes_it_and_exits_0(tmp_path, tiny_paths):
             lines = (line for line in stream.iter_lines() if line)
             first = next(lines)
             os.kill(server.proc.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            draining = httpx.get(server.url + "/health")  # still listening while the stream drains
+            refused = httpx.post(server.url + "/v1/completions", json={"model": "slow", "prompt": "x"})
             rest = list(lines)
             stream.close()
+        assert draining.status_code == 503 and draining.json() == {"status": "unavailable"}
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
         assert server.proc.wait(timeout=120) == 0
         assert rest[-1] == "data: [DONE]"
         chunks = [json.loads(line[len("data: "):]) for line in [first, *rest[:-1]]]
@@ -467,13 +626,31 @@ def test_streams_still_open_when_the_shutdown_grace_ends_get_an_error_then_done(
         assert c.get("/health").status_code == 503
 
 
+#: The request headers of the OpenAI JS SDK's chat.completions.create(..., {stream: true}) in a browser, as its
+#: preflight lists them (openai-node: buildHeaders in src/client.ts and getPlatformHeaders in
+#: src/internal/detect-platform.ts; the organization and project headers when the client is given them).
+OPENAI_JS_HEADERS = ("authorization", "content-type", "openai-organization", "openai-project", "x-stainless-arch",
+                     "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+                     "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version",
+                     "x-stainless-timeout")
+
+
 def test_cors_origins_let_a_browser_page_call_the_api(engine, config):
     with _app_client(engine, {**config, "cors_origins": ["http://localhost:5173"]}) as c:
         r = c.options("/v1/chat/completions", headers={"Origin": "http://localhost:5173",
                                                         "Access-Control-Request-Method": "POST"})
         assert r.headers["access-control-allow-origin"] == "http://localhost:5173"
+        preflight = c.options("/v1/chat/completions", headers={
+            "Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": ",".join(OPENAI_JS_HEADERS)})
+        assert preflight.status_code == 200, preflight.text
+        allowed = {h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")}
+        assert set(OPENAI_JS_HEADERS) <= allowed
         r = c.get("/v1/models", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
+        r = c.options("/v1/chat/completions", headers={"Origin": "http://elsewhere.example",
+                                                        "Access-Control-Request-Method": "POST"})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
 
 
 def test_an_unexpected_failure_is_an_openai_shaped_500(engine, config, monkeypatch):
@@ -517,3 +694,108 @@ def test_presets_with_named_baselines_decode_with_them(tiny_paths, config):
         assert r["choices"][0]["text"] == want.text
     with pytest.raises(ConfigError, match="preset 'x' names baseline 'nope', which `baselines` does not define"):
         ServeConfig.from_dict({**named, "presets": {"x": {"baseline": "nope"}}})
+
+
+# ---- fair shares ----------------------------------------------------------------------------------------------
+HEAVY = {"k": 8, "rollout_len": 60, "prune": False, "reuse_rollouts": False}  # a step: 60 forwards of 8 rollouts
+
+
+def test_a_light_request_is_not_paced_by_a_heavy_one(engine, config):
+    """A plain sft request beside a heavy TQ* request (another group) finishes while the heavy one is still in its
+    first steps: the heavy step hands the machine over between its model forwards, so the light rows advance at
+    their own pace. Counted in the heavy request's committed tokens, not timed. Stepping groups in turn (one step
+    each per round) would let the heavy request commit one token per light token."""
+    import threading
+
+    with _app_client(engine, config) as c:
+        scheduler = c.app.state.scheduler
+        heavy_done = threading.Event()
+
+        def heavy():
+            c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[1], "max_tokens": 12,
+                                            "tqstar": HEAVY})
+            heavy_done.set()
+
+        thread = threading.Thread(target=heavy)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while scheduler.running < 1 and time.monotonic() < deadline:  # the heavy request holds a row
+            time.sleep(0.01)
+        light = c.post("/v1/completions", json={"model": "tiny-sft", "prompt": PROMPTS[2], "max_tokens": 10})
+        committed = [len(t.state.response) for g in list(scheduler._groups.values()) for t in g.tickets]
+        assert light.status_code == 200 and light.json()["usage"]["completion_tokens"] == 10
+        assert not heavy_done.is_set() and committed and max(committed) <= 3, committed
+        thread.join(120)
+
+
+def test_fair_share_hands_over_to_the_group_that_used_least(engine):
+    """FairShare alone: a holder that has used more virtual time than a waiting group hands over at its next
+    checkpoint; one that has used less keeps the machine."""
+    import threading
+
+    from tqstar.serving.scheduler import FairShare, Group
+
+    share = FairShare(quantum_s=0.0)
+    heavy, light = (Group(name, engine, None, None) for name in ("heavy", "light"))
+    share.acquire(heavy)
+    heavy.vtime = 5.0  # it has computed a lot
+    order = []
+
+    def run_light():
+        share.acquire(light)
+        order.append("light")
+        share.release(light)
+
+    thread = threading.Thread(target=run_light)
+    thread.start()
+    while light not in share._waiting:
+        time.sleep(0.001)
+    share.checkpoint(heavy)  # light (vtime 0) is due: heavy waits until light has run
+    order.append("heavy")
+    thread.join()
+    assert order == ["light", "heavy"]
+    light.vtime = 100.0
+    share.checkpoint(heavy)  # nobody waiting: heavy keeps it
+    share.release(heavy)
+
+
+def test_a_port_in_use_is_found_before_the_models_load(tiny_paths, monkeypatch):
+    import socket
+    import subprocess
+
+    from tqstar.serving import server as server_module
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "tqstar.cli", "serve", "--port", str(port), "--sft",
+                               str(tiny_paths["sft"])], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"tqstar: error: port {port} on 127.0.0.1 is already in use")
+        # in this process: the port is taken before anything loads
+        monkeypatch.setattr(server_module, "build_engines", lambda config: pytest.fail("models loaded first"))
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server_module.serve(ServeConfig.from_dict({"sft": str(tiny_paths["sft"]), "port": port}))
+
+
+def test_the_kv_cap_is_checked_at_admission_and_shapes_the_default_budget(engine, config):
+    """A request asking for more KV cache than the server allows is a 400 naming max_tokens and what would fit;
+    without max_tokens it gets the largest budget under the cap instead of failing."""
+    from tqstar.serving.budget import kv_bytes, largest_budget
+
+    params = _params(config, "tiny-tq")
+    prompt = {role: len(engine.models.lm(role).encode_prompt(PROMPTS[0])) for role in ("sft", "baseline")}
+    cap_mb = kv_bytes(engine, params, prompt, 20) / 2**20
+    fits = largest_budget(engine, params, prompt, 10**9, cap_mb * 2**20)
+    assert 20 <= fits < 64
+    with _app_client(engine, config, max_request_kv_mb=cap_mb) as c:
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0], "max_tokens": 64})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        assert r.json()["error"]["code"] == "request_too_costly" and f"at most {fits} here" in r.json()["error"]["message"]
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0]})
+        assert r.status_code == 200 and r.json()["tqstar"]["params"]["max_new_tokens"] == fits
+        r = c.post("/v1/completions", json={"model": "tiny-tq", "prompt": PROMPTS[0],
+                                            "tqstar": {"k": 8, "n_rollouts": 8, "rollout_temperature": 1.0}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tqstar.n_rollouts"  # 64 rows > 32

@@ -144,3 +144,133 @@ def test_serve_command_errors_are_one_line_before_loading(argv, message, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tqstar: error: ") and "\n" not in err and message in err
+
+
+# ---- what a request may cost -------------------------------------------------------------------------------------
+def test_kv_bytes_per_token_reads_the_model_config(tiny_paths):
+    from tqstar.lm.hf import TransformersLM
+    from tqstar.serving.budget import kv_bytes_per_token
+
+    lm = TransformersLM.from_pretrained(tiny_paths["sft"])
+    cfg = lm.model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    assert kv_bytes_per_token(lm) == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4  # float32
+    assert kv_bytes_per_token(None) == 0  # a served model's memory is its server's
+
+
+@pytest.mark.parametrize("values,rows,tokens", [
+    ({"method": "tq-direct", "k": 8, "n_rollouts": 2, "rollout_len": 30, "rollout_temperature": 1.0}, 16, 8 * 2 * 20),
+    ({"method": "cd", "k": 5, "rollout_len": 10}, 6, 5 * 10),  # the SFT model keeps its row and the rollouts
+    ({"method": "sft"}, 1, 1),
+    ({"method": "args", "k": 7}, 1, 7),
+    ({"method": "eft", "k": 7}, 8, 7),
+    ({"method": "bon", "bon_n": 6, "temperature": 1.0}, 6, 6 * 20),
+])
+def test_a_steps_rows_and_tokens(values, rows, tokens):
+    from tqstar.serving.budget import step_rows, step_tokens
+
+    params = DecodeParams.from_dict(values)
+    assert step_rows(params) == rows
+    assert step_tokens(params, 20) == tokens
+
+
+def test_the_largest_budget_keeps_the_kv_under_the_cap(tiny_paths):
+    from tqstar.serving.budget import kv_bytes, largest_budget
+
+    engine = ServeConfig.from_dict({"sft": str(tiny_paths["sft"]), "baseline": str(tiny_paths["baseline"]),
+                                    "reward": "sentiment"}).run.build(check=False)
+    params = DecodeParams(method="tq-direct", k=8)
+    prompt = {"sft": 12, "baseline": 12}
+    cap = kv_bytes(engine, params, prompt, 100) + 1
+    budget = largest_budget(engine, params, prompt, 10**9, cap)
+    assert budget >= 100 and kv_bytes(engine, params, prompt, budget) <= cap < kv_bytes(engine, params, prompt, budget + 1)
+    assert largest_budget(engine, params, prompt, 10**9, kv_bytes(engine, params, prompt, 0)) == 0
+    bon = DecodeParams(method="bon", bon_n=4, temperature=1.0)
+    assert largest_budget(engine, bon, prompt, 100, 10**12) == 25  # its step is its samples: bon_n × budget
+
+
+def test_presets_over_the_step_caps_fail_at_start():
+    with pytest.raises(ConfigError, match=r"preset 'big' runs 40 sequences per forward pass"):
+        ServeConfig.from_dict({"presets": {"big": {"k": 20, "n_rollouts": 2, "rollout_temperature": 1.0}}})
+    with pytest.raises(ConfigError, match=r"preset 'long' rolls out k × n_rollouts × rollout_len = 10 × 1 × 256"):
+        ServeConfig.from_dict({"presets": {"long": {"k": 10, "rollout_len": 256}}, "limits": {"max_step_tokens": 2000}})
+
+
+# ---- the request's shape -------------------------------------------------------------------------------------
+def test_chat_turns_follow_vllm():
+    from tqstar.serving.protocol import APIError
+
+    def turn(**fields):
+        messages = fields.pop("messages", [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+        return ChatRequest.model_validate({"model": "m", "messages": messages, **fields}).turn()
+
+    assert turn() == (True, False)  # a new assistant turn, as OpenAI
+    assert turn(continue_final_message=True) == (False, True)
+    assert turn(continue_final_message=True, add_generation_prompt=False) == (False, True)
+    assert turn(add_generation_prompt=False) == (False, False)
+    with pytest.raises(APIError, match="cannot both be true"):
+        turn(continue_final_message=True, add_generation_prompt=True)
+    with pytest.raises(APIError, match="last message is 'user'"):
+        turn(continue_final_message=True, messages=[{"role": "user", "content": "x"}])
+
+
+def test_stream_options_need_stream():
+    body = {"model": "m", "prompt": "x", "stream_options": {"include_usage": True}}
+    assert CompletionRequest.model_validate(body).unsupported()[0] == "stream_options"
+    assert CompletionRequest.model_validate({**body, "stream": True}).unsupported() is None
+
+
+def test_the_usage_chunk_has_no_choices():
+    from tqstar.serving.protocol import chunk_body, usage, usage_chunk
+
+    chunk = usage_chunk(chat=True, id="c", model="m", created=1, usage=usage(3, 4))
+    assert chunk["choices"] == [] and chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert chunk_body(chat=True, id="c", model="m", created=1, text="a", null_usage=True)["usage"] is None
+    assert "usage" not in chunk_body(chat=False, id="c", model="m", created=1, text="a")
+
+
+def test_errors_a_retry_cannot_fix_say_so():
+    from tqstar.serving.protocol import APIError
+
+    for status in (400, 401, 404, 413, 415, 500, 504):
+        assert APIError(status, "x").headers == {"x-should-retry": "false"}
+    for status in (408, 409, 429, 502, 503):
+        assert "x-should-retry" not in APIError(status, "x").headers
+    assert APIError(429, "x", headers={"Retry-After": "1"}).headers == {"Retry-After": "1"}
+
+
+def test_api_messages_name_request_fields_not_flags_or_paths(tiny_paths):
+    from tqstar.serving.completions import api_message
+
+    engine = ServeConfig.from_dict({"sft": str(tiny_paths["sft"])}).run.build(check=False)
+    name = engine.models.sft.name
+    message = api_message(f"`k` must be <= the vocabulary size of {name} (90), got 99; or lower `max_new_tokens`"
+                          " with --max-new-tokens", [engine])
+    assert message == ("`tqstar.k` must be <= the vocabulary size of the SFT model (90), got 99; or lower"
+                       " `max_tokens` with `max_tokens`")
+
+
+@pytest.mark.parametrize("body,where", [
+    ({"prompt": "a\ud800"}, "prompt"),
+    ({"messages": [{"content": "ok"}, {"content": "\udfff"}]}, "messages.1.content"),
+    ({"x\ny": "\ud800"}, '"x\\ny"'),
+])
+def test_lone_surrogates_are_named_where_they_are(body, where):
+    from tqstar.serving.completions import check_text
+    from tqstar.serving.protocol import APIError
+
+    with pytest.raises(APIError) as error:
+        check_text(body)
+    assert error.value.status == 400 and error.value.param == where and "\n" not in error.value.message
+
+
+def test_nesting_is_capped_without_recursion():
+    from tqstar.serving.completions import MAX_DEPTH, check_text
+    from tqstar.serving.protocol import APIError
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(APIError, match=f"more than {MAX_DEPTH} levels"):
+        check_text({"user": deep})
+    check_text({"user": [[[["fine"]]]]})

@@ -21,6 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,6 +33,11 @@ TokenIds = Sequence[int]
 Prompt = str | Sequence[Mapping[str, str]]
 #: The roles a chat message may have.
 ROLES = ("system", "user", "assistant")
+#: How a chat prompt's ids end (the chat template's switches): ``auto`` continues a final assistant message (a
+#: prefill) and otherwise opens the assistant's turn; ``assistant`` always opens a new assistant turn
+#: (``add_generation_prompt``); ``continue`` continues the final assistant message (``continue_final_message``);
+#: ``none`` ends after the last message. A str prompt (one user turn) always opens the assistant's turn.
+Ending = Literal["auto", "assistant", "continue", "none"]
 
 
 @dataclass
@@ -114,10 +120,10 @@ class LanguageModel(ABC):
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     @abstractmethod
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """The token ids that start a response to ``prompt`` (chat template, system prompt applied). Message text
-        is encoded as text: control tokens written in it never become control tokens unless the backend was
-        built with ``parse_special_tokens=True``."""
+    def encode_prompt(self, prompt: Prompt, *, ending: Ending = "auto") -> list[int]:
+        """The token ids that start a response to ``prompt`` (chat template, system prompt applied; ``ending``: how
+        a chat prompt ends, :data:`Ending`). Message text is encoded as text: control tokens written in it never
+        become control tokens unless the backend was built with ``parse_special_tokens=True``."""
 
     @abstractmethod
     def decode(self, ids: TokenIds) -> str:

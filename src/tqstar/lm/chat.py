@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import ConfigError
-from .base import ROLES, Prompt
+from .base import ROLES, Ending, Prompt
 
 
 def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[dict[str, str]]:
@@ -36,11 +36,21 @@ def chat_messages(prompt: Prompt, system_prompt: str | None, name: str) -> list[
     return messages
 
 
+def template_options(messages: Sequence[Mapping[str, str]], ending: Ending = "auto") -> dict[str, bool]:
+    """The chat template's ``add_generation_prompt`` / ``continue_final_message`` for ``ending`` (:data:`Ending`)."""
+    if ending == "auto":
+        ending = "continue" if messages[-1]["role"] == "assistant" else "assistant"
+    if ending == "continue" and messages[-1]["role"] != "assistant":
+        raise ConfigError(f"a prompt can only continue a final assistant message, but its last message is"
+                          f" {messages[-1]['role']!r}; end it with the assistant's start or open a new turn")
+    return {"add_generation_prompt": ending == "assistant", "continue_final_message": ending == "continue"}
+
+
 def encode_with_tokenizer(tokenizer, prompt: Prompt, chat_template: bool | str, system_prompt: str | None,
-                          name: str, parse_special_tokens: bool = False) -> list[int]:
+                          name: str, parse_special_tokens: bool = False, ending: Ending = "auto") -> list[int]:
     """The ids that start a response to ``prompt`` (a str or chat messages, see :func:`chat_messages`): the
-    tokenizer's chat template (or ``chat_template`` when it is a Jinja string), else the raw text of the messages
-    (system prompt first, blank lines between).
+    tokenizer's chat template (or ``chat_template`` when it is a Jinja string) ended as ``ending`` says
+    (:func:`template_options`), else the raw text of the messages (system prompt first, blank lines between).
 
     Message contents are encoded as *text*: a control token written in them (``<|im_end|>``, ``</s>``) becomes
     ordinary tokens, so a prompt cannot open chat turns or end the sequence; only the template's own markup is
@@ -51,11 +61,8 @@ def encode_with_tokenizer(tokenizer, prompt: Prompt, chat_template: bool | str, 
     messages = chat_messages(prompt, system_prompt, name)
     injected = not parse_special_tokens and has_control_tokens(tok, [m["content"] for m in messages])
     if template and (isinstance(template, str) or getattr(tok, "chat_template", None)):
-        options = {"chat_template": template if isinstance(template, str) else None}
-        if messages[-1]["role"] == "assistant":  # continue the given start of the response
-            options.update(continue_final_message=True, add_generation_prompt=False)
-        else:
-            options.update(add_generation_prompt=True)
+        options = {"chat_template": template if isinstance(template, str) else None,
+                   **template_options(messages, ending)}
         ids = encode_chat(tok, messages, options) if injected else flat_ids(
             tok.apply_chat_template(messages, tokenize=True, return_dict=False, **options))
     else:

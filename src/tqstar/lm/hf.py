@@ -41,6 +41,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from .base import (
     ContinuationScores,
+    Ending,
     FullVocabLM,
     Prompt,
     RolloutOutput,
@@ -168,10 +169,10 @@ class TransformersLM(FullVocabLM, PrefixKV):
         )
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, *, ending: Ending = "auto") -> list[int]:
         """``prompt``: a str (one user turn) or chat messages; see :func:`~tqstar.lm.chat.encode_with_tokenizer`."""
         return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
-                                     self.parse_special_tokens)
+                                     self.parse_special_tokens, ending)
 
     def decode(self, ids: TokenIds) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

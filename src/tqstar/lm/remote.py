@@ -60,6 +60,7 @@ from ..errors import (
 )
 from .base import (
     ContinuationScores,
+    Ending,
     LanguageModel,
     Prompt,
     RolloutOutput,
@@ -67,7 +68,7 @@ from .base import (
     TopLogprobs,
     rollout_budgets,
 )
-from .chat import chat_messages, encode_around, encode_with_tokenizer, placeholders
+from .chat import chat_messages, encode_around, encode_with_tokenizer, placeholders, template_options
 from .loading import eos_ids
 
 SCHEME = "openai:"
@@ -207,14 +208,15 @@ class RemoteLM(LanguageModel):
                     " model's own tokenizer directory, or none to use the server's")
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, *, ending: Ending = "auto") -> list[int]:
         """``prompt``: a str or chat messages, encoded as for :class:`~tqstar.lm.hf.TransformersLM` (message text
         never becomes control tokens unless ``parse_special_tokens``). Without a local tokenizer the server
         encodes: llama-server can tokenize text without control tokens; vLLM cannot, so it needs the opt-in."""
         if self.tokenizer is not None:
             return encode_with_tokenizer(self.tokenizer, prompt, self.chat_template, self.system_prompt, self.name,
-                                         self.parse_special_tokens)
+                                         self.parse_special_tokens, ending)
         messages = chat_messages(prompt, self.system_prompt, self.name)
+        options = template_options(messages, ending)
         if self.flavor != "llama.cpp" and not self.parse_special_tokens:
             raise ConfigError(f"{self.name} tokenizes prompts on the server, which reads control tokens such as"
                               " <|im_end|> in prompt text; give the served model's tokenizer directory (tokenizer:)"
@@ -225,11 +227,13 @@ class RemoteLM(LanguageModel):
         elif isinstance(self.chat_template, str):
             raise ConfigError(f"a chat_template string needs a local tokenizer for {self.name}; give tokenizer:")
         elif self.flavor == "llama.cpp":
+            if options != template_options(messages):  # /apply-template has no switches: it ends as "auto" does
+                raise ConfigError(f"{self.name} renders its chat template on llama-server, which cannot end a prompt"
+                                  f" as {ending!r}; give the served model's tokenizer directory (tokenizer:)")
             ids = self._server_chat_ids(messages)
         else:
             ids = self._tokens(self.client.post("/tokenize", {"model": self.model, "messages": messages,
-                                                               "add_generation_prompt": True,
-                                                               "add_special_tokens": False}))
+                                                               **options, "add_special_tokens": False}))
         if not ids:
             raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens for {self.name}; give a non-empty"
                               " prompt")

@@ -74,7 +74,7 @@ class TabularLM(FullVocabLM):
         return self.table[prefix]
 
     # ---- protocol ---------------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, *, ending: str = "auto") -> list[int]:
         return []
 
     def decode(self, ids: TokenIds) -> str:

@@ -2,8 +2,9 @@
 
     POST /v1/chat/completions    messages → one response (or a Server-Sent Events stream of chunks)
     POST /v1/completions         prompt → one response (or a stream)
-    GET  /v1/models              the presets, each with its decoding parameters and its method's kind and description
+    GET  /v1/models              the presets, each with its decoding parameters and what its method is and uses
                                  (``tqstar`` metadata, from :mod:`tqstar.methods`)
+    GET  /v1/models/{id}         one preset, the same way
     GET  /v1/tqstar/limits       the server's caps and every preset's parameters (for a playground's controls)
     GET  /health                 200 once the models are loaded and the engine runs; 503 while shutting down
     GET  /metrics                Prometheus text format (:mod:`~tqstar.serving.metrics`)
@@ -33,11 +34,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine
+from ..params import DecodeParams
 from .completions import Completions, public_params
 from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import OVERRIDABLE, APIError
-from .scheduler import Scheduler
+from .scheduler import Scheduler, install_checkpoints
 
 STATIC_DIR = Path(__file__).parent / "static"  # the playground page
 
@@ -52,6 +54,7 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
     engines = {None: engines} if isinstance(engines, Engine) else dict(engines)
     metrics = ServerMetrics()
     scheduler = Scheduler(config.limits, metrics)
+    install_checkpoints(engines.values())  # where a heavy step may hand the machine to another group
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,7 +70,7 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+                           allow_headers=list(CORS_HEADERS), expose_headers=["x-should-retry", "Retry-After"])
     api = Completions(engines, config, scheduler, metrics)
 
     @app.exception_handler(APIError)
@@ -78,14 +81,14 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged by the server
         error = APIError(500, f"the server failed on this request ({type(exc).__name__}); its log has the details",
                          type="server_error", code="internal_error")
-        return JSONResponse(error.body(), status_code=500)
+        return JSONResponse(error.body(), status_code=500, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}; see GET /v1/models"
-                                          " and the docs for the routes", code="not_found" if exc.status_code == 404
-                         else None)
-        return JSONResponse(error.body(), status_code=exc.status_code)
+        error = APIError(exc.status_code, f"{request.method} {request.url.path[:80]}: {exc.detail}; see GET"
+                                          " /v1/models and the docs for the routes",
+                         code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=error.headers)
 
     app.add_middleware(_CountRequests, metrics=metrics)
 
@@ -97,15 +100,26 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
     async def completions(request: Request) -> Response:
         return await api.complete(request, chat=False)
 
+    def model_card(name: str, params: DecodeParams) -> dict[str, Any]:
+        row = params.method_row
+        return {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
+                "tqstar": {"params": public_params(params), "baseline": config.baseline_of(name),
+                           "method": {"name": params.method, "kind": row.kind, "description": row.doc,
+                                      "rolls": row.rolls, "uses": list(used_params(params))}}}
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         api.authorize(request)
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": api.started, "owned_by": "tqstar",
-             "tqstar": {"params": public_params(params), "baseline": config.baseline_of(name),
-                        "method": {"name": params.method, "kind": params.method_row.kind,
-                                   "description": params.method_row.doc}}}
-            for name, params in config.presets]}
+        return {"object": "list", "data": [model_card(name, params) for name, params in config.presets]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        api.authorize(request)
+        params = config.preset(model_id)
+        if params is None:
+            raise APIError(404, f"model {model_id[:80]!r} is not served here; GET /v1/models lists the presets",
+                           param="model", code="model_not_found")
+        return model_card(model_id, params)
 
     @app.get("/v1/tqstar/limits")
     async def limits(request: Request) -> dict[str, Any]:
@@ -128,6 +142,36 @@ def create_app(engines: Engine | Mapping[str | None, Engine], config: ServeConfi
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+#: Request headers a browser page may send from an allowed origin (``cors_origins``): the ones the API reads, and the
+#: ones the official OpenAI SDKs add to every request (the JS SDK's ``X-Stainless-*`` platform headers, its retry and
+#: timeout headers, ``OpenAI-Organization`` / ``OpenAI-Project``), so that the SDK's preflight passes.
+CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta",
+                "Idempotency-Key", "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS",
+                "X-Stainless-Arch", "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Retry-Count",
+                "X-Stainless-Timeout", "X-Stainless-Helper-Method", "X-Stainless-Poll-Helper",
+                "X-Stainless-Custom-Poll-Interval", "X-Stainless-Async")
+
+
+def used_params(params: DecodeParams) -> tuple[str, ...]:
+    """The decoding parameters a preset's method reads (a page disables the controls of the others), from its row
+    in :mod:`tqstar.methods`."""
+    row = params.method_row
+    names: list[str] = []
+    if row.kind == "token":
+        names += ["k", "alpha"]
+        if row.rolls:
+            names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
+        if row.in_reward_range and row.value != "zero":  # reward-bound pruning
+            names += ["prune", "prune_probe"]
+        if row.value in ("importance", "log-ratio"):  # tq-indirect's weights, eft's mixing weight λ = αβ
+            names.append("beta")
+        if row.value == "soft":
+            names.append("soft_beta")
+    elif row.kind == "best-of-n":
+        names += ["bon_n", "bon_policy"]
+    return (*names, "temperature", "max_new_tokens", "stop", "seed")
 
 
 class _CountRequests:

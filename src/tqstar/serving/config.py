@@ -36,6 +36,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, describe
 from ..lm.spec import ModelSpec
 from ..params import DecodeParams
+from .budget import step_rows
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _RUN_ONLY = ("prompts", "prompts_file", "prompts_column", "batch_size", "concurrency", "truncate_prompt")
@@ -55,6 +56,13 @@ class Limits:
         request_timeout_s: a request still running after this long ends with a timeout error.
         shutdown_grace_s: on SIGTERM, in-flight requests get this long to finish before they are ended.
         max_k, max_n_rollouts, max_rollout_len, max_bon_n, max_alpha: caps on the ``tqstar`` overrides.
+        max_stop: stop strings one request may give (OpenAI's 4).
+        max_step_tokens: tokens one step of one request may generate (``k × n_rollouts × rollout_len``;
+            ``bon_n × max_tokens`` for best-of-N).
+        max_step_rows: sequences one forward pass of a request's step may run (``k × n_rollouts``, ``bon_n``): the
+            piece of work the scheduler cannot split, so what another request may have to wait for.
+        max_request_kv_mb: KV-cache memory (MiB) one request may keep in the local models
+            (:mod:`~tqstar.serving.budget`); a request without ``max_tokens`` is given a budget under it.
     """
 
     max_batch: int = 16
@@ -69,6 +77,10 @@ class Limits:
     max_rollout_len: int = 256
     max_bon_n: int = 32
     max_alpha: float = 1000.0
+    max_stop: int = 4
+    max_step_tokens: int = 4096
+    max_step_rows: int = 32
+    max_request_kv_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -112,6 +124,16 @@ class ServeConfig:
             over = self.limits.check(params)
             if over is not None:
                 raise ConfigError(f"preset {name!r}: {over[1]} (raise `limits.max_{over[0]}` or lower the preset's)")
+            rows = step_rows(params)
+            if rows > self.limits.max_step_rows:
+                raise ConfigError(f"preset {name!r} runs {rows} sequences per forward pass (k × n_rollouts, or bon_n),"
+                                  f" over `limits.max_step_rows` {self.limits.max_step_rows}; raise the limit or lower"
+                                  " the preset's")
+            if params.rolls_out and params.k * params.n_rollouts * params.rollout_len > self.limits.max_step_tokens:
+                raise ConfigError(f"preset {name!r} rolls out k × n_rollouts × rollout_len = {params.k} × "
+                                  f"{params.n_rollouts} × {params.rollout_len} tokens per step, over"
+                                  f" `limits.max_step_tokens` {self.limits.max_step_tokens}; raise the limit or lower"
+                                  " the preset's")
             if params.trace:
                 raise ConfigError(f"preset {name!r} sets `trace`; a request asks for it with"
                                   ' "tqstar": {"trace": true}')

@@ -1,13 +1,15 @@
 """The OpenAI wire shapes the server reads and writes, as pydantic models, and the ``tqstar`` extension.
 
-Requests: :class:`ChatRequest` (``POST /v1/chat/completions``) and :class:`CompletionRequest`
-(``POST /v1/completions``). Both accept the OpenAI fields tqstar can honour (``max_tokens`` /
-``max_completion_tokens``, ``temperature``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``,
-``n`` = 1, ``user``) and an extension object ``"tqstar": {"alpha": 2, "k": 10, "trace": true}`` that overrides
-the preset's decoding parameters (:data:`OVERRIDABLE`). Fields that would change what OpenAI promises and that
-tqstar cannot do (``n`` > 1, ``logprobs``, tools, ``top_p`` < 1, ...) are refused by name rather than ignored.
+Requests: :class:`ChatRequest` (``POST /v1/chat/completions``, with vLLM's ``add_generation_prompt`` and
+``continue_final_message``) and :class:`CompletionRequest` (``POST /v1/completions``). Both accept the OpenAI fields
+tqstar can honour (``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``seed`` (a signed 64-bit integer),
+``stop``, ``stream``, ``stream_options.include_usage`` (only with ``stream``), ``n`` = 1, ``user``) and an extension
+object ``"tqstar": {"alpha": 2, "k": 10, "trace": true}`` that overrides the preset's decoding parameters
+(:data:`OVERRIDABLE`). Fields that would change what OpenAI promises and that tqstar cannot do (``n`` > 1,
+``logprobs``, tools, ``top_p`` < 1, ...) are refused by name rather than ignored.
 
-Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param", "code"}}``.
+Errors are :class:`APIError`, rendered as ``{"error": {"message", "type", "param", "code"}}`` with
+``x-should-retry: false`` when a retry cannot help. A stream with usage ends with :func:`usage_chunk`.
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ OVERRIDABLE = tuple(name for name, info in FIELDS.items() if info.request == f"t
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
+#: Statuses a client may retry (OpenAI's clients retry 408, 409, 429 and 5xx unless told otherwise); every other error
+#: carries ``x-should-retry: false``: the same request would fail the same way (a 504 is its own cost, a 500 a bug).
+RETRYABLE = (408, 409, 429, 502, 503)
+
+
 class APIError(Exception):
-    """An answer with an HTTP error status and an OpenAI-shaped error body."""
+    """An answer with an HTTP error status and an OpenAI-shaped error body (``x-should-retry: false`` unless the
+    status is one a retry can fix, :data:`RETRYABLE`)."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
+        self.headers = {**({} if status in RETRYABLE else {"x-should-retry": "false"}), **(headers or {})}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -75,7 +83,12 @@ TQStarOptions = _options_model()
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # continuous_usage_stats (vLLM) and later fields: not honoured
+
     include_usage: bool = False
+
+#: The seed's range, as OpenAI's and vLLM's (a signed 64-bit integer).
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class _Request(BaseModel):
@@ -87,7 +100,7 @@ class _Request(BaseModel):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -98,6 +111,8 @@ class _Request(BaseModel):
 
     def unsupported(self) -> tuple[str, str] | None:
         """``(field, why)`` of the first field set to something tqstar cannot honour, else ``None``."""
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "`stream_options` is only allowed with `stream: true`; drop it or stream"
         if self.n != 1:
             return "n", f"`n` must be 1 (one response per request), got {self.n}; send {self.n} requests instead"
         if self.top_p is not None and self.top_p != 1:
@@ -138,10 +153,30 @@ class Message(BaseModel):
 
 
 class ChatRequest(_Request):
+    """``messages`` with vLLM's two chat-template switches: by default the answer is a new assistant turn
+    (``add_generation_prompt``); ``continue_final_message`` continues a final assistant message instead (a prefill)."""
+
     messages: list[Message] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
     def prompt(self) -> list[dict[str, str]]:
         return [message.as_dict() for message in self.messages]
+
+    def turn(self) -> tuple[bool, bool]:
+        """``(add_generation_prompt, continue_final_message)`` as the request meant them; raises :class:`APIError`
+        when they contradict each other or the messages (as vLLM does)."""
+        explicit = "add_generation_prompt" in self.model_fields_set
+        if self.continue_final_message:
+            if explicit and self.add_generation_prompt:
+                raise APIError(400, "`continue_final_message` and `add_generation_prompt` cannot both be true; set"
+                                    " one of them", param="continue_final_message")
+            if self.messages[-1].role != "assistant":
+                raise APIError(400, "`continue_final_message` continues a final assistant message, but the last"
+                                    f" message is {self.messages[-1].role!r}; end `messages` with the assistant's"
+                                    " start or drop the field", param="continue_final_message")
+            return False, True
+        return self.add_generation_prompt, False
 
 
 class CompletionRequest(_Request):
@@ -192,9 +227,10 @@ def completion_body(*, chat: bool, id: str, model: str, text: str, finish_reason
 
 
 def chunk_body(*, chat: bool, id: str, model: str, created: int, text: str | None, finish_reason: str | None = None,
-               first: bool = False, usage: dict[str, int] | None = None,
+               first: bool = False, null_usage: bool = False,
                extension: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One streamed chunk: ``chat.completion.chunk`` (a ``delta``) or ``text_completion`` (a ``text``)."""
+    """One streamed chunk: ``chat.completion.chunk`` (a ``delta``) or ``text_completion`` (a ``text``).
+    ``null_usage``: the stream ends with a :func:`usage_chunk`, and OpenAI's other chunks then carry ``usage: null``."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
@@ -204,8 +240,14 @@ def chunk_body(*, chat: bool, id: str, model: str, created: int, text: str | Non
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
     body: dict[str, Any] = {"id": id, "object": "chat.completion.chunk" if chat else "text_completion",
                             "created": created, "model": model, "choices": [choice]}
-    if usage is not None:
-        body["usage"] = usage
+    if null_usage:
+        body["usage"] = None
     if extension is not None:
         body["tqstar"] = extension
     return body
+
+
+def usage_chunk(*, chat: bool, id: str, model: str, created: int, usage: dict[str, int]) -> dict[str, Any]:
+    """The last chunk of a stream with ``stream_options.include_usage``: OpenAI's ``choices: []`` and the usage."""
+    return {"id": id, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+            "model": model, "choices": [], "usage": usage}

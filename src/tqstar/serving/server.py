@@ -1,15 +1,22 @@
-"""Running the server process: load the models once, check every preset, serve with uvicorn until SIGTERM.
+"""Running the server process: take the port, load the models once, check every preset, serve with uvicorn until
+SIGTERM.
 
-On SIGTERM (or Ctrl-C) the server stops accepting connections and requests, lets in-flight requests finish for
-``limits.shutdown_grace_s`` seconds (then ends them with an error event), and exits 0.
+The listening socket is bound before any model loads, so a port in use is one ``tqstar: error:`` line (exit 2) in a
+second, not after the models have loaded. On SIGTERM the server refuses new requests (503, and ``/health`` answers
+503, so a load balancer moves on), lets in-flight requests finish for ``limits.shutdown_grace_s`` seconds (then ends
+them with an error event), stops listening once they are done, and exits 0. Ctrl-C does the same, and a second
+Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import signal
+import socket
 import sys
+import threading
+import time
 from types import FrameType
 
 from ..engine import Engine
@@ -51,17 +58,28 @@ def serve(config: ServeConfig) -> int:
         raise ConfigError(f"`tqstar serve` needs {exc.name}, which is not installed; install the server's"
                           " dependencies with pip install 'tqstar[serve]'") from exc
 
+    sock = listen(config.host, config.port)  # before the models: a port in use fails in a second
     engines = build_engines(config)
     app = create_app(engines, config)
     scheduler, grace = app.state.scheduler, config.limits.shutdown_grace_s
 
     class Server(uvicorn.Server):
+        draining = False
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            scheduler.shutdown(grace)  # refuse new requests at once; in-flight ones finish within the grace
-            if sig == signal.SIGTERM:  # a requested stop: exit 0 once drained, without re-raising the signal
-                self.should_exit = True
+            if self.draining:  # a second signal: stop now
+                self.force_exit = self.should_exit = True
                 return
-            super().handle_exit(sig, frame)
+            self.draining = True
+            scheduler.shutdown(grace)  # refuse new requests at once; in-flight ones finish within the grace
+            threading.Thread(target=self._exit_when_drained, daemon=True).start()
+
+        def _exit_when_drained(self) -> None:
+            """Keep listening (``/health`` says 503) until the in-flight requests are done, then stop."""
+            deadline = time.monotonic() + grace + 5
+            while not scheduler.idle and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.should_exit = True
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -69,7 +87,31 @@ def serve(config: ServeConfig) -> int:
         log.warning(f"warning: listening on {config.host} without API keys; anyone who can reach it can use it"
                     f" (set {config.api_keys_env} to comma-separated keys)")
     names = ", ".join(name for name, _ in config.presets)
-    log.info(f"serving {names} on http://{config.host}:{config.port}/v1")
-    Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                          timeout_graceful_shutdown=grace + 5, lifespan="on")).run()
+    port = sock.getsockname()[1]
+    log.info(f"serving {names} on http://{config.host}:{port}/v1")
+    Server(uvicorn.Config(app, host=config.host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=grace + 5, lifespan="on")).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn serves on it); a :class:`ConfigError` naming the address when it
+    cannot be had."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn binds
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    address = (host, port)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, socket.gaierror):
+            raise ConfigError(f"`host` {host!r} is not an address this machine can listen on ({exc.strerror}); give"
+                              " an IP address such as 127.0.0.1 or 0.0.0.0", param="host") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (another server?); stop that server or give"
+                              " another port with --port (`port:` in the serve config)", param="port") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); give another --host or --port",
+                          param="port") from None
+    sock.set_inheritable(True)
+    return sock

@@ -1,11 +1,11 @@
 // The playground page: reads the presets and caps, streams two answers through the public
 // /v1/chat/completions endpoint at once, and renders each token as a focusable span that opens its step.
 import {
-  CONTROLS, answerSummary, chatMessages, controlSpecs, defaultPair, describeParams, deviation, errorMessage, fmt,
-  presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
+  CONTROLS, answerSummary, chatMessages, controlSpecs, controlUsers, defaultPair, describeParams, describeRun, deviation,
+  errorMessage, fmt, presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "./logic.js";
 
-const LABELS = { alpha: "α", k: "k", rollout_len: "rollout length", max_tokens: "max tokens" };
+const LABELS = { alpha: "α", k: "k", rollout_len: "rollout length", temperature: "temperature", max_tokens: "max tokens", seed: "seed" };
 const $ = (id) => document.getElementById(id);
 const state = { presets: [], controller: null, requests: [] };
 
@@ -61,17 +61,39 @@ async function init() {
   const defaults = state.presets.find((p) => p.id === b)?.params ?? {};
   const caps = [];
   for (const name of CONTROLS) {
+    if (name === "seed") continue;  // empty: the server draws a fresh seed and reports it
     const input = $(name);
     const { min, max } = specs[name];
     if (min !== null) input.min = min;
     if (max !== null) input.max = max;
-    // Start from the right-hand preset's value; max tokens as the server would default it (capped by its limit).
+    // Start from the right-hand preset's value (max tokens: its max_new_tokens, within the server's cap).
     const preset = name === "max_tokens" ? defaults.max_new_tokens : defaults[name];
     if (preset !== undefined && input.value === "") input.value = max === null ? preset : Math.min(preset, max);
     if (max !== null) caps.push(`${LABELS[name]} ${min ?? ""}–${max}`);
   }
   $("limits").textContent = caps.length ? `Server limits: ${caps.join(", ")}.` : "";
   for (const id of ["a", "b"]) renderAnswerShell(id);
+  updateControls();
+}
+
+function chosenPresets() {
+  return ["a", "b"].map((id) => state.presets.find((p) => p.id === $(`preset-${id}`).value)).filter(Boolean);
+}
+
+/** Switch off the controls that neither chosen preset reads (the server says which parameters each method uses), and
+ * say on each control which preset it goes to. */
+function updateControls() {
+  const users = controlUsers(chosenPresets(), $("temperature").value.trim());
+  for (const name of CONTROLS) {
+    const input = $(name);
+    const ids = users[name];
+    input.disabled = ids.length === 0;
+    input.closest("label").classList.toggle("off", ids.length === 0);
+    input.title = ids.length === 0
+      ? (name === "seed" ? "Both answers are greedy: no random draw, so no seed matters (raise the temperature)."
+        : `Neither chosen preset's method uses ${LABELS[name]}.`)
+      : `Sent to ${ids.join(" and ")}.`;
+  }
 }
 
 function renderAnswerShell(id) {
@@ -80,18 +102,18 @@ function renderAnswerShell(id) {
   section.querySelector(".title").id = `answer-${id}-title`;
   const preset = state.presets.find((p) => p.id === $(`preset-${id}`).value);
   section.querySelector(".title").textContent = preset ? preset.id : "—";
-  section.querySelector(".params").textContent = preset ? `preset: ${describeParams(preset.params)}` : "";
+  section.querySelector(".params").textContent = preset ? `preset: ${describeParams(preset.params, preset.uses)}` : "";
   section.querySelector(".close").addEventListener("click", () => closeStep(section));
   section.querySelector(".step").addEventListener("keydown", (e) => { if (e.key === "Escape") closeStep(section); });
   return section;
 }
 
 function controlValues() {
-  return Object.fromEntries(CONTROLS.map((name) => [name, $(name).value.trim()]));
+  return Object.fromEntries(CONTROLS.map((name) => [name, $(name).disabled ? "" : $(name).value.trim()]));
 }
 
 function markField(field) {
-  for (const name of [...CONTROLS, "seed", "prompt"]) $(name).removeAttribute("aria-invalid");
+  for (const name of [...CONTROLS, "prompt"]) $(name).removeAttribute("aria-invalid");
   const target = field === "messages" ? "prompt" : field;
   if (target && $(target)) $(target).setAttribute("aria-invalid", "true");
 }
@@ -110,7 +132,8 @@ async function generate(event) {
   const messages = chatMessages($("system").value, $("prompt").value);
   state.requests = ["a", "b"].map((id) => {
     const preset = state.presets.find((p) => p.id === $(`preset-${id}`).value);
-    return requestBody(preset, { messages, seed: $("seed").value.trim(), controls: controlValues() });
+    const controls = controlValues();
+    return requestBody(preset, { messages, seed: controls.seed, controls });
   });
   document.body.dataset.requests = JSON.stringify(state.requests);
   document.body.dataset.done = "false";
@@ -134,6 +157,7 @@ async function streamAnswer(id, body, signal) {
       method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...auth() },
       body: JSON.stringify(body), signal,
     });
+    if (res.status === 401) $("auth").open = true;
     if (!res.ok) return fail(section, errorMessage(res.status, await readBody(res)));
     for await (const chunk of sseJson(res.body)) {
       const item = readChunk(chunk);
@@ -148,14 +172,17 @@ async function streamAnswer(id, body, signal) {
   if (!finish) return fail(section, { message: "The stream ended before the answer finished.", field: null });
   section.dataset.state = "done";
   section.dataset.finishReason = finish.reason;
-  if (finish.tqstar.params) section.querySelector(".params").textContent = `ran: ${describeParams(finish.tqstar.params)}`;
+  const preset = state.presets.find((p) => p.id === body.model);
+  if (finish.tqstar.params) section.querySelector(".params").textContent = `ran: ${describeRun(finish.tqstar.params, preset?.uses)}`;
   if (!steps.length && tokens.childElementCount) {
     tokens.after(el("p", { class: "hint", text: "This method decodes one model over its full vocabulary: it has no"
       + " per-token candidates to show." }));
   }
   const summary = section.querySelector(".summary");
   for (const item of answerSummary(finish.tqstar, steps.length)) {
-    summary.append(el("div", { "data-key": item.key }, [el("dt", { text: item.label }), el("dd", { text: item.value })]));
+    summary.append(el("div", { "data-key": item.key, ...(item.note ? { title: item.note } : {}) },
+      [el("dt", { text: item.label }), el("dd", { text: item.value })]));
+    if (item.note) summary.after(el("p", { class: "hint kl-note", text: item.note }));
   }
   return true;
 }
@@ -239,7 +266,8 @@ function closeStep(section) {
 
 $("controls").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => state.controller?.abort());
-for (const id of ["a", "b"]) $(`preset-${id}`).addEventListener("change", () => renderAnswerShell(id));
+for (const id of ["a", "b"]) $(`preset-${id}`).addEventListener("change", () => { renderAnswerShell(id); updateControls(); });
+$("temperature").addEventListener("input", updateControls);
 function start() {
   showFormError("");
   init().then(() => { document.body.dataset.ready = "true"; }, (err) => {

@@ -1,12 +1,17 @@
 // The playground's logic with no DOM: what to ask the server, how to read its stream, and what to show.
 // app.js wires it to the page; tests/js/logic.test.mjs checks it under `node --test` (run by tests/serving/test_page.py).
 
-/** Methods that score the SFT model's top-k per token (they take α and k). */
-export const TOKEN_METHODS = ["tq-direct", "tq-indirect", "cd", "args", "none"];
-/** Methods that roll candidates out (they also take the rollout length). */
-export const ROLLOUT_METHODS = ["tq-direct", "tq-indirect", "cd"];
-/** The controls the page offers, as named in the request's `tqstar` extension (max_tokens is top level). */
-export const CONTROLS = ["alpha", "k", "rollout_len", "max_tokens"];
+/** The controls the page offers, as the request names them (alpha, k, rollout_len go in the `tqstar` extension;
+ * temperature, max_tokens and seed are OpenAI's top-level fields). */
+export const CONTROLS = ["alpha", "k", "rollout_len", "temperature", "max_tokens", "seed"];
+/** Each control's decoding parameter, as `GET /v1/models` lists what a preset's method uses (tqstar.method.uses). */
+export const CONTROL_PARAM = {
+  alpha: "alpha", k: "k", rollout_len: "rollout_len", temperature: "temperature", max_tokens: "max_new_tokens",
+  seed: "seed",
+};
+const EXTENSION = ["alpha", "k", "rollout_len"];
+/** The parameters a preset line shows, when its method uses them (the rest are tuning knobs). */
+const SHOWN = ["k", "alpha", "n_rollouts", "rollout_len", "beta", "soft_beta", "bon_n", "bon_policy"];
 
 /** One server cap as {min, max}: a number is a maximum, [lo, hi] or {min, max} a range; missing parts stay null. */
 export function normaliseRange(value, fallbackMin = null) {
@@ -17,15 +22,23 @@ export function normaliseRange(value, fallbackMin = null) {
   return { min: fallbackMin, max: null };
 }
 
-/** The preset list of `GET /v1/models`: [{id, params}] where params are the preset's decoding parameters. */
+/**
+ * The preset list of `GET /v1/models`: [{id, params, kind, uses}] — the preset's decoding parameters, its method's
+ * kind ("token", "plain", "best-of-n") and the parameters the method reads, as the server derives them from its
+ * method table (an older server without `uses`: every parameter counts as used).
+ */
 export function presetsFrom(models) {
-  return (models?.data ?? []).map((m) => ({ id: m.id, params: m.tqstar?.params ?? m.tqstar ?? {} }));
+  return (models?.data ?? []).map((m) => {
+    const params = m.tqstar?.params ?? m.tqstar ?? {};
+    const method = m.tqstar?.method ?? {};
+    return { id: m.id, params, kind: method.kind ?? null, uses: method.uses ?? Object.keys(params) };
+  });
 }
 
 /**
  * The server's caps for the controls, from `GET /v1/tqstar/limits` ({"limits": {"max_k": 50, "max_alpha": ...}};
- * a cap may also be named without `max_`, or be a range): {alpha, k, rollout_len, max_tokens} each
- * {min, max, step}. Integers start at 1, α at 0.
+ * a cap may also be named without `max_`, or be a range): {alpha, k, rollout_len, temperature, max_tokens} each
+ * {min, max, step}. Integers start at 1, α and the temperature at 0.
  */
 export function controlSpecs(limits) {
   const src = limits?.limits ?? limits ?? {};
@@ -34,34 +47,68 @@ export function controlSpecs(limits) {
     alpha: { ...normaliseRange(cap("alpha"), 0), step: "any" },
     k: { ...normaliseRange(cap("k"), 1), step: 1 },
     rollout_len: { ...normaliseRange(cap("rollout_len"), 1), step: 1 },
+    temperature: { ...normaliseRange(cap("temperature"), 0), step: "any" },
     max_tokens: { ...normaliseRange(src.max_tokens ?? src.max_new_tokens, 1), step: 1 },
   };
 }
 
+/** Whether the preset's method reads the decoding parameter behind control `name`. */
+export function uses(preset, name) {
+  return (preset?.uses ?? []).includes(CONTROL_PARAM[name] ?? name);
+}
+
+/**
+ * Whether the preset draws random numbers with these controls (so a seed changes its answer): it samples its choice
+ * (the temperature control, else the preset's, above 0), samples rollouts, or is best-of-N.
+ */
+export function isSampled(preset, temperature = "") {
+  const p = preset?.params ?? {};
+  const t = temperature !== "" && temperature !== null && temperature !== undefined ? Number(temperature) : Number(p.temperature ?? 0);
+  return t > 0 || preset?.kind === "best-of-n" || (uses(preset, "rollout_temperature") && Number(p.rollout_temperature) > 0);
+}
+
+/**
+ * Which controls the chosen presets read: {name: [preset ids]}; an empty list means no chosen preset reads it, and
+ * the page switches that control off. The seed counts only for presets that sample (see isSampled).
+ */
+export function controlUsers(presets, temperature = "") {
+  const out = {};
+  for (const name of CONTROLS) {
+    out[name] = presets.filter((p) => p && (name === "seed" ? isSampled(p, temperature) : uses(p, name))).map((p) => p.id);
+  }
+  return out;
+}
+
 /** Whether a preset plainly decodes the SFT model (the reference the other answer is compared with). */
-export function isPlainSft(params) {
-  return params.method === "sft" || (TOKEN_METHODS.includes(params.method) && Number(params.alpha) === 0);
+export function isPlainSft(preset) {
+  const params = preset.params ?? {};
+  return params.method === "sft" || (preset.kind === "token" && Number(params.alpha) === 0);
 }
 
 /** The two presets compared by default: a plain SFT preset vs a TQ* preset, else the first two. */
 export function defaultPair(presets) {
   const ids = presets.map((p) => p.id);
-  const sft = presets.find((p) => isPlainSft(p.params))?.id ?? ids[0];
+  const sft = presets.find((p) => isPlainSft(p))?.id ?? ids[0];
   const tq = presets.find((p) => String(p.params.method ?? "").startsWith("tq") && p.id !== sft)?.id
     ?? ids.find((id) => id !== sft) ?? sft;
   return [sft, tq];
 }
 
 /** The parameters that matter for a preset's method, as "method tq-direct · k 10 · alpha 2 · ...". */
-export function describeParams(params) {
-  const method = params.method;
-  const names = ["method"];
-  if (TOKEN_METHODS.includes(method)) names.push("k", "alpha");
-  if (ROLLOUT_METHODS.includes(method)) names.push("n_rollouts", "rollout_len");
-  if (method === "tq-indirect") names.push("beta");
-  if (method === "bon") names.push("bon_n", "bon_policy");
-  names.push("temperature");
+export function describeParams(params, used = Object.keys(params)) {
+  const names = ["method", ...SHOWN.filter((n) => used.includes(n)), "temperature"];
+  if (used.includes("rollout_temperature") && Number(params.rollout_temperature) > 0) names.push("rollout_temperature");
   return names.filter((n) => params[n] !== undefined && params[n] !== null).map((n) => `${n} ${params[n]}`).join(" · ");
+}
+
+/**
+ * What ran for one answer (the response's tqstar.params): the preset line, then the answer's own budget, seed and
+ * stop strings — the seed is the one the server drew when the request gave none, so it repeats the answer.
+ */
+export function describeRun(params, used = Object.keys(params)) {
+  const parts = [describeParams(params, used), `max_tokens ${params.max_new_tokens}`, `seed ${params.seed}`];
+  if (params.stop?.length) parts.push(`stop ${JSON.stringify(params.stop)}`);
+  return parts.join(" · ");
 }
 
 /** Chat messages for the request: an optional system turn, then the user's prompt. */
@@ -73,22 +120,23 @@ export function chatMessages(system, user) {
 }
 
 /**
- * The body of `POST /v1/chat/completions` for one preset. The controls go only where the preset's method uses
- * them (α and k: token-level methods; rollout_len: rollout methods); values are sent as typed (the server
- * checks them and answers 400 naming the field), an empty field is left to the preset.
+ * The body of `POST /v1/chat/completions` for one preset. A control goes only to a preset whose method reads it
+ * (as `GET /v1/models` says), the seed only to a preset that samples; values are sent as typed (the server checks
+ * them and answers 400 naming the field), an empty field is left to the preset (an empty seed: the server draws
+ * one and reports it).
  */
 export function requestBody(preset, { messages, seed, controls, stream = true }) {
-  const method = preset.params.method;
   const ext = { trace: true };
-  const set = (name) => {
-    const value = controls[name];
-    if (value !== "" && value !== null && value !== undefined) ext[name] = Number(value);
-  };
-  if (TOKEN_METHODS.includes(method)) { set("alpha"); set("k"); }
-  if (ROLLOUT_METHODS.includes(method)) set("rollout_len");
-  const body = { model: preset.id, messages, stream, tqstar: ext };
-  if (controls.max_tokens !== "" && controls.max_tokens != null) body.max_tokens = Number(controls.max_tokens);
-  if (seed !== "" && seed != null) body.seed = Number(seed);
+  const body = { model: preset.id, messages, stream };
+  const given = (value) => value !== "" && value !== null && value !== undefined;
+  for (const name of CONTROLS) {
+    const value = name === "seed" ? seed : controls[name];
+    if (!given(value) || !uses(preset, name)) continue;
+    if (name === "seed" && !isSampled(preset, controls.temperature)) continue;
+    if (EXTENSION.includes(name)) ext[name] = Number(value);
+    else body[name] = Number(value);
+  }
+  body.tqstar = ext;
   if (stream) body.stream_options = { include_usage: true };
   return body;
 }
@@ -218,24 +266,40 @@ export function fmt(x, digits = 3) {
  */
 export function answerSummary(tq, tokens) {
   const acc = tq?.accounting ?? {};
+  const note = klNote(tq);
   const n = acc.steps || tokens || 0;
   const per = (v) => (v === undefined || v === null || !n ? null : v / n);
   const kl = tq?.kl === null || tq?.kl === undefined ? "—"
     : fmt(tq.kl) + (tq.kl_bound === null || tq.kl_bound === undefined ? "" : ` (bound ${fmt(tq.kl_bound, 2)})`);
   return [
     { key: "reward", label: "reward", value: fmt(tq?.reward) },
-    { key: "kl", label: "KL to SFT", value: kl },
+    { key: "kl", label: "KL to SFT", value: kl, ...(note ? { note } : {}) },
     { key: "rollouts", label: "rollouts / token", value: fmt(per(acc.rollouts), 2) },
     { key: "reward_calls", label: "reward calls / token", value: fmt(per(acc.reward_calls), 2) },
     { key: "seconds", label: "seconds / token", value: fmt(per(acc.wall_time_s), 3) },
   ];
 }
 
+/**
+ * What the KL of an answer means when the answer was decoded greedily, or null. A greedy policy puts all its mass on
+ * the token it picks, so each step's KL(π_dec ‖ π_sft) is −log π_sft(chosen): the sum is how unlikely the SFT model
+ * finds this very path. Greedy SFT's own answer then has KL > 0, and can have more than TQ*'s when TQ* picks tokens
+ * the SFT model is surer of; it is not a distance between the answers. Sampled answers (temperature > 0) have KLs
+ * that compare the methods.
+ */
+export function klNote(tq) {
+  const p = tq?.params;
+  if (!p || tq.kl === null || tq.kl === undefined || Number(p.temperature) !== 0 || p.method === "bon") return null;
+  return "Greedy: every step puts all its weight on one token, so this KL is the sum of −log π_sft(chosen token): how"
+    + " unlikely the SFT model finds this path. Greedy SFT's own answer scores above 0 too, and can score above TQ*'s"
+    + " when TQ* picks tokens the SFT model is surer of. Compare KLs of sampled answers (temperature > 0).";
+}
+
 /** The control a server error names (`param` may be "alpha", "tqstar.alpha", "max_tokens", ...), or null. */
 export function errorField(param) {
   if (!param) return null;
   const name = String(param).split(".").pop();
-  return CONTROLS.includes(name) || name === "seed" || name === "messages" ? name : null;
+  return CONTROLS.includes(name) || name === "messages" ? name : null;
 }
 
 /**
