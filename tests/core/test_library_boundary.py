@@ -149,6 +149,7 @@ CASES = [
     (new_state, "stop", [""], "must be a tuple of non-empty strings"),
     (new_state, "trace", "yes", "must be True or False, got 'yes'"),
     (new_state, "truncate_prompt", "no", "must be true or false, got 'no'"),
+    (new_state, "ending", "sideways", "must be one of"),
     # Engine()
     (engine, "sft", None, "must be a LanguageModel, got None"),
     (engine, "sft", "models/sft", "must be a LanguageModel, got 'models/sft'"),
