@@ -206,16 +206,16 @@ def _prompt(item: object, column: str, where: str) -> Prompt:
 
 def check_prompt(prompt: object, where: str) -> Prompt:
     """``prompt`` if it is a non-empty string or a non-empty list of chat messages ``{"role": "system" | "user" |
-    "assistant", "content": str}`` with a non-empty user turn; else :class:`ConfigError` naming ``where``."""
+    "assistant", "content": str}`` of which one has non-empty content (a system-only conversation is answered, as
+    OpenAI and vLLM do); else :class:`ConfigError` naming ``where``."""
     if isinstance(prompt, str) and prompt.strip():
         return prompt
     if isinstance(prompt, list) and prompt and all(
             isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ROLES
-            and isinstance(m["content"], str) for m in prompt) and any(
-            m["role"] == "user" and m["content"].strip() for m in prompt):
+            and isinstance(m["content"], str) for m in prompt) and any(m["content"].strip() for m in prompt):
         return [dict(m) for m in prompt]
     raise ConfigError(f"{where} must be a non-empty string, got {describe(prompt)}; a prompt is a non-empty string or"
-                      ' a list of chat messages like [{"role": "user", "content": "..."}] with a non-empty user turn')
+                      ' a list of chat messages like [{"role": "user", "content": "..."}], not all empty')
 
 
 def _hf_dataset(spec: str, column: str) -> PromptList:

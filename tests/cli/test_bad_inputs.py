@@ -333,9 +333,8 @@ CASES = [
     prompts_file("jsonl-empty", "p.jsonl", '{"prompt": "  "}\n', "must be a non-empty string, got '  '"),
     prompts_file("jsonl-list-row", "p.jsonl", '["a"]\n', "the prompt of line 1 of '@TMP/p.jsonl' must be a non-empty"
                  " string, got ['a']", 'like [{"role": "user", "content": "..."}]'),
-    prompts_file("jsonl-messages-no-user", "p.jsonl", '{"prompt": [{"role": "system", "content": "be kind"}]}\n',
-                 "must be a non-empty string, got [{'role': 'system', 'content': 'be kind'}]",
-                 "with a non-empty user turn"),
+    prompts_file("jsonl-messages-all-empty", "p.jsonl", '{"prompt": [{"role": "system", "content": " "}]}\n',
+                 "must be a non-empty string, got [{'role': 'system', 'content': ' '}]", "not all empty"),
     prompts_file("jsonl-messages-bad-role", "p.jsonl", '{"prompt": [{"role": "bot", "content": "hi"}]}\n',
                  "must be a non-empty string, got [{'role': 'bot', 'content': 'hi'}]", '"role": "user"'),
     prompts_file("jsonl-column", "p.jsonl", '{"prompt": "a"}\n', "has no 'question' field", "--column NAME",

@@ -34,7 +34,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine
-from ..params import DecodeParams
+from ..methods import SCOPES
+from ..params import FIELDS, DecodeParams
 from .completions import Completions, public_params
 from .config import ServeConfig
 from .metrics import ServerMetrics
@@ -155,23 +156,11 @@ CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "OpenAI-Organization"
 
 
 def used_params(params: DecodeParams) -> tuple[str, ...]:
-    """The decoding parameters a preset's method reads (a page disables the controls of the others), from its row
-    in :mod:`tqstar.methods`."""
+    """The decoding parameters a preset's method reads (a page disables the controls of the others): every field
+    whose declared scope (:data:`tqstar.params.FIELDS`' ``applies``, :data:`tqstar.methods.SCOPES`) holds the
+    method's row -- the one place that also refuses a flag or key without an effect."""
     row = params.method_row
-    names: list[str] = []
-    if row.kind == "token":
-        names += ["k", "alpha"]
-        if row.rolls:
-            names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
-        if row.in_reward_range and row.value != "zero":  # reward-bound pruning
-            names += ["prune", "prune_probe"]
-        if row.value in ("importance", "log-ratio"):  # tq-indirect's weights, eft's mixing weight λ = αβ
-            names.append("beta")
-        if row.value == "soft":
-            names.append("soft_beta")
-    elif row.kind == "best-of-n":
-        names += ["bon_n", "bon_policy"]
-    return (*names, "temperature", "max_new_tokens", "stop", "seed")
+    return tuple(name for name, info in FIELDS.items() if name != "method" and SCOPES[info.applies][0](row))
 
 
 class _CountRequests:
