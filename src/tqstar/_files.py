@@ -119,10 +119,12 @@ def check_output(path: str | Path, what: str, *, directory: bool = False, stream
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file path")
     if directory and kind not in ("missing", "directory"):
         raise ConfigError(f"{what} {str(path)!r} is a file, not a directory; give a directory path")
-    if kind in ("block", "socket") or (kind == "stream" and not stream):
-        why = "" if kind != "stream" else "; tqstar eval resumes from its output, so it must be a regular file"
-        raise ConfigError(f"{what} {str(path)!r} is {KIND_NAMES[kind]}, which tqstar does not write to{why}; give a"
-                          " file path" + (" (or - for standard output)" if stream else ""))
+    if kind in ("block", "socket"):
+        raise ConfigError(f"{what} {str(path)!r} is {KIND_NAMES[kind]}, which tqstar does not write to; give a file"
+                          " path" + (" (or - for standard output)" if stream else ""))
+    if kind == "stream" and not stream:
+        raise ConfigError(f"{what} {str(path)!r} is {KIND_NAMES[kind]}; tqstar eval resumes from its output, so it"
+                          " must be a regular file; give a file path")
     if kind != "missing":
         if not os.access(path, os.W_OK):
             raise ConfigError(f"{what} {str(path)!r} is not writable; give a writable path")
