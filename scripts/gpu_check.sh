@@ -45,7 +45,7 @@ run tests env TQSTAR_TEST_DEVICE="$DEVICE" "$PYTHON" -m pytest -q -x -p no:cache
 for model in random-0.5b random-1b; do
     run "speed-$model" "$PYTHON" bench/speed.py --model "$model" --dtype bfloat16 --device "$DEVICE" \
         --reward vowels --prompts 3 --tokens "$TOKENS" --naive-tokens 4 --ablation-tokens 16 \
-        --batch-sizes 1 4 8 --limit-samples 2 --json "$OUT/speed-$model-$DEVICE-bf16.json"
+        --batch-sizes 1 4 8 --json "$OUT/speed-$model-$DEVICE-bf16.json"
     sed -n '/## ratios/,/^$/p' "$OUT/speed-$model.log"
 done
 echo "gpu_check: all parts passed; logs and JSON in $OUT" >&2

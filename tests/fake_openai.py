@@ -62,7 +62,7 @@ class FakeServer:
             return 200, {}
         if path == "/props" and self.flavor == "llama.cpp":
             eos = self.lm.tokenizer.convert_ids_to_tokens(min(self.lm.eos_token_ids))
-            return 200, {"eos_token": eos, "default_generation_settings": {"n_ctx": 512}}
+            return 200, {"eos_token": eos, "default_generation_settings": {"n_ctx": 512}, "total_slots": 4}
         if path == "/metrics" and self.flavor == "vllm":
             return 200, "# HELP x\nvllm:prefix_cache_queries_total{model_name=\"tiny\"} 100.0\n" \
                         "vllm:prefix_cache_hits_total{model_name=\"tiny\"} 75.0\n"
@@ -110,10 +110,14 @@ class FakeServer:
                                               f" {self.faults.max_logprobs}"}}
         prompts = body["prompt"]
         budget, temperature, seed = int(body["max_tokens"]), float(body.get("temperature", 1.0)), body.get("seed")
+        n = int(body.get("n", 1))
+        if self.flavor == "llama.cpp" and n > 4:
+            return 500, {"error": {"message": "n_cmpl cannot be greater than the number of slots, please increase -np"}}
         choices = []
         with self._model_lock:  # one engine, as a real server
-            for index, prompt in enumerate(prompts):
-                out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed])  # all alike (vLLM)
+            for index, (prompt, child) in enumerate((p, c) for p in prompts for c in range(n)):
+                # every prompt alike (vLLM), the n samples of one seeded with seed + i (vLLM, llama-server)
+                out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed + child])
                 tokens = out.tokens[0]
                 stopped = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
                 dist = self.lm.next_logprobs([list(prompt) + tokens[:i] for i in range(len(tokens))]).logprobs

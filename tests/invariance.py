@@ -21,7 +21,26 @@ SAMPLED = {  # every method, sampling everything it samples
     "sft": dict(temperature=1.0),
     "baseline": dict(temperature=1.0),
     "bon": dict(temperature=1.0, bon_n=3),
+    "soft-bon": dict(temperature=1.0, bon_n=3, bon_beta=0.2),
 }
+
+ROLLED = dict(n_rollouts=2, rollout_temperature=1.0)
+#: Blockwise decisions (``block_len``): every method that takes it, with sampled choice (blocks at T = 1, chosen
+#: ∝ exp(α·Q̂)) and greedy choice (the best of the sampled blocks), sampled rollouts where the estimator needs them.
+BLOCKWISE = {
+    "tq-direct[m=2]": dict(method="tq-direct", block_len=2, temperature=1.0, **ROLLED),
+    "tq-direct[m=3,argmax]": dict(method="tq-direct", block_len=3),
+    "tq-indirect[m=2]": dict(method="tq-indirect", block_len=2, temperature=1.0, **ROLLED),
+    "tq-soft[m=2]": dict(method="tq-soft", block_len=2, temperature=1.0, **ROLLED),
+    "cd[m=1]": dict(method="cd", block_len=1, temperature=1.0, **ROLLED),
+    "cd[m=2,argmax]": dict(method="cd", block_len=2),
+    "soft-cd[m=3,argmax]": dict(method="soft-cd", block_len=3, **ROLLED),
+    "args[m=2]": dict(method="args", block_len=2, temperature=1.0),
+    "args[m=2,argmax]": dict(method="args", block_len=2),
+    "none[m=2]": dict(method="none", block_len=2, temperature=1.0),
+}
+#: Every condition the suite covers, by label: each method sampling everything it samples, and the block modes.
+CASES = {**{method: dict(method=method, **values) for method, values in SAMPLED.items()}, **BLOCKWISE}
 
 
 # ---- reusable checks ----------------------------------------------------------------------------------------

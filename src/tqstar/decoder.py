@@ -8,30 +8,41 @@ At each step, for every active row with state s_t = [x, y_<t]::
     4. choose    argmax (temperature 0) or a keyed sample of softmax(score / temperature); stop at EOS, a stop
                  string or the row's token budget
 
-:meth:`Decoder.step` advances every unfinished row by one token and returns the rows that finished; rows may join
+:meth:`Decoder.step` advances every unfinished row by one decision and returns the rows that finished; rows may join
 and leave between steps (a server's scheduler steps forever while requests come and go), because everything a
-row needs — its seed and random streams, step counter, budget, stop strings, rollout-reuse memory, accounting,
+row needs — its seed and random streams, position, budget, stop strings, rollout-reuse memory, accounting,
 trace — lives on its :class:`~tqstar.state.PromptState`. :meth:`Decoder.run` steps until every row is done.
-``sft``/``baseline`` decode one token per step from their model's full distribution; ``bon`` finishes a row in
-one step (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives in helpers so the step reads top to
-bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back top-k results and continuations
-there (a GPU backend moves only those small tensors), so nothing here depends on the models' device.
+With ``block_len`` a decision commits a block: the SFT model samples k blocks, they are valued from their ends and
+one is chosen (:meth:`Decoder._block_step`, the rule in :mod:`tqstar.blocks`); ``bon`` and ``soft-bon`` are the
+same step with blocks of the whole response, so they finish a row in one step. ``sft``/``baseline`` decode one token
+per step from their model's full distribution (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives
+in helpers so each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back
+top-k results and continuations there (a GPU backend moves only those small tensors), so nothing here depends on the
+models' device.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from .blocks import (
+    BlockPlan,
+    first_occurrences,
+    propose,
+    selection_kl_bound,
+    selection_kl_estimate,
+    spread_values,
+)
 from .lm.base import FullVocabLM
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState, commit_tokens
-from .trajectory import best_of_n, plain_tokens
+from .trajectory import plain_tokens
 from .value import ESTIMATORS
+from .value.base import Blocks, nan_values, token_blocks
 
 if TYPE_CHECKING:
     from .reward import Reward
@@ -47,11 +58,14 @@ class Decoder:
         self.models = models
         self.params = params
         row = params.method_row  # what the method is: tqstar.methods
-        self.estimator = ESTIMATORS[row.value](models, params, policy=row.rolls) if row.kind == "token" else None
+        # the estimator values candidates; best-of-n values the samples of its policy (their own rewards)
+        policy = params.bon_policy if row.kind == "best-of-n" else row.rolls
+        self.estimator = ESTIMATORS[row.value](models, params, policy=policy) if row.value is not None else None
+        self.plan = BlockPlan.of(params) if params.is_blockwise else None
         self.reward_range = models.reward.range if models.reward is not None else None
         # the reward bound prunes (greedy choice only) and bounds the KL only when Q̂ lies in the reward's range
         self.value_range = self.reward_range if params.value_in_reward_range else None
-        prunes = self.value_range is not None and params.prune and params.temperature == 0
+        prunes = self.value_range is not None and params.prune and params.temperature == 0 and self.plan is None
         self.r_max = self.value_range[1] if prunes else None
 
     def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
@@ -64,19 +78,20 @@ class Decoder:
         return rows
 
     def step(self, rows: Sequence[PromptState]) -> list[PromptState]:
-        """Advance every unfinished row of ``rows`` by one token (``bon``: to its end); returns those that finished."""
+        """Advance every unfinished row of ``rows`` by one decision — a token, or a block (``block_len``; ``bon``: the
+        whole response); returns those that finished."""
         active = [r for r in rows if not r.done]
         for row in active:
             row.begin_step(len(active))
         if not active:
             return []
         row = self.params.method_row
-        if row.kind == "best-of-n":
-            return self._finish_best_of_n(active)
         if row.kind == "plain":
-            tokens = plain_tokens(self.models, self.params, active)
-            self._record_plain_kl(active)  # before the token is committed: the step's distributions
-            return commit_tokens(active, tokens, self.models.lm(row.rolls))
+            tokens, logprobs = plain_tokens(self.models, self.params, active)
+            self._record_plain_kl(active, logprobs)  # before the token is committed: the step's distributions
+            return commit_tokens(active, [[t] for t in tokens], self.models.lm(row.rolls))
+        if self.plan is not None:
+            return self._block_step(active)
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
@@ -85,17 +100,50 @@ class Decoder:
         proposal = sft.top_logprobs([r.seq("sft") for r in rows], p.k)
         top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
         # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped)
-        q, reused = self.estimate(rows, top_lp, candidates)  # (B, k), (B, k)
+        q, reused = self.estimate(rows, top_lp, token_blocks(candidates))  # (B, k), (B, k)
         # 3. score: log π_sft + α·Q̂
         scores = score(top_lp, q, p.alpha)  # (B, k)
         # 4. choose: argmax, or sample softmax(score / T) from each row's own stream
         log_dec = decision_logprobs(scores, p.temperature)  # (B, k)
         chosen = candidates.gather(-1, choose(log_dec, p.temperature, rows)[:, None]).squeeze(-1)  # (B,)
         self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen)
-        return commit_tokens(rows, chosen.tolist(), sft)
+        return commit_tokens(rows, [[z] for z in chosen.tolist()], sft)
+
+    def _block_step(self, rows: list[PromptState]) -> list[PromptState]:
+        plan = self.plan
+        assert plan is not None
+        # 1. propose: k samples of up to m tokens from the proposing model, each its own keyed stream
+        blocks = propose(self.models, plan, rows)  # (B, k) token tuples, cut at a stop string
+        # 2. estimate: Q̂(s_t, b) of each distinct block, from its end (NaN: the choice ignores the values)
+        q, reused = self.estimate_blocks(rows, blocks)  # (B, k), (B, k)
+        # 3. score: α·Q̂ — no log π_sft term: the blocks are π_sft's samples already (tqstar.blocks)
+        scores = (plan.weight * q).nan_to_num(nan=0.0)  # (B, k)
+        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream
+        log_sel = decision_logprobs(scores, plan.choice_temperature)  # (B, k)
+        chosen = choose(log_sel, plan.choice_temperature, rows).tolist()  # (B,)
+        self._record_blocks(rows, blocks, q, reused, log_sel, chosen)
+        return commit_tokens(rows, [blocks[b][i] for b, i in enumerate(chosen)], self.models.lm(plan.role))
+
+    def estimate_blocks(self, rows: list[PromptState], blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q̂ ``(B, k)`` of sampled blocks and which were reused ``(B, k)``: every distinct block of a row valued
+        once (cheap known values first, then one batch), duplicates sharing its value. No pruning: a block's score
+        carries no log π_sft margin to bound, and soft selection needs every value. Nothing is estimated when the
+        choice ignores the values (α = 0, k = 1)."""
+        assert self.estimator is not None and self.plan is not None
+        q = nan_values(blocks)
+        reused = torch.zeros(q.shape, dtype=torch.bool)
+        if self.plan.needs_values:
+            q, reused = self.estimator.known(rows, blocks)  # (B, k), NaN = unknown
+            needed = q.isnan() & first_occurrences(blocks)
+            if bool(needed.any()):
+                q = torch.where(needed, self.estimator.estimate(rows, blocks, needed), q)
+            q = spread_values(blocks, q)
+        for b, row in enumerate(rows):
+            row.accounting.pruned += int(q[b].isnan().sum())
+        return q, reused
 
     def estimate(self, rows: list[PromptState], top_lp: torch.Tensor,
-                 candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
         """Q̂ ``(B, k)`` (NaN: not computed) and which values were reused ``(B, k)``: cheap known values first, then
         one batch for the candidates that can still change the choice.
 
@@ -106,7 +154,8 @@ class Decoder:
         p, estimator = self.params, self.estimator
         assert estimator is not None
         if p.alpha == 0 or p.k == 1:
-            q, reused = torch.full(candidates.shape, float("nan")), torch.zeros(candidates.shape, dtype=torch.bool)
+            q = nan_values(candidates)
+            reused = torch.zeros(q.shape, dtype=torch.bool)
         else:
             q, reused = estimator.known(rows, candidates)  # (B, k), NaN = unknown
             if self.r_max is not None and p.prune_probe:  # rows with nothing known: value the top candidates first
@@ -132,6 +181,7 @@ class Decoder:
             row.accounting.add_forward("sft", forward_tokens[b])
             row.kl.append(float(kls[b]))
             row.kl_bound.append(float(bounds[b]))
+            row.kl_kind = "exact"
             if row.trace is not None:
                 row.trace.append({
                     "step": row.step,
@@ -146,19 +196,25 @@ class Decoder:
                     "pruned": q[b].isnan().tolist(),
                 })
 
-    def _record_plain_kl(self, rows: list[PromptState]) -> None:
+    def _record_plain_kl(self, rows: list[PromptState], logprobs: list[float] | None = None) -> None:
         """Plain ``sft``/``baseline`` decoding: KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution the token was
         drawn from (the model's at ``temperature``; a point mass when greedy), exact over the full vocabulary.
 
         Needs both models' full distributions over one vocabulary (local backends); a served model, or a baseline
-        with another tokenizer (text bridge), leaves the KL untracked. The
-        decoded model's distribution is the one its rollout just computed (stored by its prefix cache: free); the
-        SFT model's costs it one cached forward token per step, charged to the row."""
+        with another tokenizer (text bridge), leaves the KL untracked. Greedy ``sft`` decoding needs no
+        distribution: the KL of a point mass on z is −log π_sft(z), the chosen tokens' ``logprobs`` that the rollout
+        returned. Otherwise the decoded model's distribution is the one its rollout just computed (stored by its
+        prefix cache: free); the SFT model's costs it one cached forward token per step, charged to the row."""
         role, sft = self.params.method_row.rolls, self.models.sft
         lm = self.models.lm(role)
         if not (isinstance(lm, FullVocabLM) and isinstance(sft, FullVocabLM)):
             return
         if role != "sft" and self.models.bridge is not None:  # another vocabulary: no per-token KL to the SFT
+            return
+        if role == "sft" and self.params.temperature == 0 and logprobs is not None:
+            for row, lp in zip(rows, logprobs):
+                row.kl.append(max(0.0, -lp))
+                row.kl_kind = "exact"
             return
         own = lm.next_logprobs([r.seq(role) for r in rows])  # (B, V)
         ref = own if role == "sft" else sft.next_logprobs([r.seq("sft") for r in rows])  # (B, V)
@@ -168,18 +224,34 @@ class Decoder:
         kls = step_kl(decision_logprobs(own.logprobs, self.params.temperature), ref.logprobs).clamp(min=0)  # (B,)
         for row, kl in zip(rows, kls.tolist()):
             row.kl.append(kl)
+            row.kl_kind = "exact"
 
-    def _finish_best_of_n(self, rows: list[PromptState]) -> list[PromptState]:
-        n, own = self.params.bon_n, self.params.bon_policy == "sft"
-        for row, (best, rewards) in zip(rows, best_of_n(self.models, self.params, rows)):
-            row.response = list(best.response)
-            row.step += 1
-            row.accounting.steps = len(best.response)
-            if own and self.params.temperature == 1:  # BoN of the SFT model itself: its KL to the SFT model
-                row.kl.append(bon_kl_estimate(rewards))
-                row.kl_bound.append(math.log(n) - (n - 1) / n)
-            row.finish(best.finish_reason or "length", best.text)
-        return rows
+    def _record_blocks(self, rows: list[PromptState], blocks: Blocks, q: torch.Tensor, reused: torch.Tensor,
+                       log_sel: torch.Tensor, chosen: list[int]) -> None:
+        """A blockwise decision's KL estimate and bound (when its blocks are π_sft's own samples) and trace row."""
+        plan = self.plan
+        assert plan is not None
+        spread = self.value_range[1] - self.value_range[0] if self.value_range is not None else None
+        lm = self.models.lm(plan.role)
+        first = first_occurrences(blocks)
+        for b, row in enumerate(rows):
+            values = q[b].tolist()
+            if plan.tracks_kl:
+                row.kl.append(selection_kl_estimate(values, plan.strength) if plan.needs_values else 0.0)
+                row.kl_bound.append(selection_kl_bound(plan.k, plan.strength, spread))
+                row.kl_kind = "estimate"
+            if row.trace is not None:
+                row.trace.append({
+                    "step": row.step,
+                    "blocks": [list(block) for block in blocks[b]],
+                    "texts": [lm.decode(list(block)) for block in blocks[b]],
+                    "q": [None if v != v else v for v in values],  # None: not computed (the choice ignores it)
+                    "p_dec": log_sel[b].exp().tolist(),
+                    "chosen": chosen[b],
+                    "duplicate": (~first[b]).tolist(),
+                    "reused": reused[b].tolist(),
+                    "choice": "argmax" if plan.choice_temperature == 0 else "soft",
+                })
 
 
 def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | None:
@@ -192,6 +264,10 @@ def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | Non
     row = params.method_row
     if reward is None or row.kind != "token" or row.value == "zero" or params.alpha == 0:
         return None  # nothing is estimated, so nothing is pruned
+    if params.is_blockwise:
+        why = ("argmax scores a sampled block by Q̂ alone, with no log π_sft margin for R_max to bound"
+               if params.temperature == 0 else "soft selection among sampled blocks needs every value")
+        return f"pruning off: blockwise decisions ({why}); identical blocks are valued once"
     if not params.prune:
         return "pruning off: switched off (prune=False)"
     if not row.in_reward_range:
@@ -212,27 +288,6 @@ def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha == 0 or top_lp.shape[-1] == 1:
         return top_lp.clone()
     return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
-
-
-def bon_kl_estimate(rewards: Sequence[float]) -> float:
-    """An estimate of KL(best-of-N ‖ π) from the N rewards drawn for one prompt, counting ties.
-
-    With continuous, untied rewards KL(BoN ‖ π) = log N − (N−1)/N, which is an upper bound in general (Beirami et
-    al., 2024); ties (repeated samples, saturated rewards) lower it. The estimate puts π's reward distribution at
-    the empirical one of the N samples: with F̂ its CDF, BoN picks level v with P̂(v) = F̂(v)^N − F̂(v⁻)^N against
-    π's p̂(v), and the estimate is Σ_v P̂(v)·log(P̂(v)/p̂(v)). A plug-in on N points, it is coarse: below the
-    continuous value log N − (N−1)/N even without ties (1.79 vs 1.84 nats at N = 16, all distinct).
-    """
-    n = len(rewards)
-    levels = sorted(set(rewards))
-    counts = [sum(1 for r in rewards if r == v) for v in levels]
-    total, below = 0.0, 0
-    for count in counts:
-        p = count / n
-        big = ((below + count) / n) ** n - (below / n) ** n
-        total += big * math.log(big / p) if big > 0 else 0.0
-        below += count
-    return total
 
 
 def cannot_win(top_lp: torch.Tensor, q: torch.Tensor, alpha: float, r_max: float) -> torch.Tensor:

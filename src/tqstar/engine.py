@@ -107,7 +107,8 @@ class Engine:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
                                   value=params.method)
-        if params.is_token_level:  # α·(R_max − R_min) is finite by the numeric envelope (tqstar._checks)
+        # blockwise: k samples, not a top-k of the vocabulary; α·(R_max − R_min) is finite by the numeric envelope
+        if params.is_token_level and params.block_len is None:
             m.sft.check_k(params.k)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
             if m.bridge is not None:
@@ -234,7 +235,6 @@ class Engine:
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _response(self, state: PromptState, params: DecodeParams, value: float | None) -> Response:
-        token_level = params.is_token_level
         return Response(
             prompt=state.prompt,
             method=params.method,
@@ -242,11 +242,12 @@ class Engine:
             token_ids=list(state.response),
             finish_reason=state.finish_reason or "length",
             reward=value,
-            kl=sum(state.kl) if token_level or state.kl else None,
-            kl_bound=sum(state.kl_bound) if token_level or state.kl_bound else None,
+            kl=sum(state.kl) if state.kl_kind is not None else None,
+            kl_bound=sum(state.kl_bound) if state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,
+            kl_kind=state.kl_kind,
         )
 
 

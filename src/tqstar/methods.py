@@ -1,8 +1,8 @@
 """What each decoding method *is*: one row per method, pure data.
 
-A method is a row, not a class. The row says how a decision is made (``kind``), which value estimator a
-token-level method uses (``value``, a key of :data:`tqstar.value.ESTIMATORS`, the few generic pieces every row points
-to) and which model rolls out for it (``rolls``), what it needs besides the SFT model (``needs``), and what its
+A method is a row, not a class. The row says how a decision is made (``kind``), which value estimator values its
+candidates (``value``, a key of :data:`tqstar.value.ESTIMATORS`, the few generic pieces every row points to) and which
+model rolls out for it (``rolls``), what it needs besides the SFT model (``needs``), and what its
 estimator relies on (likelihoods of given tokens; Q̂ inside the reward's range; sampled rollouts). Everything that
 used to list method names by hand reads the row instead: :class:`~tqstar.params.DecodeParams` (its checks and its
 ``is_token_level`` / ``uses_baseline`` / ... properties), :meth:`tqstar.engine.Engine.check` (what must be given),
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 #: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one
-#: (:meth:`tqstar.decoder.Decoder._token_step`); ``plain`` — decode one model over its full vocabulary;
-#: ``best-of-n`` — sample whole responses and keep one (:mod:`tqstar.trajectory`).
+#: (:meth:`tqstar.decoder.Decoder._token_step`), or with ``block_len`` choose among k sampled blocks
+#: (:mod:`tqstar.blocks`); ``plain`` — decode one model over its full vocabulary (:mod:`tqstar.trajectory`);
+#: ``best-of-n`` — sample whole responses and keep one: a blockwise decision whose blocks are the whole response.
 Kind = Literal["token", "plain", "best-of-n"]
 #: The two models a method may run besides its rewards.
 Role = Literal["sft", "baseline"]
@@ -44,8 +45,9 @@ class Method:
         kind: how a decision is made (:data:`Kind`).
         doc: one line: what Q̂ is (token methods) or what is decoded; shown by ``--help``, ``/v1/models`` and the
             README's table.
-        value: token methods: the estimator, a key of :data:`tqstar.value.ESTIMATORS` (``mean``, ``importance``,
-            ``soft``, ``partial``, ``log-ratio``, ``zero``).
+        value: token and best-of-n methods: the estimator, a key of :data:`tqstar.value.ESTIMATORS` (``mean``,
+            ``importance``, ``soft``, ``partial``, ``log-ratio``, ``zero``); best-of-n values each whole sample by its
+            reward, which is the ``partial`` estimator on a finished text.
         rolls: token methods: the model whose rollouts from ``[s, z]`` value a candidate (``None``: no rollout);
             plain methods: the model decoded. ``best-of-n`` samples from the ``bon_policy`` parameter instead.
         needs: what must be given besides the SFT model, from :data:`NEEDS`.
@@ -55,6 +57,10 @@ class Method:
             reward-bound pruning and the softmax KL bound may trust R_max. A likelihood ratio breaks it.
         sampled_rollouts: the estimator averages over samples of the rolling model itself, untruncated, so
             ``rollout_temperature`` must be 1.
+        blockwise: token methods: its estimator values a block of several tokens from the block's end, so
+            ``block_len`` applies (not ``eft``: its value is a per-token likelihood ratio).
+        soft_selection: best-of-n methods: choose sample i with probability softmax(r_i / ``bon_beta``) instead of
+            the best.
     """
 
     name: str
@@ -66,10 +72,14 @@ class Method:
     likelihoods: bool = False
     in_reward_range: bool = True
     sampled_rollouts: bool = False
+    blockwise: bool = False
+    soft_selection: bool = False
 
     def __post_init__(self) -> None:
         assert self.needs <= set(NEEDS), f"{self.name}: unknown needs {set(self.needs) - set(NEEDS)}"
-        assert (self.kind == "token") == (self.value is not None), f"{self.name}: token methods (only) have a value"
+        assert (self.kind == "plain") == (self.value is None), f"{self.name}: every method but plain ones has a value"
+        assert not self.blockwise or self.kind == "token", f"{self.name}: only token methods take block_len"
+        assert not self.soft_selection or self.kind == "best-of-n", f"{self.name}: soft selection is best-of-n's"
         assert self.kind != "plain" or self.rolls is not None, f"{self.name}: a plain method names the model it decodes"
         assert self.rolls != "baseline" or "baseline" in self.needs, f"{self.name}: rolling the baseline needs it"
         assert self.doc and "\n" not in self.doc, f"{self.name}: one doc line"
@@ -82,29 +92,31 @@ def _needs(*names: str) -> frozenset[str]:
 #: Every method, in the order messages and tables list them.
 TABLE: tuple[Method, ...] = (
     Method("tq-direct", "token", "mean target reward of N baseline rollouts from [s, z] (TQ* direct transfer)",
-           value="mean", rolls="baseline", needs=_needs("baseline", "reward")),
+           value="mean", rolls="baseline", needs=_needs("baseline", "reward"), blockwise=True),
     Method("tq-indirect", "token", "Σ w_i r_i over N baseline rollouts, w = softmax((r − r_BL)/β): a baseline aligned"
            " to another reward r_BL (TQ* indirect transfer)",
-           value="importance", rolls="baseline", needs=_needs("baseline", "reward", "baseline_reward")),
+           value="importance", rolls="baseline", needs=_needs("baseline", "reward", "baseline_reward"), blockwise=True),
     Method("tq-soft", "token", "β·log mean_i exp(r_i/β + log ρ_sft(y_i)/ρ_BL(y_i)) over N baseline rollouts at"
            " T = 1 (the soft value; β = 1/α by default)",
            value="soft", rolls="baseline", needs=_needs("baseline", "reward"), likelihoods=True,
-           in_reward_range=False, sampled_rollouts=True),
+           in_reward_range=False, sampled_rollouts=True, blockwise=True),
     Method("cd", "token", "mean target reward of N SFT rollouts from [s, z]: Q of the SFT policy (controlled decoding)",
-           value="mean", rolls="sft", needs=_needs("reward")),
+           value="mean", rolls="sft", needs=_needs("reward"), blockwise=True),
     Method("soft-cd", "token", "β·log mean_i exp(r_i/β) over N SFT rollouts at T = 1 (the soft value of CD)",
-           value="soft", rolls="sft", needs=_needs("reward"), sampled_rollouts=True),
+           value="soft", rolls="sft", needs=_needs("reward"), sampled_rollouts=True, blockwise=True),
     Method("args", "token", "target reward of the partial text [s, z], no rollout (ARGS)",
-           value="partial", needs=_needs("reward")),
+           value="partial", needs=_needs("reward"), blockwise=True),
     Method("eft", "token", "β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward: π_sft^(1−λ)·π_BL^λ, λ = αβ"
            " (emulated fine-tuning)",
            value="log-ratio", needs=_needs("baseline"), likelihoods=True, in_reward_range=False),
-    Method("none", "token", "0: top-k decoding of the SFT model (the α = 0 reference)", value="zero"),
+    Method("none", "token", "0: top-k decoding of the SFT model (the α = 0 reference)", value="zero", blockwise=True),
     Method("sft", "plain", "plain decoding of the SFT model over its full vocabulary", rolls="sft"),
     Method("baseline", "plain", "plain decoding of the baseline over its full vocabulary", rolls="baseline",
            needs=_needs("baseline")),
     Method("bon", "best-of-n", "the best by target reward of bon_n samples of bon_policy (best-of-N)",
-           needs=_needs("reward")),
+           value="partial", needs=_needs("reward")),
+    Method("soft-bon", "best-of-n", "one of bon_n samples of bon_policy drawn with probability softmax(r/bon_beta)"
+           " (soft best-of-N; bon_beta -> 0 is bon)", value="partial", needs=_needs("reward"), soft_selection=True),
 )
 
 #: name -> row.
@@ -115,7 +127,9 @@ METHODS: tuple[str, ...] = tuple(BY_NAME)
 
 #: Which methods a :class:`~tqstar.params.DecodeParams` field applies to (its ``applies`` metadata): a scope name ->
 #: (whether a method's row is in it, how a message names it). A field outside its scope has no effect, so giving it
-#: is refused (:meth:`tqstar.params.DecodeParams.check_given`). A new field names one of these, or a new scope here.
+#: is refused (:meth:`tqstar.params.DecodeParams.check_given`), and ``/v1/models`` lists the fields in scope as what
+#: a preset's method uses. A new field names one of these, or a new scope here (with its ``blockwise`` metadata:
+#: whether it still acts when a token-level method decides over blocks).
 SCOPES: dict[str, tuple[Callable[[Method], bool], str]] = {
     "all": (lambda m: True, "every method"),
     "token": (lambda m: m.kind == "token", "token-level methods"),
@@ -125,7 +139,10 @@ SCOPES: dict[str, tuple[Callable[[Method], bool], str]] = {
                 "methods whose Q̂ lies in the reward's range"),
     "kl-strength": (lambda m: m.value in ("importance", "log-ratio"), "the methods weighted by the baseline's β"),
     "soft": (lambda m: m.value == "soft", "the soft-value methods"),
+    "blocks": (lambda m: m.blockwise, "token-level methods that can decide over sampled blocks"),
+    "choices": (lambda m: m.kind != "plain", "methods that choose among candidates (tokens, blocks or samples)"),
     "best-of-n": (lambda m: m.kind == "best-of-n", "best-of-N"),
+    "soft-selection": (lambda m: m.soft_selection, "soft best-of-N"),
 }
 
 

@@ -8,7 +8,10 @@ and rewards that were given) run in :meth:`tqstar.engine.Engine.check`.
 Each field describes itself (:class:`ParamInfo`): how it is checked (an integer's least value, whether a real may be
 0; every real lies in the numeric envelope of :mod:`tqstar._checks`) and which methods it applies to (a scope of
 :data:`tqstar.methods.SCOPES`). A field given for a method outside its scope has no effect, and giving it is refused
-(:meth:`DecodeParams.check_given`): that is decided here, from the metadata, for every field at once.
+(:meth:`DecodeParams.check_given`): that is decided here, from the metadata, for every field at once
+(:meth:`DecodeParams.applies`), and ``/v1/models`` lists what a preset uses from the same place. A field that acts
+only on decisions over the SFT top-k (``blockwise=False``: pruning) has no effect once ``block_len`` is set either.
+Adding a field is one declaration: its default, help, checks and scope in one :func:`param`.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class ParamInfo:
     ``None`` means); ``scope``; ``flag``, with ``choices``; ``request``: the HTTP request field that sets it per
     request (``tqstar.<name>`` in the extension object, or an OpenAI field such as ``temperature``), ``None`` when only
     the server's preset does. ``applies``: the methods the field has an effect on, a key of
-    :data:`tqstar.methods.SCOPES`. ``low``: an integer field's least value (``None``: any integer); ``zero``: a real
-    field may be 0 besides the envelope's range (:data:`tqstar._checks.REAL_RANGE`).
+    :data:`tqstar.methods.SCOPES`; ``blockwise``: whether it still has an effect when a token-level method decides
+    over sampled blocks (``block_len``). ``low``: an integer field's least value (``None``: any integer); ``zero``: a
+    real field may be 0 besides the envelope's range (:data:`tqstar._checks.REAL_RANGE`).
     """
 
     help: str
@@ -50,16 +54,17 @@ class ParamInfo:
     request: str | None = None
     unset: str | None = None
     applies: str = "all"
+    blockwise: bool = True
     low: int | None = 1
     zero: bool = False
 
 
 def param(default: Any, help: str, *, scope: Scope = "group", flag: Flag | None = None,
           choices: tuple[str, ...] | None = None, request: str | None = None, unset: str | None = None,
-          applies: str = "all", low: int | None = 1, zero: bool = False) -> Any:
+          applies: str = "all", blockwise: bool = True, low: int | None = 1, zero: bool = False) -> Any:
     """A :class:`DecodeParams` field with its :class:`ParamInfo`."""
     assert applies in SCOPES, f"unknown scope {applies!r}"
-    info = ParamInfo(help, scope, flag, choices, request, unset, applies, low, zero)
+    info = ParamInfo(help, scope, flag, choices, request, unset, applies, blockwise, low, zero)
     if isinstance(default, tuple):
         return field(default_factory=lambda: default, metadata={"tqstar": info})
     return field(default=default, metadata={"tqstar": info})
@@ -80,8 +85,15 @@ class DecodeParams:
             model), ``soft-cd`` (the soft value of N SFT rollouts), ``args`` (reward of the partial text), ``eft``
             (emulated fine-tuning: Q̂ = β·log(π_BL(z|s)/π_sft(z|s)), no rollout, no reward), ``none`` (Q̂ = 0: top-k
             SFT decoding), ``sft`` / ``baseline`` (plain decoding of that model over its full vocabulary), ``bon``
-            (best of ``bon_n`` samples).
-        k: number of SFT top-k candidates scored per step (token-level methods).
+            (best of ``bon_n`` samples), ``soft-bon`` (one of ``bon_n`` samples drawn ∝ exp(r/``bon_beta``)).
+        k: number of SFT top-k candidates scored per step (token-level methods); with ``block_len``, the number of
+            blocks the SFT model samples per decision.
+        block_len: ``None`` (default): token-level decisions over the SFT top-k. m ≥ 1: blockwise decisions — the
+            SFT model samples k continuations of up to m tokens (fewer where EOS, a stop string or the budget ends
+            one), each is valued by the method's estimator from its end, and one is committed: the best Q̂ at
+            temperature 0 (blocks then sampled at temperature 1), else sampled ∝ exp(α·Q̂/T) from blocks sampled at
+            T (:mod:`tqstar.blocks`: the rule, its KL bound and estimate). Token-level methods with an estimator that
+            values a block (all but ``eft``).
         alpha: weight of Q̂ in the score ``log π_sft + α·Q̂``; 0 decodes the SFT model.
         n_rollouts: rollouts per candidate (N); with N = 1 ``tq-indirect`` reduces to ``tq-direct``.
         rollout_len: rollout length L in tokens; a rollout that reaches L without EOS is scored as the
@@ -99,9 +111,12 @@ class DecodeParams:
         seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
             draw has its own stream keyed by (seed, prompt, use, step, candidate, index), so a prompt's output
             does not depend on the other prompts in its batch, the batch size, a resume or pruning.
-        bon_n: samples drawn by ``bon``.
-        bon_policy: the model ``bon`` samples from (``sft`` or ``baseline``).
-        trace: record, per step, the candidates, their log π_sft, Q̂, score and the choice.
+        bon_n: samples drawn by ``bon`` and ``soft-bon``.
+        bon_policy: the model ``bon`` and ``soft-bon`` sample from (``sft`` or ``baseline``).
+        bon_beta: temperature β of ``soft-bon``'s choice softmax(r_i/β) over its samples (reward units); β → 0 is
+            ``bon``, β → ∞ the policy itself.
+        trace: record, per decision, the candidates (top-k tokens, sampled blocks or best-of-N's samples), their
+            Q̂ (and log π_sft, score for tokens) and the choice; plain methods have none.
         prune: for greedy decoding with a reward that declares its range, skip candidates that cannot win
             (log π_sft(z) + α·R_max ≤ the best score already computed). Exact: the same tokens, fewer rollouts.
         prune_probe: when pruning finds no cheaply known value to compare against (no reused rollout), value
@@ -112,7 +127,11 @@ class DecodeParams:
     """
 
     method: str = param("tq-direct", "the decoding method (the table below; tqstar.methods)", flag="value")
-    k: int = param(10, "top-k candidates per step", flag="value", request="tqstar.k", applies="token")
+    k: int = param(10, "top-k candidates per step (with block_len: sampled blocks per decision)", flag="value",
+                   request="tqstar.k", applies="token")
+    block_len: int | None = param(None, "tokens per decision: choose among k sampled blocks of this length",
+                                  unset="one token, the SFT top-k", flag="value", request="tqstar.block_len",
+                                  applies="blocks")
     alpha: float = param(1.0, "weight of Q in log pi_sft + alpha*Q", flag="value", request="tqstar.alpha",
                          applies="valued", zero=True)
     n_rollouts: int = param(1, "rollouts per candidate, N", flag="value", request="tqstar.n_rollouts",
@@ -132,30 +151,34 @@ class DecodeParams:
     max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
     stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")
     seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed", low=None)
-    bon_n: int = param(4, "samples for bon", flag="value", request="tqstar.bon_n", applies="best-of-n")
-    bon_policy: str = param("sft", "model bon samples from", flag="value", choices=("sft", "baseline"),
+    bon_n: int = param(4, "samples for bon and soft-bon", flag="value", request="tqstar.bon_n", applies="best-of-n")
+    bon_policy: str = param("sft", "model bon and soft-bon sample from", flag="value", choices=("sft", "baseline"),
                             applies="best-of-n")
-    trace: bool = param(False, "print the per-step candidate table", scope="row", flag="switch",
-                        request="tqstar.trace", applies="token")
+    bon_beta: float = param(0.1, "temperature of soft-bon's choice softmax(r/bon_beta)", flag="value",
+                            request="tqstar.bon_beta", applies="soft-selection")
+    trace: bool = param(False, "print the per-decision candidate table", scope="row", flag="switch",
+                        request="tqstar.trace", applies="choices")
     prune: bool = param(True, "skip candidates that cannot win (exact; greedy choice, a reward range)",
-                        request="tqstar.prune", applies="bounded")
+                        request="tqstar.prune", applies="bounded", blockwise=False)
     prune_probe: int = param(0, "value the top candidates first when pruning has nothing to compare with",
-                             request="tqstar.prune_probe", applies="bounded", low=0)
+                             request="tqstar.prune_probe", applies="bounded", blockwise=False, low=0)
     reuse_rollouts: bool = param(True, "reuse the chosen candidate's greedy rollout at the next step (exact)",
                                  request="tqstar.reuse_rollouts", applies="rollouts")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", "one of " + ", ".join(METHODS), self.method)
-        for name, info in FIELDS.items():  # every number and switch by its metadata (reals: tqstar._checks' envelope)
-            value, kind = getattr(self, name), KINDS[name]
-            if kind is int and not (value is None and info.unset):
-                check_int(value, name, low=info.low)
-            elif kind is float:
-                check_real(value, name, zero=info.zero, none=info.unset)
-            elif kind is bool and not isinstance(value, bool):
-                _fail(name, "True or False", value)
+        for name in FIELDS:
+            check_value(name, getattr(self, name))
         row = self.method_row
+        if self.block_len is not None and not self.applies("block_len"):  # not only no effect: another decision
+            why = {"token": "its value is the per-token likelihood ratio β·log(π_BL/π_sft), which a block of"
+                            " sampled tokens does not have",  # eft, the one token method without blocks
+                   "best-of-n": "it already chooses among whole responses (a block of the whole budget)",
+                   "plain": "it decodes one model token by token without candidates"}[row.kind]
+            raise ConfigError(f"`block_len` does not apply to {self.method}: {why}; drop block_len or use one of"
+                              f" {', '.join(in_scope(FIELDS['block_len'].applies))}", param="block_len",
+                              value=self.block_len)
         if row.sampled_rollouts and self.rollout_temperature != 1:
             raise ConfigError(f"`rollout_temperature` must be 1 for {self.method} (its estimator averages over samples"
                               f" of the rolling model itself), got {self.rollout_temperature!r}; set"
@@ -193,7 +216,14 @@ class DecodeParams:
 
     @property
     def is_token_level(self) -> bool:
+        """Whether the method scores candidates with Q̂ and α (one token per decision, or a block: ``block_len``)."""
         return self.method_row.kind == "token"
+
+    @property
+    def is_blockwise(self) -> bool:
+        """Whether a decision chooses among sampled blocks (:mod:`tqstar.blocks`): ``block_len`` on a token method,
+        and ``bon`` / ``soft-bon``, whose block is the whole response."""
+        return self.block_len is not None or self.method_row.kind == "best-of-n"
 
     @property
     def uses_baseline(self) -> bool:
@@ -232,25 +262,29 @@ class DecodeParams:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
+    def applies(self, name: str) -> bool:
+        """Whether field ``name`` has an effect on these parameters: the scope its metadata declares holds the method's
+        row, and, when a token-level method decides over blocks (``block_len``), the field acts on blocks too."""
+        return _applies(name, self.method_row, self.block_len is not None)
+
     def unused(self, given: Iterable[str]) -> str | None:
-        """The first of the fields named in ``given`` that has no effect on this method (outside the scope its
-        metadata declares), or ``None``."""
-        row = self.method_row
-        return next((name for name in FIELDS if name in set(given) and not SCOPES[FIELDS[name].applies][0](row)),
-                    None)
+        """The first of the fields named in ``given`` that has no effect on these parameters (:meth:`applies`), or
+        ``None``."""
+        given = set(given)
+        return next((name for name in FIELDS if name in given and not self.applies(name)), None)
 
     def check_given(self, given: Iterable[str], where: str = "") -> None:
         """Raise :class:`ConfigError` if a field named in ``given`` (set by a flag, a YAML key or a request) has no
         effect on this method: it would be silently ignored. ``where`` prefixes the message ("preset 'x': ")."""
         name = self.unused(given)
         if name is not None:
-            raise ConfigError(f"{where}{unused_message(name, self.method)}", param=name, value=getattr(self, name))
+            raise ConfigError(f"{where}{unused_message(name, self)}", param=name, value=getattr(self, name))
 
     @classmethod
     def from_dict(cls, values: dict, *, base: dict | None = None, where: str = "") -> DecodeParams:
         """Build from a mapping (a YAML section) over ``base`` (defaults every method starts from, e.g. an eval's
         ``defaults``), rejecting unknown keys by name and a key of ``values`` that has no effect on the method
-        (:meth:`check_given`; a key of ``base`` that does not apply is simply not used)."""
+        (:meth:`check_given`; a key of ``base`` the method has no use for is left out)."""
         for what, mapping in (("decoding parameters", values), ("defaults", base or {})):
             if not isinstance(mapping, dict):
                 raise ConfigError(f"the {what} must be a mapping like {{method: tq-direct, k: 10}}, got"
@@ -265,15 +299,50 @@ class DecodeParams:
         if isinstance(merged.get("stop"), (str, list)):  # one string or a list; other shapes fail the check
             stop = merged["stop"]
             merged["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        name = merged.get("method", cls.method)
+        if isinstance(name, str) and name in METHODS:  # else the method's own check names it
+            unused = [k for k in merged if k not in values and not SCOPES[FIELDS[k].applies][0](method(name))]
+            for k in unused:  # a bad value is refused all the same
+                check_value(k, merged.pop(k))
         params = cls(**{k: v for k, v in merged.items() if v is not None})
         params.check_given([k for k, v in values.items() if v is not None], where)
         return params
 
 
-def unused_message(name: str, method_name: str) -> str:
-    """Why field ``name`` has no effect on method ``method_name``, and the fix, as one sentence."""
-    row, (_, scope) = method(method_name), SCOPES[FIELDS[name].applies]
-    return (f"`{name}` has no effect on method {method_name!r} ({row.doc}): it applies to {scope}"
+def check_value(name: str, value: object) -> None:
+    """Check one field's value by its kind and metadata (every real in :mod:`tqstar._checks`' envelope)."""
+    info, kind = FIELDS[name], KINDS[name]
+    if kind is int:
+        check_int(value, name, low=info.low, none=info.unset)
+    elif kind is float:
+        check_real(value, name, zero=info.zero, none=info.unset)
+    elif kind is bool and not isinstance(value, bool):
+        _fail(name, "True or False", value)
+
+
+def _applies(name: str, row: Method, blockwise: bool) -> bool:
+    info = FIELDS[name]
+    return SCOPES[info.applies][0](row) and (info.blockwise or not blockwise)
+
+
+def in_effect(values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a parameter mapping (:func:`dataclasses.asdict` of a :class:`DecodeParams`, as results files
+    record it) that have an effect on its method: two runs that differ elsewhere decode the same."""
+    name = values.get("method")
+    if not isinstance(name, str) or name not in METHODS:
+        return dict(values)
+    blockwise = values.get("block_len") is not None
+    return {k: v for k, v in values.items() if k not in FIELDS or _applies(k, method(name), blockwise)}
+
+
+def unused_message(name: str, params: DecodeParams) -> str:
+    """Why field ``name`` has no effect on ``params`` (:meth:`DecodeParams.applies` is false), and the fix, as one
+    sentence."""
+    row, (test, scope) = params.method_row, SCOPES[FIELDS[name].applies]
+    if test(row):  # in scope, but it does not act on blocks
+        return (f"`{name}` has no effect on blockwise decisions (block_len {params.block_len} with {params.method}): it"
+                " acts on decisions over the SFT top-k only; drop it, or drop block_len")
+    return (f"`{name}` has no effect on method {params.method!r} ({row.doc}): it applies to {scope}"
             f" ({', '.join(in_scope(FIELDS[name].applies))}); drop it, or choose one of those methods")
 
 

@@ -3,15 +3,17 @@
 A draw's stream is named by ``(seed, prompt identity, use, step, candidate, index)`` and hashed
 (``hashlib.blake2b``) to a 63-bit *stream seed*:
 
-* ``use`` is a domain tag — ``"choice"`` (sampling the decoded token among the k candidates), ``"rollout"``
-  (one rollout of one candidate), ``"plain"`` (one token of plain ``sft``/``baseline`` decoding), ``"bon"``
-  (one best-of-N sample) — so no two uses ever share a stream, whatever the seed (the step-0 rollouts and the
-  step-0 choice of the default seed 0 are different streams);
+* ``use`` is a domain tag — ``"choice"`` (choosing among the candidates of a decision: a token among the k, or a
+  block among the k samples), ``"rollout"`` (one rollout of one candidate), ``"plain"`` (one token of plain
+  ``sft``/``baseline`` decoding), ``"block"`` (the k sampled blocks of a blockwise decision, ``bon`` and ``soft-bon``
+  included: :func:`block_seeds`) — so no two uses ever share a stream, whatever the seed (the step-0 rollouts and
+  the step-0 choice of the default seed 0 are different streams);
 * the prompt identity is the prompt as given: a str, or the canonical JSON of a chat message list;
-* ``step`` is the row's own step (its response length), ``candidate`` the candidate's *token id* (not its rank)
-  and ``index`` the rollout or sample number.
+* ``step`` is the row's position (its response length at the decision), ``candidate`` the candidate's *content* —
+  its token id, or for a block of several tokens their ids (not its rank or sample number, so identical candidates
+  get identical rollouts and valuing each distinct one once is exact) — and ``index`` the rollout number.
 
-Nothing else enters — not the batch, its size, the row's position, other rows, a resume or pruning — so a prompt
+Nothing else enters — not the batch, its size, the row's place in it, other rows, a resume or pruning — so a prompt
 decodes to the same text alone, in any batch, in a server beside strangers' requests, and with pruning on or off.
 
 A stream seed drives a *counter-based* generator: the t-th uniform of stream s is ``splitmix64(s + t·γ)``
@@ -29,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-USES = ("choice", "rollout", "plain", "bon")
+USES = ("choice", "rollout", "plain", "block")
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (the golden ratio in 64 bits)
 _MASK63 = (1 << 63) - 1
 
@@ -41,12 +43,35 @@ def prompt_key(prompt: str | Sequence[Mapping[str, str]]) -> str:
     return json.dumps([dict(m) for m in prompt], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def stream_seed(seed: int, key: str, use: str, step: int, candidate: int = -1, index: int = 0) -> int:
-    """The 63-bit seed of one stream: blake2b of ``(use, seed, key, step, candidate, index)``."""
+def stream_seed(seed: int, key: str, use: str, step: int, candidate: int | Sequence[int] = -1, index: int = 0) -> int:
+    """The 63-bit seed of one stream: blake2b of ``(use, seed, key, step, candidate, index)``. ``candidate``: a token
+    id, or a sequence of them (a block; a block of one token is keyed as that token)."""
     assert use in USES, use
-    payload = json.dumps([use, int(seed), key, int(step), int(candidate), int(index)], ensure_ascii=False)
+    ids = [int(candidate)] if isinstance(candidate, (int, np.integer)) else [int(t) for t in candidate]
+    content: int | list[int] = ids[0] if len(ids) == 1 else ids
+    payload = json.dumps([use, int(seed), key, int(step), content, int(index)], ensure_ascii=False)
     digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & _MASK63
+
+
+def block_seeds(seed: int, key: str, step: int, k: int) -> list[int]:
+    """The stream seeds of the k sampled blocks of the decision at position ``step``: ``s, s + 1, …, s + k − 1``
+    (mod 2^63) with ``s`` the ``"block"`` stream of ``(seed, key, step)``.
+
+    Consecutive rather than hashed one by one, because that is how vLLM and llama-server seed the ``n`` samples of
+    one request (child i gets ``seed + i``): a served proposer draws the k blocks in one request
+    (:mod:`tqstar.lm.remote`) and each is still the sample of its own seed. splitmix64 scrambles neighbouring
+    seeds into unrelated streams, and a stream of one use cannot run into another's (their counters would have to
+    differ by the inverse of γ mod 2^64)."""
+    base = stream_seed(seed, key, "block", step)
+    return [(base + i) & _MASK63 for i in range(k)]
+
+
+def stream_at(seed: int, offset: int) -> int:
+    """The stream that continues stream ``seed`` after its first ``offset`` uniforms: its t-th uniform is the
+    ``offset + t``-th of ``seed`` (a 64-bit seed; a sample continued from token ``offset`` on draws what it would have
+    drawn in one call)."""
+    return (int(seed) + int(offset) * int(_GAMMA)) % 2**64
 
 
 def uniforms(seeds: Sequence[int], count: int) -> np.ndarray:

@@ -1,21 +1,28 @@
 """What the decoder tracks per prompt, and what every method returns: :class:`Response` with accounting.
 
-:func:`commit_tokens` ends every method's step: it appends each row's token and finishes the rows that reached EOS,
-a stop string or their budget."""
+:func:`commit_tokens` ends every method's step: it appends each row's tokens — one token, or the block a blockwise
+decision chose — and finishes the rows that reached EOS, a stop string or their budget."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .text import hits_stop, response_text
+from .text import ResponseText
 
 if TYPE_CHECKING:
     from .lm.base import LanguageModel
     from .lm.bridge import TextBridge
     from .reward import Reward
+
+
+#: What a response's ``kl`` is: ``"exact"`` — the sum over steps of KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution
+#: each token was drawn from (token-level and plain decoding); ``"estimate"`` — the sum over decisions of a plug-in
+#: estimate of the selection's KL from the values it saw (blockwise decisions, best-of-N; :mod:`tqstar.blocks`).
+KL_KINDS = ("exact", "estimate")
 
 
 @dataclass
@@ -40,14 +47,15 @@ class Accounting:
     """Compute spent on one response, reported the same way by every method.
 
     ``*_forward_tokens`` count tokens each model actually ran (cached prefix tokens are not re-counted);
-    ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens (best-of-N: its
-    samples, whole, even past a stop string); ``reused_rollouts`` counts candidates valued from the previous step's
-    rollout (at the cost of at most one generated token); ``pruned`` counts candidates whose value was never
-    computed because it could not change the choice (pruned by the reward bound, or every candidate when α = 0
-    or k = 1); ``reward_calls`` counts texts a reward actually evaluated during decoding (identical or cached
-    texts are scored once); ``steps`` counts tokens committed (best-of-N commits its whole sample in one step);
-    ``wall_time_s`` runs from this response's first step until it finished; ``batch_size`` is the most rows
-    that were stepped together with it (they shared that wall time).
+    ``rollouts`` and ``rollout_tokens`` count continuations run and their generated tokens (the value rollouts,
+    and the sampled blocks of a blockwise decision or best-of-N, whole, even past a stop string);
+    ``reused_rollouts`` counts candidates valued from the previous step's rollout (at the cost of at most one
+    generated token); ``pruned`` counts candidates whose value was never computed because it could not change the
+    choice (pruned by the reward bound, or every candidate when α = 0 or k = 1); ``reward_calls`` counts texts a
+    reward actually evaluated during decoding (identical or cached texts are scored once); ``steps`` counts tokens
+    committed (a blockwise decision commits its block in one step, best-of-N its whole sample); ``wall_time_s``
+    runs from this response's first step until it finished; ``batch_size`` is the most rows that were stepped
+    together with it (they shared that wall time).
     """
 
     sft_forward_tokens: int = 0
@@ -75,19 +83,24 @@ class PromptState:
     A row's output depends only on this state and the shared decoding parameters
     (:meth:`~tqstar.params.DecodeParams.group_key`): its random streams are keyed by ``seed`` (``rollout_seed``
     for rollouts when set), ``key`` (the prompt's identity, :func:`tqstar.randomness.prompt_key`) and its own
-    ``step``; its rollout-reuse memory is its own. So rows can join and leave a batch at any step.
+    position ``step``; its rollout-reuse memory is its own. So rows can join and leave a batch at any step.
 
     Attributes:
         prompt: the prompt text rewards read (for a chat message list: the last user message).
         prompt_ids: the prompt's token ids per role (``"sft"``, ``"baseline"``).
         key: the prompt's identity for its random streams.
         seed, rollout_seed, max_new_tokens, stop: this row's settings.
-        response: the response token ids so far; ``step``: decoder steps taken (= ``len(response)`` for
-            token-level and plain decoding).
+        response: the response token ids so far; ``step`` (read-only): the row's position, ``len(response)`` — what
+            its keyed streams are keyed by, so a decision's randomness does not depend on how many decisions came
+            before (one per token, or one per block).
         previous_rollouts / current_rollouts: greedy rollouts run at the row's previous / current step, keyed
             by the rolled-out sequence ``[s, z]`` (what rollout reuse reads and writes).
-        accounting, kl, kl_bound, trace: bookkeeping; ``started``: when the row's first step began.
+        accounting, kl, kl_bound, trace: bookkeeping, one ``kl`` / ``kl_bound`` entry per decision; ``kl_kind``: what
+            the ``kl`` entries are (:data:`KL_KINDS`; ``None`` while nothing is recorded); ``started``: when the
+            row's first step began.
         finish_reason (``"eos"``, ``"stop"``, ``"length"``) and text: set when the row finishes.
+        texts: the response's :class:`~tqstar.text.ResponseText` per model that decodes it (:meth:`decoded`), with
+            the response list it follows.
     """
 
     prompt: str
@@ -98,20 +111,39 @@ class PromptState:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     response: list[int] = field(default_factory=list)
-    step: int = 0
     previous_rollouts: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     current_rollouts: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     accounting: Accounting = field(default_factory=Accounting)
     kl: list[float] = field(default_factory=list)
     kl_bound: list[float] = field(default_factory=list)
+    kl_kind: str | None = None
     trace: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     text: str = ""
     started: float | None = None
+    texts: dict[int, tuple[ResponseText, list[int]]] = field(default_factory=dict, init=False, repr=False,
+                                                             compare=False)
 
     def seq(self, role: str) -> list[int]:
         """The sequence the ``role`` model sees: its own prompt ids, then the response so far."""
         return self.prompt_ids[role] + self.response
+
+    def decoded(self, lm: LanguageModel) -> ResponseText:
+        """The response as ``lm`` decodes it, kept incrementally: its text, stop strings and reward texts with more
+        tokens after it cost what the new tokens cost (:class:`~tqstar.text.ResponseText`). The response only
+        grows (:meth:`commit`); one that was replaced or cut starts a new text."""
+        text, follows = self.texts.get(id(lm), (None, None))
+        if text is None or text.lm is not lm or follows is not self.response or len(text.ids) > len(self.response):
+            text = ResponseText(lm, self.stop)
+            self.texts[id(lm)] = text, self.response
+        if len(text.ids) < len(self.response):
+            text.extend(self.response[len(text.ids):])
+        return text
+
+    @property
+    def step(self) -> int:
+        """The row's position: tokens committed so far (a token step moves it by one, a block step by the block)."""
+        return len(self.response)
 
     @property
     def done(self) -> bool:
@@ -133,11 +165,12 @@ class PromptState:
             self.started = time.perf_counter()
         self.accounting.batch_size = max(self.accounting.batch_size, rows_in_step)
 
-    def commit(self, token: int) -> None:
-        """Append ``token``: the row moves to its next step, and this step's rollouts become the reusable ones."""
-        self.response.append(int(token))
-        self.step += 1
-        self.accounting.steps += 1
+    def commit(self, tokens: Sequence[int]) -> None:
+        """Append ``tokens`` (a token, or a block): the row moves past them, and this step's rollouts become the
+        reusable ones."""
+        assert len(tokens) > 0, "a step commits at least one token"
+        self.response.extend(int(t) for t in tokens)
+        self.accounting.steps += len(tokens)
         self.previous_rollouts, self.current_rollouts = self.current_rollouts, {}
 
     def finish(self, reason: str, text: str) -> None:
@@ -147,15 +180,17 @@ class PromptState:
         self.accounting.wall_time_s = time.perf_counter() - self.started
 
 
-def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel) -> list[PromptState]:
-    """Append each row's token; finish rows at EOS, a stop string or their budget. Returns the rows that finished."""
+def commit_tokens(rows: list[PromptState], tokens: Sequence[Sequence[int]], lm: LanguageModel) -> list[PromptState]:
+    """Append each row's tokens (one, or a block that EOS or a stop string can end only at its last token); finish
+    rows at EOS, a stop string or their budget. Returns the rows that finished."""
     finished = []
-    for row, token in zip(rows, tokens):
-        row.commit(token)
-        reason = ("eos" if token in lm.eos_token_ids else "stop" if hits_stop(lm, row.response, row.stop)
+    for row, block in zip(rows, tokens):
+        row.commit(block)
+        text = row.decoded(lm)
+        reason = ("eos" if block[-1] in lm.eos_token_ids else "stop" if text.hits_stop()
                   else "length" if row.remaining <= 0 else None)
         if reason is not None:
-            row.finish(reason, response_text(lm, row.response, row.stop))
+            row.finish(reason, text.text())
             finished.append(row)
     return finished
 
@@ -164,7 +199,8 @@ def commit_tokens(rows: list[PromptState], tokens: list[int], lm: LanguageModel)
 class Response:
     """A finished response with its reward, KL to the SFT model and accounting.
 
-    ``kl`` sums the exact per-step KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution each token was decoded
+    ``kl_kind`` says what ``kl`` is (:data:`KL_KINDS`); ``kl_bound`` is always a bound; both are ``None`` where the
+    method's KL to the SFT model is not tracked. Token-level methods: ``kl`` sums the exact per-step KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution each token was decoded
     from (π_sft normalised over the full vocabulary, π_dec zero outside the top-k; a greedy choice is a point
     mass). ``kl_bound`` sums a per-step bound that holds for the policy actually run:
     −log min_{z ∈ top-k} π_sft(z|s_t), which bounds the KL of *any* π_dec on the top-k (greedy or any
@@ -172,8 +208,11 @@ class Response:
     α·(R_max − R_min) + log(1/π_sft(top-k|s_t)), the bound of softmax(score) (not for ``tq-soft``/``eft``, whose Q̂
     is not in the reward's range). Plain ``sft``/``baseline`` decoding reports the exact per-step KL of the
     distribution it sampled from, over the full vocabulary (local models; ``None`` for served ones) and no bound;
-    ``bon`` of the SFT model at temperature 1 reports a tie-aware estimate as ``kl`` and log N − (N−1)/N as
-    ``kl_bound`` (other ``bon`` settings: ``None``).
+    ``kl_bound``: none. Blockwise decisions (``block_len``), ``bon`` and ``soft-bon`` choose one of k samples of
+    the SFT model: ``kl`` sums a plug-in *estimate* of each decision's KL from the k values, ``kl_bound`` sums
+    log k − (k−1)/k (any selection among k samples; soft selection with values in the reward's range: the smaller
+    soft bound), both only when the samples come from the SFT model at temperature 1 (:mod:`tqstar.blocks`;
+    ``kl_per_step`` then holds one entry per decision).
     """
 
     prompt: str
@@ -187,6 +226,7 @@ class Response:
     kl_per_step: list[float]
     accounting: Accounting
     trace: list[dict[str, Any]] | None = None
+    kl_kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
     ("argv", "message"),
     [
         (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft,"
-                                " none, sft, baseline, bon, got 'magic'"),
+                                " none, sft, baseline, bon, soft-bon, got 'magic'"),
         (["--k", "0"], "`k` must be an integer >= 1, got 0"),
         (["--alpha", "-1"], "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1.0"),
         (["--beta", "0"], "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 0.0"),
@@ -145,16 +146,29 @@ def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_path
     assert "pruned" in out and "reused" in out
 
 
-@pytest.mark.parametrize("method", ["sft", "bon"])
-def test_trace_of_a_trajectory_method_is_refused(tiny_paths, capsys, method):
-    """A trajectory method has no per-step candidates: --trace would have no effect, so it is refused, naming why."""
-    extra = ["--temperature", "1", "--bon-n", "2"] if method == "bon" else []
-    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--reward", "sentiment",
-                 "--method", method, "--max-new-tokens", "2", "--prompt", "hi", "--trace", "--no-progress",
-                 *extra]) == 2
+@pytest.mark.parametrize("method", ["sft", "baseline"])
+def test_trace_of_a_plain_method_is_refused(tiny_paths, capsys, method):
+    """A plain method has no candidates to show: --trace would have no effect, so it is refused, naming why."""
+    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["baseline"]),
+                 "--no-chat-template", "--reward", "sentiment", "--method", method, "--max-new-tokens", "2",
+                 "--prompt", "hi", "--trace", "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert f"`trace` has no effect on method {method!r}" in err and "it applies to token-level methods" in err
+    assert f"`trace` has no effect on method {method!r}" in err and "it applies to methods that choose among" in err
     assert out == ""
+
+
+@pytest.mark.parametrize("extra", [["--method", "bon", "--bon-n", "3"], ["--method", "soft-bon", "--bon-n", "3"],
+                                   ["--method", "tq-direct", "--block-len", "2", "--k", "3", "--baseline", "{baseline}"]])
+def test_trace_of_a_blockwise_decision_lists_its_sampled_blocks(tiny_paths, capsys, extra):
+    extra = [x.format(baseline=tiny_paths["baseline"]) for x in extra]  # only tq-direct uses the baseline
+    assert main(["generate", "--sft", str(tiny_paths["sft"]),
+                 "--no-chat-template", "--reward", "sentiment", "--max-new-tokens", "4", "--prompt", "hi",
+                 "--temperature", "1", "--trace", "--no-progress", *extra]) == 0
+    out, err = capsys.readouterr()
+    table = [line for line in out.splitlines() if re.match(r"^ +\d+[* ] +\d+  ", line)]
+    assert out.count("pos   #  block") == 1 and len(table) % 3 == 0 and table
+    assert sum("*" in line[:6] for line in table) == len(table) // 3  # one chosen block per decision
+    assert "pruning off: blockwise decisions" in err or extra[1].endswith("bon")
 
 
 def test_a_closed_stdout_pipe_stops_quietly(tiny_paths, tmp_path):

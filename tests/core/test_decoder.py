@@ -17,7 +17,7 @@ from tqstar.lm.tabular import TabularLM
 from tqstar.params import DecodeParams
 from tqstar.reward import CallableReward
 from tqstar.text import response_text
-from tqstar.value.base import ValueEstimator
+from tqstar.value.base import ValueEstimator, nan_values
 
 PROMPTS = ["How do I make tea?", "The food was", "Tell me about the park and the lake."]
 SHORT = dict(k=4, alpha=2.0, rollout_len=5, max_new_tokens=6)
@@ -335,12 +335,12 @@ class FixedValue(ValueEstimator):
     """Q̂ = R_max for every candidate; the *second* candidate's value is already known (as if reused)."""
 
     def known(self, states, candidates):
-        q = torch.full(candidates.shape, float("nan"))
+        q = nan_values(candidates)
         q[:, 1] = 1.0
-        return q, torch.zeros(candidates.shape, dtype=torch.bool)
+        return q, torch.zeros(q.shape, dtype=torch.bool)
 
     def estimate(self, states, candidates, needed=None):
-        return torch.ones(candidates.shape)
+        return torch.ones_like(nan_values(candidates))
 
 
 def test_pruning_keeps_an_earlier_candidate_that_ties_the_best():

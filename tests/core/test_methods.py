@@ -26,7 +26,7 @@ SAMPLED = dict(temperature=1.0, n_rollouts=3, rollout_temperature=1.0)
 
 def test_the_table_lists_every_method_once_in_the_public_order():
     assert METHODS == tqstar.METHODS == ("tq-direct", "tq-indirect", "tq-soft", "cd", "soft-cd", "args", "eft", "none",
-                                         "sft", "baseline", "bon")
+                                         "sft", "baseline", "bon", "soft-bon")
     assert len(set(METHODS)) == len(TABLE)
 
 

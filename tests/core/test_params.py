@@ -14,7 +14,7 @@ from tqstar.params import FIELDS, GROUP_FIELDS, METHODS, DecodeParams
 BAD = [
     ({"method": "best"},
      "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft, none, sft, baseline, bon,"
-     " got 'best'"),
+     " soft-bon, got 'best'"),
     ({"k": 0}, "`k` must be an integer >= 1, got 0"),
     ({"k": -1}, "`k` must be an integer >= 1, got -1"),
     ({"k": 1.5}, "`k` must be an integer >= 1, got 1.5"),
@@ -47,7 +47,7 @@ BAD = [
     ({"beta": 2e6}, "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 2000000.0"),
     ({"trace": 1}, "`trace` must be True or False, got 1"),
     ({"prune_probe": -1}, "`prune_probe` must be an integer >= 0, got -1"),
-    ({"rollout_seed": 2.0}, "`rollout_seed` must be an integer, got 2.0"),
+    ({"rollout_seed": 2.0}, "`rollout_seed` must be an integer or None (= --seed), got 2.0"),
     ({"soft_beta": 0}, "`soft_beta` must be a finite number > 0 (1e-06 to 1e+06) or None (= 1/alpha), got 0"),
     ({"method": "tq-soft"},
      "`rollout_temperature` must be 1 for tq-soft (its estimator averages over samples of the rolling model itself),"
@@ -57,6 +57,22 @@ BAD = [
      " got 0.7; set rollout_temperature: 1"),
     ({"method": "bon", "temperature": 0},
      "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
+    ({"method": "soft-bon", "temperature": 0},
+     "`temperature` must be > 0 for soft-bon (greedy samples are all identical), got 0; try temperature=1.0"),
+    ({"bon_beta": 0}, "`bon_beta` must be a finite number > 0 (1e-06 to 1e+06), got 0"),
+    ({"bon_beta": 1e-39}, "`bon_beta` must be a finite number > 0 (1e-06 to 1e+06), got 1e-39"),  # r/β overflows
+    ({"block_len": 0}, "`block_len` must be an integer >= 1 or None (= one token, the SFT top-k), got 0"),
+    ({"block_len": 2.5}, "`block_len` must be an integer >= 1 or None (= one token, the SFT top-k), got 2.5"),
+    ({"method": "eft", "block_len": 4},
+     "`block_len` does not apply to eft: its value is the per-token likelihood ratio β·log(π_BL/π_sft), which a block"
+     " of sampled tokens does not have; drop block_len or use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd,"
+     " args, none"),
+    ({"method": "bon", "temperature": 1.0, "block_len": 4},
+     "`block_len` does not apply to bon: it already chooses among whole responses (a block of the whole budget); drop"
+     " block_len or use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, none"),
+    ({"method": "sft", "block_len": 4},
+     "`block_len` does not apply to sft: it decodes one model token by token without candidates; drop block_len or"
+     " use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, none"),
 ]
 
 
@@ -102,9 +118,9 @@ def test_from_dict_rejects_unknown_key():
     with pytest.raises(ConfigError) as info:
         DecodeParams.from_dict({"k": 3, "top_k": 5})
     assert str(info.value) == (
-        "unknown decoding parameter `top_k`; valid ones are alpha, beta, bon_n, bon_policy, k, max_new_tokens,"
-        " method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed, rollout_temperature, seed,"
-        " soft_beta, stop, temperature, trace"
+        "unknown decoding parameter `top_k`; valid ones are alpha, beta, block_len, bon_beta, bon_n, bon_policy, k,"
+        " max_new_tokens, method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed,"
+        " rollout_temperature, seed, soft_beta, stop, temperature, trace"
     )
 
 
@@ -142,6 +158,7 @@ def test_params_are_frozen():
         ("sft", False, False, False, False),
         ("baseline", False, True, False, False),
         ("bon", False, False, True, False),
+        ("soft-bon", False, False, True, False),
     ],
 )
 def test_method_properties(method, token_level, baseline, reward, rolls_out):
@@ -150,7 +167,8 @@ def test_method_properties(method, token_level, baseline, reward, rolls_out):
     assert params.uses_baseline is baseline
     assert params.needs_reward is reward
     assert params.rolls_out is rolls_out
-    if method == "bon":
+    assert params.is_blockwise is method.endswith("bon")
+    if method.endswith("bon"):
         assert params.replace(bon_policy="baseline").uses_baseline
 
 
@@ -169,14 +187,14 @@ def test_derived_lists_are_what_they_were_by_hand():
     from tqstar.config import DECODE_FLAGS
     from tqstar.serving.protocol import OVERRIDABLE, TQStarOptions
 
-    assert GROUP_FIELDS == ("method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "beta",
-                            "soft_beta", "temperature", "bon_n", "bon_policy", "prune", "prune_probe",
-                            "reuse_rollouts")
-    assert set(DECODE_FLAGS) == {"method", "k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature",
-                                 "rollout_seed", "beta", "soft_beta", "temperature", "max_new_tokens", "seed", "bon_n",
-                                 "bon_policy", "stop", "trace"}
-    assert set(OVERRIDABLE) == {"alpha", "k", "n_rollouts", "rollout_len", "rollout_temperature", "beta", "bon_n",
-                                "prune", "prune_probe", "reuse_rollouts"}
+    assert GROUP_FIELDS == ("method", "k", "block_len", "alpha", "n_rollouts", "rollout_len", "rollout_temperature",
+                            "beta", "soft_beta", "temperature", "bon_n", "bon_policy", "bon_beta", "prune",
+                            "prune_probe", "reuse_rollouts")
+    assert set(DECODE_FLAGS) == {"method", "k", "block_len", "alpha", "n_rollouts", "rollout_len",
+                                 "rollout_temperature", "rollout_seed", "beta", "soft_beta", "temperature",
+                                 "max_new_tokens", "seed", "bon_n", "bon_policy", "bon_beta", "stop", "trace"}
+    assert set(OVERRIDABLE) == {"alpha", "k", "block_len", "n_rollouts", "rollout_len", "rollout_temperature", "beta",
+                                "bon_n", "bon_beta", "prune", "prune_probe", "reuse_rollouts"}
     assert set(TQStarOptions.model_fields) == set(OVERRIDABLE) | {"trace"}
     assert {name for name, info in FIELDS.items() if info.scope == "row"} == {
         "rollout_seed", "max_new_tokens", "stop", "seed", "trace"}

@@ -31,6 +31,9 @@ def test_expand_methods_sweeps_alpha():
                           {"k": 4})
     assert [r.label for r in runs] == ["sft", "tq-direct(α=0.5)", "tq-direct(α=1)", "cd(α=2)"]
     assert runs[1].params.k == 4 and runs[2].params.alpha == 1
+    blocks = expand_methods([{"method": "tq-direct", "alpha": [1, 3], "block_len": 8}, {"method": "tq-direct",
+                                                                                       "alpha": 3}])
+    assert [r.label for r in blocks] == ["tq-direct[m=8](α=1)", "tq-direct[m=8](α=3)", "tq-direct(α=3)"]
     with pytest.raises(ConfigError, match="`method` must be one of"):
         expand_methods([{"method": "nope"}])
     with pytest.raises(ConfigError, match="method label 'sft' appears twice"):

@@ -113,6 +113,45 @@ def test_server_side_tokenizer(server, smollm2_hf, local_smollm2):
     assert remote.decode(ids) == local_smollm2.decode(ids)
 
 
+def test_k_sampled_blocks_come_in_one_request_with_n(server, smollm2_hf, local_smollm2):
+    """A blockwise decision's k blocks (one prefix, seeds s, s + 1, …) go as one request with ``n``: the engine
+    seeds its i-th sample with s + i (vLLM's ParentRequest, llama-server's add_child), so each block is the sample
+    its own seed gives in a request of its own; llama-server takes at most its 4 slots per request."""
+    remote = _remote(server, smollm2_hf)
+    prefix = local_smollm2.encode_prompt(PROMPTS[1])
+    seeds = [123456 + i for i in range(6)]
+    sent = []
+    original = remote._complete
+    remote._complete = lambda prompts, extra: sent.append(extra.get("n", 1)) or original(prompts, extra)
+    together = remote.rollout([prefix] * 6, 8, 1.0, seeds).tokens
+    assert sorted(sent) == ([6] if remote.flavor == "vllm" else [2, 4])
+    alone = [remote.rollout([prefix], 8, 1.0, [seed]).tokens[0] for seed in seeds]
+    assert together == alone and len({tuple(t) for t in together}) > 1
+
+
+def test_blockwise_decoding_through_the_servers(server, smollm2_hf):
+    """Blockwise TQ* with both models served: k blocks per decision in one request each row; the same tokens as
+    with one request per block (max_n = 1), so grouping changes the requests, never the answer."""
+    from tqstar.reward import RewardSpec
+
+    system = "You are cheerful and kind; answer warmly and positively."
+    reward = RewardSpec("sentiment").load()
+    params = DecodeParams(method="tq-direct", k=4, block_len=4, alpha=2.0, rollout_len=6, max_new_tokens=12,
+                          temperature=1.0, trace=True)
+
+    def decode(max_n: int | None):
+        sft, baseline = _remote(server, smollm2_hf), _remote(server, smollm2_hf, system_prompt=system)
+        if max_n is not None:
+            sft.max_n = max_n
+        return Engine(sft, baseline, reward).generate(PROMPTS, params, batch_size=3, progress=False)
+
+    grouped, single = decode(None), decode(1)
+    assert [r.token_ids for r in grouped] == [r.token_ids for r in single]
+    for r in grouped:
+        assert r.kl_kind == "estimate" and 0 <= r.kl <= r.kl_bound and len(r.trace) == 3
+        assert [t for row in r.trace for t in row["blocks"][row["chosen"]]] == r.token_ids
+
+
 @pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])
 def test_greedy_methods_choose_the_local_tokens(method, server, smollm2_hf, local_smollm2):
     """SFT and baseline (a prompted baseline: the same weights with an aligning system prompt) both served."""

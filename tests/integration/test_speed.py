@@ -108,3 +108,60 @@ def test_rollout_budgets_per_prefix(sft):
     assert out.tokens[0] == [] and len(out.tokens[1]) == 1
     full = sft.rollout([ids + [12]], 3)
     assert out.tokens[2] == full.tokens[0]
+
+
+@pytest.mark.parametrize(("method", "temperature"), [("sft", 0.0), ("sft", 0.8), ("baseline", 0.0)])
+def test_plain_decoding_reports_the_exact_kl_per_step(sft, baseline, reward, method, temperature):
+    """Greedy sft decoding takes its KL from the rollout's log-prob of the chosen token (no second look-up); every
+    plain setting reports KL(π_dec ‖ π_sft) over the full vocabulary, checked here against full forwards."""
+    import torch
+
+    engine = Engine(sft, baseline, reward)
+    params = DecodeParams(method=method, temperature=temperature, max_new_tokens=6, seed=3)
+    for r in engine.generate(PROMPTS, params, progress=False):
+        decoded = sft if method == "sft" else baseline
+        for t, kl in enumerate(r.kl_per_step):
+            with torch.inference_mode():
+                own = decoded.model(torch.tensor([decoded.encode_prompt(r.prompt) + r.token_ids[:t]],
+                                                 device=decoded.device)).logits[0, -1].float()
+                ref = sft.model(torch.tensor([sft.encode_prompt(r.prompt) + r.token_ids[:t]],
+                                             device=sft.device)).logits[0, -1].float()
+            ref = torch.log_softmax(ref, -1)
+            if temperature == 0:
+                expected = -ref[int(own.argmax())]
+            else:
+                dec = torch.log_softmax(own / temperature, -1)
+                expected = (dec.exp() * (dec - ref)).sum()
+            assert kl == pytest.approx(max(0.0, float(expected)), abs=1e-4)
+
+
+@pytest.mark.parametrize(("settings", "eos_stops"), [
+    (dict(method="tq-direct", k=5, rollout_len=4, alpha=3.0), True),  # the tiny baseline's rollouts reach EOS
+    (dict(method="cd", k=4, rollout_len=6, alpha=0.5), False),  # the SFT's greedy ones never do
+    (dict(method="tq-direct", k=6, rollout_len=3, alpha=1.0, max_new_tokens=3), False)])
+def test_the_rollout_limit_runs_the_engines_rollout_tokens(sft, baseline, reward, settings, eos_stops):
+    """The benchmark's limit does tqstar's rollout work without pruning and reuse: the same candidates, budgets
+    (capped by what the response has left) and EOS stops, so the same forward tokens, exactly."""
+    from tqstar.testing.reference import rollout_limit
+
+    params = DecodeParams(**{"max_new_tokens": 8, **settings}, prune=False, reuse_rollouts=False)
+    engine = Engine(sft, baseline, reward)
+    responses = engine.generate(PROMPTS, params, progress=False)
+    limit = rollout_limit(engine, responses, params)
+    assert limit.forward_tokens == sum(r.accounting.rollout_tokens for r in responses) > 0
+    assert limit.rollouts == sum(r.accounting.rollouts for r in responses)
+    assert limit.steps == sum(len(r.token_ids) for r in responses) and limit.texts == params.k * limit.steps
+    assert (limit.eos_stops > 0) == eos_stops  # rollouts that stopped at EOS before their budget, in both
+
+
+def test_naive_steps_anywhere_in_a_response_match_the_engine(sft, baseline, reward):
+    """The benchmark times naive steps spread over a response (and its first tokens), each with the budgets of the
+    whole response's steps: each chooses the engine's token at that position."""
+    from tqstar.testing.reference import naive_step
+
+    engine = Engine(sft, baseline, reward)
+    params = DecodeParams(method="tq-direct", k=4, rollout_len=5, alpha=2.0, max_new_tokens=7)
+    for r in engine.generate(PROMPTS, params, progress=False):
+        assert naive_generate(engine, r.prompt, params, tokens=3) == r.token_ids[:3]
+        for t in (2, len(r.token_ids) - 1):
+            assert naive_step(engine, r.prompt, r.token_ids[:t], params) == r.token_ids[t]

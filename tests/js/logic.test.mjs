@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  SSEParser, answerSummary, chatMessages, controlSpecs, controlUsers, defaultPair, describeParams, describeRun,
-  deviation, errorMessage, fmt, isSampled, klNote, normaliseRange, presetsFrom, readChunk, requestBody, sseJson,
-  stepFlags, stepRows, visibleToken,
+  SSEParser, answerSummary, blockRows, chatMessages, controlSpecs, controlUsers, defaultPair, describeParams,
+  describeRun, deviation, errorMessage, fmt, isBlockStep, isSampled, klNote, normaliseRange, presetsFrom, readChunk,
+  requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "../../src/tqstar/serving/static/logic.js";
 
 // Presets as GET /v1/models describes them: the method's kind and the parameters it uses come from the server.
@@ -93,6 +93,10 @@ test("describeParams shows only what the method uses; describeRun adds the answe
     "method bon · bon_n 4 · bon_policy sft · temperature 0");
   assert.equal(describeRun({ ...all, stop: ["\n"] }, PLAIN_USES),
     'method sft · temperature 0 · max_tokens 24 · seed 81 · stop ["\\n"]');
+  assert.equal(describeParams({ ...all, method: "cd", block_len: 8 }, [...TQ_USES, "block_len"]),
+    "method cd · k 4 · block_len 8 · alpha 2 · n_rollouts 1 · rollout_len 3 · temperature 0");
+  assert.equal(describeParams({ ...all, method: "soft-bon", bon_beta: 0.1 }, ["bon_n", "bon_policy", "bon_beta", "temperature"]),
+    "method soft-bon · bon_n 4 · bon_policy sft · bon_beta 0.1 · temperature 0");
 });
 
 test("controlUsers switches off what neither preset reads, and the seed while both are greedy", () => {
@@ -211,6 +215,30 @@ test("stepRows sorts by score with pruned candidates last and marks the chosen o
   assert.deepEqual(ties.map((r) => r.id), [11, 22, 33, 44]);
 });
 
+// A blockwise decision's trace row: k = 3 sampled blocks (the third a duplicate of the first), the second chosen.
+const BLOCK = {
+  step: 4, blocks: [[5, 6], [7], [5, 6]], texts: [" a b", " c", " a b"], q: [0.2, 0.9, 0.2],
+  p_dec: [0.25, 0.5, 0.25], chosen: 1, duplicate: [false, false, true], reused: [false, false, false], choice: "soft",
+};
+
+test("a blockwise step lists its sampled blocks by the choice's probability, duplicates marked", () => {
+  assert.ok(isBlockStep(BLOCK) && !isBlockStep(ROW));
+  const rows = stepRows(BLOCK);
+  assert.deepEqual(rows, blockRows(BLOCK));
+  assert.deepEqual(rows.map((r) => r.id), [1, 0, 2]);
+  assert.deepEqual(rows.map((r) => [r.chosen, r.duplicate, r.pruned]), [[true, false, false], [false, false, false],
+    [false, true, false]]);
+  assert.deepEqual(rows.map((r) => r.text), [" c", " a b", " a b"]);
+  assert.ok(rows.every((r) => Math.abs(r.sftBar - 1 / 3) < 1e-12 && r.logp === null && r.score === null));
+  assert.deepEqual(rows.map((r) => r.decBar), [0.5, 0.25, 0.25]);
+  assert.deepEqual(deviation(BLOCK), { rank: null, gap: null, level: "block" });
+  assert.deepEqual(stepFlags(BLOCK), { pruned: 0, reused: 0, chosenReused: false });
+  assert.deepEqual(stepFlags({ ...BLOCK, reused: [false, true, false] }), { pruned: 0, reused: 1, chosenReused: true });
+  // Not valued (α = 0): no Q̂, and nothing pruned.
+  const unvalued = stepRows({ ...BLOCK, q: [null, null, null], p_dec: [1, 0, 0], chosen: 0, choice: "argmax" });
+  assert.deepEqual(unvalued.map((r) => [r.id, r.q, r.pruned]), [[0, null, false], [1, null, false], [2, null, false]]);
+});
+
 test("visibleToken shows whitespace and the empty token", () => {
   assert.equal(visibleToken(" a\tb\n"), "␣a⇥b↵");
   assert.equal(visibleToken(""), "∅");
@@ -231,6 +259,8 @@ test("answerSummary divides the compute by the steps and shows the KL bound", ()
   const plain = Object.fromEntries(answerSummary({ reward: null, kl: null, accounting: { rollouts: 0, wall_time_s: 1 } }, 2)
     .map((i) => [i.key, i.value]));
   assert.deepEqual(plain, { reward: "—", kl: "—", rollouts: "0.00", reward_calls: "—", seconds: "0.500" });
+  const estimated = answerSummary({ ...tq, kl_kind: "estimate" }, 99).find((i) => i.key === "kl").value;
+  assert.equal(estimated, "1.250 (estimate; bound 3.00)");
 });
 
 test("klNote explains the KL of a greedy answer, and only of one", () => {

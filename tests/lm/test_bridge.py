@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TEST_DEVICE
 from fake_openai import FakeServer
-from invariance import SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
+from invariance import CASES, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
 
 from tqstar import CallableReward, DecodeParams, Engine, PromptTooLongError
 from tqstar.builtin.tiny import CORPUS, build_tokenizer, tiny_config
@@ -288,12 +288,14 @@ def test_pruning_and_reuse_are_exact_through_the_bridge(sft_family, baseline_fam
     assert_speedups_exact(bridged(sft_family, baseline_family), PROMPTS, params)
 
 
-@pytest.mark.parametrize("method", ["tq-direct", "tq-indirect", "baseline", "bon"])
-def test_bridged_output_is_batch_and_join_invariant(method):
+@pytest.mark.parametrize("case", ["tq-direct", "tq-indirect", "baseline", "bon", "soft-bon", "tq-direct[m=2]",
+                                  "tq-indirect[m=2]", "tq-direct[m=3,argmax]"])
+def test_bridged_output_is_batch_and_join_invariant(case):
+    """Blockwise TQ* through the bridge: a block of SFT tokens is text for the baseline, which rolls out from it."""
     engine = Engine(family_lm("unigram"), family_lm("bpe", 1), REWARD,
                     CallableReward(lambda p, r: [len(t) / 100 for t in r], name="length"))
-    params = DecodeParams(method=method, k=4, alpha=2.0, rollout_len=4, max_new_tokens=5, bon_policy="baseline",
-                          **SAMPLED[method])
+    params = DecodeParams(**{**dict(k=4, alpha=2.0, rollout_len=4, max_new_tokens=5, bon_policy="baseline"),
+                             **CASES[case]})
     assert_batch_invariant(engine, PROMPTS, params)
     assert_join_invariant(engine, PROMPTS, params, seeds=[0, 7, 123])
 

@@ -128,6 +128,23 @@ def test_seeded_sampling_gives_distinct_copies_and_repeats(served, sft, tiny_pat
     assert remote.rollout([other, prefix], 10, 1.0, seeds=[3, 9]).tokens[1] == first[2]
 
 
+def test_copies_of_a_prefix_with_consecutive_seeds_go_as_one_request_for_n_samples(served, sft, tiny_paths):
+    """The k sampled blocks of a decision (one prefix, seeds s, s + 1, ...) are one request with ``n``: each sample
+    is the one its own seed gives alone (the servers seed the i-th of n with seed + i); llama-server takes at most
+    its slot count (4) per request."""
+    remote = _remote(served, tiny_paths)
+    prefix, seeds = sft.encode_prompt("the cat sat"), [1000 + i for i in range(6)]
+    served.requests.clear()
+    together = remote.rollout([prefix] * 6, 5, 1.0, seeds=seeds).tokens
+    sizes = sorted(r.get("n", 1) for r in served.requests)
+    assert sizes == ([6] if served.flavor == "vllm" else [2, 4])
+    alone = [remote.rollout([prefix], 5, 1.0, seeds=[seed]).tokens[0] for seed in seeds]
+    assert together == alone and len({tuple(t) for t in alone}) > 1
+    served.requests.clear()  # seeds that do not run consecutively, or other prefixes: one request each
+    remote.rollout([prefix, prefix, sft.encode_prompt("hi")], 5, 1.0, seeds=[5, 7, 6])
+    assert sorted(r.get("n", 1) for r in served.requests) == [1, 1, 1]
+
+
 @pytest.mark.parametrize("method", ["tq-direct", "cd", "args"])
 def test_engine_through_the_server_chooses_the_local_tokens(method, sft, baseline, tiny_paths):
     sft_server, base_server = FakeServer(sft, "vllm", "sft"), FakeServer(baseline, "llama.cpp", "baseline")

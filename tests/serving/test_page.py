@@ -335,6 +335,47 @@ def test_out_of_range_alpha_shows_the_servers_message(driver, server):
 
 
 @pytest.mark.browser
+def test_a_block_step_shows_its_sampled_candidates(driver, tiny_paths, tmp_path):
+    """A blockwise preset: the span that opens a decision shows its k sampled blocks — text, Q̂, the choice's
+    probability, chosen / duplicate badges — as the API's trace row has them, in the choice's order."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    presets = {"tiny-block": {"method": "tq-direct", "block_len": 3, "temperature": 1.0}}
+    with start_serve(tiny_paths, tmp_path, presets=presets) as process:
+        url = process.url + "/"
+        load(driver, url)
+        Select(driver.find_element(By.ID, "preset-b")).select_by_value("tiny-block")
+        # the temperature control goes to both answers; the seed field opens once one of them samples
+        fill(driver, prompt=PROMPT, k="5", max_tokens="7", temperature="1", seed="3")
+        requests = generate(driver)
+        api = api_answer(url, requests[1])
+        trace = api["tqstar"]["trace"]
+        section = driver.find_element(By.ID, "answer-b")
+        assert section.get_attribute("data-state") == "done"
+        assert text_of(driver, section.find_element(By.CLASS_NAME, "tokens")) == api["choices"][0]["message"]["content"]
+        spans = section.find_elements(By.CSS_SELECTOR, ".tok[data-step]")
+        assert len(spans) == len(trace) >= 2  # one span opens each decision (7 tokens, blocks of 3)
+        for step, (span, row) in enumerate(zip(spans, trace)):
+            assert span.get_attribute("data-level") == "block"
+            span.click()
+            panel = section.find_element(By.CLASS_NAME, "step")
+            assert panel.is_displayed() and f"Block at token {row['step']}: 5 sampled blocks" in panel.text
+            shown = panel.find_elements(By.CSS_SELECTOR, "tbody tr")
+            order = sorted(range(5), key=lambda i: (-row["p_dec"][i], -(row["q"][i] or 0.0), i))
+            assert [int(tr.get_attribute("data-token-id")) for tr in shown] == order
+            for tr, i in zip(shown, order):
+                assert same(tr.get_attribute("data-q"), row["q"][i]) and same(tr.get_attribute("data-p"), row["p_dec"][i])
+                badges = {b.text for b in tr.find_elements(By.CLASS_NAME, "badge")}
+                assert badges == {name for name, on in (("chosen", i == row["chosen"]),
+                                                        ("duplicate", row["duplicate"][i])) if on}
+                assert text_of(driver, tr.find_element(By.TAG_NAME, "code")).replace("␣", " ") in (
+                    row["texts"][i], "∅")
+            driver.save_screenshot(str(ARTIFACTS / f"block-{step}.png"))
+        assert console_errors(driver) == []
+
+
+@pytest.mark.browser
 def test_keyboard_and_phone_width(driver, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -37,7 +37,9 @@ def _config(tiny_paths, **extra) -> dict:
         "reward": "sentiment",
         "decode": {"k": 4, "rollout_len": 4, "max_new_tokens": 16},
         "presets": {"tiny-tq": {"method": "tq-direct", "alpha": 2.0}, "tiny-cd": {"method": "cd"},
-                    "tiny-sft": {"method": "sft"}, "tiny-sample": {"method": "tq-direct", "temperature": 1.0}},
+                    "tiny-sft": {"method": "sft"}, "tiny-sample": {"method": "tq-direct", "temperature": 1.0},
+                    "tiny-block": {"method": "tq-direct", "alpha": 2.0, "block_len": 3, "temperature": 1.0},
+                    "tiny-soft-bon": {"method": "soft-bon", "bon_n": 3, "temperature": 1.0}},
         "limits": {"max_batch": 16, "max_queue": 64, "max_tokens": 64, "max_prompt_tokens": 48,
                    "max_body_bytes": 20_000, "max_k": 8, "max_step_tokens": 500},
     }
@@ -114,11 +116,11 @@ def test_models_and_limits_list_the_presets(client, server, config):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("preset", ["tiny-tq", "tiny-cd", "tiny-sft"])
+@pytest.mark.parametrize("preset", ["tiny-tq", "tiny-cd", "tiny-sft", "tiny-block", "tiny-soft-bon"])
 def test_chat_and_completion_equal_generate(client, engine, config, preset):
-    prompt = PROMPTS[3]
-    want = _expected(engine, config, preset, [_chat(prompt)], 12)[0]
-    chat = client.chat.completions.create(model=preset, messages=_chat(prompt), max_tokens=12)
+    prompt = PROMPTS[3]  # a seed: a request without one samples afresh (tiny-block and tiny-soft-bon sample)
+    want = _expected(engine, config, preset, [_chat(prompt)], 12, seed=11)[0]
+    chat = client.chat.completions.create(model=preset, messages=_chat(prompt), max_tokens=12, seed=11)
     assert chat.object == "chat.completion" and chat.model == preset
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content == want.text
@@ -129,11 +131,12 @@ def test_chat_and_completion_equal_generate(client, engine, config, preset):
     assert ext["method"] == want.method and ext["reward"] == pytest.approx(want.reward)
     assert ext["accounting"]["rollouts"] == want.accounting.rollouts
     assert (ext["kl"] is None) == (want.kl is None)
-    want = _expected(engine, config, preset, [prompt], 12)[0]
-    text = client.completions.create(model=preset, prompt=prompt, max_tokens=12)
+    want = _expected(engine, config, preset, [prompt], 12, seed=11)[0]
+    text = client.completions.create(model=preset, prompt=prompt, max_tokens=12, seed=11)
     assert text.object == "text_completion" and text.choices[0].text == want.text
     assert text.usage.total_tokens == text.usage.prompt_tokens + len(want.token_ids)
-    assert text.choices[0].text == chat.choices[0].message.content  # one user message encodes as the prompt str
+    if not _params(config, preset).temperature:  # sampled: a message list and a str are two prompts' streams
+        assert text.choices[0].text == chat.choices[0].message.content  # one user message encodes as the prompt str
 
 
 def test_streamed_text_equals_non_streamed_and_generate(client, engine, config):
@@ -184,6 +187,27 @@ def test_trace_in_body_and_chunks(client, engine, config):
                                                  max_tokens=6, stream=True, extra_body={"tqstar": {"trace": True}}))
     rows = [c.model_extra["tqstar"]["trace"] for c in chunks if c.model_extra.get("tqstar", {}).get("trace")]
     assert [row["chosen"] for row in rows] == want.token_ids
+
+
+def test_blocks_stream_block_by_block_with_their_sampled_candidates(client, engine, config):
+    """A blockwise preset streams each block as it is chosen, the decision's trace row (its k sampled blocks, their
+    values and the choice) with the block's first token; the text, the trace and an override of ``block_len`` are
+    what ``generate`` gives."""
+    prompt = PROMPTS[11]
+    want = _expected(engine, config, "tiny-block", [_chat(prompt)], 10, trace=True, seed=5)[0]
+    chunks = list(client.chat.completions.create(model="tiny-block", messages=_chat(prompt), max_tokens=10, seed=5,
+                                                 stream=True, extra_body={"tqstar": {"trace": True}}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    rows = [c.model_extra["tqstar"]["trace"] for c in chunks if c.model_extra.get("tqstar", {}).get("trace")]
+    assert [(row["step"], row["blocks"], row["chosen"]) for row in rows] == [
+        (row["step"], row["blocks"], row["chosen"]) for row in want.trace]
+    assert [t for row in rows for t in row["blocks"][row["chosen"]]] == want.token_ids
+    assert all(len(row["blocks"]) == 4 and len(row["q"]) == 4 for row in rows)
+    body = client.chat.completions.create(model="tiny-tq", messages=_chat(prompt), max_tokens=8, temperature=1.0,
+                                          seed=5, extra_body={"tqstar": {"block_len": 2}})
+    override = _expected(engine, config, "tiny-tq", [_chat(prompt)], 8, block_len=2, temperature=1.0, seed=5)[0]
+    assert body.choices[0].message.content == override.text
+    assert body.model_extra["tqstar"]["kl_kind"] == "estimate" and body.model_extra["tqstar"]["params"]["block_len"] == 2
 
 
 def test_overrides_change_the_answer_like_the_cli(client, engine, config):

@@ -25,10 +25,17 @@ def test_held_back_is_the_longest_stop_prefix_or_broken_character(text, stop, ho
     assert held_back(text, stop) == hold
 
 
-def _byte_tokens(text: str) -> tuple[list[int], callable]:
+class _Decoder:
+    """A model's ``decode`` alone (not local: decoded whole every time)."""
+
+    def __init__(self, decode) -> None:
+        self.decode = decode
+
+
+def _byte_tokens(text: str) -> tuple[list[int], _Decoder]:
     """Byte-level "tokens": one per UTF-8 byte, decoded like a byte-level BPE (broken characters as U+FFFD)."""
     data = text.encode()
-    return list(range(len(data))), lambda ids: data[: len(ids)].decode(errors="replace") if ids else ""
+    return list(range(len(data))), _Decoder(lambda ids: data[: len(ids)].decode(errors="replace") if ids else "")
 
 
 def _stream(decode, ids, stop, final):
@@ -68,7 +75,7 @@ def test_held_back_text_is_released_when_it_is_not_a_stop():
 
 def test_text_that_a_tokenizer_rewrites_is_delayed_not_contradicted():
     outputs = {1: "a", 2: "a ,", 3: "a, b"}  # clean-up rewrites " ," once the next token arrives
-    detok = IncrementalText(lambda ids: outputs[len(ids)], ())
+    detok = IncrementalText(_Decoder(lambda ids: outputs[len(ids)]), ())
     pieces = [detok.update([0] * n) for n in (1, 2, 3)]
     assert pieces == ["a", " ,", ""]
     assert detok.finish("a, b") == ""  # cannot be reconciled: nothing contradictory is sent

@@ -162,7 +162,8 @@ def _refusal(path: str) -> str:
 def format_response(response) -> str:
     a = response.accounting
     facts = [f"reward={response.reward:.4f}" if response.reward is not None else None,
-             f"kl={response.kl:.3f}" if response.kl is not None else None,
+             (f"kl={response.kl:.3f}" + (" (estimate)" if response.kl_kind == "estimate" else ""))
+             if response.kl is not None else None,
              f"tokens={len(response.token_ids)}", f"finish={response.finish_reason}",
              f"rollouts={a.rollouts}", f"reward_calls={a.reward_calls}", f"time={a.wall_time_s:.2f}s"]
     return (f"### [{response.method}] {response.prompt}\n{response.text}\n"
@@ -173,7 +174,10 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
     """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice.
 
     A candidate whose Q̂ was never computed (it could not change the choice) shows ``pruned``; one valued from the
-    previous step's rollout is marked ``reused``."""
+    previous step's rollout is marked ``reused``. Blockwise decisions (a trace row with ``blocks``) show their k
+    sampled blocks instead (:func:`format_block_trace`)."""
+    if trace and "blocks" in trace[0]:
+        return format_block_trace(trace)
     lines = [f"{'step':>4}  {'token':<14}{'logp_sft':>9}{'Q':>9}{'score':>9}{'p_dec':>7}"]
     for row in trace:
         for j, z in enumerate(row["candidates"]):
@@ -183,4 +187,19 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
             lines.append(f"{row['step']:>4}{mark} {row['tokens'][j]!r:<14.14}{row['logp_sft'][j]:>9.3f}"
                          f"{'pruned' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
                          f"{row['p_dec'][j]:>7.3f}{note}")
+    return "\n".join(lines)
+
+
+def format_block_trace(trace: list[dict[str, Any]]) -> str:
+    """Per decision (at response position ``pos``): each sampled block's text, Q̂ and the probability the choice gave
+    it (``argmax`` or ``soft``); * marks the chosen one, ``dup`` a block identical to an earlier sample (valued once),
+    ``-`` a value the choice did not need (α = 0, k = 1)."""
+    lines = [f"{'pos':>4}  {'#':>2}  {'block':<40}{'Q':>9}{'p_dec':>7}"]
+    for row in trace:
+        for i, text in enumerate(row["texts"]):
+            mark = "*" if i == row["chosen"] else " "
+            q = row["q"][i]
+            notes = [note for note, on in (("dup", row["duplicate"][i]), ("reused", row["reused"][i])) if on]
+            lines.append(f"{row['step']:>4}{mark} {i:>2}  {text!r:<40.40}{'-' if q is None else f'{q:.3f}':>9}"
+                         f"{row['p_dec'][i]:>7.3f}{'  ' + ' '.join(notes) if notes else ''}")
     return "\n".join(lines)

@@ -20,21 +20,37 @@ def add_command(sub) -> None:
     t.add_argument("--k", type=int, default=None, help="top-k (default: the whole vocabulary)")
     t.add_argument("--temperature", type=float, default=1.0, help="decoding temperature (1 = softmax policy)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--blocks", type=float, metavar="ALPHA", default=None,
+                   help="only the blockwise-selection table at this alpha: k sampled blocks of m tokens chosen by their"
+                        " exact values, k = 1 .. 64 and the k -> infinity limit (tqstar.blocks)")
 
 
 def run_testbed(args: argparse.Namespace) -> int:
     from ..eval.testbed import (
         average,
+        block_rows,
         check_settings,
         exact_report,
+        format_block_report,
         format_matched_kl,
         format_report,
         matched_kl,
     )
 
     check_settings(instances=args.instances, vocab_size=args.vocab_size, horizon=args.horizon,
-                   beta_baseline=args.beta_baseline, temperature=args.temperature, k=args.k, alphas=args.alphas,
-                   kls=args.kls, draws=args.draws)
+                   beta_baseline=args.beta_baseline, temperature=args.temperature, k=args.k,
+                   alphas=args.alphas if args.blocks is None else [args.blocks], kls=args.kls, draws=args.draws)
+    if args.blocks is not None:
+        rows = [row for i in range(args.instances) for row in block_rows(
+            i, alpha=args.blocks, vocab_size=args.vocab_size, horizon=args.horizon, beta_baseline=args.beta_baseline,
+            seed=args.seed)]
+        print(f"exact testbed, blockwise selection: {args.instances} random instances, vocab {args.vocab_size},"
+              f" horizon {args.horizon}, alpha {args.blocks:g} (soft values at beta = 1/alpha; tq-direct's baseline ="
+              f" optimal policy at beta {args.beta_baseline}); k sampled blocks of m tokens (all: the whole response),"
+              " chosen softly (T = 1) or by argmax, by exact values; the limit is the optimum for soft values with"
+              " soft choice; means over instances")
+        print(format_block_report(rows))
+        return 0
     for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):
         rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                             horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,

@@ -5,8 +5,9 @@ Per method (one row each): prompts, mean target reward ± standard error, the no
 the ``normalise_to`` method (the aligned baseline by default: 1), i.e. the share of the baseline's gain a
 method recovers,
 win / tie rates against the reference under each judge, diversity, coherence, KL to the SFT model (sum of the
-per-step KLs) and the summed per-token bound beside it, response length, and compute per generated token
-(forward tokens, rollouts, reward calls, wall seconds).
+per-step KLs), what that KL is (``kl_is``: ``exact`` per-step KLs, or a selection ``estimate`` for blockwise
+decisions and best-of-N; :data:`tqstar.state.KL_KINDS`) and the summed bound beside it, response length, and compute
+per generated token (forward tokens, rollouts, reward calls, wall seconds).
 
 Plots (PNG): reward vs KL across α for each token-level method family, and a bar chart of mean reward per
 method with standard-error bars.
@@ -29,6 +30,7 @@ from .._files import OutDir, read_bytes
 from ..errors import ConfigError, preview
 from ..methods import BY_NAME, NEEDS
 from ..params import DecodeParams
+from ..state import KL_KINDS
 from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
 from .results import RESULTS_FIX, canonical, first_difference, read_rows
@@ -56,14 +58,15 @@ ROW_TYPES: dict[str, tuple[Any, str]] = {
     "reward": (_number, "a finite number or null"),
     "kl": (_number, "a finite number or null"),
     "kl_bound": (_number, "a finite number or null"),
+    "kl_kind": (lambda v: v is None or v in KL_KINDS, "one of " + ", ".join(KL_KINDS) + " or null"),
     "alpha": (_number, "a finite number or null"),
     "scores": (lambda v: v is None or (isinstance(v, dict) and all(_number(x, none=False) for x in v.values())),
                "a mapping of judge names to numbers"),
     "params": (lambda v: v is None or isinstance(v, dict), "a mapping of decoding parameters"),
     "family": (lambda v: v is None or isinstance(v, str), "a method name"),
 }
-COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_bound",
-           "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_is",
+           "kl_bound", "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
 def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None,
@@ -97,6 +100,7 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, ll
             "diversity": sum(diversity(r["text"]) for r in items) / len(items),
             "kl": sum(kls) / len(kls) if kls else None,
             "kl_se": mean_and_stderr(kls)[1] if kls else None,
+            "kl_is": "/".join(sorted({r["kl_kind"] for r in items if r.get("kl_kind")})) or None,
             "family_label": family_label(items[0]),
             "kl_bound": sum(bounds) / len(bounds) if bounds else None,
             "length": tokens / len(items),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import WRITTEN_BY, first_line, output_kind, read_bytes, written_by
 from ..errors import ConfigError
-from ..params import DecodeParams
+from ..params import DecodeParams, in_effect
 
 if TYPE_CHECKING:
     from ..reward import Reward
@@ -175,10 +175,10 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
         label = row["method"]
         old = row.get("params") or header["config"].get("methods", {}).get(label)
         old = None if old is None else {**defaults, **old}
-        if label in mine and canonical(old) != canonical(mine[label]):
+        if label in mine and canonical(None if old is None else in_effect(old)) != canonical(in_effect(mine[label])):
             raise ConfigError(f"method {label!r} in {str(output)!r} was run with other parameters"
-                              f" ({first_difference(old or {}, mine[label])}); give it another `label` or another"
-                              " --output")
+                              f" ({first_difference(in_effect(old or {}), in_effect(mine[label]))}); give it another"
+                              " `label` or another --output")
 
 
 def canonical(value: Any) -> str:

@@ -78,12 +78,12 @@ def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] |
             if not isinstance(alphas, list) and "alpha" in entry:
                 first.check_given(["alpha"])  # refused: the entry itself gives α to a method that has no use for it
             if isinstance(alphas, list):
-                log.warning(f"{unused_message('alpha', first.method).split(';')[0]}; the sweep over {alphas} runs it"
+                log.warning(f"{unused_message('alpha', first).split(';')[0]}; the sweep over {alphas} runs it"
                             " once")
             sweep = [None]
         for alpha in sweep:
             params = first if alpha is None else DecodeParams.from_dict({**own, "alpha": alpha}, base=base)
-            name = label or params.method
+            name = label or params.method + (f"[m={params.block_len}]" if params.block_len is not None else "")
             if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
                 name = f"{name}(α={params.alpha:g})"
             runs.append(MethodRun(name, params))

@@ -81,9 +81,9 @@ def completions(lm: TabularLM, prefix: tuple[int, ...] = ()) -> Iterator[tuple[t
                 yield (z,) + tail, p * q
 
 
-def q_value(lm: TabularLM, r: RewardFn, prefix: tuple[int, ...], z: int) -> float:
-    """Q^π(s, z): the expected reward of completing ``prefix + z`` with ``lm``."""
-    start = prefix + (z,)
+def q_value(lm: TabularLM, r: RewardFn, prefix: tuple[int, ...], z: int | tuple[int, ...]) -> float:
+    """Q^π(s, z): the expected reward of completing ``prefix + z`` with ``lm`` (``z`` a token, or a block)."""
+    start = prefix + (z if isinstance(z, tuple) else (z,))
     return sum(p * r(start + tail) for tail, p in completions(lm, start))
 
 
@@ -101,11 +101,11 @@ def trajectory_kl(p_lm: TabularLM, q_lm: TabularLM) -> float:
     return total
 
 
-def optimal_policy(sft: TabularLM, r: RewardFn, beta: float, name: str = "optimal") -> TabularLM:
-    """The token-level factorisation of ρ*_r ∝ ρ_sft·exp(r/β), as a tabular model."""
+def log_partition(sft: TabularLM, r: RewardFn, beta: float) -> Callable[[tuple[int, ...]], float]:
+    """log W(prefix) = log E_{y ~ π_sft(·|prefix)}[exp(r(prefix y)/β)], memoised (β·log W is the soft value)."""
     log_w: dict[tuple[int, ...], float] = {}
 
-    def lw(prefix: tuple[int, ...]) -> float:  # log W(prefix) = log E_{π_sft}[exp(r/β) | prefix]
+    def lw(prefix: tuple[int, ...]) -> float:
         if prefix in log_w:
             return log_w[prefix]
         if prefix and prefix[-1] == EOS:
@@ -117,6 +117,12 @@ def optimal_policy(sft: TabularLM, r: RewardFn, beta: float, name: str = "optima
         log_w[prefix] = value
         return value
 
+    return lw
+
+
+def optimal_policy(sft: TabularLM, r: RewardFn, beta: float, name: str = "optimal") -> TabularLM:
+    """The token-level factorisation of ρ*_r ∝ ρ_sft·exp(r/β), as a tabular model."""
+    lw = log_partition(sft, r, beta)
     table = {}
     for prefix in prefixes(sft.vocab_size, sft.horizon):
         probs = sft.probs(prefix)
@@ -357,3 +363,158 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
         raise ConfigError(f"--vocab-size {vocab_size} with --horizon {horizon} enumerates {sequences:.3g}"
                           f" sequences; keep vocab-size ** horizon <= {MAX_TESTBED_SEQUENCES:,}", param="vocab_size",
                           value=vocab_size)
+
+
+# ---- blockwise selection, exactly ---------------------------------------------------------------------------------
+#: Per state s and block b: a block's value Q(s, b).
+BlockValue = Callable[[tuple[int, ...], tuple[int, ...]], float]
+
+
+def blocks_from(lm: TabularLM, prefix: tuple[int, ...], block_len: int | None) -> list[tuple[tuple[int, ...], float]]:
+    """Every block that can follow ``prefix`` — ``block_len`` tokens, fewer when it ends with EOS; ``None``: the whole
+    rest of the response — with its probability π(b | prefix)."""
+    out = []
+
+    def walk(block: tuple[int, ...], prob: float) -> None:
+        if (block and block[-1] == EOS) or len(block) == block_len:
+            out.append((block, prob))
+            return
+        for z, p in enumerate(lm.probs(prefix + block).tolist()):
+            if p > 0:
+                walk(block + (z,), prob * p)
+
+    walk((), 1.0)
+    return out
+
+
+def block_law(sft: TabularLM, value: BlockValue, prefix: tuple[int, ...], *, alpha: float, k: int | None,
+              block_len: int | None, temperature: float = 1.0) -> list[tuple[tuple[int, ...], float]]:
+    """The exact law of the block a blockwise decision at ``prefix`` commits: k i.i.d. blocks of π_sft, the best
+    ``value`` chosen (temperature 0, first maximal sample) or one drawn ∝ exp(α·value/T) (:mod:`tqstar.blocks`).
+
+    Within a value level the chosen block is π_sft-distributed (exchangeability), so q(b) = p(b)/p(v)·q(v) with q(v)
+    the selected value's law (:func:`~tqstar.blocks.selection_law`, exact for any k). ``k=None``: the k → ∞ limit,
+    p(b)·exp(α·value/T)/Z (soft: what sampling-importance-resampling converges to), or the best level (argmax)."""
+    from ..blocks import selection_law
+
+    blocks = blocks_from(sft, prefix, block_len)
+    p = np.array([prob for _, prob in blocks])
+    v = np.array([value(prefix, b) for b, _ in blocks])
+    strength = math.inf if temperature == 0 else alpha / temperature
+    levels, level = np.unique(v, return_inverse=True)
+    p_level = np.bincount(level, weights=p)
+    if k is None:
+        log_q = strength * levels + np.log(p_level) if math.isfinite(strength) else np.where(
+            levels == levels.max(), 0.0, -math.inf)
+        q_level = np.exp(log_q - np.logaddexp.reduce(log_q))
+    else:
+        q_level = selection_law(levels, p_level, k, strength)
+    return [(b, float(prob / p_level[level[i]] * q_level[level[i]])) for i, (b, prob) in enumerate(blocks)]
+
+
+def block_decoding(sft: TabularLM, value: BlockValue, *, alpha: float, k: int | None, block_len: int | None,
+                   temperature: float = 1.0) -> dict[tuple[int, ...], float]:
+    """ρ_dec over complete responses of blockwise decoding (:func:`block_law` at every decision)."""
+    dist: dict[tuple[int, ...], float] = {}
+
+    def walk(prefix: tuple[int, ...], prob: float) -> None:
+        if prefix and prefix[-1] == EOS:
+            dist[prefix] = dist.get(prefix, 0.0) + prob
+            return
+        for block, q in block_law(sft, value, prefix, alpha=alpha, k=k, block_len=block_len, temperature=temperature):
+            if q > 0:
+                walk(prefix + block, prob * q)
+
+    walk((), 1.0)
+    return dist
+
+
+def sequences(lm: TabularLM) -> dict[tuple[int, ...], float]:
+    """ρ_lm over complete responses."""
+    return dict(completions(lm))
+
+
+def distribution_kl(p: dict[tuple[int, ...], float], q: dict[tuple[int, ...], float]) -> float:
+    """KL(p ‖ q) of two distributions over responses (inf where p has mass q lacks)."""
+    return sum(mass * (math.log(mass) - math.log(q[y])) if q.get(y, 0.0) > 0 else math.inf
+               for y, mass in p.items() if mass > 0)
+
+
+def block_values(sft: TabularLM, baseline: TabularLM, r: RewardFn, beta: float) -> dict[str, BlockValue]:
+    """The exact block values of the blockwise methods (memoised): the soft value β·log W(s b) (``tq-soft`` with the
+    optimal baseline, ``soft-cd`` as N → ∞; its weight exp(V/β) at α = 1/β is W(s b)), ``tq-direct``'s
+    Q^{π_BL}(s, b), CD's Q^{π_sft}(s, b), and the reward of the response itself (a block that ends it; ``bon`` and
+    ``soft-bon``). Each depends on s and b only through the sequence s b."""
+    lw = log_partition(sft, r, beta)
+    by_sequence = {"soft": lambda y: beta * lw(y), "tq-direct": lambda y: q_value(baseline, r, y, ()),
+                   "cd": lambda y: q_value(sft, r, y, ()), "reward": r}
+    return {name: _memoised(fn) for name, fn in by_sequence.items()}
+
+
+def _memoised(fn: Callable[[tuple[int, ...]], float]) -> BlockValue:
+    seen: dict[tuple[int, ...], float] = {}
+
+    def value(s: tuple[int, ...], b: tuple[int, ...]) -> float:
+        y = s + b
+        if y not in seen:
+            seen[y] = fn(y)
+        return seen[y]
+
+    return value
+
+
+#: The sample counts k the block report evaluates (None: the k → ∞ limit).
+BLOCK_KS = (1, 2, 4, 16, 64, None)
+
+
+def block_rows(instance: int, *, alpha: float = 5.0, block_lens: Sequence[int | None] = (1, 2, None),
+               ks: Sequence[int | None] = BLOCK_KS, vocab_size: int = 4, horizon: int = 4, beta_baseline: float = 0.2,
+               seed: int = 0) -> list[dict]:
+    """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of blockwise decoding on one random instance (the direct setting: the baseline
+    is ρ*_r at β_BL), for each value (soft, tq-direct, cd), choice (soft at T = 1, argmax), block length m and k,
+    with the distance to its k → ∞ limit — ρ*_r at β = 1/α for soft values with soft choice (the frontier), the
+    block-tilted policy ∝ p(b)·e^(αQ(s,b)) for hard values, the best block for argmax: ``tv_to_limit`` (total
+    variation) and ``kl_to_limit`` (KL(ρ_dec ‖ limit), inf where the limit is a point mass). ``m = None`` decides
+    once over whole responses, where every value is the reward itself: soft best-of-k (β = 1/α) and best-of-k."""
+    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
+    r = random_reward(vocab_size, horizon, seed=seed + instance)
+    baseline = optimal_policy(sft, r, beta_baseline)
+    values = block_values(sft, baseline, r, 1.0 / alpha)
+    ref = sequences(sft)
+    rows = []
+    for name in ("soft", "tq-direct", "cd"):
+        for choice, temperature in (("soft", 1.0), ("argmax", 0.0)):
+            for m in block_lens:
+                limit = block_decoding(sft, values[name], alpha=alpha, k=None, block_len=m, temperature=temperature)
+                for k in ks:
+                    dist = limit if k is None else block_decoding(sft, values[name], alpha=alpha, k=k, block_len=m,
+                                                                  temperature=temperature)
+                    rows.append({"instance": instance, "value": name, "choice": choice, "m": m, "k": k,
+                                 "reward": sum(mass * r(y) for y, mass in dist.items()),
+                                 "kl": max(0.0, distribution_kl(dist, ref)),
+                                 "kl_to_limit": max(0.0, distribution_kl(dist, limit)),
+                                 "tv_to_limit": total_variation(dist, limit)})
+    optimum = sequences(optimal_policy(sft, r, 1.0 / alpha))
+    rows.append({"instance": instance, "value": "optimum (β = 1/α)", "choice": "-", "m": None, "k": None,
+                 "reward": sum(mass * r(y) for y, mass in optimum.items()), "kl": distribution_kl(optimum, ref),
+                 "kl_to_limit": 0.0, "tv_to_limit": 0.0})
+    return rows
+
+
+def total_variation(p: dict[tuple[int, ...], float], q: dict[tuple[int, ...], float]) -> float:
+    """½·Σ_y |p(y) − q(y)|."""
+    return 0.5 * sum(abs(p.get(y, 0.0) - q.get(y, 0.0)) for y in set(p) | set(q))
+
+
+def format_block_report(rows: list[dict]) -> str:
+    """Means over instances per (value, choice, m, k) as a fixed-width table; m ``all`` is the whole response, k ``∞``
+    the limit."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["value"], row["choice"], row["m"], row["k"]), []).append(row)
+    lines = [f"{'value':<18}{'choice':<8}{'m':>4}{'k':>5}{'E[r]':>9}{'KL':>9}{'KL to limit':>13}{'TV to limit':>13}"]
+    for (value, choice, m, k), group in groups.items():
+        mean = {key: sum(g[key] for g in group) / len(group) for key in ("reward", "kl", "kl_to_limit", "tv_to_limit")}
+        lines.append(f"{value:<18}{choice:<8}{'all' if m is None else m:>4}{'∞' if k is None else k:>5}"
+                     f"{mean['reward']:>9.4f}{mean['kl']:>9.4f}{mean['kl_to_limit']:>13.5f}{mean['tv_to_limit']:>13.5f}")
+    return "\n".join(lines)

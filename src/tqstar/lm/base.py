@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ConfigError, PromptTooLongError, preview
 from ..randomness import sample_tokens, uniforms
+from ..text import LocalDecoding
 
 TokenIds = Sequence[int]
 #: A prompt: a str (one user turn) or chat messages ``[{"role": "system"|"user"|"assistant", "content": str}]``.
@@ -108,8 +109,11 @@ class LanguageModel(ABC):
     """A causal language model seen as token ids in, next-token log-probs or continuations out.
 
     Attributes a backend sets: ``name`` (for messages), ``vocab_size`` (``None`` when a remote server does not
-    tell), ``eos_token_ids``, ``max_context`` (``None`` when unbounded) and ``thread_safe`` (several batches may
-    call it at once from different threads: true of a remote server, not of a local model's cache).
+    tell), ``eos_token_ids``, ``max_context`` (``None`` when unbounded), ``thread_safe`` (several batches may
+    call it at once from different threads: true of a remote server, not of a local model's cache) and
+    ``local_decoding`` (a :class:`~tqstar.text.LocalDecoding` when :meth:`decode` of new tokens needs only a few
+    tokens before them, so a growing response is decoded at the cost of its new tokens:
+    :class:`~tqstar.text.ResponseText`; ``None`` decodes it whole).
     """
 
     name: str
@@ -117,6 +121,7 @@ class LanguageModel(ABC):
     eos_token_ids: frozenset[int]
     max_context: int | None = None
     thread_safe: bool = False
+    local_decoding: LocalDecoding | None = None
 
     # ---- text <-> ids -----------------------------------------------------------------------------------
     @abstractmethod

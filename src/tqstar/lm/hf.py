@@ -12,9 +12,12 @@ Caching, the way vLLM's automatic prefix caching does it but for one process:
   Suffixes of unequal length are left-padded *inside* the block; padding positions are masked out and position
   ids count real tokens only, so every row sees exactly its own tokens.
 * :meth:`next_logprobs` stores the sequences it was asked about (the committed prefixes, one token longer each
-  step); :meth:`rollout` stores the prefixes' *stems* (each prefix minus its last token) and then expands each
-  stem to all its rollouts, so the k×N rollouts of a step run as one batch that shares the committed prefix's
-  cache instead of re-encoding the prompt per candidate.
+  step); :meth:`rollout` encodes the prefixes' *stems* (each prefix minus its last token) and expands each stem to
+  all its rollouts, so the k×N rollouts of a step run as one batch that shares the committed prefix's cache instead
+  of re-encoding the prompt per candidate; it then stores every rollout *as run* — its prefix and the tokens it
+  generated, but the last — so whatever continues a rollout starts where it ended: the next decision after a sampled
+  block (the chosen block is a stored row), the rollouts from each sampled block (CD), the rest of a reused
+  greedy rollout.
 
 A call whose sequences do not all extend a stored row is encoded from scratch (left padding); results never
 depend on the cache, only speed does.
@@ -39,6 +42,7 @@ import torch
 from .._schema import check_arguments
 from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
+from ..text import local_decoding
 from .base import (
     ContinuationScores,
     Ending,
@@ -52,7 +56,7 @@ from .base import (
     rollout_uniforms,
 )
 from .chat import encode_with_tokenizer
-from .kvcache import PrefixKV, Rows, longest_common_prefixes, make_cache
+from .kvcache import PrefixKV, Rows, concat_rows, longest_common_prefixes, make_cache
 from .loading import DTYPES, check_device, check_model_path, eos_ids, load_pretrained, merge_adapter
 
 #: The most logits one scoring chunk keeps at once (rows × positions × vocabulary floats, ~256 MB in float32).
@@ -91,6 +95,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         self.parse_special_tokens = parse_special_tokens
         self.prefix_cache = prefix_cache
         self.tokenizer = tokenizer
+        self.local_decoding = local_decoding(tokenizer)
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self.chat_template = chat_template
         self.system_prompt = system_prompt
@@ -226,9 +231,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         out: list[list[int]] = [[] for _ in prefixes]
         logprobs: list[list[float]] = [[] for _ in prefixes]
         alive = [i for i in range(len(prefixes)) if budgets[i] > 0]
-        # Store the prefixes themselves after the first forward when that costs no more rows than the stems
-        # (one prefix per stem, as in plain decoding): the next call's stem is then a stored row, run for free.
-        store_prefixes = len(alive) == len(prefixes) == len(stems)
+        ran: list[Rows] = []  # the rows that finished, as run: prefix + generated tokens but the last, their logits
         if len(alive) < len(prefixes):
             rows = rows.select(alive)
         if draws is not None:
@@ -242,8 +245,6 @@ class TransformersLM(FullVocabLM, PrefixKV):
             ones = torch.ones(len(alive), 1, dtype=mask.dtype, device=self.device)
             logits, kv = self._forward(kv, mask, feed[:, None], ones)  # (R, V)
             mask = torch.cat([mask, ones], dim=1)
-            if t == 0 and store_prefixes:
-                self._rows = Rows(list(prefixes), kv, mask, logits)
             chosen = sample_tokens(logits, temperature, None if draws is None else draws[:, t])  # (R,)
             finished = torch.isin(chosen, eos)  # (R,)
             chosen_lp = logits.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (R,)
@@ -257,6 +258,9 @@ class TransformersLM(FullVocabLM, PrefixKV):
                 if not host[1][row] and len(out[i]) < budgets[i]:
                     keep.append(row)
             if len(keep) < len(alive):
+                kept = set(keep)
+                run = [prefixes[i] + tuple(out[i][:-1]) for i in alive]  # what each row's KV holds
+                ran.append(Rows(run, kv, mask, logits).select([j for j in range(len(alive)) if j not in kept]))
                 alive = [alive[j] for j in keep]
                 if not alive:
                     break
@@ -266,6 +270,8 @@ class TransformersLM(FullVocabLM, PrefixKV):
                 if draws is not None:
                     draws = draws.index_select(0, index)
             feed = chosen
+        if ran:
+            self._rows = concat_rows(ran)
         return RolloutOutput(out, cost, logprobs)
 
     def score_continuations(self, prefixes: Sequence[TokenIds],

@@ -55,6 +55,10 @@ class Rows:
         return Rows(tokens, kv, mask.index_select(1, cols), self.last_logits)
 
     def select(self, idx: Sequence[int]) -> Rows:
+        """The rows ``idx`` (repeats allowed). Selecting every row in order returns these rows uncopied: plain
+        decoding selects its one stored row every step, and copying its KV cost O(sequence) per token."""
+        if len(idx) == len(self.tokens) and all(i == j for j, i in enumerate(idx)):
+            return self
         index = torch.as_tensor(list(idx), dtype=torch.long, device=self.mask.device)
         kv = None if self.kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
         last = None if self.last_logits is None else self.last_logits.index_select(0, index)
@@ -86,6 +90,8 @@ class PrefixKV:
         stored = self._rows
         if stored is None or not self.prefix_cache:
             return self._prefill(seqs)
+        if stored.tokens == seqs:  # the stored rows themselves (plain decoding's stem, every step)
+            return Rows(list(seqs), stored.kv, stored.mask, stored.last_logits), [0] * len(seqs)
         rows, kept = longest_common_prefixes(stored, seqs)
         base = stored.select(rows).keep_first(kept)
         suffixes = [s[n:] for s, n in zip(seqs, kept)]

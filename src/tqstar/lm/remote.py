@@ -10,8 +10,12 @@ sequences the decoder built; the server's own prefix cache plays the part of the
   and the chat-style ``logprobs.content[].top_logprobs`` with ``id`` (llama-server).
 * :meth:`RemoteLM.rollout`: the k×N prefixes of a step as one batched request (split into ``max_batch``-sized
   requests sent concurrently), ``max_tokens``, ``temperature`` and, for seeded sampling, one request per prefix
-  seed; the generated token ids come back in
-  the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
+  seed — except that copies of one prefix whose seeds run consecutively (s, s + 1, …: the k sampled blocks of a
+  blockwise decision, :func:`~tqstar.randomness.block_seeds`) go as *one* request with ``n`` and ``seed`` s, because
+  vLLM (``ParentRequest._get_child_sampling_params``) and llama-server (``server_task::add_child``) seed the i-th of
+  ``n`` samples with seed + i: each sample is still the one its own seed gives alone, and the prompt is sent and
+  prefilled once (llama-server: at most its slot count, ``/props`` ``total_slots``). The generated token ids come
+  back in the logprobs. A choice that finished with ``stop`` ended at EOS; when the server leaves the EOS token out of
   its tokens (llama-server does), it is appended, so a continuation ends with its EOS id as locally.
 
 * :meth:`RemoteLM.score_continuations`: vLLM's ``prompt_logprobs: 0`` on ``prefix + y`` (``max_tokens: 1``) gives the
@@ -58,6 +62,7 @@ from ..errors import (
     ServerRejectedError,
     VocabularyMismatchError,
 )
+from ..text import local_decoding
 from .base import (
     ContinuationScores,
     Ending,
@@ -132,9 +137,11 @@ class RemoteLM(LanguageModel):
         self.prompt_tokens_sent = 0
         self.completion_tokens = 0
         self.flavor, self.max_context, server_vocab = self._connect()
+        self.max_n = self._max_n()
         if isinstance(tokenizer, (str, Path)):
             tokenizer = _load_tokenizer(Path(tokenizer))
         self.tokenizer = tokenizer
+        self.local_decoding = local_decoding(tokenizer) if tokenizer is not None else None  # EOS ids dropped first
         self.vocab_size = len(tokenizer) if tokenizer is not None else server_vocab
         ids = set(eos_token_ids or [])
         if tokenizer is not None:
@@ -171,6 +178,16 @@ class RemoteLM(LanguageModel):
             settings = props.get("default_generation_settings") or {}
             context = settings.get("n_ctx") or meta.get("n_ctx_train") or None
         return flavor, context, meta.get("n_vocab") or None
+
+    def _max_n(self) -> int:
+        """How many seeded samples of one prompt a request may ask for (``n``, the i-th seeded seed + i): vLLM any,
+        llama-server its slots, an unknown server 1 (its ``n`` and ``seed`` may not combine that way)."""
+        if self.flavor == "vllm":
+            return 1 << 16
+        if self.flavor == "llama.cpp":
+            slots = (self._get_optional("/props") or {}).get("total_slots")
+            return int(slots) if isinstance(slots, int) and slots > 0 else 1
+        return 1
 
     def _get_optional(self, path: str, *, raw: bool = False) -> Any:
         """GET an endpoint not every server has (``/props``, ``/metrics``); ``None`` when it is missing."""
@@ -307,17 +324,14 @@ class RemoteLM(LanguageModel):
         assert sampled_seeds is None or len(sampled_seeds) == len(prefixes), "one seed per prefix"
         tokens: list[list[int]] = [[] for _ in prefixes]
         logprobs: list[list[float] | None] = [[] for _ in prefixes]
-        # One request per distinct (budget, seed): a server seeds every prompt of a request alike, so each seed
-        # goes in its own request, and a prefix's sample depends only on its own seed (never on its batch mates).
-        groups: dict[tuple[int, int | None], list[int]] = {}
-        for i, budget in enumerate(budgets):
-            if budget > 0:
-                groups.setdefault((budget, None if sampled_seeds is None else sampled_seeds[i]), []).append(i)
-        for (budget, seed), rows in groups.items():
+        for budget, seed, rows in self._rollout_requests(prefixes, budgets, sampled_seeds):
             body: dict[str, Any] = {"max_tokens": budget, "temperature": float(temperature), "logprobs": 1}
             if seed is not None:
-                body["seed"] = int(seed) % (2**31)
-            choices = self._complete([list(map(int, prefixes[i])) for i in rows], body)
+                body["seed"] = seed
+            if seed is not None and len(rows) > 1:  # copies of one prefix, seeds seed, seed + 1, ...
+                choices = self._complete([list(map(int, prefixes[rows[0]]))], {**body, "n": len(rows)})
+            else:
+                choices = self._complete([list(map(int, prefixes[i])) for i in rows], body)
             for i, choice in zip(rows, choices):
                 out = _generated_ids(choice, self.base_url)[:budgets[i]]
                 lps = _generated_logprobs(choice)
@@ -332,6 +346,35 @@ class RemoteLM(LanguageModel):
         complete = all(lps is not None for lps in logprobs)
         return RolloutOutput(tokens, [len(p) + len(t) for p, t in zip(prefixes, tokens)],
                              [list(lps or []) for lps in logprobs] if complete else None)
+
+    def _rollout_requests(self, prefixes: Sequence[TokenIds], budgets: list[int],
+                          seeds: list[int] | None) -> list[tuple[int, int | None, list[int]]]:
+        """``(budget, seed, prefix indices)`` per request. Unseeded: one per budget, every prefix a prompt. Seeded:
+        a server seeds every prompt of a request alike, so each seed goes in its own request (a prefix's sample
+        depends only on its own seed, never on its batch mates) — but copies of one prefix with the same budget
+        whose seeds (as sent, mod 2^31) run s, s + 1, … go together as one request for ``n`` samples."""
+        live = [i for i, budget in enumerate(budgets) if budget > 0]
+        if seeds is None:
+            by_budget: dict[int, list[int]] = {}
+            for i in live:
+                by_budget.setdefault(budgets[i], []).append(i)
+            return [(budget, None, rows) for budget, rows in by_budget.items()]
+        sent = {i: int(seeds[i]) % (2**31) for i in live}
+        copies: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for i in live:
+            copies.setdefault((tuple(int(t) for t in prefixes[i]), budgets[i]), []).append(i)
+        requests = []
+        for (_, budget), rows in copies.items():
+            rows = sorted(rows, key=lambda i: sent[i])
+            run = [rows[0]]
+            for i in rows[1:]:
+                if sent[i] == sent[run[-1]] + 1 and len(run) < self.max_n:
+                    run.append(i)
+                else:
+                    requests.append((budget, sent[run[0]], run))
+                    run = [i]
+            requests.append((budget, sent[run[0]], run))
+        return requests
 
     def score_continuations(self, prefixes: Sequence[TokenIds],
                             continuations: Sequence[TokenIds]) -> ContinuationScores:
@@ -385,9 +428,11 @@ class RemoteLM(LanguageModel):
                                   value=extra.get("logprobs")) from exc
             raise
         choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not isinstance(choices, list) or len(choices) != len(prompts):
+        expected = len(prompts) * int(extra.get("n", 1))
+        if not isinstance(choices, list) or len(choices) != expected:
             raise ModelServerError(f"server {self.base_url} answered {len(choices) if isinstance(choices, list) else 'no'}"
-                                   f" choices for {len(prompts)} prompts; is it an OpenAI-compatible completions server?")
+                                   f" choices for {expected} samples of {len(prompts)} prompts; is it an"
+                                   " OpenAI-compatible completions server?")
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
         with self._lock:
             self.prompt_tokens_sent += sum(len(p) for p in prompts)

@@ -20,6 +20,7 @@ import torch
 from .._checks import check_int, check_real, is_real
 from .._schema import check_arguments
 from ..errors import ConfigError
+from ..text import LocalDecoding
 from .base import FullVocabLM, StepOutput, TokenIds
 
 EOS = 0
@@ -37,6 +38,7 @@ class TabularLM(FullVocabLM):
         self.name = name
         self.eos_token_ids = frozenset({EOS})
         self.max_context = None
+        self.local_decoding = LocalDecoding()  # names joined by spaces
         self._ids = {t: i for i, t in enumerate(self.vocab)}
 
     @classmethod

@@ -34,7 +34,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine
-from ..methods import SCOPES
 from ..params import FIELDS, DecodeParams
 from .completions import Completions, public_params
 from .config import ServeConfig
@@ -157,10 +156,9 @@ CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "OpenAI-Organization"
 
 def used_params(params: DecodeParams) -> tuple[str, ...]:
     """The decoding parameters a preset's method reads (a page disables the controls of the others): every field
-    whose declared scope (:data:`tqstar.params.FIELDS`' ``applies``, :data:`tqstar.methods.SCOPES`) holds the
-    method's row -- the one place that also refuses a flag or key without an effect."""
-    row = params.method_row
-    return tuple(name for name, info in FIELDS.items() if name != "method" and SCOPES[info.applies][0](row))
+    that applies to it (:meth:`DecodeParams.applies`: the field's declared scope, :data:`tqstar.methods.SCOPES`) --
+    the one place that also refuses a flag or key without an effect."""
+    return tuple(name for name in FIELDS if name != "method" and params.applies(name))
 
 
 class _CountRequests:

@@ -158,7 +158,7 @@ class Completions:
         budget = self._budget(engine, params, req, prompt_tokens, prompt_field)
         row = params.replace(seed=seed, max_new_tokens=budget, stop=stop, trace=req.tqstar.trace)
         return Ticket(engine=engine, state=dataclasses.replace(state, max_new_tokens=budget), params=row,
-                      detok=IncrementalText(engine.models.sft.decode, stop), loop=loop, arrived=arrived,
+                      detok=IncrementalText(engine.models.sft, stop), loop=loop, arrived=arrived,
                       deadline=arrived + self.limits.request_timeout_s)
 
     def _params(self, engine: Engine, preset: DecodeParams, req: ChatRequest | CompletionRequest) -> DecodeParams:
@@ -417,8 +417,8 @@ def _where(path: tuple) -> str:
 def response_extension(response, params: DecodeParams, *, trace: bool) -> dict[str, Any]:
     """The ``tqstar`` object of a response: reward, KL, accounting, the parameters this request ran with (its own
     seed, budget and stop strings included), and the trace."""
-    out = {"method": response.method, "reward": response.reward, "kl": response.kl, "kl_bound": response.kl_bound,
-           "finish": response.finish_reason, "accounting": dataclasses.asdict(response.accounting),
+    out = {"method": response.method, "reward": response.reward, "kl": response.kl, "kl_kind": response.kl_kind,
+           "kl_bound": response.kl_bound, "finish": response.finish_reason, "accounting": dataclasses.asdict(response.accounting),
            "params": public_params(params)}
     if trace and response.trace is not None:
         out["trace"] = response.trace

@@ -12,14 +12,16 @@ which every later step keeps:
   more tokens arrive (clean-up of spaces) delays text instead of contradicting it.
 
 When the response finishes, :meth:`IncrementalText.finish` releases the rest of the final text, so the
-concatenated deltas equal the non-streamed response text exactly.
+concatenated deltas equal the non-streamed response text exactly. Each update decodes only the new tokens (with a
+few before them) and searches only the new text for stop strings (:class:`~tqstar.text.ResponseText`), so a token
+costs the same at the end of a long response as at its start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from ..text import REPLACEMENT, cut_at_stop
+from ..text import REPLACEMENT, Decodes, ResponseText
 
 
 def held_back(text: str, stop: Sequence[str]) -> int:
@@ -28,7 +30,9 @@ def held_back(text: str, stop: Sequence[str]) -> int:
     The count is the longest suffix of ``text`` that is a proper prefix of some stop string, at least the run of
     trailing U+FFFD characters.
     """
-    hold = len(text) - len(text.rstrip(REPLACEMENT))
+    hold = 0
+    while hold < len(text) and text[-1 - hold] == REPLACEMENT:
+        hold += 1
     for s in stop:
         for j in range(min(len(s) - 1, len(text)), hold, -1):
             if text.endswith(s[:j]):
@@ -41,19 +45,20 @@ class IncrementalText:
     """The streamed text of one response: ``update(ids)`` after each step returns the newly safe text.
 
     Args:
-        decode: token ids → text (the SFT model's ``decode``: special tokens dropped).
+        lm: the model whose ids these are (its ``decode`` drops special tokens).
         stop: the request's stop strings.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()) -> None:
-        self.decode, self.stop = decode, tuple(stop)
+    def __init__(self, lm: Decodes, stop: Sequence[str] = ()) -> None:
+        self.stop = tuple(stop)
+        self.response = ResponseText(lm, self.stop)
         self.sent = ""
 
     def update(self, ids: Sequence[int]) -> str:
-        """The text that became safe to send now that ``ids`` are committed ("" if none)."""
-        text = self.decode(list(ids))
-        cut = cut_at_stop(text, self.stop)
-        safe = cut if len(cut) < len(text) else text[: len(text) - held_back(text, self.stop)]
+        """The text that became safe to send now that ``ids`` (the response so far) are committed ("" if none)."""
+        self.response.extend(ids[len(self.response.ids):])
+        text, cut = self.response.stop_at()
+        safe = text[:cut] if cut >= 0 else text[: len(text) - held_back(text, self.stop)]
         return self._extend(safe)
 
     def finish(self, text: str) -> str:

@@ -1,5 +1,6 @@
 """Value estimators: the few generic pieces the methods' rows (:mod:`tqstar.methods`) point to, each
-``estimate(states, candidates (B, k), needed) -> (B, k)``.
+``estimate(states, candidates (B, k), needed) -> (B, k)``; a candidate is a sequence of tokens (a token of the top-k is
+a block of one, :data:`~tqstar.value.base.Blocks`).
 
 A row names its estimator by key (``Method.value``) and, for the rollout estimators, the model that rolls out
 (``Method.rolls``): ``cd`` is the ``mean`` estimator with the SFT model rolling out, ``tq-direct`` the same with the
@@ -8,7 +9,7 @@ baseline; ``soft-cd`` and ``tq-soft`` share ``soft``.
 
 from __future__ import annotations
 
-from .base import RolloutEstimator, Rollouts, ValueEstimator
+from .base import Blocks, RolloutEstimator, Rollouts, ValueEstimator, token_blocks
 from .direct import DirectValue
 from .eft import EFTValue
 from .indirect import IndirectValue, indirect_q
@@ -25,5 +26,5 @@ ESTIMATORS: dict[str, type[ValueEstimator]] = {
     "zero": NoValue,
 }
 
-__all__ = ["ESTIMATORS", "ArgsValue", "DirectValue", "EFTValue", "IndirectValue", "NoValue", "RolloutEstimator",
-           "Rollouts", "SoftValue", "ValueEstimator", "indirect_q", "soft_value"]
+__all__ = ["ESTIMATORS", "ArgsValue", "Blocks", "DirectValue", "EFTValue", "IndirectValue", "NoValue",
+           "RolloutEstimator", "Rollouts", "SoftValue", "ValueEstimator", "indirect_q", "soft_value", "token_blocks"]

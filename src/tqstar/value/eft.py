@@ -16,17 +16,20 @@ from __future__ import annotations
 import torch
 
 from ..state import PromptState
-from .base import ValueEstimator
+from .base import Blocks, ValueEstimator
 
 
 class EFTValue(ValueEstimator):
-    """β·(log π_BL(z|s) − log π_sft(z|s)) for every candidate; two next-token calls, no rollout."""
+    """β·(log π_BL(z|s) − log π_sft(z|s)) for every candidate token; two next-token calls, no rollout. Its candidates
+    are single tokens (``block_len`` does not apply to ``eft``)."""
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor,
+    def estimate(self, states: list[PromptState], candidates: Blocks,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
+        assert all(len(block) == 1 for row in candidates for block in row), "eft values single tokens"
+        tokens = torch.tensor([[block[0] for block in row] for row in candidates], dtype=torch.long)  # (B, k)
         logp = {}
         for role in ("sft", "baseline"):
-            values, costs = self.models.lm(role).next_token_logprobs([s.seq(role) for s in states], candidates)
+            values, costs = self.models.lm(role).next_token_logprobs([s.seq(role) for s in states], tokens)
             for state, cost in zip(states, costs):
                 state.accounting.add_forward(role, cost)
             logp[role] = values.float().cpu()  # (B, k)

@@ -1,12 +1,12 @@
 """TQ* indirect transfer: rollouts of a baseline aligned to a *different* reward r_BL, importance-weighted.
 
 If the baseline is the KL-regularised optimum for r_BL, ρ_BL ∝ ρ_sft·exp(r_BL/β), then ρ*_r ∝ ρ_BL·exp((r − r_BL)/β),
-so for the N rollouts τ_i of candidate z::
+so for the N rollouts τ_i of candidate b (a token, or a block)::
 
     w_i = softmax_i((r(τ_i) − r_BL(τ_i)) / β)        (self-normalised over the N rollouts, in log space)
-    Q̂(s, z) = Σ_i w_i · r(τ_i)
+    Q̂(s, b) = Σ_i w_i · r(τ_i)
 
-estimates E_{ρ*_r}[r | s, z]. With N = 1 the single weight is 1 and this *is* direct transfer. β should match
+estimates E_{ρ*_r}[r | s, b]. With N = 1 the single weight is 1 and this *is* direct transfer. β should match
 the strength of the baseline's alignment (DPO's β); rollouts must be sampled (rollout_temperature > 0) for
 the weights to be meaningful.
 """

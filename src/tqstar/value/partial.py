@@ -1,6 +1,8 @@
-"""ARGS (reward-guided search): Q̂(s, z) = r(x, [y_<t, z]), the reward of the partial text. No rollout.
+"""ARGS (reward-guided search): Q̂(s, b) = r(x, [y_<t, b]), the reward of the partial text. No rollout.
 
-The text is cut at the row's first stop string, so a candidate that completes one is valued like EOS.
+The text is cut at the row's first stop string, so a candidate that completes one is valued like EOS. A candidate
+that ends the response is valued by the response's own reward — which is how ``bon`` and ``soft-bon`` value their
+samples (blocks of the whole response) with this estimator.
 """
 
 from __future__ import annotations
@@ -8,19 +10,20 @@ from __future__ import annotations
 import torch
 
 from ..state import PromptState
-from ..text import response_text
-from .base import ValueEstimator, score_texts
+from .base import Blocks, ValueEstimator, nan_values, score_texts
 
 
 class ArgsValue(ValueEstimator):
-    """The target reward of the response so far extended by the candidate."""
+    """The target reward of the response so far extended by the candidate.
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor,
+    The candidate's tokens are the SFT model's, or (``bon``/``soft-bon`` of the baseline) those of ``policy``."""
+
+    def estimate(self, states: list[PromptState], candidates: Blocks,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
-        q = torch.full(candidates.shape, float("nan"))
+        q = nan_values(candidates)
+        lm = self.models.lm(self.policy or "sft")
         pairs = [tuple(p) for p in (needed if needed is not None else torch.ones_like(q, dtype=torch.bool)).nonzero().tolist()]
-        texts = [response_text(self.models.sft, states[b].response + [int(candidates[b, j])], states[b].stop)
-                 for b, j in pairs]
+        texts = [states[b].decoded(lm).text(candidates[b][j]) for b, j in pairs]
         for (b, j), value in zip(pairs, score_texts(self.models.reward, states, [b for b, _ in pairs], texts)):
             q[b, j] = value
         return q
@@ -29,9 +32,10 @@ class ArgsValue(ValueEstimator):
 class NoValue(ValueEstimator):
     """Q̂ = 0: top-k decoding of the SFT model (the α = 0 reference)."""
 
-    def known(self, states: list[PromptState], candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros(candidates.shape, dtype=torch.float32), torch.zeros(candidates.shape, dtype=torch.bool)
+    def known(self, states: list[PromptState], candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.zeros_like(nan_values(candidates))
+        return q, torch.zeros(q.shape, dtype=torch.bool)
 
-    def estimate(self, states: list[PromptState], candidates: torch.Tensor,
+    def estimate(self, states: list[PromptState], candidates: Blocks,
                  needed: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.zeros(candidates.shape, dtype=torch.float32)
+        return torch.zeros_like(nan_values(candidates))

@@ -5,9 +5,10 @@ The optimum of E[r] − β·KL(ρ ‖ ρ_sft) factorises over tokens with a *sof
     π*(z | s) ∝ π_sft(z | s) · exp(V(s, z) / β),     V(s, z) = β · log E_{y ~ ρ_sft(· | s, z)}[exp(r(y) / β)]
 
 so decoding with score = log π_sft + α·V̂ and α = 1/β (the default β) samples π* when V̂ is exact. With N rollouts
-y_i from a model ρ (the baseline for ``tq-soft``, the SFT model for ``soft-cd``) importance weighting gives::
+y_i from a model ρ (the baseline for ``tq-soft``, the SFT model for ``soft-cd``) importance weighting gives, for a
+candidate b (a token z, or a block of tokens)::
 
-    V̂(s, z) = β · log( (1/N) Σ_i exp( r(y_i)/β + log ρ_sft(y_i | s, z) − log ρ(y_i | s, z) ) )
+    V̂(s, b) = β · log( (1/N) Σ_i exp( r(y_i)/β + log ρ_sft(y_i | s, b) − log ρ(y_i | s, b) ) )
 
 computed in log space (logsumexp). It needs no knowledge of the baseline's own reward, so it serves direct and
 indirect transfer alike. If the baseline is the optimum for r at strength β, every term equals log W(s, z), a
@@ -27,7 +28,7 @@ import math
 import torch
 
 from ..state import PromptState
-from .base import Pair, RolloutEstimator, Rollouts, score_texts
+from .base import Blocks, Pair, RolloutEstimator, Rollouts, score_texts
 
 
 def soft_value(r: torch.Tensor, log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
@@ -78,10 +79,10 @@ class SoftValue(RolloutEstimator):
             ratio[p, i] = sft[f] - own[f]
         return ratio
 
-    def _score(self, role: str, states: list[PromptState], candidates: torch.Tensor, pairs: list[Pair],
+    def _score(self, role: str, states: list[PromptState], candidates: Blocks, pairs: list[Pair],
                conts: list[list[int]]) -> list[float]:
-        """log ρ_role(y | s, z) of each continuation (one batch), charged to its row."""
-        prefixes = [states[b].seq(role) + [int(candidates[b, j])] for b, j in pairs]
+        """log ρ_role(y | s, b) of each continuation (one batch), charged to its row."""
+        prefixes = [states[b].seq(role) + list(candidates[b][j]) for b, j in pairs]
         out = self.models.lm(role).score_continuations(prefixes, conts)
         for (b, _), cost in zip(pairs, out.forward_tokens):
             states[b].accounting.add_forward(role, cost)

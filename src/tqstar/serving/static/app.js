@@ -2,7 +2,7 @@
 // /v1/chat/completions endpoint at once, and renders each token as a focusable span that opens its step.
 import {
   CONTROLS, answerSummary, chatMessages, controlSpecs, controlUsers, defaultPair, describeParams, describeRun, deviation,
-  errorMessage, fmt, presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
+  errorMessage, fmt, isBlockStep, presetsFrom, readChunk, requestBody, sseJson, stepFlags, stepRows, visibleToken,
 } from "./logic.js";
 
 const LABELS = { alpha: "α", k: "k", rollout_len: "rollout length", temperature: "temperature", max_tokens: "max tokens", seed: "seed" };
@@ -206,7 +206,8 @@ function tokenSpan(section, token, steps) {
   span.classList.add(`lvl-${dev.level}`);
   if (flags.chosenReused) span.classList.add("reused");
   if (flags.pruned) span.classList.add("has-pruned");
-  const rank = dev.rank === null ? "outside the SFT top-k" : `SFT rank ${dev.rank + 1}, gap ${fmt(dev.gap, 2)} nats`;
+  const rank = isBlockStep(token.trace) ? `block ${token.trace.chosen + 1} of ${token.trace.blocks.length} sampled`
+    : dev.rank === null ? "outside the SFT top-k" : `SFT rank ${dev.rank + 1}, gap ${fmt(dev.gap, 2)} nats`;
   const extra = [flags.pruned ? `${flags.pruned} pruned` : "", flags.chosenReused ? "reused rollout" : ""].filter(Boolean);
   Object.assign(span.dataset, { step: String(index), rank: String(dev.rank ?? ""), level: String(dev.level) });
   span.setAttribute("role", "button");
@@ -228,17 +229,19 @@ function openStep(section, span, row, index) {
   panel.returnFocus = span;
   const flags = stepFlags(row);
   const notes = [flags.pruned ? `${flags.pruned} pruned` : "", flags.reused ? `${flags.reused} reused` : ""].filter(Boolean);
-  panel.querySelector(".step-title").textContent =
-    `Step ${row.step ?? index}: ${row.candidates.length} candidates${notes.length ? ` (${notes.join(", ")})` : ""}`;
+  panel.querySelector(".step-title").textContent = isBlockStep(row)
+    ? `Block at token ${row.step}: ${row.blocks.length} sampled blocks, ${row.choice} choice${notes.length ? ` (${notes.join(", ")})` : ""}`
+    : `Step ${row.step ?? index}: ${row.candidates.length} candidates${notes.length ? ` (${notes.join(", ")})` : ""}`;
   panel.querySelector("tbody").replaceChildren(...stepRows(row).map(candidateRow));
   panel.hidden = false;
   panel.focus();
 }
 
 function candidateRow(r) {
-  const cls = [r.chosen ? "chosen" : "", r.pruned ? "pruned" : "", r.reused ? "reused" : ""].filter(Boolean).join(" ");
-  const badges = [r.chosen ? "chosen" : "", r.pruned ? "pruned" : "", r.reused ? "reused" : ""].filter(Boolean)
-    .map((b) => el("span", { class: `badge ${b}`, text: b }));
+  const marks = [r.chosen ? "chosen" : "", r.pruned ? "pruned" : "", r.reused ? "reused" : "",
+    r.duplicate ? "duplicate" : ""].filter(Boolean);
+  const cls = marks.join(" ");
+  const badges = marks.map((b) => el("span", { class: `badge ${b}`, text: b }));
   const bars = el("div", { class: "bars", "aria-hidden": "true" }, [
     el("span", { class: "bar sft" }), el("span", { class: "bar dec" }),
   ]);

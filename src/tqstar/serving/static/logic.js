@@ -11,7 +11,7 @@ export const CONTROL_PARAM = {
 };
 const EXTENSION = ["alpha", "k", "rollout_len"];
 /** The parameters a preset line shows, when its method uses them (the rest are tuning knobs). */
-const SHOWN = ["k", "alpha", "n_rollouts", "rollout_len", "beta", "soft_beta", "bon_n", "bon_policy"];
+const SHOWN = ["k", "block_len", "alpha", "n_rollouts", "rollout_len", "beta", "soft_beta", "bon_n", "bon_policy", "bon_beta"];
 
 /** One server cap as {min, max}: a number is a maximum, [lo, hi] or {min, max} a range; missing parts stay null. */
 export function normaliseRange(value, fallbackMin = null) {
@@ -205,6 +205,7 @@ export function readChunk(chunk) {
  * and a colour level 0..4 (0: the SFT choice; 1..4: gap < 0.5, < 1.5, < 3, ≥ 3 nats; "off": outside the top-k).
  */
 export function deviation(row) {
+  if (isBlockStep(row)) return { rank: null, gap: null, level: "block" };
   const at = row.candidates.indexOf(row.chosen);
   if (at < 0) return { rank: null, gap: null, level: "off" };
   const lp = row.logp_sft;
@@ -214,10 +215,15 @@ export function deviation(row) {
   return { rank, gap, level };
 }
 
+/** Whether a trace row is a blockwise decision: k sampled blocks (`blocks`, `texts`), `chosen` their index. */
+export function isBlockStep(row) {
+  return Array.isArray(row?.blocks);
+}
+
 /** Counts of the step's pruned and reused candidates, and whether the chosen one was reused. */
 export function stepFlags(row) {
-  const at = row.candidates.indexOf(row.chosen);
-  const pruned = (row.pruned ?? row.q.map((q) => q === null)).filter(Boolean).length;
+  const at = isBlockStep(row) ? row.chosen : row.candidates.indexOf(row.chosen);
+  const pruned = isBlockStep(row) ? 0 : (row.pruned ?? row.q.map((q) => q === null)).filter(Boolean).length;
   const reused = (row.reused ?? []).filter(Boolean).length;
   return { pruned, reused, chosenReused: at >= 0 && Boolean(row.reused?.[at]) };
 }
@@ -228,6 +234,7 @@ export function stepFlags(row) {
  * [0, 1]: π_sft(z) = exp(log π_sft) and the decision probability.
  */
 export function stepRows(row) {
+  if (isBlockStep(row)) return blockRows(row);
   const rows = row.candidates.map((id, i) => ({
     id,
     text: row.tokens[i],
@@ -243,6 +250,31 @@ export function stepRows(row) {
   }));
   const key = (r) => (r.score === null ? -Infinity : r.score);
   return rows.sort((a, b) => key(b) - key(a) || b.logp - a.logp);
+}
+
+/**
+ * A blockwise decision's k sampled blocks as rows, sorted by the probability the choice gave them (then by Q̂):
+ * {id (sample index), text, logp: null, q (null: not valued, the choice ignored values), score: null, p, chosen,
+ * pruned: false (blocks are never pruned), reused, duplicate, sftBar: 1/k (each sample is one of k draws of π_sft),
+ * decBar}.
+ */
+export function blockRows(row) {
+  const k = row.blocks.length;
+  const rows = row.texts.map((text, i) => ({
+    id: i,
+    text,
+    logp: null,
+    q: row.q[i],
+    score: null,
+    p: row.p_dec[i],
+    chosen: i === row.chosen,
+    pruned: false,
+    reused: Boolean(row.reused?.[i]),
+    duplicate: Boolean(row.duplicate?.[i]),
+    sftBar: 1 / k,
+    decBar: Math.min(1, Math.max(0, row.p_dec[i])),
+  }));
+  return rows.sort((a, b) => b.p - a.p || (b.q ?? -Infinity) - (a.q ?? -Infinity) || a.id - b.id);
 }
 
 /** A token's text with its whitespace made visible (for the candidate table): ␣ space, ↵ newline, ⇥ tab. */
@@ -261,7 +293,7 @@ export function fmt(x, digits = 3) {
 
 /**
  * The figures under an answer, from its final chunk's `tqstar` object and the number of tokens shown:
- * [{key, label, value}] for reward, KL to SFT (with its bound), rollouts / token, reward calls / token,
+ * [{key, label, value}] for reward, KL to SFT (with its bound; "estimate" when it is one), rollouts / token, reward calls / token,
  * seconds / token. Per-token figures divide by accounting.steps when given, else by `tokens`.
  */
 export function answerSummary(tq, tokens) {
@@ -269,8 +301,9 @@ export function answerSummary(tq, tokens) {
   const note = klNote(tq);
   const n = acc.steps || tokens || 0;
   const per = (v) => (v === undefined || v === null || !n ? null : v / n);
-  const kl = tq?.kl === null || tq?.kl === undefined ? "—"
-    : fmt(tq.kl) + (tq.kl_bound === null || tq.kl_bound === undefined ? "" : ` (bound ${fmt(tq.kl_bound, 2)})`);
+  const notes = [tq?.kl_kind === "estimate" ? "estimate" : "",
+    tq?.kl_bound === null || tq?.kl_bound === undefined ? "" : `bound ${fmt(tq.kl_bound, 2)}`].filter(Boolean);
+  const kl = tq?.kl === null || tq?.kl === undefined ? "—" : fmt(tq.kl) + (notes.length ? ` (${notes.join("; ")})` : "");
   return [
     { key: "reward", label: "reward", value: fmt(tq?.reward) },
     { key: "kl", label: "KL to SFT", value: kl, ...(note ? { note } : {}) },
