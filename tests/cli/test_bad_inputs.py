@@ -153,6 +153,38 @@ CASES = [
     gen("bon-n-for-sft", ["--method", "sft", "--bon-n", "8"], "`bon_n` has no effect on method 'sft'", "best-of-N"),
     gen("temperature-rollouts-for-bon", ["--method", "bon", "--temperature", "1", "--rollout-temperature", "1"],
         "`rollout_temperature` has no effect on method 'bon'"),
+    # ---- blockwise decisions and soft best-of-N (block_len, bon_beta) ---------------------------------------------
+    gen("block-len-for-eft", ["--method", "eft", "--block-len", "4"], "`block_len` does not apply to eft: its value is"
+        " the per-token likelihood ratio", "drop block_len or use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd,"
+        " args, none"),
+    gen("block-len-for-bon", ["--method", "bon", "--temperature", "1", "--block-len", "4"], "`block_len` does not"
+        " apply to bon: it already chooses among whole responses", "drop block_len"),
+    gen("block-len-for-sft", ["--method", "sft", "--block-len", "2"], "`block_len` does not apply to sft"),
+    gen("block-len-zero", ["--block-len", "0"], "`block_len` must be an integer >= 1 or None (= one token, the SFT"
+        " top-k), got 0"),
+    gen("block-len-float", ["--block-len", "2.5"], "argument --block-len: invalid int value: '2.5'"),
+    gen_yaml("block-len-string", "decode: {block_len: '4'}\n", "`block_len` must be an integer >= 1 or None (= one"
+             " token, the SFT top-k), got '4'"),
+    gen_yaml("prune-for-blocks", "decode: {method: tq-direct, block_len: 2, prune: false}\n", "`prune` has no"
+             " effect on blockwise decisions (block_len 2 with tq-direct)", "drop it, or drop block_len"),
+    gen_yaml("prune-probe-for-blocks", "decode: {method: args, block_len: 3, prune_probe: 2}\n", "`prune_probe` has"
+             " no effect on blockwise decisions (block_len 3 with args)"),
+    gen("bon-beta-for-bon", ["--method", "bon", "--temperature", "1", "--bon-beta", "0.5"], "`bon_beta` has no effect"
+        " on method 'bon'", "it applies to soft best-of-N (soft-bon)", "drop it"),
+    gen("bon-beta-for-direct", ["--bon-beta", "0.5"], "`bon_beta` has no effect on method 'tq-direct'"),
+    gen("bon-beta-zero", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "0"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got 0.0"),
+    gen("bon-beta-tiny", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "1e-39"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got 1e-39"),  # r/β would overflow
+    gen("bon-beta-nan", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "nan"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got nan"),
+    gen("soft-bon-greedy", ["--method", "soft-bon"], "`temperature` must be > 0 for soft-bon (greedy samples are all"
+        " identical), got 0"),
+    gen("k-for-soft-bon", ["--method", "soft-bon", "--temperature", "1", "--k", "3"], "`k` has no effect on method"
+        " 'soft-bon'", "drop it"),
+    evaluation("block-len-entry-for-eft", {"methods": [{"method": "eft", "block_len": 2}]},
+               "`block_len` does not apply to eft"),
+    evaluation("defaults-bad-block-len", {"defaults": {"block_len": 0}}, "`block_len` must be an integer >= 1"),
     gen("trace-for-sft", ["--method", "sft", "--trace"], "`trace` has no effect on method 'sft'"),
     gen_yaml("prune-for-sft", "decode: {method: sft, prune: false}\n", "`prune` has no effect on method 'sft'",
              "methods whose Q̂ lies in the reward's range"),

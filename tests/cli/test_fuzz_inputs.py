@@ -55,12 +55,14 @@ def _tiny(builtin_tiny):
 # ---- the values a user might type -----------------------------------------------------------------------------
 NUMBERS = ["0", "1", "2", "-1", "0.5", "1e-39", "1e39", "1e308", "nan", "inf", "-inf", "1.5", "", "x", "3e-7",
            "1000000", "0x10", " 2"]
-WORDS = ["", " ", "sft", "tq-direct", "tq-soft", "cd", "args", "eft", "none", "bon", "baseline", "tq-indirect",
-         "soft-cd", "sentiment", "harmless", "conftest:vowel_share", "nonsense", "{response}", "{prompt}", "@TMP/p.txt",
+WORDS = ["", " ", "sft", "tq-direct", "tq-soft", "cd", "args", "eft", "none", "bon", "soft-bon", "baseline",
+         "tq-indirect", "soft-cd", "sentiment", "harmless", "conftest:vowel_share", "nonsense", "{response}", "{prompt}", "@TMP/p.txt",
          "@TMP/none", "@TMP", "-", "prompt", "--k", "é", "a\nb", "\x00"]
 FLAG_VALUES = {
-    "--method": ["sft", "tq-direct", "cd", "args", "eft", "none", "bon", "baseline", "tq-soft", "soft-cd", "x", ""],
+    "--method": ["sft", "tq-direct", "cd", "args", "eft", "none", "bon", "soft-bon", "baseline", "tq-soft", "soft-cd",
+                 "x", ""],
     "--k": ["1", "2", "3", "0", "-1", "x", "2.5"],
+    "--block-len": ["1", "2", "3", "0", "-1", "x", "2.5", "1e39"],
     "--max-new-tokens": ["1", "2", "0", "x", "-3"],
     "--rollout-len": ["1", "2", "0", "x"],
     "--n-rollouts": ["1", "2", "0"],
@@ -77,7 +79,8 @@ FLAG_VALUES = {
     "--sft": ["@SFT", "/no/such/model", "openai:ftp://x#m"],
     "--baseline": ["@BASELINE", "/no/dpo"],
 }
-REAL_FLAGS = ["--alpha", "--beta", "--soft-beta", "--temperature", "--rollout-temperature", "--seed", "--rollout-seed"]
+REAL_FLAGS = ["--alpha", "--beta", "--soft-beta", "--bon-beta", "--temperature", "--rollout-temperature", "--seed",
+              "--rollout-seed"]
 SWITCHES = ["--trace", "--no-chat-template", "--truncate-prompt", "--reward-truncate", "--reward-sigmoid",
             "--parse-special-tokens"]
 TEXT_FLAGS = ["--prompt", "--stop", "--column", "--reward-format", "--sft-system-prompt", "--device"]
@@ -170,7 +173,7 @@ def test_generate_yaml_keys(decode, run, tiny_paths, capsys, monkeypatch):
     tmp = _workdir(tiny_paths)
     try:
         monkeypatch.chdir(tmp)
-        for key in ("max_new_tokens", "k", "rollout_len", "n_rollouts", "bon_n"):  # keep valid runs small
+        for key in ("max_new_tokens", "k", "rollout_len", "n_rollouts", "bon_n", "block_len"):  # keep valid runs small
             if isinstance(decode.get(key), int) and decode[key] > 3:
                 decode[key] = 3
         config = {**run, "decode": {**SMALL, **decode}}
@@ -220,8 +223,8 @@ def result_row(draw_fields: dict) -> dict:
     return row
 
 
-ROW_FIELDS = st.dictionaries(st.sampled_from(["method", "prompt_index", "reward", "kl", "text", "token_ids", "params",
-                                              "accounting", "scores", "alpha", "family"]), VALUES, max_size=2)
+ROW_FIELDS = st.dictionaries(st.sampled_from(["method", "prompt_index", "reward", "kl", "kl_kind", "text", "token_ids",
+                                              "params", "accounting", "scores", "alpha", "family"]), VALUES, max_size=2)
 HEADERS = st.one_of(st.just({"prompts": ["a"], "reward": "sentiment"}),
                     st.dictionaries(st.sampled_from(["prompts", "reward", "sft", "judges", "methods", "baseline"]),
                                     VALUES, max_size=3))
@@ -263,7 +266,8 @@ TESTBED_VALUES = {"--instances": ["1", "0", "-1", "x", "1.5"], "--draws": ["2", 
 @FUZZ
 @given(flags=st.lists(st.one_of(
     [st.tuples(st.just(f), st.sampled_from(v)) for f, v in TESTBED_VALUES.items()]
-    + [st.tuples(st.sampled_from(["--beta-baseline", "--temperature", "--kls", "--alphas"]), st.sampled_from(NUMBERS))]),
+    + [st.tuples(st.sampled_from(["--beta-baseline", "--temperature", "--kls", "--alphas", "--blocks"]),
+                 st.sampled_from(NUMBERS))]),
     max_size=3))
 def test_testbed_flags(flags, capsys, monkeypatch, tmp_path):
     TRIED["testbed"] = TRIED.get("testbed", 0) + 1
