@@ -211,3 +211,31 @@ def test_generate_flags_show_the_fields_defaults():
             default = DecodeParams.__dataclass_fields__[name].default
             assert shown[name] == f"{info.help} (default: {info.unset if default is None else default})"
     assert "--prune" not in generate._option_string_actions  # YAML and requests only, as before
+
+
+def test_a_default_reaches_only_the_methods_it_applies_to():
+    """An eval's or a server's ``defaults`` (from_dict's ``base``) give a field to every method it has an effect on;
+    the others leave it out (``block_len`` would be refused by eft, ``bon_beta`` means nothing to tq-direct), but a bad
+    value is refused all the same."""
+    base = {"block_len": 4, "bon_beta": 0.5, "k": 5}
+    assert DecodeParams.from_dict({"method": "tq-direct"}, base=base).block_len == 4
+    eft = DecodeParams.from_dict({"method": "eft"}, base=base)
+    assert eft.block_len is None and eft.bon_beta == DecodeParams().bon_beta and eft.k == 5
+    soft_bon = DecodeParams.from_dict({"method": "soft-bon", "temperature": 1.0}, base=base)
+    assert soft_bon.bon_beta == 0.5 and soft_bon.block_len is None and soft_bon.k == DecodeParams().k
+    with pytest.raises(ConfigError, match=r"`block_len` must be an integer >= 1 or None .*, got 0"):
+        DecodeParams.from_dict({"method": "eft"}, base={"block_len": 0})
+    with pytest.raises(ConfigError, match="`block_len` does not apply to eft"):  # the method's own key: refused
+        DecodeParams.from_dict({"method": "eft", "block_len": 4})
+
+
+def test_runs_that_differ_only_where_nothing_acts_decode_the_same():
+    """:func:`in_effect` keeps what a method uses, so a resume compares only that."""
+    from dataclasses import asdict
+
+    from tqstar.params import in_effect
+
+    a, b = DecodeParams(method="sft"), DecodeParams(method="sft", k=3, bon_beta=2.0)
+    assert in_effect(asdict(a)) == in_effect(asdict(b)) and asdict(a) != asdict(b)
+    blocks = DecodeParams(block_len=2)
+    assert "prune" not in in_effect(asdict(blocks)) and "prune" in in_effect(asdict(DecodeParams()))

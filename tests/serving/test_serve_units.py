@@ -281,3 +281,25 @@ def test_nesting_is_capped_without_recursion():
     with pytest.raises(APIError, match=f"more than {MAX_DEPTH} levels"):
         check_text({"user": deep})
     check_text({"user": [[[["fine"]]]]})
+
+
+@pytest.mark.parametrize(("values", "used", "unused"), [
+    ({"method": "tq-direct"}, {"k", "alpha", "block_len", "prune", "rollout_len", "trace"}, {"bon_n", "soft_beta"}),
+    ({"method": "tq-direct", "block_len": 4}, {"k", "alpha", "block_len", "rollout_len", "trace"},
+     {"prune", "prune_probe"}),  # pruning acts on top-k decisions only
+    ({"method": "eft"}, {"k", "alpha", "beta"}, {"block_len", "rollout_len"}),
+    ({"method": "bon", "temperature": 1.0}, {"bon_n", "bon_policy", "temperature", "trace"}, {"bon_beta", "k", "alpha"}),
+    ({"method": "soft-bon", "temperature": 1.0}, {"bon_n", "bon_beta", "trace"}, {"block_len", "k"}),
+    ({"method": "sft"}, {"temperature", "max_new_tokens", "seed"}, {"alpha", "trace", "block_len"}),
+])
+def test_what_a_preset_uses_is_what_a_key_may_be_given_for(values, used, unused):
+    """/v1/models' ``uses`` (the playground's enabled controls) and the refusal of a key without an effect read the same
+    declarations: every listed field may be given, every other one is refused."""
+    from tqstar.params import FIELDS
+    from tqstar.serving.app import used_params
+
+    params = DecodeParams(**values)
+    uses = set(used_params(params))
+    assert used <= uses and not unused & uses
+    for name in set(FIELDS) - {"method"}:
+        assert (params.unused([name]) is None) == (name in uses), name
