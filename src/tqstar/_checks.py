@@ -80,16 +80,18 @@ def check_reals(values: Sequence[object], name: str) -> None:
 
 
 def check_int(value: object, name: str, *, low: int | None = 1, high: int | None = None,
-              none: str | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) from ``low`` to ``high`` (each optional), or
-    ``None`` when ``none`` says what ``None`` means."""
+              none: str | None = None, high_is: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) from ``low`` to ``high`` (each optional; the
+    message names what ``high`` is with ``high_is``, e.g. another flag), or ``None`` when ``none`` says what ``None``
+    means."""
     if value is None and none is not None:
         return
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
+        upper = f"{high_is} ({high})" if high_is else f"{high}"
         constraint = ("an integer" if low is None and high is None else f"an integer >= {low}" if high is None
-                      else f"an integer from {low} to {high}")
+                      else f"an integer from {low} to {upper}")
         constraint += f" or None (= {none})" if none is not None else ""
         raise ConfigError(f"{shown(name)} must be {constraint}, got {value!r}", param=name, value=value)
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import check_int
 from ._schema import known_keys, typed
 from .errors import ConfigError, describe
 from .lm.base import Prompt
@@ -54,8 +55,7 @@ class RunConfig:
     concurrency: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
+        check_int(self.batch_size, "batch_size")
         from .engine import check_concurrency
 
         check_concurrency(self.concurrency, [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))

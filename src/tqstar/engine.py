@@ -305,8 +305,7 @@ def check_params(params: object) -> None:
 def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
     """Raise :class:`ConfigError` unless ``concurrency`` is a positive integer that the models allow (``local``:
     the names of the models that are not thread-safe)."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}", param="concurrency")
+    check_int(concurrency, "concurrency")
     if concurrency > 1 and local:
         raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
                           f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size",

@@ -19,6 +19,7 @@ import json
 import random
 from pathlib import Path
 
+from ._checks import check_int
 from ._files import read_text
 from .builtin.models import package_file
 from .errors import ConfigError, describe
@@ -51,8 +52,8 @@ def load_prompts(source: str, *, column: str | None = None, limit: int | None = 
     ``column`` names the prompt field of a JSONL/CSV file or dataset (default ``prompt``); ``limit`` keeps the
     first ``limit`` prompts. An empty result is an error.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"`limit` must be an integer >= 1, got {limit!r}", param="limit")
+    if limit is not None:
+        check_int(limit, "limit")
     if not isinstance(source, str) or not source:
         raise ConfigError(f"the prompt source must be {SOURCE_FIX}, got {source!r}")
     if column is not None and (not isinstance(column, str) or not column):

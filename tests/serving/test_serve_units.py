@@ -105,7 +105,7 @@ def test_presets_start_from_decode_and_are_checked_by_name():
     ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer, got 2.5"),
     ({"bogus": 1}, "unknown key `bogus` in config; valid keys are .*presets"),
     ({"limits": {"max_bogus": 1}}, "unknown key `max_bogus` in limits"),
-    ({"port": 70000}, r"`port` must be an integer in 0..65535, got 70000"),
+    ({"port": 70000}, r"`port` must be an integer from 0 to 65535, got 70000"),
     ({"presets": {"t": {"trace": True}}}, "preset 't' sets `trace`"),
 ])
 def test_bad_serve_configs_fail_before_loading(data, message):
@@ -141,7 +141,7 @@ def test_json_safe_drops_non_finite_numbers():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["serve", "--port", "70000"], "`port` must be an integer in 0..65535, got 70000"),
+    (["serve", "--port", "70000"], "`port` must be an integer from 0 to 65535, got 70000"),
     (["serve", "--max-batch", "0"], "`limits.max_batch` must be a number > 0, got 0"),
     (["serve", "--sft", "/no/such/model"], "/no/such/model"),
 ])

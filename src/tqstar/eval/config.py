@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .._checks import check_int
 from .._files import check_output
 from .._schema import typed
 from ..config import RunConfig
@@ -36,9 +37,9 @@ def prompt_source(value: Any) -> tuple[str, str | None, int | None]:
         raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
     source = typed(value["source"], str, "prompts.source", fix)
     column = typed(value.get("column"), str, "prompts.column", "a column name")
-    limit = typed(value.get("limit"), int, "prompts.limit", "an integer >= 1")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"`prompts.limit` must be an integer >= 1, got {limit}", param="prompts.limit")
+    limit = value.get("limit")
+    if limit is not None:
+        check_int(limit, "prompts.limit")
     return source, column, limit
 
 

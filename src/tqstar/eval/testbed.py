@@ -354,8 +354,8 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
         check_int(value, flag, low=low)
     check_real(beta_baseline, "--beta-baseline")  # the one validator of every real flag and parameter
     check_real(temperature, "--temperature")
-    if k is not None and not (isinstance(k, int) and 1 <= k <= vocab_size):
-        raise ConfigError(f"--k must be an integer from 1 to --vocab-size ({vocab_size}), got {k!r}", param="k", value=k)
+    if k is not None:
+        check_int(k, "--k", high=vocab_size, high_is="--vocab-size")
     check_reals(alphas, "--alphas")
     check_reals(kls, "--kls")
     sequences = vocab_size ** horizon

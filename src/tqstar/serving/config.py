@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_int
 from .._schema import known_keys
 from ..config import RunConfig
 from ..errors import ConfigError, describe
@@ -116,8 +117,7 @@ class ServeConfig:
     preset_baselines: tuple[tuple[str, str], ...] = ()  # preset -> the named baseline it decodes with
 
     def __post_init__(self) -> None:
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"`port` must be an integer in 0..65535, got {self.port!r}", param="port")
+        check_int(self.port, "port", low=0, high=65535)
         if not self.presets:
             raise ConfigError("no presets configured; add a `presets:` mapping of model id to decoding parameters")
         for name, params in self.presets:
