@@ -185,8 +185,6 @@ class DecodeParams:
                               " rollout_temperature: 1", param="rollout_temperature", value=self.rollout_temperature)
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             _fail("stop", "a tuple of non-empty strings", self.stop)
-        if self.bon_policy not in ("sft", "baseline"):
-            _fail("bon_policy", "'sft' or 'baseline'", self.bon_policy)
         if self.n_rollouts > 1 and self.rollout_temperature == 0 and self.rolls_out:
             raise ConfigError(
                 f"`n_rollouts` = {self.n_rollouts} with greedy rollouts gives {self.n_rollouts} identical rollouts;"
@@ -310,9 +308,12 @@ class DecodeParams:
 
 
 def check_value(name: str, value: object) -> None:
-    """Check one field's value by its kind and metadata (every real in :mod:`tqstar._checks`' envelope)."""
+    """Check one field's value by its kind and metadata (every real in :mod:`tqstar._checks`' envelope; a choice among
+    its ``choices``)."""
     info, kind = FIELDS[name], KINDS[name]
-    if kind is int:
+    if info.choices is not None and value not in info.choices:
+        _fail(name, " or ".join(map(repr, info.choices)), value)
+    elif kind is int:
         check_int(value, name, low=info.low, none=info.unset)
     elif kind is float:
         check_real(value, name, zero=info.zero, none=info.unset)

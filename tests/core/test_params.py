@@ -225,6 +225,8 @@ def test_a_default_reaches_only_the_methods_it_applies_to():
     assert soft_bon.bon_beta == 0.5 and soft_bon.block_len is None and soft_bon.k == DecodeParams().k
     with pytest.raises(ConfigError, match=r"`block_len` must be an integer >= 1 or None .*, got 0"):
         DecodeParams.from_dict({"method": "eft"}, base={"block_len": 0})
+    with pytest.raises(ConfigError, match="`bon_policy` must be 'sft' or 'baseline', got 'dpo'"):
+        DecodeParams.from_dict({"method": "tq-direct"}, base={"bon_policy": "dpo"})
     with pytest.raises(ConfigError, match="`block_len` does not apply to eft"):  # the method's own key: refused
         DecodeParams.from_dict({"method": "eft", "block_len": 4})
 
