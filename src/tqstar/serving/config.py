@@ -92,12 +92,13 @@ class Limits:
                 raise ConfigError(f"`limits.{f.name}` must be an integer >= 1, got {value!r}")
 
     def check(self, params: DecodeParams) -> tuple[str, str] | None:
-        """``(field, message)`` for the first parameter of ``params`` over a cap, else ``None``."""
+        """``(field, message)`` for the first parameter of ``params`` over a cap, else ``None`` (a parameter without
+        an effect on the method, as ``k`` on ``sft``, costs nothing)."""
         for name, cap in (("k", self.max_k), ("n_rollouts", self.max_n_rollouts),
                           ("rollout_len", self.max_rollout_len), ("bon_n", self.max_bon_n),
                           ("alpha", self.max_alpha)):
             value = getattr(params, name)
-            if value > cap:
+            if value > cap and params.applies(name):
                 return name, f"`{name}` must be <= {cap} on this server, got {value!r}; lower it"
         return None
 
