@@ -114,11 +114,16 @@ class FakeServer:
         if self.flavor == "llama.cpp" and n > 4:
             return 500, {"error": {"message": "n_cmpl cannot be greater than the number of slots, please increase -np"}}
         choices = []
+        bias = body.get("logit_bias")
         with self._model_lock:  # one engine, as a real server
             for index, (prompt, child) in enumerate((p, c) for p in prompts for c in range(n)):
-                # every prompt alike (vLLM), the n samples of one seeded with seed + i (vLLM, llama-server)
-                out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed + child])
-                tokens = out.tokens[0]
+                if bias:  # one biased token (what tqstar asks: its tail draws)
+                    assert budget == 1 and n == 1, "the fake applies logit_bias to one-token, one-sample requests only"
+                    tokens = self._biased_token(prompt, bias, temperature, seed)
+                else:
+                    # every prompt alike (vLLM), the n samples of one seeded with seed + i (vLLM, llama-server)
+                    out = self.lm.rollout([prompt], budget, temperature, None if seed is None else [seed + child])
+                    tokens = out.tokens[0]
                 stopped = bool(tokens) and tokens[-1] in self.lm.eos_token_ids
                 dist = self.lm.next_logprobs([list(prompt) + tokens[:i] for i in range(len(tokens))]).logprobs
                 choices.append(self._choice(index, tokens, dist, k, stopped))
@@ -127,6 +132,16 @@ class FakeServer:
                     choices[-1]["prompt_logprobs"] = [None] + [
                         {str(t): {"logprob": float(seen[i, t]), "rank": 1}} for i, t in enumerate(prompt[1:])]
         return 200, {"id": "cmpl-fake", "object": "text_completion", "model": self.name, "choices": choices}
+
+    def _biased_token(self, prompt: list[int], bias: dict[str, float], temperature: float, seed) -> list[int]:
+        """One token from softmax((log π + bias)/T), seeded like the fake's rollouts."""
+        from tqstar.randomness import sample_tokens, uniforms
+
+        logits = self.lm.next_logprobs([list(prompt)]).logprobs[0].clone()
+        for token, value in bias.items():
+            logits[int(token)] += float(value)
+        u = None if seed is None else torch.from_numpy(uniforms([int(seed)], 1)[:, 0])
+        return [int(sample_tokens(logits[None], temperature, u)[0])]
 
     def _choice(self, index: int, tokens: list[int], dist: torch.Tensor, k: int, stopped: bool) -> dict:
         tok = self.lm.tokenizer

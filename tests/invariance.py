@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tqstar import methods
 from tqstar.engine import Engine
 from tqstar.params import DecodeParams
 
@@ -41,6 +42,13 @@ BLOCKWISE = {
 }
 #: Every condition the suite covers, by label: each method sampling everything it samples, and the block modes.
 CASES = {**{method: dict(method=method, **values) for method, values in SAMPLED.items()}, **BLOCKWISE}
+
+
+#: Every token-level method with every tail it takes (``rolling`` needs a model that rolls out), for the suite's
+#: no-truncation cases: ``(method, tail)``.
+TAILED = [(method, tail) for method in SAMPLED if methods.method(method).kind == "token"
+          for tail in ("off", "mean", "rollout", "rolling")
+          if not (tail == "rolling" and method in ("args", "eft", "none"))]
 
 
 # ---- reusable checks ----------------------------------------------------------------------------------------

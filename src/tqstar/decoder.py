@@ -2,29 +2,32 @@
 
 At each step, for every active row with state s_t = [x, y_<t]::
 
-    1. propose   top-k tokens z of log π_sft(· | s_t)
-    2. estimate  Q̂(s_t, z) with the method's value estimator (skipped where it cannot change the choice)
-    3. score     score(z) = log π_sft(z | s_t) + α · Q̂(s_t, z)
-    4. choose    argmax (temperature 0) or a keyed sample of softmax(score / temperature); stop at EOS, a stop
-                 string or the row's token budget
+    1. propose   top-k tokens z of log π_sft(· | s_t), and (``tail`` on, sampled choice) one arm for the rest of the
+                 vocabulary, the tail 𝒯 (:mod:`tqstar.tail`)
+    2. estimate  Q̂(s_t, z) with the method's value estimator (skipped where it cannot change the choice); the tail's
+                 one token z′ too, for the ``rollout``/``rolling`` tails
+    3. score     score(z) = log π_sft(z | s_t) + α · Q̂(s_t, z); the tail arm T·log Σ_𝒯 π_sft^{1/T} + α·Q̂_𝒯
+    4. choose    argmax over the top k (temperature 0) or a keyed sample of softmax(score / temperature) over the
+                 arms, a tail win committing a keyed draw from the tail; stop at EOS, a stop string or the row's
+                 token budget
 
 :meth:`Decoder.step` advances every unfinished row by one decision and returns the rows that finished; rows may join
 and leave between steps (a server's scheduler steps forever while requests come and go), because everything a
 row needs — its seed and random streams, position, budget, stop strings, rollout-reuse memory, accounting,
 trace — lives on its :class:`~tqstar.state.PromptState`. :meth:`Decoder.run` steps until every row is done.
-With ``block_len`` a decision commits a block: the SFT model samples k blocks, they are valued from their ends and
-one is chosen (:meth:`Decoder._block_step`, the rule in :mod:`tqstar.blocks`); ``bon`` and ``soft-bon`` are the
-same step with blocks of the whole response, so they finish a row in one step. ``sft``/``baseline`` decode one token
-per step from their model's full distribution (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives
-in helpers so each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back
-top-k results and continuations there (a GPU backend moves only those small tensors), so nothing here depends on the
-models' device.
+With ``block_len`` a decision commits a block: the SFT model samples k blocks, they are valued from their ends and one
+is chosen (:meth:`Decoder._block_step`, the rule in :mod:`tqstar.blocks`); ``bon`` and ``soft-bon`` are the same step
+with blocks of the whole response, so they finish a row in one step; a block decision has no top k, so no tail (``tail``
+applies to token-level decisions only: its declared scope, :meth:`tqstar.params.DecodeParams.applies`). ``sft``/``baseline`` decode one token per step
+from their model's full distribution (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives in helpers so
+each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back top-k results and
+continuations there (a GPU backend moves only those small tensors), so nothing here depends on the models' device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +43,8 @@ from .lm.base import FullVocabLM
 from .params import DecodeParams
 from .randomness import sample_by_inversion, stream_seed, uniforms
 from .state import Models, PromptState, commit_tokens
+from .tail import Tail, TailArm, arm_kl, arm_scores, shared_value
+from .tail import kl_bound as tail_kl_bound
 from .trajectory import plain_tokens
 from .value import ESTIMATORS
 from .value.base import Blocks, nan_values, token_blocks
@@ -67,6 +72,7 @@ class Decoder:
         self.value_range = self.reward_range if params.value_in_reward_range else None
         prunes = self.value_range is not None and params.prune and params.temperature == 0 and self.plan is None
         self.r_max = self.value_range[1] if prunes else None
+        self.tail = Tail(models, params, values_needed=params.alpha > 0 and row.value not in (None, "zero"))
 
     def run(self, rows: Sequence[PromptState], *, on_step: OnStep | None = None) -> list[PromptState]:
         """Step ``rows`` until all are done; returns them."""
@@ -95,18 +101,24 @@ class Decoder:
         return self._token_step(active)
 
     def _token_step(self, rows: list[PromptState]) -> list[PromptState]:
-        p, sft = self.params, self.models.sft
-        # 1. propose: top-k of the SFT model's next-token distribution
-        proposal = sft.top_logprobs([r.seq("sft") for r in rows], p.k)
+        p, sft, k = self.params, self.models.sft, self.params.k
+        # 1. propose: top-k of the SFT model's next-token distribution, and one arm for the rest (tqstar.tail)
+        proposal = self.tail.top_logprobs(rows, k)
         top_lp, candidates = proposal.logprobs, proposal.token_ids  # (B, k)
-        # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped)
-        q, reused = self.estimate(rows, top_lp, token_blocks(candidates))  # (B, k), (B, k)
-        # 3. score: log π_sft + α·Q̂
-        scores = score(top_lp, q, p.alpha)  # (B, k)
-        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream
-        log_dec = decision_logprobs(scores, p.temperature)  # (B, k)
-        chosen = candidates.gather(-1, choose(log_dec, p.temperature, rows)[:, None]).squeeze(-1)  # (B,)
-        self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen)
+        arm = self.tail.propose(rows, proposal)  # None: truncation (tail off), or a greedy choice
+        # 2. estimate: Q̂(s_t, z) for every candidate that can still change the choice (NaN: skipped), z′ included
+        q, reused = self.estimate(rows, top_lp, token_blocks(candidates if arm is None else arm.candidates(candidates)),
+                                  None if arm is None else arm.has_mass)  # (B, k[+1]), (B, k[+1])
+        # 3. score: log π_sft + α·Q̂ per candidate, and the tail arm's T·log S_T + α·Q̂_𝒯
+        scores = score(top_lp, q[:, :k], p.alpha)  # (B, k)
+        if arm is not None:
+            arm.value = shared_value(arm.mode, top_lp, q)  # (B,) Q̂_𝒯
+            scores = arm_scores(scores, arm, p.alpha)  # (B, k + 1)
+        # 4. choose: argmax, or sample softmax(score / T) from each row's own stream; the tail arm commits a token
+        #    drawn from the tail
+        log_dec = decision_logprobs(scores, p.temperature)  # (B, k[+1])
+        chosen = self.tail.commit(rows, choose(log_dec, p.temperature, rows), candidates, arm)  # (B,)
+        self._record(rows, proposal.forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen, arm)
         return commit_tokens(rows, [[z] for z in chosen.tolist()], sft)
 
     def _block_step(self, rows: list[PromptState]) -> list[PromptState]:
@@ -142,59 +154,87 @@ class Decoder:
             row.accounting.pruned += int(q[b].isnan().sum())
         return q, reused
 
-    def estimate(self, rows: list[PromptState], top_lp: torch.Tensor,
-                 candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q̂ ``(B, k)`` (NaN: not computed) and which values were reused ``(B, k)``: cheap known values first, then
-        one batch for the candidates that can still change the choice.
+    def estimate(self, rows: list[PromptState], top_lp: torch.Tensor, candidates: Blocks,
+                 extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q̂ ``(B, c)`` (NaN: not computed) and which values were reused ``(B, c)``: cheap known values first, then
+        one batch for the candidates that can still change the choice. ``candidates`` are the top k as blocks of one
+        token, and a tail's z′ as column k (``c = k + 1``) valued only where ``extra`` ``(B,)`` is true.
 
-        Nothing is estimated when α = 0 (Q̂ does not enter the score) or k = 1 (one candidate). With ``r_max``
-        (greedy decoding, a reward range, pruning on), candidates that cannot be the argmax are skipped
-        (:func:`cannot_win`): the output is the same token.
+        Nothing is estimated when α = 0 (Q̂ does not enter the score) or c = 1 (one candidate: with no z′ its value
+        tilts every arm alike). With ``r_max`` (greedy decoding, a reward range, pruning on), candidates that cannot
+        be the argmax are skipped (:func:`cannot_win`): the output is the same token.
         """
         p, estimator = self.params, self.estimator
         assert estimator is not None
-        if p.alpha == 0 or p.k == 1:
+        n_columns = len(candidates[0]) if candidates else 0
+        wanted = torch.ones(len(candidates), n_columns, dtype=torch.bool)  # (B, c)
+        if extra is not None and n_columns > top_lp.shape[-1]:
+            wanted[:, -1] = extra
+        if p.alpha == 0 or n_columns == 1:
             q = nan_values(candidates)
             reused = torch.zeros(q.shape, dtype=torch.bool)
         else:
-            q, reused = estimator.known(rows, candidates)  # (B, k), NaN = unknown
+            # (B, c), NaN = unknown; ``wanted`` only with a tail column (an estimator written before it may not take it)
+            q, reused = estimator.known(rows, candidates) if extra is None else estimator.known(rows, candidates, wanted)
             if self.r_max is not None and p.prune_probe:  # rows with nothing known: value the top candidates first
                 probe = q.isnan().all(dim=-1, keepdim=True) & (torch.arange(q.shape[1]) < p.prune_probe)  # (B, k)
                 if bool(probe.any()):
                     q = torch.where(probe, estimator.estimate(rows, candidates, probe), q)
-            needed = q.isnan()
-            if self.r_max is not None:
+            needed = q.isnan() & wanted
+            if self.r_max is not None:  # greedy: no tail column
                 needed &= ~cannot_win(top_lp, q, p.alpha, self.r_max)
             if bool(needed.any()):
                 q = torch.where(needed, estimator.estimate(rows, candidates, needed), q)
         for b, row in enumerate(rows):
-            row.accounting.pruned += int(q[b].isnan().sum())
+            row.accounting.pruned += int((q[b].isnan() & wanted[b]).sum())
         return q, reused
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
-    def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen) -> None:
-        """Per-step accounting, KL, its bound and (when the row asked) the trace row."""
-        kls = step_kl(log_dec, top_lp)
-        bounds = kl_bound(top_lp, self.params.alpha, self.params.temperature, self.value_range)
+    def _record(self, rows, forward_tokens, top_lp, candidates, q, reused, scores, log_dec, chosen, arm) -> None:
+        """Per-step accounting, KL, its bound and (when the row asked) the trace row (with the tail arm's row)."""
+        p, k = self.params, top_lp.shape[-1]
+        if arm is None:
+            kls = step_kl(log_dec, top_lp)
+            bounds = kl_bound(top_lp, p.alpha, p.temperature, self.value_range)
+        else:
+            kls = arm_kl(log_dec, top_lp, arm).clamp(min=0)  # rounding can leave −1e-8 where π_dec = π_sft
+            bounds = tail_kl_bound(self.tail.alpha, p.temperature, arm.mode, self.value_range, len(rows))
+        # the rolling tail's KL takes its one tail token's weight for the whole tail: exact for an optimal baseline only
+        kind = "estimate" if arm is not None and arm.mode == "rolling" else "exact"
         sft = self.models.sft
         for b, row in enumerate(rows):
             row.accounting.add_forward("sft", forward_tokens[b])
             row.kl.append(float(kls[b]))
             row.kl_bound.append(float(bounds[b]))
-            row.kl_kind = "exact"
+            row.kl_kind = kind
             if row.trace is not None:
                 row.trace.append({
                     "step": row.step,
                     "candidates": candidates[b].tolist(),
                     "tokens": [sft.decode([z]) for z in candidates[b].tolist()],
                     "logp_sft": top_lp[b].tolist(),
-                    "q": [None if v != v else v for v in q[b].tolist()],  # None: not computed
-                    "score": [None if v == float("-inf") else v for v in scores[b].tolist()],
-                    "p_dec": log_dec[b].exp().tolist(),
+                    "q": [None if v != v else v for v in q[b, :k].tolist()],  # None: not computed
+                    "score": [None if v == float("-inf") else v for v in scores[b, :k].tolist()],
+                    "p_dec": log_dec[b, :k].exp().tolist(),
                     "chosen": int(chosen[b]),
-                    "reused": reused[b].tolist(),
-                    "pruned": q[b].isnan().tolist(),
+                    "reused": reused[b, :k].tolist(),
+                    "pruned": q[b, :k].isnan().tolist(),
+                    **({} if arm is None else {"tail": self._tail_row(b, arm, reused, scores, log_dec, chosen,
+                                                                      candidates)}),
                 })
+
+    def _tail_row(self, b: int, arm: TailArm, reused, scores, log_dec, chosen, candidates) -> dict[str, Any]:
+        """The tail arm's trace entry: its mass (log Σ_𝒯 p^{1/T}: at T = 1 log π_sft(𝒯)), shared value Q̂_𝒯, score
+        and probability; z′ where one was valued (``rollout``, ``rolling``); the tail token committed, if any."""
+        k, has, sft = candidates.shape[-1], bool(arm.has_mass[b]), self.models.sft
+        z = int(arm.token[b]) if arm.token is not None and has else None
+        value = float(arm.value[b]) if has else None
+        committed = int(chosen[b]) if int(chosen[b]) not in candidates[b].tolist() else None
+        return {"mode": arm.mode, "log_mass": float(arm.log_mass[b]) if has else None,
+                "q": None if value is None or value != value else value,
+                "score": float(scores[b, k]) if has else None, "p_dec": float(log_dec[b, k].exp()),
+                "token": z, "text": None if z is None else sft.decode([z]), "reused": z is not None and bool(reused[b, k]),
+                "committed": committed, "committed_text": None if committed is None else sft.decode([committed])}
 
     def _record_plain_kl(self, rows: list[PromptState], logprobs: list[float] | None = None) -> None:
         """Plain ``sft``/``baseline`` decoding: KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution the token was
@@ -283,9 +323,9 @@ def pruning_off_reason(reward: Reward | None, params: DecodeParams) -> str | Non
 
 # ---- the math, one function each ------------------------------------------------------------------------------
 def score(top_lp: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """log π_sft + α·Q̂ per candidate ``(B, k)``; −inf where Q̂ is NaN (skipped: it cannot win). With α = 0 or
-    k = 1 no Q̂ is computed and the score is log π_sft."""
-    if alpha == 0 or top_lp.shape[-1] == 1:
+    """log π_sft + α·Q̂ per candidate ``(B, k)``; −inf where Q̂ is NaN (skipped: it cannot win). Where no Q̂ was
+    computed at all (α = 0, or one candidate and no tail token to compare it with) the score is log π_sft."""
+    if alpha == 0 or bool(q.isnan().all()):
         return top_lp.clone()
     return (top_lp + alpha * q).nan_to_num(nan=float("-inf"))
 

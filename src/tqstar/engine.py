@@ -11,6 +11,7 @@ finished responses with the target reward. A baseline with another tokenizer is 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,7 +22,7 @@ from ._checks import check_int
 from ._schema import check_arguments
 from .decoder import Decoder, OnStep
 from .errors import ConfigError, VocabularyMismatchError, describe, require_type
-from .lm.base import Ending, LanguageModel
+from .lm.base import Ending, FullVocabLM, LanguageModel
 from .lm.bridge import TextBridge
 from .methods import NEEDS
 from .params import DecodeParams
@@ -110,6 +111,8 @@ class Engine:
         # blockwise: k samples, not a top-k of the vocabulary; α·(R_max − R_min) is finite by the numeric envelope
         if params.is_token_level and params.block_len is None:
             m.sft.check_k(params.k)
+        if params.samples_tail:
+            self._check_tail(params)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
             if m.bridge is not None:
                 raise ConfigError(f"method {params.method!r} needs the baseline's and the SFT model's likelihoods of the"
@@ -119,6 +122,25 @@ class Engine:
             for lm in (m.sft, m.baseline):
                 if lm is not None:
                     lm.check_scoring()
+
+    def _check_tail(self, params: DecodeParams) -> None:
+        """What the tail of a sampled token-level decision needs of the models (:mod:`tqstar.tail`): its sums at
+        ``temperature`` from the SFT model, and for ``rolling`` both full distributions over the SFT vocabulary."""
+        m = self.models
+        m.sft.check_tail(params.temperature)
+        role = params.method_row.rolls
+        if params.tail != "rolling" or params.alpha == 0 or role is None:
+            return
+        roll = m.lm(role)
+        if role == "baseline" and m.bridge is not None:
+            raise ConfigError(f"`tail` 'rolling' draws the tail token from the baseline's next-token distribution over"
+                              f" the SFT vocabulary, which baseline {roll.name} (another tokenizer, text bridge) cannot"
+                              " give; use tail: mean or tail: rollout with this pair", param="tail", value=params.tail)
+        for lm in dict.fromkeys((m.sft, roll)):
+            if not isinstance(lm, FullVocabLM):
+                raise ConfigError(f"`tail` 'rolling' needs the full next-token distribution of {lm.name}, which a served"
+                                  " model does not give; use tail: mean or tail: rollout, or a local model",
+                                  param="tail", value=params.tail)
 
     def new_state(self, prompt: Prompt, params: DecodeParams, *, truncate_prompt: bool = False, seed: int | None = None,
                   max_new_tokens: int | None = None, stop: Sequence[str] | None = None,
@@ -243,12 +265,18 @@ class Engine:
             finish_reason=state.finish_reason or "length",
             reward=value,
             kl=sum(state.kl) if state.kl_kind is not None else None,
-            kl_bound=sum(state.kl_bound) if state.kl_bound else None,
+            kl_bound=_bound(state.kl_bound) if state.kl_bound else None,
             kl_per_step=list(state.kl),
             accounting=state.accounting,
             trace=state.trace,
             kl_kind=state.kl_kind,
         )
+
+
+def _bound(steps: Sequence[float]) -> float | None:
+    """The per-step KL bounds summed; ``None`` when a step claims none (+inf: the tail at T ≠ 1, ``rolling``)."""
+    total = sum(steps)
+    return None if math.isinf(total) else total
 
 
 class TokenProgress:

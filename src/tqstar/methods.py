@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one
-#: (:meth:`tqstar.decoder.Decoder._token_step`), or with ``block_len`` choose among k sampled blocks
-#: (:mod:`tqstar.blocks`); ``plain`` — decode one model over its full vocabulary (:mod:`tqstar.trajectory`);
-#: ``best-of-n`` — sample whole responses and keep one: a blockwise decision whose blocks are the whole response.
+#: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one, the
+#: rest of the vocabulary kept as one arm unless ``tail: off`` (:meth:`tqstar.decoder.Decoder._token_step`,
+#: :mod:`tqstar.tail`), or with ``block_len`` choose among k sampled blocks (:mod:`tqstar.blocks`; no top k, so no
+#: tail); ``plain`` — decode one model over its full vocabulary (:mod:`tqstar.trajectory`); ``best-of-n`` — sample
+#: whole responses and keep one: a blockwise decision whose blocks are the whole response.
 Kind = Literal["token", "plain", "best-of-n"]
 #: The two models a method may run besides its rewards.
 Role = Literal["sft", "baseline"]

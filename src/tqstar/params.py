@@ -29,6 +29,16 @@ from .methods import METHODS, SCOPES, Method, in_scope, method
 #: Whether a field is the same for every row a decoder steps together (``group``: it is in
 #: :meth:`DecodeParams.group_key`) or each row's own (``row``: :meth:`tqstar.engine.Engine.new_state` may set it).
 Scope = Literal["row", "group"]
+#: What a token-level decision does with the vocabulary outside the SFT model's top k (the *tail*, :mod:`tqstar.tail`):
+#: ``off`` drops it (top-k truncation); ``mean``, ``rollout`` and ``rolling`` keep it with π_sft's shape, tilted by
+#: one shared value — the π_sft-weighted mean of the candidates' values, the value of one token drawn from the tail,
+#: or the importance-weighted value of one token drawn from the rolling model's tail.
+TAILS = ("off", "mean", "rollout", "rolling")
+#: The default ``tail``: measured best on SmolLM2 (docs/methods.md#no-truncation-the-tail).
+DEFAULT_TAIL = "mean"
+#: What a field amounted to in runs written before it existed, where that is not its default: a results file whose
+#: rows lack the field is read with this value (``tail``: those runs truncated to the top k).
+BEFORE: dict[str, Any] = {"tail": "off"}
 #: How ``tqstar generate`` sets a field: ``--name VALUE``, ``--name`` repeated, a ``--name`` switch (``None``: only
 #: YAML and requests set it).
 Flag = Literal["value", "append", "switch"]
@@ -105,7 +115,12 @@ class DecodeParams:
         beta: KL strength β of the baseline's alignment (``tq-indirect``; ``eft``, whose mixing weight is λ = α·β).
         soft_beta: temperature β of the soft value (``tq-soft``, ``soft-cd``); ``None`` (default) uses 1/α, which
             makes the decoding policy the token factorisation of the optimum ρ_sft·exp(α·r) when Q̂ is exact.
-        temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature).
+        temperature: 0 picks the best-scoring candidate; > 0 samples from softmax(score / temperature) (over the
+            candidates and, unless ``tail`` is ``off``, the rest of the vocabulary).
+        tail: token-level decisions over the SFT top k (not with ``block_len``): what the decision does with the
+            vocabulary outside the top k (:data:`TAILS`, :mod:`tqstar.tail`). ``off`` is top-k truncation; the others keep every token with π_sft's shape
+            (p^{1/T}) tilted by one shared value for the tail, so at α = 0 sampling *is* π_sft and the per-step KL is
+            exact over the whole vocabulary. Greedy decoding (temperature 0) is the same for every value.
         max_new_tokens: response budget.
         stop: stop strings; the response is cut before the first one found.
         seed: seed of every random draw (candidate sampling, rollouts, plain sampling, best-of-N samples). Each
@@ -148,6 +163,9 @@ class DecodeParams:
                                     flag="value", applies="soft")
     temperature: float = param(0.0, "0 = greedy choice, else sample softmax(score/T)", flag="value",
                                request="temperature", zero=True)
+    tail: str = param(DEFAULT_TAIL, "the vocabulary outside the top k: off = dropped (top-k truncation), mean /"
+                      " rollout / rolling = kept with pi_sft's shape and one shared value (docs/methods.md)",
+                      flag="value", choices=TAILS, request="tqstar.tail", applies="token", blockwise=False)
     max_new_tokens: int = param(64, "response budget", scope="row", flag="value", request="max_tokens")
     stop: tuple[str, ...] = param((), "stop string (repeatable)", scope="row", flag="append", request="stop")
     seed: int = param(0, "seed of every random choice", scope="row", flag="value", request="seed", low=None)
@@ -192,6 +210,29 @@ class DecodeParams:
         if row.kind == "best-of-n" and self.temperature == 0:
             raise ConfigError(f"`temperature` must be > 0 for {self.method} (greedy samples are all identical), got 0;"
                               " try temperature=1.0", param="temperature", value=self.temperature)
+        self._check_tail()
+
+    def _check_tail(self) -> None:
+        """``tail`` where its declared scope (token-level decisions over the SFT top k: ``applies="token"``,
+        ``blockwise=False``) does not hold, and where the method cannot give it.
+
+        The default is accepted, and has no effect, outside the scope — methods without a top k, and blockwise
+        decisions (``block_len``), whose k candidates are sampled blocks rather than a truncation; another value is
+        refused, saying why. ``rolling`` draws its tail token from the model that rolls out, so a method whose row rolls
+        nothing out (``args``, ``eft``, ``none``) cannot use it."""
+        row = self.method_row
+        if not self.applies("tail") and self.tail != DEFAULT_TAIL:
+            if row.kind == "token":  # block_len: sampled blocks
+                raise ConfigError(f"`tail` applies to token-level decisions over the SFT top k, not to blockwise ones"
+                                  f" (block_len {self.block_len}), whose k candidates are sampled blocks with nothing"
+                                  " truncated; leave `tail` out or drop block_len", param="tail", value=self.tail)
+            token = ", ".join(in_scope(FIELDS["tail"].applies))
+            raise ConfigError(f"`tail` applies to the token-level methods ({token}), not to {self.method}, which"
+                              f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
+                              f" leave `tail` out for {self.method}", param="tail", value=self.tail)
+        if self.tail == "rolling" and row.rolls is None:
+            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and {self.method}"
+                              " rolls out none; use tail: mean or tail: rollout", param="tail", value=self.tail)
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
@@ -222,6 +263,13 @@ class DecodeParams:
         """Whether a decision chooses among sampled blocks (:mod:`tqstar.blocks`): ``block_len`` on a token method,
         and ``bon`` / ``soft-bon``, whose block is the whole response."""
         return self.block_len is not None or self.method_row.kind == "best-of-n"
+
+    @property
+    def samples_tail(self) -> bool:
+        """Whether a decision samples over the whole vocabulary with the tail as one arm (:mod:`tqstar.tail`): ``tail``
+        applies (a token-level decision, no ``block_len``), is not ``off``, and the choice is sampled (a greedy one
+        takes the argmax over the top k)."""
+        return self.applies("tail") and self.tail != "off" and self.temperature > 0
 
     @property
     def uses_baseline(self) -> bool:
@@ -299,7 +347,8 @@ class DecodeParams:
             merged["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         name = merged.get("method", cls.method)
         if isinstance(name, str) and name in METHODS:  # else the method's own check names it
-            unused = [k for k in merged if k not in values and not SCOPES[FIELDS[k].applies][0](method(name))]
+            blockwise = merged.get("block_len") is not None  # tail: token-level decisions over the top k only
+            unused = [k for k in merged if k not in values and not _applies(k, method(name), blockwise)]
             for k in unused:  # a bad value is refused all the same
                 check_value(k, merged.pop(k))
         params = cls(**{k: v for k, v in merged.items() if v is not None})
@@ -312,7 +361,8 @@ def check_value(name: str, value: object) -> None:
     its ``choices``)."""
     info, kind = FIELDS[name], KINDS[name]
     if info.choices is not None and value not in info.choices:
-        _fail(name, " or ".join(map(repr, info.choices)), value)
+        _fail(name, " or ".join(map(repr, info.choices)) if len(info.choices) == 2 else
+              "one of " + ", ".join(info.choices), value)
     elif kind is int:
         check_int(value, name, low=info.low, none=info.unset)
     elif kind is float:

@@ -3,11 +3,13 @@
 A draw's stream is named by ``(seed, prompt identity, use, step, candidate, index)`` and hashed
 (``hashlib.blake2b``) to a 63-bit *stream seed*:
 
-* ``use`` is a domain tag — ``"choice"`` (choosing among the candidates of a decision: a token among the k, or a
-  block among the k samples), ``"rollout"`` (one rollout of one candidate), ``"plain"`` (one token of plain
-  ``sft``/``baseline`` decoding), ``"block"`` (the k sampled blocks of a blockwise decision, ``bon`` and ``soft-bon``
-  included: :func:`block_seeds`) — so no two uses ever share a stream, whatever the seed (the step-0 rollouts and
-  the step-0 choice of the default seed 0 are different streams);
+* ``use`` is a domain tag — ``"choice"`` (choosing among the candidates of a decision: a token among the k and the
+  tail arm, or a block among the k samples), ``"rollout"`` (one rollout of one candidate), ``"tail"`` (a token drawn
+  from outside the top k: index 0 the one committed when the tail arm wins, index 1 the one valued as its
+  representative; :mod:`tqstar.tail`), ``"plain"`` (one token of plain ``sft``/``baseline`` decoding), ``"block"``
+  (the k sampled blocks of a blockwise decision, ``bon`` and ``soft-bon`` included: :func:`block_seeds`) — so no two
+  uses ever share a stream, whatever the seed (the step-0 rollouts and the step-0 choice of the default seed 0 are
+  different streams);
 * the prompt identity is the prompt as given: a str, or the canonical JSON of a chat message list;
 * ``step`` is the row's position (its response length at the decision), ``candidate`` the candidate's *content* —
   its token id, or for a block of several tokens their ids (not its rank or sample number, so identical candidates
@@ -31,7 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-USES = ("choice", "rollout", "plain", "block")
+USES = ("choice", "rollout", "tail", "plain", "block")
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (the golden ratio in 64 bits)
 _MASK63 = (1 << 63) - 1
 

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 
 #: What a response's ``kl`` is: ``"exact"`` — the sum over steps of KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution
-#: each token was drawn from (token-level and plain decoding); ``"estimate"`` — the sum over decisions of a plug-in
-#: estimate of the selection's KL from the values it saw (blockwise decisions, best-of-N; :mod:`tqstar.blocks`).
+#: each token was drawn from (token-level and plain decoding, the ``mean`` and ``rollout`` tails included);
+#: ``"estimate"`` — the sum over decisions of a plug-in estimate of the selection's KL from the values it saw
+#: (blockwise decisions, best-of-N; :mod:`tqstar.blocks`), or of the ``rolling`` tail's KL from its one tail token
+#: (exact only for an optimal baseline: :mod:`tqstar.tail`).
 KL_KINDS = ("exact", "estimate")
 
 
@@ -200,9 +202,13 @@ class Response:
     """A finished response with its reward, KL to the SFT model and accounting.
 
     ``kl_kind`` says what ``kl`` is (:data:`KL_KINDS`); ``kl_bound`` is always a bound; both are ``None`` where the
-    method's KL to the SFT model is not tracked. Token-level methods: ``kl`` sums the exact per-step KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution each token was decoded
-    from (π_sft normalised over the full vocabulary, π_dec zero outside the top-k; a greedy choice is a point
-    mass). ``kl_bound`` sums a per-step bound that holds for the policy actually run:
+    method's KL to the SFT model is not tracked. Token-level methods: ``kl`` sums the exact per-step
+    KL(π_dec(·|s_t) ‖ π_sft(·|s_t)) of the distribution each token was decoded from (π_sft normalised over the full
+    vocabulary; a greedy choice is a point mass; with ``tail`` on and a sampled choice π_dec covers the whole
+    vocabulary, its KL in closed form and its bound α·(R_max − R_min) at temperature 1 with Q̂ in the reward's range,
+    else ``None`` — the ``rolling`` tail's KL is exact only for an optimal baseline, so it is labelled an estimate:
+    :mod:`tqstar.tail`; with ``tail: off`` π_dec is zero outside the top-k). ``kl_bound`` sums a per-step bound that
+    holds for the policy actually run (``tail: off`` or greedy):
     −log min_{z ∈ top-k} π_sft(z|s_t), which bounds the KL of *any* π_dec on the top-k (greedy or any
     temperature); at temperature 1 with a reward that declares its range, the smaller of that and
     α·(R_max − R_min) + log(1/π_sft(top-k|s_t)), the bound of softmax(score) (not for ``tq-soft``/``eft``, whose Q̂

@@ -182,6 +182,16 @@ CASES = [
         " identical), got 0"),
     gen("k-for-soft-bon", ["--method", "soft-bon", "--temperature", "1", "--k", "3"], "`k` has no effect on method"
         " 'soft-bon'", "drop it"),
+    gen("tail-for-sft", ["--method", "sft", "--tail", "off"], "`tail` applies to the token-level methods (tq-direct,",
+        "not to sft", "leave `tail` out for sft"),
+    gen("tail-default-for-sft", ["--method", "sft", "--tail", "mean"], "`tail` has no effect on method 'sft'"),
+    gen("tail-with-blocks", ["--block-len", "2", "--tail", "rollout"], "`tail` applies to token-level decisions over"
+        " the SFT top k, not to blockwise ones (block_len 2)", "drop block_len"),
+    gen("tail-default-with-blocks", ["--block-len", "2", "--tail", "mean"], "`tail` has no effect on blockwise"
+        " decisions (block_len 2 with tq-direct)", "drop it, or drop block_len"),
+    gen("tail-unknown", ["--tail", "none"], "argument --tail: invalid choice: 'none'"),
+    gen_yaml("tail-unknown-yaml", "decode: {tail: none}\n", "`tail` must be one of off, mean, rollout, rolling, got"
+             " 'none'"),
     evaluation("block-len-entry-for-eft", {"methods": [{"method": "eft", "block_len": 2}]},
                "`block_len` does not apply to eft"),
     evaluation("defaults-bad-block-len", {"defaults": {"block_len": 0}}, "`block_len` must be an integer >= 1"),
@@ -522,6 +532,8 @@ CASES = [
     Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0 (1e-06 to 1e+06), got -1.0",)),
     Case("testbed-k-zero", TESTBED + ["--k", "0"], ("--k must be an integer from 1 to --vocab-size (4), got 0",)),
     Case("testbed-k-large", TESTBED + ["--k", "9"], ("--k must be an integer from 1 to --vocab-size (4), got 9",)),
+    Case("testbed-tail-k", TESTBED + ["--tail-k", "4"],
+         ("--tail-k must be an integer from 0 to --vocab-size - 1 (3), got 4",)),
     Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got 0",)),
     Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got nan",)),
     Case("testbed-too-big", TESTBED + ["--vocab-size", "100", "--horizon", "10"],

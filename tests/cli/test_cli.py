@@ -126,6 +126,13 @@ def test_testbed_prints_the_exact_table(capsys):
     for method in ("tq-direct", "cd", "args", "sft", "baseline", "tq-indirect", "tq-soft(N=16)", "soft-cd(N=1)", "eft",
                    "optimum (exact)", "gap to the exact optimum"):
         assert method in out
+    assert "no truncation, direct transfer: top-k = 1 of 3" in out and "no truncation, indirect transfer" in out
+    for row in ("tq-direct tail=off", "tq-direct tail=mean", "cd tail=rolling", "tq-soft(N=∞) tail=exact",
+                "share of truncation's gap to the optimum closed by the tail"):
+        assert row in out
+    assert main(["testbed", "--instances", "1", "--alphas", "1", "--vocab-size", "3", "--horizon", "2", "--draws", "5",
+                 "--tail-k", "0", "--setting", "direct"]) == 0
+    assert "no truncation" not in capsys.readouterr().out
 
 
 def test_adapter_flag_is_checked_before_loading(tiny_paths, tmp_path, capsys):

@@ -63,6 +63,7 @@ FLAG_VALUES = {
                  "x", ""],
     "--k": ["1", "2", "3", "0", "-1", "x", "2.5"],
     "--block-len": ["1", "2", "3", "0", "-1", "x", "2.5", "1e39"],
+    "--tail": ["off", "mean", "rollout", "rolling", "none"],
     "--max-new-tokens": ["1", "2", "0", "x", "-3"],
     "--rollout-len": ["1", "2", "0", "x"],
     "--n-rollouts": ["1", "2", "0"],
@@ -260,7 +261,7 @@ def test_report_inputs(files, flags, tiny_paths, capsys, monkeypatch):
 # ---- testbed's flags and a server's config ----------------------------------------------------------------------
 TESTBED_VALUES = {"--instances": ["1", "0", "-1", "x", "1.5"], "--draws": ["2", "0", "nan"],
                   "--vocab-size": ["2", "3", "1", "0", "2000", "x"], "--horizon": ["1", "2", "0", "100"],
-                  "--k": ["1", "2", "0", "9", "x"], "--seed": ["0", "-1", "x"]}
+                  "--k": ["1", "2", "0", "9", "x"], "--seed": ["0", "-1", "x"], "--tail-k": ["0", "1", "2", "-1", "x"]}
 
 
 @FUZZ

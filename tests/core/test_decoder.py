@@ -382,7 +382,8 @@ def test_kl_bound_holds_for_the_policy_run(engine, temperature, alpha):
 
 
 def test_kl_bound_at_temperature_one_is_the_smaller_bound(engine):
-    params = DecodeParams(method="none", **{**SHORT, "alpha": 0.0, "temperature": 1.0, "k": 6}, trace=True)
+    params = DecodeParams(method="none", **{**SHORT, "alpha": 0.0, "temperature": 1.0, "k": 6}, trace=True,
+                          tail="off")
     (row,) = engine.decoder(params).run([engine.new_state(PROMPTS[0], params)])
     for t, step in enumerate(row.trace):
         top = torch.tensor(step["logp_sft"])

@@ -14,7 +14,14 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import vowel_share
-from invariance import CASES, SAMPLED, assert_batch_invariant, assert_join_invariant, assert_speedups_exact
+from invariance import (
+    CASES,
+    SAMPLED,
+    TAILED,
+    assert_batch_invariant,
+    assert_join_invariant,
+    assert_speedups_exact,
+)
 
 from tqstar.engine import Engine
 from tqstar.eval.results import MethodRun, read_rows
@@ -34,6 +41,17 @@ def tabular_engine(seed: int = 0) -> Engine:
     sft = TabularLM.random(5, 4, seed=seed)
     r, r_bl = random_reward(5, 4, seed=seed), random_reward(5, 4, seed=seed + 100)
     return Engine(sft, optimal_policy(sft, r, beta=0.5), TabularReward(r, sft), TabularReward(r_bl, sft))
+
+
+def eos_likely_engine(sft, baseline) -> Engine:
+    """The tiny models with EOS made a likely candidate (not a certain one) for both, and the vowel reward."""
+    eos = min(sft.eos_token_ids)
+    with torch.no_grad():
+        for lm in (sft, baseline):
+            bias = torch.zeros(lm.vocab_size)
+            bias[eos] = 3.0
+            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
+    return Engine(sft, baseline, CallableReward(vowel_share))
 
 
 @pytest.fixture()
@@ -79,6 +97,52 @@ def test_a_block_that_straddles_a_stop_string_ends_the_row_alone_and_batched(tin
         assert not any(s in r.text for s in stops)
 
 
+# ---- no truncation: every token-level method with every tail -------------------------------------------------
+@pytest.mark.parametrize(("method", "tail"), TAILED)
+def test_tabular_output_with_the_tail_is_batch_invariant(method, tail):
+    params = DecodeParams(method=method, k=2, alpha=2.0, rollout_len=5, max_new_tokens=5, seed=1, tail=tail,
+                          **SAMPLED[method])
+    assert_batch_invariant(tabular_engine(1), PROMPTS, params)
+
+
+@pytest.mark.parametrize(("method", "tail"), [(m, t) for m, t in TAILED if t != "mean"])  # mean: the suite above
+def test_tiny_output_with_the_tail_is_batch_invariant_with_stop_strings(tiny_engine, method, tail):
+    params = DecodeParams(method=method, k=3, alpha=2.0, rollout_len=3, max_new_tokens=5, stop=("lake", "e"),
+                          tail=tail, **SAMPLED[method])
+    assert_batch_invariant(tiny_engine, PROMPTS, params)
+
+
+@pytest.mark.parametrize(("method", "tail"), [(m, t) for m, t in TAILED if t != "mean"])
+def test_rows_joining_mid_decode_with_the_tail_decode_as_alone(tiny_engine, method, tail):
+    params = DecodeParams(method=method, k=3, alpha=2.0, rollout_len=3, max_new_tokens=5, tail=tail,
+                          **SAMPLED[method])
+    assert_join_invariant(tiny_engine, PROMPTS, params, seeds=[0, 7, 7, 123])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize(("method", "tail"), [(m, t) for m, t in TAILED if m in ("tq-direct", "cd", "args") and t != "off"])
+def test_tabular_pruning_and_reuse_are_exact_with_the_tail(method, tail, temperature):
+    """Greedy choice: the tail is inert and pruning and reuse work as without it. Sampled choice with greedy
+    rollouts: no pruning, and reuse (z′'s rollout included) changes no token."""
+    for seed in range(3):
+        params = DecodeParams(method=method, k=3, alpha=1.5, rollout_len=3, max_new_tokens=4, seed=seed, tail=tail,
+                              temperature=temperature)
+        assert_speedups_exact(tabular_engine(seed), PROMPTS, params) if method != "args" or temperature == 0 else \
+            assert_batch_invariant(tabular_engine(seed), PROMPTS, params)  # args: nothing to reuse when sampling
+
+
+@pytest.mark.parametrize("tail", ["mean", "rollout", "rolling"])
+def test_tiny_sampling_with_the_tail_is_exact_with_stop_strings_and_eos(sft, baseline, tail):
+    engine = eos_likely_engine(sft, baseline)
+    params = DecodeParams(method="tq-direct", k=3, alpha=0.5, rollout_len=4, max_new_tokens=7, stop=("the",),
+                          temperature=1.0, tail=tail)
+    assert_batch_invariant(engine, PROMPTS, params)
+    responses = engine.generate(PROMPTS, params, progress=False)
+    for changed in (params.replace(reuse_rollouts=False), params.replace(prune=False)):  # (the tabular cases take them)
+        assert [r.token_ids for r in engine.generate(PROMPTS, changed, progress=False)] == [r.token_ids for r in responses]
+    assert {r.finish_reason for r in responses} - {"length"}, "neither EOS nor a stop string was reached"
+
+
 def test_seeds_change_sampled_output():
     engine = tabular_engine(1)
     params = DecodeParams(method="tq-direct", k=4, alpha=2.0, rollout_len=5, max_new_tokens=5, **SAMPLED["tq-direct"])
@@ -108,13 +172,7 @@ def test_tabular_pruning_and_reuse_are_exact(method, rollouts):
 @pytest.mark.parametrize("rollouts", [dict(), dict(n_rollouts=2, rollout_temperature=1.0)], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("method", ["tq-direct", "cd"])
 def test_tiny_pruning_and_reuse_are_exact_with_stop_strings_and_eos(sft, baseline, method, rollouts):
-    eos = min(sft.eos_token_ids)
-    with torch.no_grad():  # EOS becomes a likely candidate (not a certain one) for both models
-        for lm in (sft, baseline):
-            bias = torch.zeros(lm.vocab_size)
-            bias[eos] = 3.0
-            lm.model.lm_head.bias = torch.nn.Parameter(bias.to(lm.device))
-    engine = Engine(sft, baseline, CallableReward(vowel_share))
+    engine = eos_likely_engine(sft, baseline)
     params = DecodeParams(method=method, k=5, alpha=0.5, rollout_len=4, max_new_tokens=7, stop=("the",), **rollouts)
     assert_speedups_exact(engine, PROMPTS, params)
     responses = engine.generate(PROMPTS, params, progress=False)
@@ -125,6 +183,8 @@ def test_an_eval_resume_writes_the_rows_an_uninterrupted_run_writes(tiny_engine,
     """Rows lost from the middle of a results file are re-decoded in other batches, to the same text."""
     methods = [MethodRun(m, DecodeParams(**{**dict(k=4, alpha=2.0, rollout_len=3, max_new_tokens=4), **CASES[m]}))
                for m in ("tq-direct", "sft", "bon", "soft-bon", "tq-direct[m=2]", "cd[m=2,argmax]")]
+    methods += [MethodRun(f"cd tail={tail}", DecodeParams(method="cd", k=3, alpha=2.0, rollout_len=3, max_new_tokens=4,
+                                                          tail=tail, **SAMPLED["cd"])) for tail in ("rollout", "rolling")]
     path = tmp_path / "out.jsonl"
 
     def evaluate():

@@ -11,7 +11,7 @@ import tqstar
 
 PACKAGE = Path(tqstar.__file__).parent
 CORE = {"__init__", "_checks", "_files", "_http", "_schema", "blocks", "config", "decoder", "engine", "errors", "methods",
-        "params", "prompts", "randomness", "state", "text", "trajectory"}
+        "params", "prompts", "randomness", "state", "tail", "text", "trajectory"}
 
 
 def modules() -> dict[str, Path]:

@@ -228,6 +228,7 @@ for _name, _bad in {
     "max_new_tokens": [0, 2.5], "stop": ["", [""], (1,)], "seed": [1.5, NAN], "bon_n": [0, 1.5],
     "bon_policy": ["dpo", 5], "trace": ["yes", 1], "prune": [1, None], "prune_probe": [-1, 0.5],
     "reuse_rollouts": ["no"], "block_len": [0, -1, 2.5, "4", True, NAN], "bon_beta": [0, NAN, INF, 1e-39, 1e7, "0.1"],
+    "tail": ["none", 5, None],
 }.items():
     CASES += [(DecodeParams, _name, _value, "must be") for _value in _bad]
 

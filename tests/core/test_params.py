@@ -55,6 +55,19 @@ BAD = [
     ({"method": "soft-cd", "rollout_temperature": 0.7},
      "`rollout_temperature` must be 1 for soft-cd (its estimator averages over samples of the rolling model itself),"
      " got 0.7; set rollout_temperature: 1"),
+    ({"tail": "none"}, "`tail` must be one of off, mean, rollout, rolling, got 'none'"),
+    ({"method": "sft", "tail": "off"},
+     "`tail` applies to the token-level methods (tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft, none), not to"
+     " sft, which decodes its full vocabulary; leave `tail` out for sft"),
+    ({"method": "bon", "temperature": 1.0, "tail": "rollout"},
+     "`tail` applies to the token-level methods (tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft, none), not to"
+     " bon, which samples whole responses; leave `tail` out for bon"),
+    ({"method": "tq-direct", "block_len": 4, "tail": "off"},
+     "`tail` applies to token-level decisions over the SFT top k, not to blockwise ones (block_len 4), whose k"
+     " candidates are sampled blocks with nothing truncated; leave `tail` out or drop block_len"),
+    ({"method": "args", "tail": "rolling"},
+     "`tail` 'rolling' draws the tail token from the model that rolls out, and args rolls out none; use tail: mean or"
+     " tail: rollout"),
     ({"method": "bon", "temperature": 0},
      "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
     ({"method": "soft-bon", "temperature": 0},
@@ -120,7 +133,7 @@ def test_from_dict_rejects_unknown_key():
     assert str(info.value) == (
         "unknown decoding parameter `top_k`; valid ones are alpha, beta, block_len, bon_beta, bon_n, bon_policy, k,"
         " max_new_tokens, method, n_rollouts, prune, prune_probe, reuse_rollouts, rollout_len, rollout_seed,"
-        " rollout_temperature, seed, soft_beta, stop, temperature, trace"
+        " rollout_temperature, seed, soft_beta, stop, tail, temperature, trace"
     )
 
 
@@ -188,13 +201,13 @@ def test_derived_lists_are_what_they_were_by_hand():
     from tqstar.serving.protocol import OVERRIDABLE, TQStarOptions
 
     assert GROUP_FIELDS == ("method", "k", "block_len", "alpha", "n_rollouts", "rollout_len", "rollout_temperature",
-                            "beta", "soft_beta", "temperature", "bon_n", "bon_policy", "bon_beta", "prune",
+                            "beta", "soft_beta", "temperature", "tail", "bon_n", "bon_policy", "bon_beta", "prune",
                             "prune_probe", "reuse_rollouts")
     assert set(DECODE_FLAGS) == {"method", "k", "block_len", "alpha", "n_rollouts", "rollout_len",
-                                 "rollout_temperature", "rollout_seed", "beta", "soft_beta", "temperature",
+                                 "rollout_temperature", "rollout_seed", "beta", "soft_beta", "temperature", "tail",
                                  "max_new_tokens", "seed", "bon_n", "bon_policy", "bon_beta", "stop", "trace"}
     assert set(OVERRIDABLE) == {"alpha", "k", "block_len", "n_rollouts", "rollout_len", "rollout_temperature", "beta",
-                                "bon_n", "bon_beta", "prune", "prune_probe", "reuse_rollouts"}
+                                "tail", "bon_n", "bon_beta", "prune", "prune_probe", "reuse_rollouts"}
     assert set(TQStarOptions.model_fields) == set(OVERRIDABLE) | {"trace"}
     assert {name for name, info in FIELDS.items() if info.scope == "row"} == {
         "rollout_seed", "max_new_tokens", "stop", "seed", "trace"}

@@ -137,6 +137,41 @@ def test_rows_written_before_a_parameter_existed_still_resume(tmp_path, tiny_pat
     assert len(path.read_text().splitlines()) == len(lines)
 
 
+def test_defaults_apply_to_the_methods_they_mean_something_for():
+    """``tail`` under ``defaults`` reaches the token-level decisions over a top k only (not ``block_len``'s sampled
+    blocks, nor best-of-N's whole responses); set where there is no top k, it is refused with the reason."""
+    runs = expand_methods([{"method": "sft"}, {"method": "bon", "temperature": 1.0},
+                           {"method": "soft-bon", "temperature": 1.0}, {"method": "cd"},
+                           {"method": "tq-direct", "block_len": 2}], {"tail": "off", "k": 3})
+    assert [r.params.tail for r in runs] == ["mean", "mean", "mean", "off", "mean"] and runs[3].params.k == 3
+    blockwise = expand_methods([{"method": "cd"}], {"tail": "off", "block_len": 2})  # block_len beside it in defaults
+    assert blockwise[0].params.tail == "mean" and blockwise[0].params.block_len == 2
+    with pytest.raises(ConfigError, match="^`tail` applies to the token-level methods .* not to sft"):
+        expand_methods([{"method": "sft", "tail": "off"}])
+    with pytest.raises(ConfigError, match="^`tail` applies to token-level decisions over the SFT top k, not to blockwise"):
+        expand_methods([{"method": "cd", "tail": "rollout", "block_len": 2}])
+
+
+def test_rows_written_before_the_tail_existed_resume_as_truncated_runs(tmp_path, tiny_paths, capsys):
+    """Sampled token-level rows written before ``tail`` existed were truncated: they resume under ``tail: off`` and
+    are refused under the new default (the rows would mix two policies under one label)."""
+    sampled = [{"method": "args", "alpha": 1.0, "temperature": 1.0}]
+    old = _config(tmp_path, tiny_paths, n_prompts=2, methods=sampled, defaults={"max_new_tokens": 4, "tail": "off"})
+    assert main(["eval", "--config", old, "--no-progress", "--coherence", "none"]) == 0
+    path = tmp_path / "out.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[1:]:
+        del row["params"]["tail"]
+    for params in rows[0]["config"]["methods"].values():
+        del params["tail"]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert main(["eval", "--config", old, "--no-progress", "--coherence", "none"]) == 0
+    new = _config(tmp_path, tiny_paths, n_prompts=2, methods=sampled, defaults={"max_new_tokens": 4})
+    capsys.readouterr()
+    assert main(["eval", "--config", new, "--no-progress", "--coherence", "none"]) == 2
+    assert "was run with other parameters (`tail` differs)" in capsys.readouterr().err
+
+
 def test_corrupt_line_in_the_middle_is_refused(tmp_path, tiny_paths, capsys):
     config = _config(tmp_path, tiny_paths)
     main(["eval", "--config", config, "--no-progress", "--coherence", "none"])

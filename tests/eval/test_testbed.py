@@ -10,6 +10,7 @@ import torch
 from tqstar.decoder import decision_logprobs, step_kl
 from tqstar.engine import Engine
 from tqstar.eval.testbed import (
+    TAIL_MODES,
     TabularReward,
     completions,
     decoding_policy,
@@ -17,15 +18,18 @@ from tqstar.eval.testbed import (
     eft_value,
     exact_report,
     expected_reward,
+    format_gap_closed,
     format_matched_kl,
     format_report,
     interpolate_at,
+    log_partition,
     matched_kl,
     method_values,
     optimal_policy,
     optimum_at_kl,
     q_value,
     random_reward,
+    tail_report,
     trajectory_kl,
 )
 from tqstar.lm.tabular import EOS, TabularLM, prefixes
@@ -174,11 +178,11 @@ def test_engine_reports_kl_within_the_bound_when_sampling():
 
 
 def test_engine_kl_matches_the_exact_decoding_policy_kl():
-    """Sampling at T = 1 with α = 0 and top-k: each step's KL is exactly log(1/π_sft(top-k))."""
+    """Sampling at T = 1 with α = 0 and top-k truncation: each step's KL is exactly log(1/π_sft(top-k))."""
     sft = TabularLM.random(V, H, seed=8)
     r = random_reward(V, H, seed=8)
     engine = Engine(sft, sft, TabularReward(r, sft))
-    params = DecodeParams(method="none", k=2, alpha=0.0, temperature=1.0, max_new_tokens=H + 1, seed=0)
+    params = DecodeParams(method="none", k=2, alpha=0.0, temperature=1.0, max_new_tokens=H + 1, seed=0, tail="off")
     (response,) = engine.generate(["x"], params, progress=False)
     for t, kl in enumerate(response.kl_per_step):
         top = sft.probs(tuple(response.token_ids[:t])).topk(2).values.sum().item()
@@ -358,3 +362,146 @@ def test_eft_equals_tq_soft_at_the_baselines_beta_when_the_baseline_is_optimal(a
     for prefix in prefixes(V, H):
         geometric = sft.probs(prefix) ** (1 - alpha * beta) * optimal_policy(sft, r, beta).probs(prefix) ** (alpha * beta)
         torch.testing.assert_close(mix.probs(prefix), geometric / geometric.sum(), atol=1e-12, rtol=0)
+
+
+# ---- no truncation (tail) ----------------------------------------------------------------------------------------
+def _rest(lm: TabularLM, prefix, k: int) -> torch.Tensor:
+    """The tail's tokens (outside the top k of ``lm`` at ``prefix``) as a mask."""
+    rest = torch.ones(V, dtype=torch.bool)
+    rest[lm.probs(prefix).topk(k).indices] = False
+    return rest
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("tail", ["mean", "rollout", "rolling"])
+def test_alpha_zero_with_the_tail_is_the_sft_policy_exactly(instance, tail, k):
+    sft, r, _ = instance
+    q = method_values(sft, optimal_policy(sft, r, 0.3), r)["tq-direct"]
+    policy = decoding_policy(sft, q, alpha=0.0, k=k, tail=tail, rolling=optimal_policy(sft, r, 0.3))
+    for prefix in prefixes(V, H):
+        torch.testing.assert_close(policy.probs(prefix), sft.probs(prefix), rtol=0, atol=1e-12)
+    assert trajectory_kl(policy, sft) == pytest.approx(0.0, abs=1e-12)
+    truncated = decoding_policy(sft, q, alpha=0.0, k=k)
+    assert trajectory_kl(truncated, sft) > 1e-3  # what truncation costs before any steering
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_no_truncation_tq_soft_with_an_optimal_baseline_is_the_optimum_under_rolling(instance, k):
+    """The rolling tail: z′ ~ π*(·|𝒯), arm weight p(z′)·W(s z′)/π*(z′|𝒯) = Σ_𝒯 p·W for every z′, z′ committed — so
+    π_dec = π* at every state, k < V included (averaged over z′ exactly)."""
+    sft, r, _ = instance
+    beta = 0.3
+    optimum = optimal_policy(sft, r, beta)
+    lw = log_partition(sft, r, beta)
+    policy = decoding_policy(sft, lambda s, z: beta * lw(s + (z,)), 1 / beta, k, tail="rolling", rolling=optimum)
+    for prefix in prefixes(V, H):
+        torch.testing.assert_close(policy.probs(prefix), optimum.probs(prefix), rtol=0, atol=1e-12)
+    assert expected_reward(policy, r) == pytest.approx(expected_reward(optimum, r), abs=1e-12)
+    assert trajectory_kl(policy, sft) == pytest.approx(trajectory_kl(optimum, sft), abs=1e-12)
+    truncated = decoding_policy(sft, lambda s, z: beta * lw(s + (z,)), 1 / beta, k)
+    assert trajectory_kl(truncated, sft) != pytest.approx(trajectory_kl(optimum, sft), abs=1e-6)
+
+
+def _state_kl(d: torch.Tensor, p: torch.Tensor) -> float:
+    return float(torch.where(d > 0, d * (d.log() - p.log()), torch.zeros_like(d)).sum())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_shared_tail_value_at_its_exact_soft_value_is_the_optimum_coarse_grained(instance, k):
+    """``mean``'s rule with the exact tail value V_𝒯 = β·log E_{p|𝒯}[W]: π* on every top-k token and on the tail's
+    total mass, π_sft's shape inside the tail — and less KL than π* at every state."""
+    sft, r, _ = instance
+    beta = 0.3
+    optimum = optimal_policy(sft, r, beta)
+    lw = log_partition(sft, r, beta)
+
+    def tail_value(prefix):
+        rest = _rest(sft, prefix, k)
+        p = sft.probs(prefix)
+        return beta * math.log(sum(p[z].item() * math.exp(lw(prefix + (z,))) for z in range(V) if rest[z])
+                               / p[rest].sum().item())
+
+    policy = decoding_policy(sft, lambda s, z: beta * lw(s + (z,)), 1 / beta, k, tail="mean", tail_value=tail_value)
+    for prefix in prefixes(V, H):
+        rest, got, want, p = _rest(sft, prefix, k), policy.probs(prefix), optimum.probs(prefix), sft.probs(prefix)
+        if not rest.any() or p[rest].sum() == 0:
+            continue
+        torch.testing.assert_close(got[~rest], want[~rest], rtol=0, atol=1e-12)
+        assert got[rest].sum().item() == pytest.approx(want[rest].sum().item(), abs=1e-12)
+        torch.testing.assert_close(got[rest] / got[rest].sum(), p[rest] / p[rest].sum(), rtol=0, atol=1e-12)
+        assert _state_kl(got, p) <= _state_kl(want, p) + 1e-12
+
+
+def test_the_decoder_with_the_rolling_tail_samples_the_optimum():
+    """Through the real decoder: tq-soft, one rollout of the optimal baseline, k = 2 < V, tail rolling — at every
+    visited state the candidates and the tail arm carry π*'s masses, and a tail win commits z′."""
+    beta, wins = 0.25, 0
+    for seed in range(3):
+        sft, r = TabularLM.random(V, H, seed=seed), random_reward(V, H, seed=seed)
+        wins += _rolling_steps_are_the_optimum(sft, r, beta)
+    assert wins > 0, "no tail token was drawn on these prompts"
+
+
+def _rolling_steps_are_the_optimum(sft, r, beta) -> int:
+    optimum = optimal_policy(sft, r, beta)
+    engine = _soft_engine(sft, optimum, r)
+    wins = 0
+    for response in engine.generate(["x", "y", "z", "w"], _soft_params(alpha=1 / beta, k=2, tail="rolling"),
+                                     progress=False):
+        for row in response.trace:
+            prefix = tuple(response.token_ids[:row["step"]])
+            exact = optimum.probs(prefix)
+            torch.testing.assert_close(torch.tensor(row["p_dec"], dtype=torch.float64), exact[row["candidates"]],
+                                       atol=1e-6, rtol=0)
+            assert row["tail"]["p_dec"] == pytest.approx(1 - exact[row["candidates"]].sum().item(), abs=1e-6)
+            if row["tail"]["committed"] is not None:
+                wins += 1
+                assert row["tail"]["committed"] == row["tail"]["token"]
+    return wins
+
+
+@pytest.mark.parametrize("tail", ["mean", "rollout"])
+def test_the_engine_samples_the_testbed_tail_policy(tail):
+    """tq-soft with one rollout of an optimal baseline values every candidate exactly (V = β·log W), so the decoder's
+    per-step distribution (its trace) is the testbed's exact policy at every visited state: ``mean`` all of it; for
+    ``rollout`` the value of the z′ the row drew, and the candidates' masses given it."""
+    beta = 0.25
+    sft, r = TabularLM.random(V, H, seed=6), random_reward(V, H, seed=6)
+    lw = log_partition(sft, r, beta)
+
+    def q(s, z):
+        return beta * lw(s + (z,))
+
+    policy = decoding_policy(sft, q, 1 / beta, 2, tail="mean")
+    engine = _soft_engine(sft, optimal_policy(sft, r, beta), r)
+    for response in engine.generate(["x", "y", "z"], _soft_params(alpha=1 / beta, k=2, tail=tail), progress=False):
+        for row in response.trace:
+            prefix = tuple(response.token_ids[:row["step"]])
+            if tail == "mean":
+                want = policy.probs(prefix)[row["candidates"]]
+            else:
+                z = row["tail"]["token"]
+                if z is None:  # an empty tail (past the horizon)
+                    continue
+                assert row["tail"]["q"] == pytest.approx(q(prefix, z), abs=1e-5)
+                lp = sft.probs(prefix).log()
+                weights = torch.tensor([lp[c].item() + q(prefix, c) / beta for c in row["candidates"]]
+                                       + [row["tail"]["log_mass"] + q(prefix, z) / beta], dtype=torch.float64)
+                want = torch.softmax(weights, 0)[:-1]
+            torch.testing.assert_close(torch.tensor(row["p_dec"], dtype=torch.float64), want, atol=1e-5, rtol=0)
+
+
+def test_the_tail_section_reaches_the_optimum_with_rolling_and_closes_truncations_gap():
+    rows, table = tail_report(2, (1.0, 5.0), (0.05,), k=2, vocab_size=4, horizon=3, beta_baseline=0.2)
+    by = {(row["instance"], row["method"], row["alpha"]): row for row in rows}
+    for i in range(2):
+        sft = TabularLM.random(4, 3, seed=i)
+        r = random_reward(4, 3, seed=i)
+        optimum = optimal_policy(sft, r, 0.2)  # the baseline itself; α = 5 = 1/β_BL
+        rolling = by[(i, "tq-soft(N=∞) tail=rolling", 5.0)]
+        assert rolling["reward"] == pytest.approx(expected_reward(optimum, r), abs=1e-12)
+        assert rolling["kl"] == pytest.approx(trajectory_kl(optimum, sft), abs=1e-12)
+        assert by[(i, "tq-soft(N=∞) tail=off", 5.0)]["kl"] != pytest.approx(rolling["kl"], abs=1e-6)
+    assert {f"{m} tail={t}" for m, modes in TAIL_MODES.items() for t in modes} <= set(table)
+    closed = format_gap_closed(table, 2)
+    assert "tq-direct tail=mean" in closed and "tail=off" not in closed

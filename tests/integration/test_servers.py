@@ -100,6 +100,44 @@ def test_top_logprobs_and_greedy_rollouts_match_local(server, smollm2_hf, local_
         assert_same_greedy(local_smollm2, seq, mine, theirs, tolerance)
 
 
+def test_the_tail_of_the_top_k_and_its_draws_on_the_real_engine(server, smollm2_hf, local_smollm2):
+    """No truncation on a served model: the tail's mass from its top 10 (T = 1) is the local full distribution's,
+    and a one-token request with logit_bias −100 on the top 10 never returns one of them and repeats with a seed."""
+    remote = _remote(server, smollm2_hf)
+    seqs = [local_smollm2.encode_prompt(p) for p in PROMPTS]
+    here = local_smollm2.top_logprobs(seqs, 10, tail_temperature=1.0).tail_mass(1.0).log_mass
+    there = remote.top_logprobs(seqs, 10, tail_temperature=1.0)
+    mass = there.tail_mass(1.0).log_mass
+    assert (mass.exp() - here.exp()).abs().max() <= 10 * LOGPROB_TOLERANCE[remote.flavor] * here.exp().max()
+    seeds = [101, 202, 303]
+    drawn = remote.sample_outside(seqs, there.token_ids, 1.0, seeds).tokens
+    for row, token in zip(there.token_ids.tolist(), drawn):
+        assert len(token) == 1 and token[0] not in row
+    assert remote.sample_outside(seqs, there.token_ids, 1.0, seeds).tokens == drawn
+    many = {remote.sample_outside(seqs[:1], there.token_ids[:1], 1.0, [seed]).tokens[0][0] for seed in range(12)}
+    assert len(many) > 1 and not many & set(there.token_ids[0].tolist())
+    with pytest.raises(ConfigError, match="needs the SFT model's full distribution"):
+        remote.check_tail(0.7)
+
+
+def test_sampled_tq_direct_with_the_tail_runs_served_end_to_end(server, smollm2_hf):
+    from tqstar.reward import RewardSpec
+
+    system = "You are cheerful and kind; answer warmly and positively."
+    params = DecodeParams(method="tq-direct", k=5, alpha=2.0, rollout_len=6, max_new_tokens=10, temperature=1.0,
+                          tail="rollout", trace=True, seed=4)
+    engine = Engine(_remote(server, smollm2_hf), _remote(server, smollm2_hf, system_prompt=system),
+                    RewardSpec("sentiment").load())
+    responses = engine.generate(PROMPTS, params, batch_size=3, progress=False)
+    again = engine.generate(PROMPTS, params, batch_size=1, concurrency=3, progress=False)
+    assert [r.token_ids for r in again] == [r.token_ids for r in responses]  # seeded, whatever the batch
+    for response in responses:
+        assert response.kl >= 0 and response.kl <= response.kl_bound + 1e-4
+        for row in response.trace:
+            assert row["tail"]["committed"] is None or row["tail"]["committed"] not in row["candidates"]
+            assert row["tail"]["token"] is None or row["tail"]["token"] not in row["candidates"]
+
+
 def test_server_side_tokenizer(server, smollm2_hf, local_smollm2):
     vllm = server.flavor == "vllm"
     if vllm:  # vLLM's /tokenize reads control tokens written in prompt text: refused unless opted in

@@ -162,6 +162,29 @@ def test_likelihood_methods_are_refused_through_the_bridge(method):
         engine.generate(PROMPTS, GREEDY.replace(method=method, **extra), progress=False)
 
 
+def test_the_tail_through_the_bridge_values_z_prime_by_its_text_and_rolling_is_refused():
+    """``rollout``: z′ is an SFT token, rolled out through the bridge like any candidate (its value is the text-level
+    reference's); ``rolling`` would need the baseline's distribution over SFT ids, which another vocabulary cannot
+    give: refused in one sentence."""
+    from tqstar.errors import ConfigError
+
+    engine = bridged("unigram", "bpe")
+    sft, baseline = engine.models.sft, engine.models.baseline
+    params = GREEDY.replace(temperature=1.0, tail="rollout", seed=3)
+    for response in engine.generate(PROMPTS, params, progress=False):
+        for row in response.trace:
+            z = row["tail"]["token"]
+            if z is not None:
+                want = naive_bridged_q(sft, baseline, response.prompt, response.token_ids[:row["step"]], z, params,
+                                       char_sum)
+                assert row["tail"]["q"] == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ConfigError) as info:
+        engine.generate(PROMPTS, params.replace(tail="rolling"), progress=False)
+    assert str(info.value).startswith("`tail` 'rolling' draws the tail token from the baseline's next-token"
+                                      " distribution over the SFT vocabulary, which baseline bpe-1 (another tokenizer,"
+                                      " text bridge) cannot give; use tail: mean or tail: rollout")
+
+
 def test_eos_sets_may_differ_through_the_bridge():
     sft, baseline = family_lm("word"), family_lm("bpe", 1)
     assert sft.eos_token_ids != baseline.eos_token_ids  # the EOS check applies only to token-sharing pairs
@@ -288,14 +311,17 @@ def test_pruning_and_reuse_are_exact_through_the_bridge(sft_family, baseline_fam
     assert_speedups_exact(bridged(sft_family, baseline_family), PROMPTS, params)
 
 
-@pytest.mark.parametrize("case", ["tq-direct", "tq-indirect", "baseline", "bon", "soft-bon", "tq-direct[m=2]",
-                                  "tq-indirect[m=2]", "tq-direct[m=3,argmax]"])
-def test_bridged_output_is_batch_and_join_invariant(case):
-    """Blockwise TQ* through the bridge: a block of SFT tokens is text for the baseline, which rolls out from it."""
+@pytest.mark.parametrize(("case", "tail"), [("tq-direct", "mean"), ("tq-direct", "rollout"), ("tq-direct", "off"),
+                                          ("tq-indirect", "mean"), ("tq-indirect", "rollout"), ("baseline", None),
+                                          ("bon", None), ("soft-bon", None), ("tq-direct[m=2]", None),
+                                          ("tq-indirect[m=2]", None), ("tq-direct[m=3,argmax]", None)])
+def test_bridged_output_is_batch_and_join_invariant(case, tail):
+    """Every tail TQ* takes through the bridge (z′ is an SFT token, rolled out through text like a candidate), and
+    blockwise TQ* (a block of SFT tokens is text for the baseline, which rolls out from it)."""
     engine = Engine(family_lm("unigram"), family_lm("bpe", 1), REWARD,
                     CallableReward(lambda p, r: [len(t) / 100 for t in r], name="length"))
     params = DecodeParams(**{**dict(k=4, alpha=2.0, rollout_len=4, max_new_tokens=5, bon_policy="baseline"),
-                             **CASES[case]})
+                             **CASES[case], **({} if tail is None else {"tail": tail})})
     assert_batch_invariant(engine, PROMPTS, params)
     assert_join_invariant(engine, PROMPTS, params, seeds=[0, 7, 123])
 

@@ -164,6 +164,48 @@ def test_engine_through_the_server_chooses_the_local_tokens(method, sft, baselin
         base_server.close()
 
 
+@pytest.mark.parametrize("tail", ["mean", "rollout"])
+def test_the_tail_through_a_server_uses_its_top_k_and_a_biased_draw(served, sft, baseline, tiny_paths, tail):
+    """No truncation on a served SFT model: the tail's mass from the k log-probs (T = 1), its tokens from one-token
+    requests with logit_bias −100 on the candidates; the first step's distribution and KL are the local ones (for
+    ``rollout`` the candidates' scores: z′ is the server's draw, another stream than the local one)."""
+    reward = CallableReward(vowel_share)
+    params = DecodeParams(method="tq-direct", k=4, alpha=2.0, rollout_len=4, max_new_tokens=6, temperature=1.0,
+                          tail=tail, trace=True, seed=3)
+    local = Engine(sft, baseline, reward).generate(PROMPTS, params, progress=False)
+    remote = Engine(_remote(served, tiny_paths), baseline, reward).generate(PROMPTS, params, progress=False)
+    for a, b in zip(remote, local):
+        assert a.trace[0]["score"] == pytest.approx(b.trace[0]["score"], abs=1e-4)
+        assert a.trace[0]["tail"]["log_mass"] == pytest.approx(b.trace[0]["tail"]["log_mass"], abs=1e-4)
+        if tail == "mean":
+            assert a.trace[0]["p_dec"] == pytest.approx(b.trace[0]["p_dec"], abs=1e-4)
+            assert a.kl_per_step[0] == pytest.approx(b.kl_per_step[0], abs=1e-4)
+        for row in a.trace:
+            if row["tail"]["committed"] is not None:
+                assert row["tail"]["committed"] not in row["candidates"]
+    biased = [body for body in served.requests if body.get("logit_bias")]
+    assert biased, "no tail token was drawn through the server"
+    for body in biased:
+        assert body["max_tokens"] == 1 and set(body["logit_bias"].values()) == {-100} and len(body["logit_bias"]) == 4
+        assert "seed" in body
+
+
+def test_the_tail_needs_what_a_server_cannot_give_refused_before_decoding(served, sft, baseline, tiny_paths):
+    remote = _remote(served, tiny_paths)
+    engine = Engine(remote, baseline, CallableReward(vowel_share))
+    with pytest.raises(ConfigError) as info:
+        engine.generate(["x"], DecodeParams(method="cd", temperature=0.7, max_new_tokens=2), progress=False)
+    assert str(info.value) == (f"`tail` with `temperature` 0.7 needs the SFT model's full distribution, which"
+                               f" {remote.name} does not give (only its top k); use a local SFT model, temperature 1,"
+                               " or tail: off")
+    with pytest.raises(ConfigError) as info:
+        engine.generate(["x"], DecodeParams(method="cd", temperature=1.0, tail="rolling", max_new_tokens=2),
+                        progress=False)
+    assert str(info.value) == (f"`tail` 'rolling' needs the full next-token distribution of {remote.name}, which a"
+                               " served model does not give; use tail: mean or tail: rollout, or a local model")
+    engine.generate(["x"], DecodeParams(method="cd", temperature=0.7, tail="off", max_new_tokens=2), progress=False)
+
+
 def test_server_tokenizer_when_no_local_one(served, sft, tiny_paths):
     remote = _remote(served, tiny_paths, tokenizer=None,
                      eos_token_ids=None if served.flavor == "llama.cpp" else sorted(sft.eos_token_ids),

@@ -244,6 +244,24 @@ def test_sampled_preset_repeats_with_a_seed(client):
     assert ask(7) == ask(7)
 
 
+@pytest.mark.parametrize("tail", ["off", "mean", "rollout", "rolling"])
+def test_sampled_requests_with_every_tail_equal_generate_alone_and_concurrently(server, engine, config, tail):
+    """A sampled request's text with a ``tqstar.tail`` override is what ``generate`` decodes for it alone, whether the
+    server steps it alone or beside other requests (keyed streams: the tail draws included)."""
+    prompts = PROMPTS[16:20]
+    want = [r.text for r in _expected(engine, config, "tiny-sample", prompts, 10, seed=5, tail=tail)]
+    assert [_expected(engine, config, "tiny-sample", [p], 10, seed=5, tail=tail)[0].text for p in prompts] == want
+
+    async def ask_all():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0) as aclient:
+            answers = await asyncio.gather(*(aclient.completions.create(
+                model="tiny-sample", prompt=p, max_tokens=10, seed=5, temperature=1.0,
+                extra_body={"tqstar": {"tail": tail}}) for p in prompts))
+        return [a.choices[0].text for a in answers]
+
+    assert asyncio.run(ask_all()) == want
+
+
 def test_without_a_seed_each_answer_is_fresh_and_reports_the_seed_that_repeats_it(client):
     """As OpenAI and vLLM: no seed is fresh randomness (a chat UI's "regenerate" gives another answer); the seed
     used comes back in tqstar.params, and sending it repeats the answer."""
@@ -319,8 +337,9 @@ def test_one_model_by_id(server, client, config):
     assert card.id == "tiny-cd" and card.object == "model"
     method = card.model_extra["tqstar"]["method"]
     assert method["name"] == "cd" and method["rolls"] == "sft" and "rollout_len" in method["uses"]
+    assert "tail" in method["uses"]  # a token-level method: its top k's rest of the vocabulary
     sft = client.models.retrieve("tiny-sft").model_extra["tqstar"]["method"]
-    assert "alpha" not in sft["uses"] and "temperature" in sft["uses"]
+    assert "alpha" not in sft["uses"] and "temperature" in sft["uses"] and "tail" not in sft["uses"]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
 

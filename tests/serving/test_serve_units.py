@@ -284,13 +284,14 @@ def test_nesting_is_capped_without_recursion():
 
 
 @pytest.mark.parametrize(("values", "used", "unused"), [
-    ({"method": "tq-direct"}, {"k", "alpha", "block_len", "prune", "rollout_len", "trace"}, {"bon_n", "soft_beta"}),
+    ({"method": "tq-direct"}, {"k", "alpha", "block_len", "prune", "rollout_len", "trace", "tail"},
+     {"bon_n", "soft_beta"}),
     ({"method": "tq-direct", "block_len": 4}, {"k", "alpha", "block_len", "rollout_len", "trace"},
-     {"prune", "prune_probe"}),  # pruning acts on top-k decisions only
+     {"prune", "prune_probe", "tail"}),  # pruning and the tail act on top-k decisions only
     ({"method": "eft"}, {"k", "alpha", "beta"}, {"block_len", "rollout_len"}),
     ({"method": "bon", "temperature": 1.0}, {"bon_n", "bon_policy", "temperature", "trace"}, {"bon_beta", "k", "alpha"}),
     ({"method": "soft-bon", "temperature": 1.0}, {"bon_n", "bon_beta", "trace"}, {"block_len", "k"}),
-    ({"method": "sft"}, {"temperature", "max_new_tokens", "seed"}, {"alpha", "trace", "block_len"}),
+    ({"method": "sft"}, {"temperature", "max_new_tokens", "seed"}, {"alpha", "trace", "block_len", "tail"}),
 ])
 def test_what_a_preset_uses_is_what_a_key_may_be_given_for(values, used, unused):
     """/v1/models' ``uses`` (the playground's enabled controls) and the refusal of a key without an effect read the same

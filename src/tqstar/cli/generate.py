@@ -97,10 +97,14 @@ def _generate(args: argparse.Namespace, config, out, fmt: str) -> None:
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
         from ..decoder import pruning_off_reason
+        from ..tail import describe as describe_tail
 
         reason = pruning_off_reason(engine.models.reward, config.decode)
         if reason is not None:
             print(f"tqstar: {reason}", file=sys.stderr)
+        note = describe_tail(config.decode, engine.decoder(config.decode).value_range)
+        if note is not None:
+            print(f"tqstar: {note}", file=sys.stderr)
     if fmt == "text" and not out.stream:
         out.write(TEXT_MARK + "\n")
 
@@ -174,8 +178,11 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
     """The per-step table: every candidate's log π_sft, Q̂, score and decoding probability; * marks the choice.
 
     A candidate whose Q̂ was never computed (it could not change the choice) shows ``pruned``; one valued from the
-    previous step's rollout is marked ``reused``. Blockwise decisions (a trace row with ``blocks``) show their k
-    sampled blocks instead (:func:`format_block_trace`)."""
+    previous step's rollout is marked ``reused``. With the tail on (``tail``, sampled choice) a ``<tail>`` row
+    follows: the rest of the vocabulary as one arm, with its mass (log Σ p^(1/T) over it; at T = 1 log π_sft of the
+    tail), shared value Q̂_𝒯, score and probability, the token z′ it was valued by (``rollout``, ``rolling``) and the
+    tail token drawn when it won. Blockwise decisions (a trace row with ``blocks``) show their k sampled blocks
+    instead (:func:`format_block_trace`)."""
     if trace and "blocks" in trace[0]:
         return format_block_trace(trace)
     lines = [f"{'step':>4}  {'token':<14}{'logp_sft':>9}{'Q':>9}{'score':>9}{'p_dec':>7}"]
@@ -187,7 +194,23 @@ def format_trace(trace: list[dict[str, Any]]) -> str:
             lines.append(f"{row['step']:>4}{mark} {row['tokens'][j]!r:<14.14}{row['logp_sft'][j]:>9.3f}"
                          f"{'pruned' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
                          f"{row['p_dec'][j]:>7.3f}{note}")
+        if row.get("tail") is not None:
+            lines.append(format_tail_row(row["step"], row["tail"]))
     return "\n".join(lines)
+
+
+def format_tail_row(step: int, tail: dict[str, Any]) -> str:
+    """The ``<tail>`` line of one step (:func:`format_trace`)."""
+    mass, q, s = tail["log_mass"], tail["q"], tail["score"]
+    notes = [f"tail {tail['mode']}"]
+    if tail.get("token") is not None:
+        notes.append(f"valued by {tail['text']!r}" + (" (reused)" if tail.get("reused") else ""))
+    if tail.get("committed") is not None:
+        notes.append(f"drew {tail['committed_text']!r}")
+    mark = "*" if tail.get("committed") is not None else " "
+    return (f"{step:>4}{mark} {'<tail>':<14}{'-inf' if mass is None else f'{mass:.3f}':>9}"
+            f"{'-' if q is None else f'{q:.3f}':>9}{'-inf' if s is None else f'{s:.3f}':>9}"
+            f"{tail['p_dec']:>7.3f}  {', '.join(notes)}")
 
 
 def format_block_trace(trace: list[dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""``tqstar testbed``: exact TQ*, soft values, EFT, CD and ARGS on random tabular instances (:mod:`tqstar.eval.testbed`)."""
+"""``tqstar testbed``: exact TQ*, soft values, EFT, CD and ARGS on random tabular instances (:mod:`tqstar.eval.testbed`),
+and the same methods at a top k < V with and without the tail (no truncation, :mod:`tqstar.tail`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def add_command(sub) -> None:
     t.add_argument("--beta-baseline", type=float, default=0.2, help="the baseline is the optimal policy at this beta")
     t.add_argument("--k", type=int, default=None, help="top-k (default: the whole vocabulary)")
     t.add_argument("--temperature", type=float, default=1.0, help="decoding temperature (1 = softmax policy)")
+    t.add_argument("--tail-k", type=int, default=None,
+                   help="top-k of the no-truncation section: every token-level method with and without the tail"
+                        " (default: half the vocabulary; 0 leaves the section out)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--blocks", type=float, metavar="ALPHA", default=None,
                    help="only the blockwise-selection table at this alpha: k sampled blocks of m tokens chosen by their"
@@ -39,7 +43,8 @@ def run_testbed(args: argparse.Namespace) -> int:
 
     check_settings(instances=args.instances, vocab_size=args.vocab_size, horizon=args.horizon,
                    beta_baseline=args.beta_baseline, temperature=args.temperature, k=args.k,
-                   alphas=args.alphas if args.blocks is None else [args.blocks], kls=args.kls, draws=args.draws)
+                   alphas=args.alphas if args.blocks is None else [args.blocks], kls=args.kls, draws=args.draws,
+                   tail_k=args.tail_k)
     if args.blocks is not None:
         rows = [row for i in range(args.instances) for row in block_rows(
             i, alpha=args.blocks, vocab_size=args.vocab_size, horizon=args.horizon, beta_baseline=args.beta_baseline,
@@ -51,6 +56,7 @@ def run_testbed(args: argparse.Namespace) -> int:
               " soft choice; means over instances")
         print(format_block_report(rows))
         return 0
+    tail_k = args.vocab_size // 2 if args.tail_k is None else args.tail_k
     for setting in ("direct", "indirect") if args.setting == "both" else (args.setting,):
         rows = exact_report(instances=args.instances, alphas=tuple(args.alphas), vocab_size=args.vocab_size,
                             horizon=args.horizon, beta_baseline=args.beta_baseline, k=args.k,
@@ -67,4 +73,25 @@ def run_testbed(args: argparse.Namespace) -> int:
               " * = not every instance's sweep reaches that KL (mean over those that do)")
         print(format_matched_kl(matched_kl(rows, tuple(args.kls), vocab_size=args.vocab_size, horizon=args.horizon,
                                            seed=args.seed), args.instances) + "\n")
+        if tail_k:
+            print_tail_section(args, setting, tail_k)
     return 0
+
+
+def print_tail_section(args: argparse.Namespace, setting: str, k: int) -> None:
+    """The no-truncation section: every token-level method at top-k ``k`` < V with the tail off and on (exact values;
+    tq-soft at its exact soft value), at matched KL, and the share of truncation's gap to the optimum each tail closes."""
+    from ..eval.testbed import format_gap_closed, format_matched_kl, tail_report
+
+    _, table = tail_report(args.instances, tuple(args.alphas), tuple(args.kls), k=k, vocab_size=args.vocab_size,
+                           horizon=args.horizon, beta_baseline=args.beta_baseline, temperature=args.temperature,
+                           seed=args.seed, setting=setting)
+    print(f"no truncation, {setting} transfer: top-k = {k} of {args.vocab_size}, tail off (truncation) or kept with"
+          " pi_sft's shape and one shared value (mean: the candidates' pi_sft-weighted mean; rollout: the value of one"
+          " token drawn from the tail; rolling: one token drawn from the rolling model's tail, importance-weighted;"
+          " exact: tq-soft's exact soft value of the tail); exact values (tq-soft(N=inf): the soft value at beta ="
+          " 1/alpha); matched KL as above")
+    print(format_matched_kl(table, args.instances))
+    print("\nshare of truncation's gap to the optimum closed by the tail at matched KL (- unless every instance reaches"
+          " that KL with and without it)")
+    print(format_gap_closed(table, args.instances) + "\n")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import WRITTEN_BY, first_line, output_kind, read_bytes, written_by
 from ..errors import ConfigError
-from ..params import DecodeParams, in_effect
+from ..params import BEFORE, DecodeParams, in_effect
 
 if TYPE_CHECKING:
     from ..reward import Reward
@@ -170,7 +170,7 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
                           f" ({first_difference(shared_old, shared_new)}); refusing to append to it: give another"
                           " --output or restore the original settings")
     mine = fingerprint["methods"]
-    defaults = asdict(DecodeParams())  # a field added since the file was written had its default then
+    defaults = {**asdict(DecodeParams()), **BEFORE}  # a field added since the file was written: what it was then
     for row in results.rows:
         label = row["method"]
         old = row.get("params") or header["config"].get("methods", {}).get(label)

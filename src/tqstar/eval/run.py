@@ -10,7 +10,8 @@ fingerprint differs from this run's, or a method label already in the file with 
 the reason. A run holds an exclusive ``flock`` on the file while it appends: a second run on the same file at the
 same time is refused.
 
-Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value)::
+Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value); ``defaults`` apply
+to every method they mean something for (each field's declared scope, :meth:`tqstar.params.DecodeParams.applies`)::
 
     methods:
       - {method: sft}

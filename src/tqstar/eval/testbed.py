@@ -21,6 +21,7 @@ Definitions (y a complete response, ending with EOS; r reads its text, EOS dropp
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -28,10 +29,12 @@ import numpy as np
 import torch
 
 from .._checks import check_int, check_real, check_reals
-from ..decoder import decision_logprobs
+from ..decoder import decision_logprobs, score
 from ..errors import ConfigError
+from ..lm.base import tail_sums
 from ..lm.tabular import EOS, TabularLM, prefixes
 from ..reward import Reward
+from ..tail import TailArm, arm_scores, shared_value, tempered_shape_kl
 from .frontier import interpolate_at
 
 RewardFn = Callable[[tuple[int, ...]], float]
@@ -102,19 +105,20 @@ def trajectory_kl(p_lm: TabularLM, q_lm: TabularLM) -> float:
 
 
 def log_partition(sft: TabularLM, r: RewardFn, beta: float) -> Callable[[tuple[int, ...]], float]:
-    """log W(prefix) = log E_{y ~ π_sft(·|prefix)}[exp(r(prefix y)/β)], memoised (β·log W is the soft value)."""
-    log_w: dict[tuple[int, ...], float] = {}
+    """log W(s) = log E_{y ~ π_sft(· | s)}[exp(r(s y)/β)] as a memoised function of the prefix s; the soft value of
+    a candidate is V(s, z) = β·log W(s z)."""
+    memo: dict[tuple[int, ...], float] = {}
 
     def lw(prefix: tuple[int, ...]) -> float:
-        if prefix in log_w:
-            return log_w[prefix]
+        if prefix in memo:
+            return memo[prefix]
         if prefix and prefix[-1] == EOS:
             value = r(prefix) / beta
         else:
             probs = sft.probs(prefix).tolist()
             terms = [math.log(p) + lw(prefix + (z,)) for z, p in enumerate(probs) if p > 0]
             value = torch.logsumexp(torch.tensor(terms, dtype=torch.float64), 0).item()
-        log_w[prefix] = value
+        memo[prefix] = value
         return value
 
     return lw
@@ -133,18 +137,79 @@ def optimal_policy(sft: TabularLM, r: RewardFn, beta: float, name: str = "optima
 
 
 def decoding_policy(sft: TabularLM, q: Callable[[tuple[int, ...], int], float], alpha: float, k: int,
-                    temperature: float = 1.0, name: str = "decoded") -> TabularLM:
-    """The exact policy the decoder runs with value ``q(s, z)``: its scoring and choice rule, over the top-k."""
+                    temperature: float = 1.0, name: str = "decoded", *, tail: str = "off",
+                    rolling: TabularLM | None = None,
+                    tail_value: Callable[[tuple[int, ...]], float] | None = None) -> TabularLM:
+    """The exact policy the decoder runs with value ``q(s, z)``: its scoring and choice rule over the top-k, and with
+    ``tail`` on (:mod:`tqstar.tail`, the decoder's own arm functions) over the whole vocabulary.
+
+    ``mean``: one tail arm valued by the π_sft-weighted mean of the candidates' values (``tail_value(s)``, when
+    given, replaces that value: e.g. the exact soft value of the tail); ``rollout``: the arm valued by q(s, z′) for
+    z′ ~ p^{1/T}|𝒯, a fresh draw committed — the policy is the exact average over z′; ``rolling``: z′ ~
+    ``rolling``(·|s) restricted to 𝒯, weighted p(z′)^{1/T}/q̃(z′), z′ committed — again averaged over z′ exactly.
+    Temperature 0 takes the argmax over the top k whatever the tail, and α = 0 makes every tail ``mean`` (no value
+    is needed: each arm keeps its π_sft weight), as the decoder does."""
+    tail = tail if alpha > 0 else "mean" if tail != "off" else "off"
     table = {}
     for prefix in prefixes(sft.vocab_size, sft.horizon):
         logp = sft.probs(prefix).log()
         top_lp, cand = logp.topk(k)
-        scores = top_lp + alpha * torch.tensor([q(prefix, z) for z in cand.tolist()], dtype=torch.float64)
-        dec = decision_logprobs(scores[None], temperature)[0].exp()
+        q_top = torch.tensor([q(prefix, z) for z in cand.tolist()], dtype=torch.float64)
+        scores = score(top_lp[None], q_top[None], alpha)  # (1, k)
         probs = torch.zeros(sft.vocab_size, dtype=torch.float64)
-        probs[cand] = dec
+        if tail == "off" or temperature == 0:
+            probs[cand] = decision_logprobs(scores, temperature)[0].exp()
+        else:
+            probs = _tail_policy(sft, q, alpha, temperature, prefix, logp, top_lp, cand, q_top, scores, tail, rolling,
+                                 tail_value)
         table[prefix] = probs
     return TabularLM(table, sft.vocab, sft.horizon, name=name)
+
+
+def _tail_policy(sft, q, alpha, temperature, prefix, logp, top_lp, cand, q_top, scores, tail, rolling,
+                 tail_value) -> torch.Tensor:
+    """One state's π_dec over the vocabulary with the tail arm (:func:`decoding_policy`)."""
+    t = temperature
+    mass = tail_sums(logp[None], cand[None], t)
+    rest = torch.ones(sft.vocab_size, dtype=torch.bool)
+    rest[cand] = False
+    shape = torch.where(rest, (logp / t).exp(), torch.zeros_like(logp))  # (V,) p^{1/T} on the tail
+    shape = shape / shape.sum() if shape.sum() > 0 else shape
+
+    def arm(base: float, value: float) -> torch.Tensor:  # (k + 1,) the arms' probabilities
+        a = TailArm(tail, t, mass.log_mass, torch.tensor([base], dtype=torch.float64),
+                    tempered_shape_kl(mass.log_mass, mass.mean_logprob, t),
+                    value=torch.tensor([value], dtype=torch.float64))
+        return decision_logprobs(arm_scores(scores, a, alpha), t)[0].exp()
+
+    probs = torch.zeros(sft.vocab_size, dtype=torch.float64)
+    base = t * float(mass.log_mass[0])
+    if tail == "mean" or tail_value is not None:
+        value = tail_value(prefix) if tail_value is not None else float(shared_value("mean", top_lp[None],
+                                                                                     q_top[None])[0])
+        pi = arm(base, value)
+        probs[cand] = pi[:-1]
+        return probs + pi[-1] * shape
+    draws = shape if tail == "rollout" else _restricted(rolling, prefix, rest)  # z′ ~ p^{1/T}|𝒯 or q̃
+    for z, w in enumerate(draws.tolist()):
+        if w <= 0:
+            continue
+        if tail == "rollout":
+            pi = arm(base, q(prefix, z))
+            probs[cand] += w * pi[:-1]
+            probs += w * pi[-1] * shape  # a fresh draw from the tail is committed
+        else:
+            pi = arm(float(logp[z]) - t * math.log(w), q(prefix, z))
+            probs[cand] += w * pi[:-1]
+            probs[z] += w * pi[-1]  # z′ itself is committed
+    return probs
+
+
+def _restricted(lm: TabularLM | None, prefix: tuple[int, ...], rest: torch.Tensor) -> torch.Tensor:
+    """``lm``(·|prefix) restricted to ``rest`` and renormalised (zeros when it puts no mass there)."""
+    assert lm is not None, "tail 'rolling' needs the rolling model"
+    probs = torch.where(rest, lm.probs(prefix), torch.zeros(rest.shape, dtype=torch.float64))
+    return probs / probs.sum() if probs.sum() > 0 else probs
 
 
 def method_values(sft: TabularLM, baseline: TabularLM, r: RewardFn) -> dict[str, Callable[[tuple[int, ...], int], float]]:
@@ -229,6 +294,20 @@ def optimum_at_kl(sft: TabularLM, r: RewardFn, target: float, *, iterations: int
 SOFT_NS = (1, 4, 16)
 
 
+def _instance(instance: int, vocab_size: int, horizon: int, beta_baseline: float, seed: int, setting: str):
+    """One random instance: (SFT model, target reward, baseline, {method: exact Q̂(s, z)}). ``setting`` ``"direct"``:
+    the baseline is ρ*_r at β_BL (aligned to the target); ``"indirect"``: ρ*_{r_BL} at β_BL for an independent random
+    reward r_BL."""
+    assert setting in ("direct", "indirect"), setting
+    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
+    r = random_reward(vocab_size, horizon, seed=seed + instance)
+    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
+    baseline = optimal_policy(sft, r_bl, beta_baseline)
+    values = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
+              "eft": eft_value(sft, baseline, beta_baseline)}
+    return sft, r, baseline, values
+
+
 def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4, horizon: int = 4,
                   beta_baseline: float = 0.2, k: int | None = None, temperature: float = 1.0, seed: int = 0,
                   setting: str = "direct", soft_ns: Sequence[int] = SOFT_NS, draws: int = 400) -> list[dict]:
@@ -236,14 +315,8 @@ def instance_rows(instance: int, alphas: Sequence[float], *, vocab_size: int = 4
 
     ``setting`` ``"direct"``: the baseline is ρ*_r at β_BL (aligned to the target); ``"indirect"``: it is ρ*_{r_BL}
     at β_BL for an independent random reward r_BL. Rows: {"instance", "method", "alpha", "reward", "kl"}."""
-    assert setting in ("direct", "indirect"), setting
     k = k or vocab_size
-    sft = TabularLM.random(vocab_size, horizon, seed=seed + instance)
-    r = random_reward(vocab_size, horizon, seed=seed + instance)
-    r_bl = r if setting == "direct" else random_reward(vocab_size, horizon, seed=seed + instance + 100)
-    baseline = optimal_policy(sft, r_bl, beta_baseline)
-    values = {**method_values(sft, baseline, r), "tq-indirect": indirect_value(baseline, r, r_bl, beta_baseline),
-              "eft": eft_value(sft, baseline, beta_baseline)}
+    sft, r, baseline, values = _instance(instance, vocab_size, horizon, beta_baseline, seed, setting)
     rows = [{"method": "sft", "alpha": 0.0, "reward": expected_reward(sft, r), "kl": 0.0},
             {"method": "baseline", "alpha": 0.0, "reward": expected_reward(baseline, r),
              "kl": trajectory_kl(baseline, sft)}]
@@ -322,7 +395,8 @@ def format_matched_kl(table: dict[str, list[dict]], instances: int) -> str:
     """The matched-KL table: E[r] (gap to the exact optimum) per method and KL; ``*`` where fewer than all
     ``instances`` reach that KL (the mean is over those that do), ``-`` where none does."""
     kls = [cell["kl"] for cell in next(iter(table.values()))]
-    lines = [f"{'method':<18}" + "".join(f"{'E[r] (gap) @KL=' + format(k, 'g'):>26}" for k in kls)]
+    width = max(18, 2 + max(len(method) for method in table))
+    lines = [f"{'method':<{width}}" + "".join(f"{'E[r] (gap) @KL=' + format(k, 'g'):>26}" for k in kls)]
     for method, cells in table.items():
         parts = []
         for cell in cells:
@@ -331,8 +405,87 @@ def format_matched_kl(table: dict[str, list[dict]], instances: int) -> str:
             else:
                 star = "*" if cell["reached"] < instances else " "
                 parts.append(f"{cell['reward']:>12.4f} ({cell['gap']:+.5f}){star}".rjust(26))
-        lines.append(f"{method:<18}" + "".join(parts))
+        lines.append(f"{method:<{width}}" + "".join(parts))
     return "\n".join(lines)
+
+# ---- no truncation: the same methods at a top k < V, with and without the tail ----------------------------------
+#: The tails compared per method (``rolling`` where the method has a rolling model; ``exact`` is tq-soft's shared
+#: value at the tail's exact soft value, π* coarse-grained to the top k and the tail).
+TAIL_MODES = {"tq-direct": ("off", "mean", "rollout", "rolling"), "cd": ("off", "mean", "rollout", "rolling"),
+              "args": ("off", "mean", "rollout"), "tq-indirect": ("off", "mean", "rollout", "rolling"),
+              "eft": ("off", "mean", "rollout"), "tq-soft(N=∞)": ("off", "mean", "rollout", "rolling", "exact")}
+
+
+def tail_rows(instance: int, alphas: Sequence[float], *, k: int, vocab_size: int = 4, horizon: int = 4,
+              beta_baseline: float = 0.2, temperature: float = 1.0, seed: int = 0, setting: str = "direct") -> list[dict]:
+    """Exact E[r] and KL(ρ_dec ‖ ρ_sft) of every token-level method at top-k ``k`` with each tail of
+    :data:`TAIL_MODES`, on one random instance (as :func:`instance_rows`: each method's exact Q̂; ``tq-soft(N=∞)`` the
+    exact soft value at β = 1/α — its many-rollout limit, and with an optimal baseline at α = 1/β_BL its one-rollout
+    value). Rows {"instance", "method" ("<method> tail=<tail>"), "alpha", "reward", "kl"}, plus the SFT anchor."""
+    sft, r, baseline, fixed = _instance(instance, vocab_size, horizon, beta_baseline, seed, setting)
+    fixed = {m: functools.lru_cache(maxsize=None)(q) for m, q in fixed.items() if m in TAIL_MODES}
+    rolling = {"tq-direct": baseline, "cd": sft, "tq-indirect": baseline, "tq-soft(N=∞)": baseline}
+    rows = [{"method": "sft", "alpha": 0.0, "reward": expected_reward(sft, r), "kl": 0.0}]
+    for alpha in alphas:
+        beta = 1.0 / alpha
+        lw = log_partition(sft, r, beta)
+        values = {**fixed, "tq-soft(N=∞)": functools.lru_cache(maxsize=None)(lambda s, z, lw=lw, b=beta: b * lw(s + (z,)))}
+        for method, modes in TAIL_MODES.items():
+            for mode in modes:
+                extra = ({"tail_value": _exact_tail_value(sft, lw, beta, k, temperature), "tail": "mean"}
+                         if mode == "exact" else {"tail": mode, "rolling": rolling.get(method)})
+                policy = decoding_policy(sft, values[method], alpha, k, temperature, **extra)
+                rows.append({"method": f"{method} tail={mode}", "alpha": alpha, "reward": expected_reward(policy, r),
+                             "kl": trajectory_kl(policy, sft)})
+    return [{"instance": instance, **row} for row in rows]
+
+
+def _exact_tail_value(sft: TabularLM, lw: Callable[[tuple[int, ...]], float], beta: float, k: int,
+                      temperature: float) -> Callable[[tuple[int, ...]], float]:
+    """V_𝒯(s) = β·log E_{z ~ p^{1/T}|𝒯}[W(s z)]: the one shared value that gives the tail arm π*'s tail mass at T = 1."""
+    def value(prefix: tuple[int, ...]) -> float:
+        logp = sft.probs(prefix).log()
+        rest = torch.ones(sft.vocab_size, dtype=torch.bool)
+        rest[logp.topk(k).indices] = False
+        terms = [logp[z].item() / temperature + lw(prefix + (z,)) for z in range(sft.vocab_size)
+                 if rest[z] and logp[z] > -math.inf]
+        if not terms:
+            return 0.0  # an empty tail: its arm has no mass whatever its value
+        shape = torch.logsumexp(logp[rest] / temperature, 0).item()
+        return beta * (torch.logsumexp(torch.tensor(terms, dtype=torch.float64), 0).item() - shape)
+
+    return value
+
+
+def tail_report(instances: int, alphas: Sequence[float], kls: Sequence[float], *, k: int, vocab_size: int = 4,
+                horizon: int = 4, beta_baseline: float = 0.2, temperature: float = 1.0, seed: int = 0,
+                setting: str = "direct") -> tuple[list[dict], dict[str, list[dict]]]:
+    """The rows of :func:`tail_rows` over ``instances`` and their matched-KL table (:func:`matched_kl`)."""
+    rows = [row for i in range(instances) for row in tail_rows(
+        i, alphas, k=k, vocab_size=vocab_size, horizon=horizon, beta_baseline=beta_baseline, temperature=temperature,
+        seed=seed, setting=setting)]
+    return rows, matched_kl(rows, kls, vocab_size=vocab_size, horizon=horizon, seed=seed)
+
+
+def format_gap_closed(table: dict[str, list[dict]], instances: int) -> str:
+    """Per method and tail, the share of truncation's mean gap to the optimum that the tail closes at each matched
+    KL, 1 − gap(tail)/gap(off); ``-`` unless every instance reaches that KL both with and without the tail (the two
+    means are then over the same instances)."""
+    kls = [cell["kl"] for cell in next(iter(table.values()))]
+    width = 2 + max(len(label) for label in table)
+    lines = [f"{'method':<{width}}" + "".join(f"{'closed @KL=' + format(k, 'g'):>18}" for k in kls)]
+    for label, cells in table.items():
+        method, _, mode = label.partition(" tail=")
+        if not mode or mode == "off":
+            continue
+        off = table.get(f"{method} tail=off") or [None] * len(cells)
+        parts = []
+        for cell, base in zip(cells, off):
+            ok = (base is not None and cell["reached"] == base["reached"] == instances and base["gap"] < 0)
+            parts.append(f"{1 - cell['gap'] / base['gap']:>18.0%}" if ok else f"{'-':>18}")
+        lines.append(f"{label:<{width}}" + "".join(parts))
+    return "\n".join(lines)
+
 
 def format_report(rows: list[dict]) -> str:
     """The report as a fixed-width table, one row per (method, α)."""
@@ -346,7 +499,8 @@ MAX_TESTBED_SEQUENCES = 10**6
 
 
 def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseline: float, temperature: float,
-                   k: int | None, alphas: Sequence[float], kls: Sequence[float], draws: int) -> None:
+                   k: int | None, alphas: Sequence[float], kls: Sequence[float], draws: int,
+                   tail_k: int | None = None) -> None:
     """Every setting of a testbed run against its range, before any enumeration starts; a :class:`ConfigError` names
     the setting as its ``tqstar testbed`` flag."""
     for flag, value, low in (("--instances", instances, 1), ("--vocab-size", vocab_size, 2), ("--horizon", horizon, 1),
@@ -356,6 +510,8 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
     check_real(temperature, "--temperature")
     if k is not None:
         check_int(k, "--k", high=vocab_size, high_is="--vocab-size")
+    if tail_k is not None:  # 0: no no-truncation section
+        check_int(tail_k, "--tail-k", low=0, high=vocab_size - 1, high_is="--vocab-size - 1")
     check_reals(alphas, "--alphas")
     check_reals(kls, "--kls")
     sequences = vocab_size ** horizon

@@ -6,7 +6,9 @@ sequences it saw last and reuses the longest matching prefix), but a call's resu
 was called before.
 
 The decoder needs two calls: :meth:`LanguageModel.top_logprobs` (the k most likely next tokens and
-their log-probabilities, normalised over the full vocabulary) and :meth:`LanguageModel.rollout` (continuations).
+their log-probabilities, normalised over the full vocabulary; with ``tail_temperature`` also the sums of p^{1/T}
+over the rest, where the backend has them) and :meth:`LanguageModel.rollout` (continuations); no-truncation
+decoding (:mod:`tqstar.tail`) also draws tokens outside the top k with :meth:`LanguageModel.sample_outside`.
 Estimators that need likelihood ratios (soft values, ``tq-soft``; emulated fine-tuning, ``eft``) also call
 :meth:`LanguageModel.score_continuations` (log ρ(y | prefix) of *given* continuations), whose correct, slow
 default asks for the whole vocabulary at every position; backends override it.
@@ -18,6 +20,7 @@ correct, slow default ``rollout`` (which it overrides for speed) come from there
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,22 @@ class StepOutput:
 
 
 @dataclass
+class TailMass:
+    """What lies outside the top k (the *tail* 𝒯) of p^{1/T}, for a batch of sequences.
+
+    Attributes:
+        temperature: T.
+        log_mass: ``(B,)`` log S_T = log Σ_{z∈𝒯} p(z)^{1/T} (at T = 1 the tail's probability; −inf: an empty tail).
+        mean_logprob: ``(B,)`` Σ_{z∈𝒯} p(z)^{1/T}·log p(z) / S_T, the mean log π of the tail under its tempered shape
+            (what the exact KL needs at T ≠ 1); ``None`` where only T = 1 is known (it is not needed there).
+    """
+
+    temperature: float
+    log_mass: torch.Tensor
+    mean_logprob: torch.Tensor | None = None
+
+
+@dataclass
 class TopLogprobs:
     """The k most likely next tokens for a batch of sequences.
 
@@ -62,11 +81,25 @@ class TopLogprobs:
         logprobs: ``(B, k)`` float32 log π(token | seq), normalised over the full vocabulary, descending.
         token_ids: ``(B, k)`` int64, the tokens of ``logprobs``.
         forward_tokens: per sequence, how many tokens the backend ran through the model for it.
+        tail: the rest of the vocabulary, when the caller asked for it at a temperature (``tail_temperature``) and
+            the backend has the full distribution; :meth:`tail_mass` gives it, with a default at T = 1.
     """
 
     logprobs: torch.Tensor
     token_ids: torch.Tensor
     forward_tokens: list[int]
+    tail: TailMass | None = None
+
+    def tail_mass(self, temperature: float = 1.0) -> TailMass:
+        """The tail of p^{1/T} outside these k tokens: the backend's own sums when it computed them at T, else (T = 1
+        only) from the k log-probs alone, log p(𝒯) = log(1 − Σ_k p) — exact, since they are normalised over the full
+        vocabulary (a top k whose rounding sums to ≥ 1 leaves an empty tail)."""
+        if self.tail is not None and self.tail.temperature == temperature:
+            return self.tail
+        if temperature != 1:
+            raise ConfigError(f"the tail of the top {self.logprobs.shape[-1]} at temperature {temperature:g} needs the"
+                              " model's full distribution; use a local model, or temperature 1", param="temperature")
+        return TailMass(1.0, log1mexp(torch.logsumexp(self.logprobs.double(), dim=-1)))
 
 
 @dataclass
@@ -145,8 +178,12 @@ class LanguageModel(ABC):
 
     # ---- numbers ----------------------------------------------------------------------------------------
     @abstractmethod
-    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
-        """The ``k`` most likely next tokens of every sequence in ``seqs`` and their log π (full-vocabulary)."""
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int, tail_temperature: float | None = None) -> TopLogprobs:
+        """The ``k`` most likely next tokens of every sequence in ``seqs`` and their log π (full-vocabulary).
+
+        ``tail_temperature`` T: also the sums of p^{1/T} over the rest of the vocabulary (``TopLogprobs.tail``), where
+        the backend has the full distribution; a backend without it leaves ``tail`` ``None`` and
+        :meth:`TopLogprobs.tail_mass` derives T = 1 from the k numbers (:meth:`check_tail` refuses other T)."""
 
     @abstractmethod
     def rollout(
@@ -189,6 +226,29 @@ class LanguageModel(ABC):
         values = torch.tensor([lps[0] for lps in scored.logprobs], dtype=torch.float32).view(len(seqs), k)
         return values, [sum(scored.forward_tokens[b * k:(b + 1) * k]) for b in range(len(seqs))]
 
+    def sample_outside(self, seqs: Sequence[TokenIds], excluded: torch.Tensor, temperature: float,
+                       seeds: Sequence[int] | None = None) -> RolloutOutput:
+        """One next token per sequence drawn from p^{1/T} restricted to the tokens *not* in its row of ``excluded``
+        ``(B, k)`` (the tail of a top k); a sequence whose tail has no mass gets one of its excluded tokens back
+        (callers draw only where the tail has mass). ``seeds``: one stream seed per sequence, as for
+        :meth:`rollout` (the draw is the inversion of the stream's first uniform). The default is correct and slow:
+        it asks :meth:`top_logprobs` for the whole vocabulary."""
+        if self.vocab_size is None:
+            raise ConfigError(f"{self.name} cannot draw a token outside the top k (its vocabulary size is unknown);"
+                              " use a backend that implements sample_outside")
+        top = self.top_logprobs(seqs, self.vocab_size)
+        full = torch.full((len(seqs), self.vocab_size), float("-inf")).scatter(-1, top.token_ids, top.logprobs)
+        return sample_excluding(full, excluded, temperature, seeds, top.forward_tokens)
+
+    def check_tail(self, temperature: float) -> None:
+        """Raise :class:`ConfigError` if this model cannot give the tail of its top k at ``temperature`` (the sums of
+        p^{1/T} outside it need the full distribution; at T = 1 the top k's own log-probs give it, and a greedy
+        decision never uses it). Called by :meth:`tqstar.engine.Engine.check` before decoding with ``tail`` on."""
+        if temperature not in (0, 1):
+            raise ConfigError(f"`tail` with `temperature` {temperature:g} needs the SFT model's full distribution, which"
+                              f" {self.name} does not give (only its top k); use a local SFT model, temperature 1, or"
+                              " tail: off", param="tail")
+
     def check_scoring(self) -> None:
         """Raise :class:`ConfigError` if this model cannot :meth:`score_continuations` (a server without prompt
         log-probs); called by :meth:`tqstar.engine.Engine.check` before decoding with a method that needs them.
@@ -219,10 +279,20 @@ class FullVocabLM(LanguageModel):
     def next_logprobs(self, seqs: Sequence[TokenIds]) -> StepOutput:
         """Log π(· | seq) over the full vocabulary for every sequence in ``seqs``."""
 
-    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int, tail_temperature: float | None = None) -> TopLogprobs:
         step = self.next_logprobs(seqs)
         values, ids = step.logprobs.topk(k, dim=-1)
-        return TopLogprobs(values, ids, step.forward_tokens)
+        tail = None if tail_temperature is None else tail_sums(step.logprobs, ids, tail_temperature)
+        return TopLogprobs(values, ids, step.forward_tokens, tail)
+
+    def sample_outside(self, seqs: Sequence[TokenIds], excluded: torch.Tensor, temperature: float,
+                       seeds: Sequence[int] | None = None) -> RolloutOutput:
+        """:meth:`LanguageModel.sample_outside` from one :meth:`next_logprobs` call."""
+        step = self.next_logprobs(seqs)
+        return sample_excluding(step.logprobs, excluded, temperature, seeds, step.forward_tokens)
+
+    def check_tail(self, temperature: float) -> None:
+        return None  # the full distribution gives the tail at any temperature
 
     def next_token_logprobs(self, seqs: Sequence[TokenIds], token_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """:meth:`LanguageModel.next_token_logprobs` from one :meth:`next_logprobs` call."""
@@ -273,6 +343,41 @@ class FullVocabLM(LanguageModel):
                     still.append(i)
             alive = still
         return RolloutOutput(tokens=out, forward_tokens=cost, logprobs=logprobs)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − e^x) elementwise for x ≤ 0, accurate near 0 and far below it; −inf where x ≥ 0 (an empty rest)."""
+    x = x.clamp(max=0.0)
+    near = x > -math.log(2.0)
+    out = torch.where(near, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return torch.where(x >= 0, torch.full_like(x, float("-inf")), out)
+
+
+def tail_sums(logprobs: torch.Tensor, top_ids: torch.Tensor, temperature: float) -> TailMass:
+    """:class:`TailMass` of the full log-probs ``(B, V)`` outside ``top_ids`` ``(B, k)``, on their device; only
+    ``(B,)`` numbers cross to the host."""
+    lp = logprobs.double()
+    rest = lp.scatter(-1, top_ids.to(lp.device), float("-inf")) / temperature  # (B, V): log p^{1/T}, −inf on the top k
+    log_mass = torch.logsumexp(rest, dim=-1)  # (B,)
+    weight = torch.exp(rest - log_mass[:, None]).nan_to_num(0.0)  # (B, V): the tempered tail shape; 0 for an empty tail
+    mean = torch.where(weight > 0, weight * lp, torch.zeros_like(lp)).sum(dim=-1)  # (B,)
+    return TailMass(float(temperature), log_mass.cpu(), mean.cpu())
+
+
+def sample_excluding(logprobs: torch.Tensor, excluded: torch.Tensor, temperature: float,
+                     seeds: Sequence[int] | None, forward_tokens: list[int]) -> RolloutOutput:
+    """One token per row of the full log-probs ``(B, V)``, drawn from p^{1/T} outside ``excluded`` ``(B, k)`` by
+    inversion of each seed's first uniform (fresh uniforms without seeds); a row whose rest has no mass gets its first
+    excluded token. T = 0 takes the most likely token of the rest."""
+    excluded = excluded.to(logprobs.device)
+    rest = logprobs.float().scatter(-1, excluded, float("-inf"))  # (B, V)
+    empty = torch.isinf(rest).all(dim=-1)  # (B,)
+    rest = torch.where(empty[:, None], logprobs.float(), rest)
+    u = None if seeds is None else torch.from_numpy(uniforms(seeds, 1)[:, 0]).to(logprobs.device)
+    tokens = sample_tokens(rest, temperature, u)  # (B,)
+    tokens = torch.where(empty, excluded[:, 0], tokens)
+    chosen = logprobs.float().gather(-1, tokens[:, None]).squeeze(-1)  # (B,)
+    return RolloutOutput([[int(t)] for t in tokens.tolist()], list(forward_tokens), [[float(v)] for v in chosen.tolist()])
 
 
 def positions(prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]) -> tuple[list[list[int]], list[int]]:

@@ -54,6 +54,8 @@ from .base import (
     TopLogprobs,
     rollout_budgets,
     rollout_uniforms,
+    sample_excluding,
+    tail_sums,
 )
 from .chat import encode_with_tokenizer
 from .kvcache import PrefixKV, Rows, concat_rows, longest_common_prefixes, make_cache
@@ -187,11 +189,24 @@ class TransformersLM(FullVocabLM, PrefixKV):
         logits, cost = self._last_logits(seqs)
         return StepOutput(torch.log_softmax(logits, dim=-1).cpu(), cost)  # (B, V)
 
-    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
-        """The top k on the model's device; only ``(B, k)`` numbers cross to the host."""
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int, tail_temperature: float | None = None) -> TopLogprobs:
+        """The top k (and the tail's sums) on the model's device; only ``(B, k)`` and ``(B,)`` numbers cross to the
+        host."""
         logits, cost = self._last_logits(seqs)
-        values, ids = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)  # (B, k)
-        return TopLogprobs(values.cpu(), ids.cpu(), cost)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
+        values, ids = logprobs.topk(k, dim=-1)  # (B, k)
+        tail = None if tail_temperature is None else tail_sums(logprobs, ids, tail_temperature)
+        return TopLogprobs(values.cpu(), ids.cpu(), cost, tail)
+
+    def sample_outside(self, seqs: Sequence[TokenIds], excluded: torch.Tensor, temperature: float,
+                       seeds: Sequence[int] | None = None) -> RolloutOutput:
+        """:meth:`LanguageModel.sample_outside` on the device, as a side trip: the stored rows are left as they were
+        (the tail's draw is for some rows of a step; the next step's :meth:`top_logprobs` extends all of them), so
+        rows that are stored cost nothing."""
+        stored = self._rows
+        logits, cost = self._last_logits(seqs)
+        self._rows = stored
+        return sample_excluding(torch.log_softmax(logits, dim=-1), excluded, temperature, seeds, cost)
 
     def _last_logits(self, seqs: Sequence[TokenIds]) -> tuple[torch.Tensor, list[int]]:
         """Float32 logits after each sequence ``(B, V)`` on the device; the sequences become the stored rows."""

@@ -27,9 +27,13 @@ sequences the decoder built; the server's own prefix cache plays the part of the
 
 **KL without the full vocabulary.** A server returns only the top k of the next-token distribution, but both
 engines compute those log-probabilities with a log-softmax over the *whole* vocabulary before keeping k. The
-decoder needs nothing else: π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z π_dec(z)·(log π_dec(z) −
-log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers, and are computed exactly as
-with the local backend (up to the server's numerics).
+decoder needs nothing else: with ``tail: off`` π_dec lives on the k candidates, so KL(π_dec ‖ π_sft) = Σ_z
+π_dec(z)·(log π_dec(z) − log π_sft(z)) and the bound's log(1/π_sft(top-k)) use only the k returned numbers; with the
+tail kept (:mod:`tqstar.tail`, temperature 1) the tail's mass is log(1 − Σ_k π_sft), and its KL term needs nothing
+more — both exactly as with the local backend (up to the server's numerics). Tail tokens come from
+:meth:`RemoteLM.sample_outside`: one-token requests with ``logit_bias`` −100 on the row's k candidates and its seed
+(vLLM and llama-server both take ``{"<token id>": bias}``). A temperature other than 1 with the tail needs the sums
+of π_sft^{1/T} over the whole vocabulary, which no server returns: refused (:meth:`RemoteLM.check_tail`).
 
 Accounting: a server does not say per request how much of a prompt its prefix cache saved, so ``forward_tokens``
 counts the tokens sent plus the tokens generated (an upper bound on the model's work); :meth:`RemoteLM.stats`
@@ -300,7 +304,11 @@ class RemoteLM(LanguageModel):
         return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
 
     # ---- numbers ----------------------------------------------------------------------------------------
-    def top_logprobs(self, seqs: Sequence[TokenIds], k: int) -> TopLogprobs:
+    def top_logprobs(self, seqs: Sequence[TokenIds], k: int, tail_temperature: float | None = None) -> TopLogprobs:
+        """The top k of one request; the tail's mass at T = 1 follows from them (:meth:`TopLogprobs.tail_mass`), other
+        temperatures are refused (:meth:`check_tail`)."""
+        if tail_temperature not in (None, 0, 1):
+            self.check_tail(tail_temperature)
         if any(len(s) == 0 for s in seqs):
             raise ConfigError("top_logprobs needs non-empty sequences; every prompt must encode to >= 1 token")
         body = {"max_tokens": 1, "temperature": 0.0, "logprobs": k}
@@ -346,6 +354,31 @@ class RemoteLM(LanguageModel):
         complete = all(lps is not None for lps in logprobs)
         return RolloutOutput(tokens, [len(p) + len(t) for p, t in zip(prefixes, tokens)],
                              [list(lps or []) for lps in logprobs] if complete else None)
+
+    def sample_outside(self, seqs: Sequence[TokenIds], excluded: torch.Tensor, temperature: float,
+                       seeds: Sequence[int] | None = None) -> RolloutOutput:
+        """One-token requests with ``logit_bias`` −100 on each row's ``excluded`` tokens (so they keep e^−100 of
+        their weight: nothing, in float32) at ``temperature``, one request per row (its own bias and seed)."""
+        def one(i: int) -> dict:
+            body: dict[str, Any] = {"max_tokens": 1, "temperature": float(temperature), "logprobs": 1,
+                                    "logit_bias": {str(int(z)): -100 for z in excluded[i].tolist()}}
+            if seeds is not None:
+                body["seed"] = int(seeds[i]) % (2**31)
+            return self._request([[int(t) for t in seqs[i]]], body)[0]
+
+        choices = list(self._pool.map(one, range(len(seqs))))
+        tokens = []
+        for choice in choices:
+            out = _generated_ids(choice, self.base_url)[:1]
+            if not out and choice.get("finish_reason") == "stop":
+                out = [min(self.eos_token_ids)]  # the server drew EOS and left it out
+            if not out:
+                raise ModelServerError(f"server {self.base_url} returned no token for a one-token request in"
+                                       f" {str(choice)[:200]!r}")
+            tokens.append(out)
+        with self._lock:
+            self.completion_tokens += len(tokens)
+        return RolloutOutput(tokens, [len(s) + 1 for s in seqs])
 
     def _rollout_requests(self, prefixes: Sequence[TokenIds], budgets: list[int],
                           seeds: list[int] | None) -> list[tuple[int, int | None, list[int]]]:

@@ -1,7 +1,8 @@
 """The :class:`~tqstar.lm.base.LanguageModel` contract, as checks any backend can run on itself.
 
 ``check_language_model(lm, prompts)`` asserts, using the protocol only (``encode_prompt``, ``decode``,
-``top_logprobs`` or a full vocabulary's ``next_logprobs``, ``rollout``, ``score_continuations``, ``eos_token_ids``,
+``top_logprobs`` or a full vocabulary's ``next_logprobs``, ``rollout``, ``score_continuations``, ``sample_outside``,
+``eos_token_ids``,
 ``vocab_size``, ``max_context``), that the backend:
 
 * reports sane metadata and encodes prompts to in-vocabulary ids;
@@ -13,7 +14,10 @@
   without any cache (a served backend counts the tokens it sends, one more per rollout);
 * decodes without EOS, and scores given continuations as its next-token log-probs read position by position (a
   backend that cannot score says so in :meth:`~tqstar.lm.base.LanguageModel.check_scoring`, and that check is
-  skipped).
+  skipped);
+* gives the tail of a top k (its mass completes the top k; a full vocabulary at any temperature, others refuse
+  T ≠ 1 in ``check_tail``) and draws tail tokens (``sample_outside``: never an excluded token, seeded, independent
+  of batch mates).
 
 ``check_eos_forced(lm, eos, prompts)`` checks a variant of the backend whose next token is always ``eos``. tqstar's
 own backends run these in ``tests/lm/test_contract.py`` (transformers, the protocol's slow defaults, tabular, and a
@@ -250,6 +254,63 @@ def check_score_continuations(lm: LanguageModel, prompts: Sequence[str]) -> None
             assert_close_lists(a, b, ATOL)
 
 
+def check_tail_mass(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    """The tail of a top k (what no-truncation decoding reads, :mod:`tqstar.tail`): at T = 1 its mass completes the
+    top k to the whole distribution; a full vocabulary gives it at any T (log Σ p^{1/T} and the mean log-prob over it)
+    exactly as the full distribution does; a backend that cannot refuses other temperatures in ``check_tail``."""
+    seqs = contract_prefixes(lm, prompts)
+    top = lm.top_logprobs(seqs, TOP_K, tail_temperature=1.0)
+    mass = top.tail_mass(1.0).log_mass
+    assert mass.shape == (len(seqs),) and (mass <= ATOL).all()
+    total = torch.logsumexp(torch.cat([top.logprobs.double(), mass.double()[:, None]], dim=-1), dim=-1)
+    torch.testing.assert_close(total, torch.zeros(len(seqs), dtype=torch.float64), atol=1e-4, rtol=0)
+    if not isinstance(lm, FullVocabLM):
+        try:
+            lm.check_tail(0.5)
+        except ConfigError:
+            return
+        raise AssertionError(f"{lm.name} gives only its top k but accepts the tail at temperature 0.5")
+    full = lm.next_logprobs(seqs).logprobs.double()
+    lm.check_tail(0.5)
+    for temperature in (1.0, 0.5, 2.0):
+        tail = lm.top_logprobs(seqs, TOP_K, tail_temperature=temperature).tail_mass(temperature)
+        rest = full.scatter(-1, top.token_ids, float("-inf")) / temperature  # (B, V)
+        torch.testing.assert_close(tail.log_mass.double(), torch.logsumexp(rest, dim=-1), atol=ATOL, rtol=0)
+        shape = torch.softmax(rest, dim=-1)
+        mean = torch.where(shape > 0, shape * full, torch.zeros_like(full)).sum(dim=-1)
+        torch.testing.assert_close(tail.mean_logprob.double(), mean, atol=ATOL, rtol=0)
+
+
+def check_sample_outside(lm: LanguageModel, prompts: Sequence[str]) -> None:
+    """``sample_outside`` draws a token that is not excluded, the same for a seed alone, in a batch and again, and a
+    full vocabulary draws the inversion of p^{1/T} off the excluded tokens with the seed's first uniform."""
+    seqs = contract_prefixes(lm, prompts)
+    top = lm.top_logprobs(seqs, min(TOP_K, lm.vocab_size - 2), tail_temperature=1.0)  # a tail of >= 2 tokens
+    keep = [i for i, m in enumerate(top.tail_mass(1.0).log_mass.tolist()) if m > -10]  # rows whose tail has mass
+    assert keep, "no sequence has a tail with mass to draw from"
+    seqs, excluded = [seqs[i] for i in keep], top.token_ids[keep]  # (B, k)
+    seeds = stream_seeds(11, len(seqs))
+    for temperature in (1.0, 0.7):
+        out = lm.sample_outside(seqs, excluded, temperature, seeds)
+        drawn = [tokens[0] for tokens in out.tokens]
+        assert len(out.tokens) == len(out.forward_tokens) == len(seqs) and all(len(t) == 1 for t in out.tokens)
+        for row, token in zip(excluded.tolist(), drawn):
+            assert 0 <= token < lm.vocab_size and token not in row, (token, row)
+        again = lm.sample_outside(seqs[::-1], excluded.flip(0), temperature, seeds[::-1])
+        assert [t[0] for t in again.tokens][::-1] == drawn, "a draw depends on its batch mates or its position"
+        alone = lm.sample_outside(seqs[:1], excluded[:1], temperature, seeds[:1])
+        assert alone.tokens[0][0] == drawn[0]
+        if isinstance(lm, FullVocabLM):
+            from ..randomness import sample_by_inversion, uniforms
+
+            weights = (lm.next_logprobs(seqs).logprobs.double() / temperature).exp().scatter(-1, excluded, 0.0)
+            want = sample_by_inversion(weights.float(), torch.from_numpy(uniforms(seeds, 1)[:, 0]))
+            assert drawn == want.tolist()
+    others = [[t[0] for t in lm.sample_outside(seqs, excluded, 1.0, stream_seeds(s, len(seqs))).tokens]
+              for s in range(4)]
+    assert any(o != others[0] for o in others[1:]), "four seeds drew the same tail tokens"
+
+
 CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
     check_metadata,
     check_normalised,
@@ -262,6 +323,8 @@ CHECKS: list[Callable[[LanguageModel, Sequence[str]], None]] = [
     check_forward_tokens,
     check_decode,
     check_score_continuations,
+    check_tail_mass,
+    check_sample_outside,
 ]
 
 

@@ -65,9 +65,11 @@ class ValueEstimator(ABC):
         self.params = params
         self.policy = policy
 
-    def known(self, states: list[PromptState], candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: Blocks,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Values available without new rollouts ``(B, k)`` (NaN where unknown), and which of them were reused
-        from the previous step's rollout ``(B, k)`` bool."""
+        from the previous step's rollout ``(B, k)`` bool; only for the candidates in ``wanted`` ``(B, k)`` (all when
+        ``None``: a column may hold a placeholder, e.g. the tail's z′ of a row whose tail is empty)."""
         q = nan_values(candidates)
         return q, torch.zeros(q.shape, dtype=torch.bool)
 
@@ -120,11 +122,15 @@ class RolloutEstimator(ValueEstimator):
         """Q̂ for each candidate of ``rollouts`` from its N rollouts (their texts, tokens and log-probs)."""
 
     # ---- the two questions ------------------------------------------------------------------------------
-    def known(self, states: list[PromptState], candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: Blocks,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.params.n_rollouts
+        allowed = (torch.ones(len(candidates), len(candidates[0]), dtype=torch.bool) if wanted is None
+                   else wanted).tolist()
         ends = [(b, j) for b, row in enumerate(candidates) for j, block in enumerate(row)
-                if self._ends_response(states[b], block)]
-        reused = {pair: tail for pair, tail in self._reused(states, candidates).items() if pair not in ends}
+                if allowed[b][j] and self._ends_response(states[b], block)]
+        reused = {pair: tail for pair, tail in self._reused(states, candidates).items()
+                  if pair not in ends and allowed[pair[0]][pair[1]]}
         short = [(b, j) for (b, j), tail in reused.items()
                  if self._is_short(tail, self._budget(states[b], candidates[b][j]))]
         if short:  # generate the missing last tokens of each reused rollout (one, with shared ids), as one batch

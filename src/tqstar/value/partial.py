@@ -32,7 +32,8 @@ class ArgsValue(ValueEstimator):
 class NoValue(ValueEstimator):
     """Q̂ = 0: top-k decoding of the SFT model (the α = 0 reference)."""
 
-    def known(self, states: list[PromptState], candidates: Blocks) -> tuple[torch.Tensor, torch.Tensor]:
+    def known(self, states: list[PromptState], candidates: Blocks,
+              wanted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         q = torch.zeros_like(nan_values(candidates))
         return q, torch.zeros(q.shape, dtype=torch.bool)
 
