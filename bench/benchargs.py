@@ -1,17 +1,17 @@
 """The benchmarks' arguments, refused the way the ``tqstar`` command line refuses its own: one ``PROG: error: ...``
-line on stderr and exit status 2, never a traceback (argparse's errors become :class:`~tqstar.cli.UsageError`,
-range checks :class:`~tqstar.errors.ConfigError` naming the flag, as ``tqstar testbed`` does)."""
+line on stderr and exit status 2, never a traceback (argparse's errors become :class:`~tqstar.cli.UsageError`;
+ranges are checked by tqstar's own validators, :func:`tqstar._checks.check_int` and
+:func:`~tqstar._checks.check_real`, naming the flag as ``tqstar testbed`` does)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import NoReturn
 
 from tqstar.cli import UsageError
-from tqstar.errors import ConfigError, TQStarError
+from tqstar.errors import TQStarError
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,24 +19,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; see {self.prog} --help")
-
-
-def integer(flag: str, value: int, low: int, high: float = math.inf, of: str = "") -> tuple[str, int, bool, str]:
-    """A range check for :func:`check`: ``value`` of ``flag`` is an integer from ``low`` (to ``high``, which ``of``
-    names when it is another flag's value)."""
-    rule = f"an integer >= {low}" if high == math.inf else f"an integer from {low} to {high:g}{of}"
-    return flag, value, low <= value <= high, rule
-
-
-def positive(flag: str, value: float) -> tuple[str, float, bool, str]:
-    return flag, value, math.isfinite(value) and value > 0, "a finite number > 0"
-
-
-def check(checks: Iterable[tuple[str, float, bool, str]]) -> None:
-    """Raise :class:`ConfigError` for the first failed check, naming its flag: ``FLAG must be RULE, got VALUE``."""
-    for flag, value, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"{flag} must be {rule}, got {value:g}", param=flag[2:].replace("-", "_"), value=value)
 
 
 def one_line_errors(prog: str, parse: Callable[[], argparse.Namespace]) -> argparse.Namespace | int:

@@ -68,9 +68,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from benchargs import Parser, check, integer, one_line_errors, positive  # noqa: E402
+from benchargs import Parser, one_line_errors  # noqa: E402
 
 from tqstar import DecodeParams, Engine, TransformersLM, load_reward  # noqa: E402
+from tqstar._checks import check_int, check_reals  # noqa: E402
 from tqstar._files import check_output  # noqa: E402
 from tqstar.decoder import pruning_off_reason  # noqa: E402
 from tqstar.errors import ConfigError, ModelLoadError  # noqa: E402
@@ -711,19 +712,20 @@ def build_parser() -> Parser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every setting against its range before any model is loaded; a :class:`ConfigError` names the flag."""
-    checks = [integer("--prompts", args.prompts, 1, len(PROMPTS)), integer("--tokens", args.tokens, 1),
-              integer("--greedy-reps", args.greedy_reps, 1),
-              integer("--naive-steps", args.naive_steps, 1, args.tokens, " (--tokens)"),
-              integer("--naive-tokens", args.naive_tokens, 1, args.tokens, " (--tokens)"),
-              integer("--ablation-tokens", args.ablation_tokens, 1), integer("--long-prompts", args.long_prompts, 1),
-              integer("--long-tokens", args.long_tokens, 1),
-              integer("--long-naive-tokens", args.long_naive_tokens, 1, args.long_tokens, " (--long-tokens)"),
-              integer("--soft-n", args.soft_n, 1)]
-    checks += [integer("--batch-sizes", size, 1) for size in args.batch_sizes]
-    checks += [integer("--prompt-tokens", size, 1) for size in args.prompt_tokens]
-    checks += [positive("--rm-scales", x) for x in args.rm_scales]
-    checks += [integer("--block", value, 1) for value in args.block]
-    check(checks)
+    check_int(args.prompts, "--prompts", high=len(PROMPTS))
+    for flag in ("--tokens", "--greedy-reps"):
+        check_int(getattr(args, flag[2:].replace("-", "_")), flag)
+    check_int(args.naive_steps, "--naive-steps", high=args.tokens, high_is="--tokens")
+    check_int(args.naive_tokens, "--naive-tokens", high=args.tokens, high_is="--tokens")
+    for flag in ("--ablation-tokens", "--long-prompts", "--long-tokens"):
+        check_int(getattr(args, flag[2:].replace("-", "_")), flag)
+    check_int(args.long_naive_tokens, "--long-naive-tokens", high=args.long_tokens, high_is="--long-tokens")
+    check_int(args.soft_n, "--soft-n")
+    for flag, values in (("--batch-sizes", args.batch_sizes), ("--prompt-tokens", args.prompt_tokens),
+                         ("--block", args.block)):
+        for value in values:
+            check_int(value, flag)
+    check_reals(args.rm_scales, "--rm-scales")
     DecodeParams(method="tq-direct", k=args.k, alpha=args.alpha, rollout_len=args.rollout_len)  # the CLI's checks
     if args.skip_soft and args.only_soft:
         raise ConfigError("--skip-soft and --only-soft leave nothing to run; give one of them")

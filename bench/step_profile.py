@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 if "--worker" in sys.argv:  # the tree a worker measures is the tqstar that every import below finds
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve()))
 
-from benchargs import Parser, check, integer, one_line_errors  # noqa: E402
+from benchargs import Parser, one_line_errors  # noqa: E402
 
 from tqstar._files import check_output  # noqa: E402
 from tqstar.errors import ConfigError  # noqa: E402
@@ -235,8 +235,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    check([integer("--reps", args.reps, 1), integer("--tokens", args.tokens, 4), integer("--k", args.k, 1),
-           integer("--rollout-len", args.rollout_len, 1), *(integer("--lengths", n, 1, 8000) for n in args.lengths)])
+    # imported here, not at the top: a worker may import an older tqstar (--before)
+    from tqstar._checks import check_int
+
+    check_int(args.reps, "--reps")
+    check_int(args.tokens, "--tokens", low=4)
+    check_int(args.k, "--k")
+    check_int(args.rollout_len, "--rollout-len")
+    for n in args.lengths:
+        check_int(n, "--lengths", high=8000)
     for flag in ("--after", "--before"):
         tree = getattr(args, flag[2:])
         if tree is not None and not (Path(tree) / "tqstar" / "__init__.py").is_file():

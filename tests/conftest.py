@@ -34,6 +34,19 @@ def tiny_paths(tmp_path_factory):
 
 
 @pytest.fixture()
+def builtin_tiny(monkeypatch, tiny_paths):
+    """The built-in default (no --sft) builds its tiny models under $TQSTAR_CACHE/tiny: point it at the session's
+    copies; and no TQSTAR_DEBUG from the environment, so errors are the one line a user sees."""
+    root = tiny_paths["sft"].parent.parent
+    (root / "tiny").mkdir(exist_ok=True)
+    for role, path in tiny_paths.items():
+        if not (root / "tiny" / role).exists():
+            (root / "tiny" / role).symlink_to(path)
+    monkeypatch.setenv("TQSTAR_CACHE", str(root))
+    monkeypatch.delenv("TQSTAR_DEBUG", raising=False)
+
+
+@pytest.fixture()
 def sft(tiny_paths):
     from tqstar.lm.hf import TransformersLM
 

@@ -8,7 +8,9 @@ Generic: nothing here knows a particular config (:mod:`tqstar.config`, :mod:`tqs
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -84,7 +86,11 @@ def accepts(hint: Any, value: Any) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(accepts(args[0], v) for v in value)
         return len(value) == len(args) and all(accepts(a, v) for a, v in zip(args, value))
-    return isinstance(value, hint)
+    if origin is typing.Literal:
+        return value in args
+    if hint is typing.Any:
+        return True
+    return isinstance(value, origin or hint)
 
 
 def phrase(hint: Any) -> str:
@@ -96,7 +102,23 @@ def phrase(hint: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return "a list of " + phrase(args[0]).removeprefix("a ").removeprefix("an ") + "s"
         return f"a list of {len(args)} " + phrase(args[0]).removeprefix("a ").removeprefix("an ") + "s"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, hint.__name__)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    named = {str: "a string", int: "an integer", float: "a number", bool: "true or false", os.PathLike: "a path",
+             collections.abc.Callable: "a function", collections.abc.Sequence: "a list",
+             collections.abc.Mapping: "a mapping", dict: "a mapping", list: "a list"}
+    key = origin or hint
+    return named.get(key) or (f"a {key.__name__}" if hasattr(key, "__name__") else str(hint))
+
+
+def check_arguments(fn: Any, values: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` reading "`<name>` must be <type>, got <value>" for the first of ``values``
+    (argument name -> value of a call of ``fn``) that does not fit ``fn``'s annotation of it: the library's public
+    calls check their arguments' types at the boundary, as a config file's keys are (:func:`known_keys`)."""
+    hints = typing.get_type_hints(fn)
+    for name, value in values.items():
+        if name in hints and not accepts(hints[name], value):
+            raise ConfigError(f"`{name}` must be {phrase(hints[name])}, got {describe(value)}", param=name, value=value)
 
 
 def typed(value: Any, kind: type, what: str, phrase: str) -> Any:

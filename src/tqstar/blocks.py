@@ -197,7 +197,10 @@ def selection_law(values: Sequence[float], probs: Sequence[float], k: int, stren
         q(v) = k·p(v)·∫_0^∞ w(v)·e^(−t·w(v))·φ(t)^(k−1) dt,     w = e^(strength·v),  φ(t) = Σ_v p(v)·e^(−t·w(v)),
 
     integrated in s = log t by composite Gauss–Legendre over the union of the levels' windows (where
-    t·w(v) ∈ [e^−40, 50]); Σ_v q(v) = 1 up to ~1e-13. Exact for any k without enumerating the k samples.
+    t·w(v) ∈ [e^−40, 50]); Σ_v q(v) = 1 up to ~1e-13. Exact for any k without enumerating the k samples. Levels whose
+    weights differ by more than e^:data:`APART` (strength times their gap) are chosen as by argmax between them: the
+    integral runs per cluster of close levels, with the weights taken relative to the cluster's top (a level below
+    weighs 0, one above ∞), so log weights stay small wherever the numeric envelope puts strength and values.
     """
     v, p = np.asarray(values, dtype=np.float64), np.asarray(probs, dtype=np.float64)
     if k == 1 or strength == 0 or len(v) == 1:
@@ -209,10 +212,29 @@ def selection_law(values: Sequence[float], probs: Sequence[float], k: int, stren
         q = np.empty_like(p)
         q[order] = np.clip(cdf, 0, 1) ** k - np.clip(below, 0, 1) ** k
         return q
-    log_w = strength * (v - v.max())  # (L,) log weights, kept in logs (e^(−λ·gap) underflows)
+    order = np.argsort(v)
+    cluster = np.empty(len(v), dtype=np.int64)  # the cluster of each level: sorted levels cut where weights are apart
+    cluster[order] = np.concatenate([[0], np.cumsum(strength * np.diff(v[order]) > APART)])
+    q = np.zeros_like(p)
+    for c in np.unique(cluster):
+        inside = cluster == c
+        log_w = np.where(inside, strength * (v - v[inside].max()), np.where(cluster < c, -np.inf, np.inf))
+        q[inside] = _soft_law(log_w, p, k)[inside]
+    return q / q.sum()
+
+
+#: Levels whose log weights differ by more than this are chosen as by argmax between them (e^−APART is below the
+#: smallest float64).
+APART = 800.0
+
+
+def _soft_law(log_w: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """:func:`selection_law`'s integral for the levels with finite log weights ``log_w`` (−∞: weight 0, +∞: a level
+    that always wins), unnormalised."""
+    finite = log_w[np.isfinite(log_w)]
     # panels of width ½ in s = log t, aligned to one grid: the union of every level's window (t·w ∈ [e^−40, 50])
     starts = np.unique(np.concatenate([np.arange(np.floor(2 * (-40.0 - lw)) / 2, math.log(50.0) - lw, 0.5)
-                                       for lw in log_w]))  # (P,)
+                                       for lw in finite]))  # (P,)
     nodes, weights = np.polynomial.legendre.leggauss(16)
     s = (starts[:, None] + 0.25 + 0.25 * nodes[None, :]).ravel()  # (P·16,)
     ds = np.tile(0.25 * weights, len(starts))  # (P·16,)
@@ -220,8 +242,7 @@ def selection_law(values: Sequence[float], probs: Sequence[float], k: int, stren
         tw = np.exp(s[:, None] + log_w[None, :])  # (P·16, L) t·w(v), inf where huge (its term vanishes)
         log_phi = np.logaddexp.reduce(np.log(p)[None, :] - tw, axis=1)  # (P·16,)
         integrand = np.exp(np.log(tw) - tw + (k - 1) * log_phi[:, None])  # (P·16, L) t·w·e^(−t·w)·φ^(k−1)
-    q = k * p * (np.nan_to_num(integrand).T @ ds)  # (L,)
-    return q / q.sum()
+    return k * p * (np.nan_to_num(integrand).T @ ds)  # (L,)
 
 
 def selection_kl_estimate(values: Sequence[float], strength: float) -> float:

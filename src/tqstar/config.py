@@ -24,11 +24,13 @@ YAML layout (every key optional; command-line flags override the file)::
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import check_int
 from ._schema import known_keys, typed
 from .errors import ConfigError, describe
 from .lm.base import Prompt
@@ -53,36 +55,61 @@ class RunConfig:
     concurrency: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}", param="batch_size")
+        check_int(self.batch_size, "batch_size")
         from .engine import check_concurrency
 
         check_concurrency(self.concurrency, [role for role, spec in (("sft", self.sft), ("baseline", self.baseline))
                                              if spec is None or not spec.remote])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = ()) -> RunConfig:
+    def from_dict(cls, data: dict[str, Any], *, what: str = "config", extra_keys: Sequence[str] = (),
+                  decode_defaults: bool = False, decode_given: Sequence[str] | None = None) -> RunConfig:
         """Build and validate from a mapping (a YAML file merged with flags); ``extra_keys`` are the other keys
-        the caller's file may hold (named when a key is unknown)."""
+        the caller's file may hold (named when a key is unknown). ``decode`` is the run's method, whose every key
+        must have an effect on it, or with ``decode_defaults`` the defaults several methods start from (a server's
+        presets), which a method uses as far as they apply; ``decode_given`` narrows the keys that must have an
+        effect (:func:`decode_given`: when a flag chose the method, the YAML file's keys are defaults)."""
         data = dict(data)
         prompts = _prompt_list(data.pop("prompts", None))
         prompts_file = typed(data.pop("prompts_file", None), str, "prompts_file", "a file path")
         column = typed(data.pop("prompts_column", None), str, "prompts_column", "a column name")
         if prompts_file:
             prompts.extend(read_prompt_file(prompts_file, column))
+        elif column is not None:
+            raise ConfigError(f"`prompts_column` (--column) {column!r} names the prompt field of a prompts file, and none"
+                              " is given; give --prompts-file FILE (prompts_file:) or drop it", param="prompts_column",
+                              value=column)
         known = known_keys(data, cls, what, (*extra_keys, "prompts_file", "prompts_column"), check_types=False)
         return cls(
             sft=ModelSpec.parse(known.get("sft"), "sft"),
             baseline=ModelSpec.parse(known.get("baseline"), "baseline"),
             reward=RewardSpec.parse(known.get("reward"), "reward"),
             baseline_reward=RewardSpec.parse(known.get("baseline_reward"), "baseline_reward"),
-            decode=DecodeParams.from_dict(typed(known.get("decode"), dict, "decode",
-                                                 "a mapping like {method: tq-direct, k: 10}") or {}),
+            decode=_decode(typed(known.get("decode"), dict, "decode", "a mapping like {method: tq-direct, k: 10}") or {},
+                           decode_defaults, decode_given),
             prompts=tuple(prompts),
             batch_size=known.get("batch_size", 8),
             truncate_prompt=typed(known.get("truncate_prompt", False), bool, "truncate_prompt", "true or false"),
             concurrency=known.get("concurrency", 1),
         )
+
+    def check_used(self, methods: Sequence[DecodeParams], *, warn: bool = False,
+                   flags: set[str] | None = None) -> None:
+        """Raise :class:`ConfigError` if a baseline or a baseline reward is given that none of ``methods`` (the
+        run's) uses: it would load for nothing and read as if it mattered. With ``warn`` (an evaluation, whose
+        results file records the models: a later run of the same file may add a method that uses it) say so on the
+        ``tqstar`` logger instead, and so for one given in a YAML file (it may serve several methods) when ``flags``
+        names the roles given by flags. (The target reward is always used: every response is scored by it.)"""
+        for role in ("baseline", "baseline_reward"):
+            if getattr(self, role) is not None and not any(role in p.needs for p in methods):
+                names = ", ".join(dict.fromkeys(p.method for p in methods))
+                what = f"a {role.replace('_', ' ')} is given (--{role.replace('_', '-')}, `{role}:`), but no method"
+                if warn or (flags is not None and role not in flags):
+                    logging.getLogger("tqstar").warning(f"{what} of this run uses it ({names}); it is loaded all the"
+                                                        " same, as the configuration says")
+                    continue
+                raise ConfigError(f"{what} of this run uses it ({names}); drop it, or choose a method that does",
+                                  param=role)
 
     def build(self, check: bool = True):
         """Load the models and rewards; returns an :class:`~tqstar.engine.Engine` (checked against ``decode``)."""
@@ -106,6 +133,13 @@ class RunConfig:
         if check:
             engine.check(self.decode)
         return engine
+
+
+def _decode(values: dict[str, Any], defaults: bool, given: Sequence[str] | None) -> DecodeParams:
+    if defaults or given is not None:
+        own = {k: v for k, v in values.items() if not defaults and k in given}  # type: ignore[operator]
+        return DecodeParams.from_dict(own, base=values)
+    return DecodeParams.from_dict(values)
 
 
 def _prompt_list(value: Any) -> list[Prompt]:
@@ -152,6 +186,20 @@ def merge_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     if args.truncate_prompt:
         data["truncate_prompt"] = True
     return data
+
+
+def decode_given(args: argparse.Namespace) -> list[str] | None:
+    """The decoding keys that must have an effect on the method (:meth:`DecodeParams.check_given`) when flags are
+    merged over a YAML file: every key (``None``), unless ``--method`` chose the method, when the file's keys are
+    defaults that were written for another method and only the flags must count."""
+    if getattr(args, "method", None) is None:
+        return None
+    return [name for name in DECODE_FLAGS if getattr(args, name) not in (None, False, [])]
+
+
+def flag_roles(args: argparse.Namespace) -> set[str]:
+    """The models and rewards given by flags (``--baseline``, ``--baseline-reward``), not by the YAML file."""
+    return {role for role in ("baseline", "baseline_reward") if getattr(args, role, None) is not None}
 
 
 def merge_model_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

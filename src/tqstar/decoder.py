@@ -18,7 +18,7 @@ trace — lives on its :class:`~tqstar.state.PromptState`. :meth:`Decoder.run` s
 With ``block_len`` a decision commits a block: the SFT model samples k blocks, they are valued from their ends and one
 is chosen (:meth:`Decoder._block_step`, the rule in :mod:`tqstar.blocks`); ``bon`` and ``soft-bon`` are the same step
 with blocks of the whole response, so they finish a row in one step; a block decision has no top k, so no tail (``tail``
-applies to token-level decisions only: :data:`tqstar.params.APPLIES`). ``sft``/``baseline`` decode one token per step
+applies to token-level decisions only: its declared scope, :meth:`tqstar.params.DecodeParams.applies`). ``sft``/``baseline`` decode one token per step
 from their model's full distribution (:mod:`tqstar.trajectory`). Bookkeeping (KL, trace, stopping) lives in helpers so
 each step reads top to bottom. The decoder's ``(B, k)`` tensors live on the host: backends hand back top-k results and
 continuations there (a GPU backend moves only those small tensors), so nothing here depends on the models' device.

@@ -18,12 +18,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
+from ._checks import check_int
+from ._schema import check_arguments
 from .decoder import Decoder, OnStep
-from .errors import ConfigError, VocabularyMismatchError, require_type
+from .errors import ConfigError, VocabularyMismatchError, describe, require_type
 from .lm.base import Ending, FullVocabLM, LanguageModel
 from .lm.bridge import TextBridge
 from .methods import NEEDS
 from .params import DecodeParams
+from .prompts import check_prompt
 from .randomness import prompt_key
 from .reward import Reward
 from .state import Models, PromptState, Response
@@ -53,6 +56,7 @@ class Engine:
 
     def __init__(self, sft: LanguageModel, baseline: LanguageModel | None = None, reward: Reward | None = None,
                  baseline_reward: Reward | None = None, *, bridge: bool | None = None) -> None:
+        check_arguments(Engine.__init__, {"bridge": bridge})
         for role, model in (("sft", sft), ("baseline", baseline)):
             if model is not None or role == "sft":
                 path = repr(model) if isinstance(model, str) else "PATH"
@@ -104,14 +108,9 @@ class Engine:
                 raise ConfigError(f"method {params.method!r} needs a {what.replace('_', ' ')}; give one with"
                                   f" {flags[what]} (`{what}:` in a YAML config, {what}= in Engine)", param="method",
                                   value=params.method)
-        if params.is_token_level:
-            if params.block_len is None:  # blockwise: k samples, not a top-k of the vocabulary
-                m.sft.check_k(params.k)
-            span = m.reward.range if m.reward is not None else None
-            if span is not None and not math.isfinite(params.alpha * (span[1] - span[0])):
-                raise ConfigError(f"`alpha` {params.alpha:g} times the reward's range {span[1] - span[0]:g} overflows;"
-                                  " give an alpha that keeps alpha*(R_max - R_min) finite", param="alpha",
-                                  value=params.alpha)
+        # blockwise: k samples, not a top-k of the vocabulary; α·(R_max − R_min) is finite by the numeric envelope
+        if params.is_token_level and params.block_len is None:
+            m.sft.check_k(params.k)
         if params.samples_tail:
             self._check_tail(params)
         if params.scores_likelihoods:  # tq-soft scores with the SFT model, eft with both: the same token ids
@@ -151,6 +150,8 @@ class Engine:
         (checked the same way). ``ending``: how a chat prompt ends (:data:`~tqstar.lm.base.Ending`: by default a
         final assistant message is continued, anything else gets the assistant's turn)."""
         check_params(params)
+        check_prompt(prompt, "`prompt`")
+        check_arguments(Engine.new_state, {"truncate_prompt": truncate_prompt, "ending": ending})
         changes = {name: value for name, value in (("seed", seed), ("max_new_tokens", max_new_tokens),
                                                    ("stop", None if stop is None else tuple(stop)),
                                                    ("trace", trace)) if value is not None}
@@ -197,10 +198,9 @@ class Engine:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        if not prompts:
-            raise ConfigError("no prompts given; pass at least one prompt")
-        if batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {batch_size}", param="batch_size")
+        check_prompts(prompts, "prompts")
+        check_int(batch_size, "batch_size")
+        check_arguments(Engine.generate, {"progress": progress, "on_response": on_response})
         check_params(params)
         batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
         done: dict[int, list[Response]] = {}
@@ -229,6 +229,13 @@ class Engine:
         own requests; it needs every model to be thread-safe (remote). Every prompt is checked before the first
         batch starts.
         """
+        check_params(params)
+        if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+            raise ConfigError(f"`batches` must be a list of lists of prompts, got {describe(batches)}", param="batches",
+                              value=batches)
+        for b, batch in enumerate(batches):
+            check_prompts(batch, f"batches[{b}]")
+        check_arguments(Engine.stream, {"truncate_prompt": truncate_prompt, "on_step": on_step})
         self.check(params, concurrency)
         states = [[self.new_state(p, params, truncate_prompt=truncate_prompt) for p in batch] for batch in batches]
 
@@ -305,6 +312,18 @@ def reward_prompt(prompt: Prompt) -> str:
     return str(users[-1])
 
 
+def check_prompts(prompts: object, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``prompts`` is a non-empty list of prompts (each a non-empty string or a list
+    of chat messages), naming the first bad one as ``name[i]``."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"`{name}` must be a list of prompts (strings or chat-message lists), got"
+                          f" {describe(prompts)}", param=name, value=prompts)
+    if not prompts:
+        raise ConfigError(f"no prompts given in `{name}`; pass at least one prompt", param=name)
+    for i, prompt in enumerate(prompts):
+        check_prompt(prompt, f"`{name}[{i}]`")
+
+
 def check_params(params: object) -> None:
     """Raise :class:`ConfigError` unless ``params`` is a :class:`DecodeParams` (a mapping is a common slip)."""
     require_type(params, DecodeParams, "params", "a DecodeParams", "build it with DecodeParams(...) or"
@@ -314,8 +333,7 @@ def check_params(params: object) -> None:
 def check_concurrency(concurrency: int, local: Sequence[str]) -> None:
     """Raise :class:`ConfigError` unless ``concurrency`` is a positive integer that the models allow (``local``:
     the names of the models that are not thread-safe)."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"`concurrency` must be an integer >= 1, got {concurrency!r}", param="concurrency")
+    check_int(concurrency, "concurrency")
     if concurrency > 1 and local:
         raise ConfigError(f"`concurrency` {concurrency} decodes several batches at once, which needs remote models"
                           f" (openai:...), but the {local[0]} model is local; use concurrency 1 and a larger batch_size",

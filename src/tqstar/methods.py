@@ -20,7 +20,10 @@ No import of :mod:`tqstar.value` or of anything that loads models: ``params -> m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: How a method decides: ``token`` — score the SFT model's top-k next tokens by log π_sft + α·Q̂ and choose one, the
 #: rest of the vocabulary kept as one arm unless ``tail: off`` (:meth:`tqstar.decoder.Decoder._token_step`,
@@ -121,6 +124,33 @@ TABLE: tuple[Method, ...] = (
 BY_NAME: dict[str, Method] = {m.name: m for m in TABLE}
 #: Every method name, in table order (``tqstar.METHODS``).
 METHODS: tuple[str, ...] = tuple(BY_NAME)
+
+
+#: Which methods a :class:`~tqstar.params.DecodeParams` field applies to (its ``applies`` metadata): a scope name ->
+#: (whether a method's row is in it, how a message names it). A field outside its scope has no effect, so giving it
+#: is refused (:meth:`tqstar.params.DecodeParams.check_given`), and ``/v1/models`` lists the fields in scope as what
+#: a preset's method uses. A new field names one of these, or a new scope here (with its ``blockwise`` metadata:
+#: whether it still acts when a token-level method decides over blocks).
+SCOPES: dict[str, tuple[Callable[[Method], bool], str]] = {
+    "all": (lambda m: True, "every method"),
+    "token": (lambda m: m.kind == "token", "token-level methods"),
+    "valued": (lambda m: m.kind == "token" and m.value != "zero", "token-level methods that estimate Q̂"),
+    "rollouts": (lambda m: m.kind == "token" and m.rolls is not None, "methods that roll candidates out"),
+    "bounded": (lambda m: m.kind == "token" and m.value != "zero" and m.in_reward_range,
+                "methods whose Q̂ lies in the reward's range"),
+    "kl-strength": (lambda m: m.value in ("importance", "log-ratio"), "the methods weighted by the baseline's β"),
+    "soft": (lambda m: m.value == "soft", "the soft-value methods"),
+    "blocks": (lambda m: m.blockwise, "token-level methods that can decide over sampled blocks"),
+    "choices": (lambda m: m.kind != "plain", "methods that choose among candidates (tokens, blocks or samples)"),
+    "best-of-n": (lambda m: m.kind == "best-of-n", "best-of-N"),
+    "soft-selection": (lambda m: m.soft_selection, "soft best-of-N"),
+}
+
+
+def in_scope(scope: str) -> tuple[str, ...]:
+    """The names of the methods in ``scope`` (a key of :data:`SCOPES`), in table order."""
+    test = SCOPES[scope][0]
+    return tuple(m.name for m in TABLE if test(m))
 
 
 def method(name: str) -> Method:

@@ -28,15 +28,8 @@ def exploding_reward(prompts, responses):
 
 
 @pytest.fixture(autouse=True)
-def tiny_cache(monkeypatch, tiny_paths):
-    # the built-in default builds its tiny models under $TQSTAR_CACHE/tiny; reuse the session's copies
-    root = tiny_paths["sft"].parent.parent
-    (root / "tiny").mkdir(exist_ok=True)
-    for role, path in tiny_paths.items():
-        if not (root / "tiny" / role).exists():
-            (root / "tiny" / role).symlink_to(path)
-    monkeypatch.setenv("TQSTAR_CACHE", str(root))
-    monkeypatch.delenv("TQSTAR_DEBUG", raising=False)
+def _tiny(builtin_tiny):
+    """No --sft decodes with the session's tiny models; no debug tracebacks."""
 
 
 @dataclass
@@ -100,6 +93,11 @@ def row(method: str = "sft", index: int = 0, **extra) -> str:
                                       "reward_calls": 0, "wall_time_s": 0.1}, **extra})
 
 
+def header(**config) -> str:
+    """A results header over prompt 'a' with ``config`` (reward, judges, models)."""
+    return json.dumps({"format": "tqstar-eval/1", "config": {"prompts": ["a"], "sft": "built-in tiny", **config}})
+
+
 def results(*lines: str, header: str = HEADER) -> str:
     return "\n".join([header, *lines]) + "\n"
 
@@ -116,13 +114,13 @@ CASES = [
     gen("method", ["--method", "magic"], "`method` must be one of tq-direct", "got 'magic'"),
     gen("k-zero", ["--k", "0"], "`k` must be an integer >= 1, got 0"),
     gen("k-not-int", ["--k", "x"], "argument --k: invalid int value: 'x'", "tqstar generate --help"),
-    gen("alpha-negative", ["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
-    gen("alpha-nan", ["--alpha", "nan"], "`alpha` must be a finite number >= 0, got nan"),
-    gen("beta-zero", ["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
+    gen("alpha-negative", ["--alpha", "-1"], "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1.0"),
+    gen("alpha-nan", ["--alpha", "nan"], "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got nan"),
+    gen("beta-zero", ["--beta", "0"], "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 0.0"),
     gen("n-rollouts-zero", ["--n-rollouts", "0"], "`n_rollouts` must be an integer >= 1, got 0"),
     gen("rollout-len-zero", ["--rollout-len", "0"], "`rollout_len` must be an integer >= 1, got 0"),
     gen("max-new-tokens-zero", ["--max-new-tokens", "0"], "`max_new_tokens` must be an integer >= 1, got 0"),
-    gen("temperature-negative", ["--temperature", "-1"], "`temperature` must be a finite number >= 0, got -1.0"),
+    gen("temperature-negative", ["--temperature", "-1"], "`temperature` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1.0"),
     gen("rollout-temperature-inf", ["--rollout-temperature", "inf"], "`rollout_temperature` must be a finite",
         "got inf"),
     gen("bon-n-zero", ["--bon-n", "0"], "`bon_n` must be an integer >= 1, got 0"),
@@ -141,6 +139,94 @@ CASES = [
     gen("concurrency-local", ["--concurrency", "2"], "`concurrency` 2", "use concurrency 1"),
     gen("empty-prompt", ["--prompt", ""], "`prompts[1]` must be a non-empty string, got ''"),
     Case("generate-no-prompts", ["generate", "--no-progress"], ("no prompts given", "--prompt TEXT")),
+    # ---- flags without an effect (each DecodeParams field's `applies`, tqstar.methods.SCOPES) -------------------
+    gen("k-for-sft", ["--method", "sft", "--k", "5"], "`k` has no effect on method 'sft' (plain decoding of the SFT",
+        "it applies to token-level methods (tq-direct", "drop it"),
+    gen("beta-for-cd", ["--method", "cd", "--beta", "2"], "`beta` has no effect on method 'cd'",
+        "the methods weighted by the baseline's β (tq-indirect, eft)"),
+    gen("soft-beta-for-direct", ["--soft-beta", "0.5"], "`soft_beta` has no effect on method 'tq-direct'",
+        "the soft-value methods (tq-soft, soft-cd)"),
+    gen("rollout-len-for-args", ["--method", "args", "--rollout-len", "4"], "`rollout_len` has no effect on method"
+        " 'args'", "methods that roll candidates out"),
+    gen("alpha-for-none", ["--method", "none", "--alpha", "3"], "`alpha` has no effect on method 'none'",
+        "token-level methods that estimate Q̂"),
+    gen("bon-n-for-sft", ["--method", "sft", "--bon-n", "8"], "`bon_n` has no effect on method 'sft'", "best-of-N"),
+    gen("temperature-rollouts-for-bon", ["--method", "bon", "--temperature", "1", "--rollout-temperature", "1"],
+        "`rollout_temperature` has no effect on method 'bon'"),
+    # ---- blockwise decisions and soft best-of-N (block_len, bon_beta) ---------------------------------------------
+    gen("block-len-for-eft", ["--method", "eft", "--block-len", "4"], "`block_len` does not apply to eft: its value is"
+        " the per-token likelihood ratio", "drop block_len or use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd,"
+        " args, none"),
+    gen("block-len-for-bon", ["--method", "bon", "--temperature", "1", "--block-len", "4"], "`block_len` does not"
+        " apply to bon: it already chooses among whole responses", "drop block_len"),
+    gen("block-len-for-sft", ["--method", "sft", "--block-len", "2"], "`block_len` does not apply to sft"),
+    gen("block-len-zero", ["--block-len", "0"], "`block_len` must be an integer >= 1 or None (= one token, the SFT"
+        " top-k), got 0"),
+    gen("block-len-float", ["--block-len", "2.5"], "argument --block-len: invalid int value: '2.5'"),
+    gen_yaml("block-len-string", "decode: {block_len: '4'}\n", "`block_len` must be an integer >= 1 or None (= one"
+             " token, the SFT top-k), got '4'"),
+    gen_yaml("prune-for-blocks", "decode: {method: tq-direct, block_len: 2, prune: false}\n", "`prune` has no"
+             " effect on blockwise decisions (block_len 2 with tq-direct)", "drop it, or drop block_len"),
+    gen_yaml("prune-probe-for-blocks", "decode: {method: args, block_len: 3, prune_probe: 2}\n", "`prune_probe` has"
+             " no effect on blockwise decisions (block_len 3 with args)"),
+    gen("bon-beta-for-bon", ["--method", "bon", "--temperature", "1", "--bon-beta", "0.5"], "`bon_beta` has no effect"
+        " on method 'bon'", "it applies to soft best-of-N (soft-bon)", "drop it"),
+    gen("bon-beta-for-direct", ["--bon-beta", "0.5"], "`bon_beta` has no effect on method 'tq-direct'"),
+    gen("bon-beta-zero", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "0"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got 0.0"),
+    gen("bon-beta-tiny", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "1e-39"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got 1e-39"),  # r/β would overflow
+    gen("bon-beta-nan", ["--method", "soft-bon", "--temperature", "1", "--bon-beta", "nan"], "`bon_beta` must be a"
+        " finite number > 0 (1e-06 to 1e+06), got nan"),
+    gen("soft-bon-greedy", ["--method", "soft-bon"], "`temperature` must be > 0 for soft-bon (greedy samples are all"
+        " identical), got 0"),
+    gen("k-for-soft-bon", ["--method", "soft-bon", "--temperature", "1", "--k", "3"], "`k` has no effect on method"
+        " 'soft-bon'", "drop it"),
+    gen("tail-for-sft", ["--method", "sft", "--tail", "off"], "`tail` applies to the token-level methods (tq-direct,",
+        "not to sft", "leave `tail` out for sft"),
+    gen("tail-default-for-sft", ["--method", "sft", "--tail", "mean"], "`tail` has no effect on method 'sft'"),
+    gen("tail-with-blocks", ["--block-len", "2", "--tail", "rollout"], "`tail` applies to token-level decisions over"
+        " the SFT top k, not to blockwise ones (block_len 2)", "drop block_len"),
+    gen("tail-default-with-blocks", ["--block-len", "2", "--tail", "mean"], "`tail` has no effect on blockwise"
+        " decisions (block_len 2 with tq-direct)", "drop it, or drop block_len"),
+    gen("tail-unknown", ["--tail", "none"], "argument --tail: invalid choice: 'none'"),
+    gen_yaml("tail-unknown-yaml", "decode: {tail: none}\n", "`tail` must be one of off, mean, rollout, rolling, got"
+             " 'none'"),
+    evaluation("block-len-entry-for-eft", {"methods": [{"method": "eft", "block_len": 2}]},
+               "`block_len` does not apply to eft"),
+    evaluation("defaults-bad-block-len", {"defaults": {"block_len": 0}}, "`block_len` must be an integer >= 1"),
+    gen("trace-for-sft", ["--method", "sft", "--trace"], "`trace` has no effect on method 'sft'"),
+    gen_yaml("prune-for-sft", "decode: {method: sft, prune: false}\n", "`prune` has no effect on method 'sft'",
+             "methods whose Q̂ lies in the reward's range"),
+    gen_yaml("prune-for-eft", "decode: {method: eft, prune_probe: 2}\n", "`prune_probe` has no effect on method"
+             " 'eft'"),
+    gen("baseline-for-sft", ["--method", "sft", "--baseline", "@BASELINE"], "a baseline is given (--baseline,"
+        " `baseline:`), but no method of this run uses it (sft)", "drop it"),
+    gen("baseline-reward-for-direct", ["--baseline-reward", "harmless"], "a baseline reward is given"
+        " (--baseline-reward, `baseline_reward:`), but no method of this run uses it (tq-direct)"),
+    gen("reward-format-builtin", ["--reward", "sentiment", "--reward-format", "Q: {prompt} A: {response}"],
+        "`format` (--reward-format) applies to a reward-model directory, but reward 'sentiment' is a built-in"
+        " reward", "drop it"),
+    gen("reward-sigmoid-builtin", ["--reward", "sentiment", "--reward-sigmoid"], "`sigmoid` (--reward-sigmoid)"
+        " applies to a reward-model directory, but reward 'sentiment' is a built-in reward"),
+    gen("reward-truncate-callable", ["--reward", "conftest:vowel_share", "--reward-truncate"], "`truncate`"
+        " (--reward-truncate) applies to a reward-model directory, but reward 'conftest:vowel_share' is a"
+        " module:function"),
+    gen_yaml("reward-range-builtin", "reward: {spec: harmless, range: [0, 2]}\n", "`range` has no effect on reward"
+             " 'harmless': a built-in reward declares its own range"),
+    evaluation("k-for-sft-entry", {"methods": [{"method": "sft", "k": 4}]}, "`k` has no effect on method 'sft'"),
+    evaluation("alpha-for-sft-entry", {"methods": [{"method": "sft", "alpha": 2}]},
+               "`alpha` has no effect on method 'sft'"),
+    Case("serve-preset-baseline-list", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p': `baseline` must name one of `baselines` (prompted), got ['a', 'list']",),
+         {"serve.yaml": "baselines: {prompted: {path: '@SFT'}}\npresets: {p: {method: tq-direct, baseline: [a, list]}}\n"}),
+    Case("serve-preset-baseline-unused", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p' names baseline 'prompted', but method 'sft' runs no baseline", "drop `baseline`"),
+         {"serve.yaml": "baselines: {prompted: {path: '@SFT'}}\npresets: {p: {method: sft, baseline: prompted}}\n"}),
+    Case("serve-preset-unused-key", ["serve", "--config", "@TMP/serve.yaml"],
+         ("preset 'p': `n_rollouts` has no effect on method 'args'",),
+         {"serve.yaml": "decode: {n_rollouts: 2, rollout_temperature: 1}\npresets: {p: {method: args, n_rollouts: 3}}\n"}),
+
     # ---- generate: models and rewards ---------------------------------------------------------------------
     gen("reward-unknown", ["--reward", "nonsense"], "reward spec 'nonsense' does not resolve", "module:function"),
     gen("reward-module", ["--reward", "no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'",
@@ -191,8 +277,15 @@ CASES = [
     gen("output-under-file", ["-o", "@TMP/notes.txt/out.jsonl"], "'@TMP/notes.txt' is a file, not a directory",
         "give a path inside a directory", files={"notes.txt": "my notes\n"}),
     gen("alpha-overflows", ["--alpha", "1e308", "--reward", "0.5*sentiment+0.5*sentiment", "--method", "args"],
-        "`alpha` 1e+308 times the reward's range 2 overflows", "keeps alpha*(R_max - R_min) finite",
-        loads_models=True),  # the reward's range is known once it is built
+        "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 1e+308"),  # the numeric envelope
+    gen("soft-beta-overflows", ["--method", "tq-soft", "--rollout-temperature", "1", "--soft-beta", "1e39"],
+        "`soft_beta` must be a finite number > 0 (1e-06 to 1e+06) or None (= 1/alpha), got 1e+39"),
+    gen("alpha-tiny-soft", ["--method", "tq-soft", "--rollout-temperature", "1", "--alpha", "1e-39"],
+        "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 1e-39"),
+    gen("temperature-tiny", ["--temperature", "1e-300"], "`temperature` must be a finite number >= 0 (0, or 1e-06 to"
+        " 1e+06), got 1e-300"),
+    gen("beta-huge", ["--method", "tq-indirect", "--baseline-reward", "harmless", "--beta", "1e300"],
+        "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 1e+300"),
     gen("output-is-notes", ["-o", "@TMP/notes.txt"], "output file '@TMP/notes.txt' exists and was not written by"
         " tqstar generate", "give another -o, or move that file away first", files={"notes.txt": "my notes\n"}),
     gen("output-is-json-not-ours", ["-o", "@TMP/data.jsonl"], "'@TMP/data.jsonl' exists and was not written by",
@@ -222,7 +315,7 @@ CASES = [
     gen_yaml("stop-mapping", "decode: {stop: {a: 1}}\n", "`stop` must be a tuple of non-empty strings"),
     gen_yaml("k-string", "decode: {k: '10'}\n", "`k` must be an integer >= 1, got '10'"),
     gen_yaml("k-float", "decode: {k: 2.5}\n", "`k` must be an integer >= 1, got 2.5"),
-    gen_yaml("alpha-string", "decode: {alpha: high}\n", "`alpha` must be a finite number >= 0, got 'high'"),
+    gen_yaml("alpha-string", "decode: {alpha: high}\n", "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 'high'"),
     gen_yaml("trace-string", "decode: {trace: 'yes'}\n", "`trace` must be True or False, got 'yes'"),
     gen_yaml("prune-int", "decode: {prune: 1}\n", "`prune` must be True or False, got 1"),
     gen_yaml("seed-float", "decode: {seed: 1.5}\n", "`seed` must be an integer, got 1.5"),
@@ -245,7 +338,9 @@ CASES = [
     gen_yaml("reward-range-short", "reward: {spec: sentiment, range: [1]}\n",
              "`reward.range` must be a list of 2 numbers, got [1]"),
     gen_yaml("reward-range-order", "reward: {spec: sentiment, range: [1, 0]}\n",
-             "reward `range` must be (R_min, R_max) with R_min < R_max, got (1, 0)"),
+             "reward `range` must be (R_min, R_max): two numbers with R_min < R_max, each within ±1e+12, got (1, 0)"),
+    gen_yaml("reward-range-huge", "reward: {spec: conftest:vowel_share, range: [0, 1.0e+300]}\n",
+             "reward `range` must be (R_min, R_max)", "each within ±1e+12, got (0, 1e+300)"),
     gen_yaml("reward-label", "reward: {spec: sentiment, label: first}\n",
              "`reward.label` must be an integer, got 'first'"),
     gen_yaml("reward-format", "reward: {spec: sentiment, format: 'Q: {prompt}'}\n",
@@ -280,9 +375,8 @@ CASES = [
     prompts_file("jsonl-empty", "p.jsonl", '{"prompt": "  "}\n', "must be a non-empty string, got '  '"),
     prompts_file("jsonl-list-row", "p.jsonl", '["a"]\n', "the prompt of line 1 of '@TMP/p.jsonl' must be a non-empty"
                  " string, got ['a']", 'like [{"role": "user", "content": "..."}]'),
-    prompts_file("jsonl-messages-no-user", "p.jsonl", '{"prompt": [{"role": "system", "content": "be kind"}]}\n',
-                 "must be a non-empty string, got [{'role': 'system', 'content': 'be kind'}]",
-                 "with a non-empty user turn"),
+    prompts_file("jsonl-messages-all-empty", "p.jsonl", '{"prompt": [{"role": "system", "content": " "}]}\n',
+                 "must be a non-empty string, got [{'role': 'system', 'content': ' '}]", "not all empty"),
     prompts_file("jsonl-messages-bad-role", "p.jsonl", '{"prompt": [{"role": "bot", "content": "hi"}]}\n',
                  "must be a non-empty string, got [{'role': 'bot', 'content': 'hi'}]", '"role": "user"'),
     prompts_file("jsonl-column", "p.jsonl", '{"prompt": "a"}\n', "has no 'question' field", "--column NAME",
@@ -292,6 +386,25 @@ CASES = [
     prompts_file("json-missing-field", "p.json", '[{"q": "a"}]', "item 0 of '@TMP/p.json' has no 'prompt' field"),
     prompts_file("csv-column", "p.csv", "a,b\n1,2\n", "'@TMP/p.csv' has no 'prompt' column (columns: a, b)",
                  "--column NAME"),
+    prompts_file("csv-as-txt", "p.txt", "prompt,id\nhello,1\n", "prompts file '@TMP/p.txt' is read as plain text (one"
+                 " prompt per line) but its first line is a CSV header (prompt, id)", "name it .csv"),
+    prompts_file("tsv-as-txt", "p.txt", "id\tquestion\n1\thello\n", "its first line is a TSV header (id, question)",
+                 "name it .tsv", flags=("--column", "question")),
+    prompts_file("jsonl-as-txt", "p.txt", '{"prompt": "a"}\n', "'@TMP/p.txt' is read as plain text (one prompt per"
+                 " line) but its first line is a JSON object", "name it .jsonl"),
+    prompts_file("column-for-text", "p.txt", "a\nb\n", "`column` 'q' names a field of a JSONL, JSON, CSV or TSV file,"
+                 " but '@TMP/p.txt' is read as plain text, one prompt per line", "drop the column",
+                 flags=("--column", "q")),
+    prompts_file("csv-empty-cell", "p.csv", "prompt,id\nhello,1\n\n,3\n", "line 4 of '@TMP/p.csv' has an empty 'prompt'"
+                 " cell", "fill it in or remove the line"),
+    prompts_file("csv-blank-cell", "p.csv", 'id,prompt\n1,"two\nlines"\n2,"  "\n', "line 4 of '@TMP/p.csv' has an"
+                 " empty 'prompt' cell"),
+    prompts_file("csv-missing-cell", "p.csv", "id,prompt\n1,hello\n2\n", "line 3 of '@TMP/p.csv' has no 'prompt' cell"),
+    prompts_file("tsv-empty-cell", "p.tsv", "prompt\tid\n\t1\n", "line 2 of '@TMP/p.tsv' has an empty 'prompt' cell"),
+    prompts_file("json-blank-item", "p.json", '["a", " "]', "the prompt of item 1 of '@TMP/p.json' must be a non-empty"
+                 " string, got ' '"),
+    gen("column-without-file", ["--column", "q"], "`prompts_column` (--column) 'q' names the prompt field of a prompts"
+        " file, and none is given", "give --prompts-file FILE"),
     Case("prompts-file-dir", ["generate", "--prompts-file", "@TMP/d", "--no-progress"],
          ("prompts file '@TMP/d' is a directory", "give a text, JSONL or CSV file"), {"d/": ""}),
     # ---- eval config --------------------------------------------------------------------------------------
@@ -303,7 +416,7 @@ CASES = [
     evaluation("method-twice", {"methods": [{"method": "sft"}, {"method": "sft"}]}, "method label 'sft' appears twice",
                "distinct `label`"),
     evaluation("alpha-sweep-string", {"methods": [{"method": "args", "alpha": [0.5, "x"]}]},
-               "`alpha` must be a finite number >= 0, got 'x'"),
+               "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 'x'"),
     evaluation("defaults-scalar", {"defaults": 5}, "`defaults` must be a mapping of decoding parameters, got 5"),
     evaluation("defaults-bad-k", {"defaults": {"k": 0}}, "`k` must be an integer >= 1, got 0"),
     evaluation("judges-list", {"judges": ["harmless"]}, "`judges` must be a mapping of names to reward specs"),
@@ -342,6 +455,12 @@ CASES = [
     evaluation("prompts-flag-empty", {}, "`prompts` must name a source", flags=("--prompts", "")),
     evaluation("column-flag", {}, "has no 'question' field", "--column NAME", flags=("--prompts", "@TMP/p.jsonl",
                "--column", "question"), files={"p.jsonl": '{"prompt": "a"}\n'}),
+    evaluation("column-for-builtin-set", {"prompts": {"source": "rtp", "column": "text"}}, "`column` 'text' names a"
+               " field of a prompt file or dataset; the built-in set 'rtp' has its own", "drop it"),
+    evaluation("column-for-text-file", {}, "`column` 'q' names a field of a JSONL, JSON, CSV or TSV file",
+               flags=("--column", "q")),
+    evaluation("csv-empty-cell", {"prompts": {"source": "@TMP/p.csv"}}, "line 3 of '@TMP/p.csv' has an empty 'prompt'",
+               files={"p.csv": "prompt\na\n\"\"\n"}),
     evaluation("out-dir-file", {}, "--out-dir '@TMP/notes.txt' is a file, not a directory",
                flags=("--out-dir", "@TMP/notes.txt"), files={"notes.txt": "notes"}),
     evaluation("reference-not-a-method", {}, "reference method 'sft(α=1)' is not among the methods (sft)",
@@ -372,7 +491,23 @@ CASES = [
            "`params` differs", "another `label`"),
     report("other-prompts", {"a.jsonl": results(row()), "b.jsonl": results(
         row("args"), header=json.dumps({"format": "tqstar-eval/1", "config": {"prompts": ["b"]}}))},
-        ["@TMP/a.jsonl", "@TMP/b.jsonl"], "was run on other prompts", "report files of one prompt set together"),
+        ["@TMP/a.jsonl", "@TMP/b.jsonl"], "'@TMP/b.jsonl' and '@TMP/a.jsonl' differ in the prompt set (`prompts`): prompt"
+        " 0 is 'b' vs 'a'", "report files of one prompt set together"),
+    report("other-reward", {"a.jsonl": results(row(), header=header(reward="sentiment")),
+                            "b.jsonl": results(row("args"), header=header(reward="harmless"))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "'@TMP/b.jsonl' and '@TMP/a.jsonl' differ in the target reward (`reward`):"
+           " 'harmless' vs 'sentiment'", "report files of one target reward together"),
+    report("other-judges", {"a.jsonl": results(row(), header=header(judges={"j": "harmless"})),
+                            "b.jsonl": results(row("args"), header=header(judges={"j": "sentiment"}))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the judges (`judges`)"),
+    report("other-budget", {"a.jsonl": results(row(params={"max_new_tokens": 32})),
+                            "b.jsonl": results(row("args", params={"max_new_tokens": 64}))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the response budget (`max_new_tokens`): 64 vs 32"),
+    report("other-baseline-used", {"a.jsonl": results(row("tq-direct", params={"method": "tq-direct"}),
+                                                      header=header(baseline="dpo-a")),
+                                   "b.jsonl": results(row("baseline", params={"method": "baseline"}),
+                                                      header=header(baseline="dpo-b"))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"], "differ in the baseline (`baseline`): 'dpo-b' vs 'dpo-a'"),
     report("reference", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--reference", "bon"],
            "reference method 'bon' is not in the results (methods: sft)", "--reference"),
     report("coherence-dir", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--coherence", "/no/minilm"],
@@ -393,20 +528,26 @@ CASES = [
     Case("testbed-instances", ["testbed", "--instances", "0"], ("--instances must be an integer >= 1, got 0",)),
     Case("testbed-vocab", TESTBED + ["--vocab-size", "1"], ("--vocab-size must be an integer >= 2, got 1",)),
     Case("testbed-horizon", TESTBED + ["--horizon", "0"], ("--horizon must be an integer >= 1, got 0",)),
-    Case("testbed-beta", TESTBED + ["--beta-baseline", "0"], ("--beta-baseline must be a finite number > 0, got 0",)),
-    Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0",)),
+    Case("testbed-beta", TESTBED + ["--beta-baseline", "0"], ("--beta-baseline must be a finite number > 0 (1e-06 to 1e+06), got 0",)),
+    Case("testbed-temperature", TESTBED + ["--temperature", "-1"], ("--temperature must be a finite number > 0 (1e-06 to 1e+06), got -1.0",)),
     Case("testbed-k-zero", TESTBED + ["--k", "0"], ("--k must be an integer from 1 to --vocab-size (4), got 0",)),
     Case("testbed-k-large", TESTBED + ["--k", "9"], ("--k must be an integer from 1 to --vocab-size (4), got 9",)),
     Case("testbed-tail-k", TESTBED + ["--tail-k", "4"],
-         ("--tail-k must be an integer from 0 (no section) to --vocab-size - 1 (3), got 4",)),
-    Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0, got 0",)),
-    Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0, got nan",)),
+         ("--tail-k must be an integer from 0 to --vocab-size - 1 (3), got 4",)),
+    Case("testbed-alpha-zero", TESTBED + ["--alphas", "1", "0"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got 0",)),
+    Case("testbed-alpha-nan", TESTBED + ["--alphas", "nan"], ("--alphas must be finite numbers > 0 (1e-06 to 1e+06), got nan",)),
     Case("testbed-too-big", TESTBED + ["--vocab-size", "100", "--horizon", "10"],
          ("--vocab-size 100 with --horizon 10 enumerates 1e+20 sequences", "<= 1,000,000")),
+    Case("testbed-kls-negative", TESTBED + ["--kls", "-1"], ("--kls must be finite numbers > 0 (1e-06 to 1e+06), got -1",)),
+    report("kls-negative", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--kls", "-1"],
+           "--kls must be finite numbers > 0 (1e-06 to 1e+06), got -1"),  # the one validator testbed --kls uses
+    report("kls-nan", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "--kls", "nan"],
+           "--kls must be finite numbers > 0 (1e-06 to 1e+06), got nan"),
+    evaluation("kls-inf", {}, "--kls must be finite numbers > 0 (1e-06 to 1e+06), got inf", flags=("--kls", "inf")),
     Case("testbed-int", ["testbed", "--instances", "many"], ("argument --instances: invalid int value: 'many'",)),
     # ---- demo (flags are checked before SmolLM2 loads) ----------------------------------------------------
     Case("demo-k", ["demo", "--k", "0"], ("`k` must be an integer >= 1, got 0",)),
-    Case("demo-alpha", ["demo", "--alpha", "-2"], ("`alpha` must be a finite number >= 0, got -2.0",)),
+    Case("demo-alpha", ["demo", "--alpha", "-2"], ("`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -2.0",)),
     Case("demo-max-new-tokens", ["demo", "--max-new-tokens", "0"], ("`max_new_tokens` must be an integer >= 1",)),
     Case("demo-rollout-len", ["demo", "--rollout-len", "0"], ("`rollout_len` must be an integer >= 1, got 0",)),
     # ---- user code that raises (tiny models) --------------------------------------------------------------

@@ -88,8 +88,8 @@ def test_yaml_config_with_flag_overrides(tiny_paths, tmp_path, capsys):
         (["--method", "magic"], "`method` must be one of tq-direct, tq-indirect, tq-soft, cd, soft-cd, args, eft,"
                                 " none, sft, baseline, bon, soft-bon, got 'magic'"),
         (["--k", "0"], "`k` must be an integer >= 1, got 0"),
-        (["--alpha", "-1"], "`alpha` must be a finite number >= 0, got -1.0"),
-        (["--beta", "0"], "`beta` must be a finite number > 0, got 0.0"),
+        (["--alpha", "-1"], "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1.0"),
+        (["--beta", "0"], "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 0.0"),
         (["--n-rollouts", "0"], "`n_rollouts` must be an integer >= 1, got 0"),
         (["--rollout-len", "0"], "`rollout_len` must be an integer >= 1, got 0"),
         (["--reward", "nonsense"], "reward spec 'nonsense' does not resolve"),
@@ -153,17 +153,22 @@ def test_trace_with_pruned_and_reused_candidates_prints_every_response(tiny_path
     assert "pruned" in out and "reused" in out
 
 
-def test_trace_of_a_plain_method_says_there_is_none(tiny_paths, capsys):
-    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--reward", "sentiment",
-                 "--method", "sft", "--max-new-tokens", "2", "--prompt", "hi", "--trace", "--no-progress"]) == 0
+@pytest.mark.parametrize("method", ["sft", "baseline"])
+def test_trace_of_a_plain_method_is_refused(tiny_paths, capsys, method):
+    """A plain method has no candidates to show: --trace would have no effect, so it is refused, naming why."""
+    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["baseline"]),
+                 "--no-chat-template", "--reward", "sentiment", "--method", method, "--max-new-tokens", "2",
+                 "--prompt", "hi", "--trace", "--no-progress"]) == 2
     out, err = capsys.readouterr()
-    assert "method 'sft' decodes without them, so no table is printed" in err and "logp_sft" not in out
+    assert f"`trace` has no effect on method {method!r}" in err and "it applies to methods that choose among" in err
+    assert out == ""
 
 
 @pytest.mark.parametrize("extra", [["--method", "bon", "--bon-n", "3"], ["--method", "soft-bon", "--bon-n", "3"],
-                                   ["--method", "tq-direct", "--block-len", "2", "--k", "3"]])
+                                   ["--method", "tq-direct", "--block-len", "2", "--k", "3", "--baseline", "{baseline}"]])
 def test_trace_of_a_blockwise_decision_lists_its_sampled_blocks(tiny_paths, capsys, extra):
-    assert main(["generate", "--sft", str(tiny_paths["sft"]), "--baseline", str(tiny_paths["baseline"]),
+    extra = [x.format(baseline=tiny_paths["baseline"]) for x in extra]  # only tq-direct uses the baseline
+    assert main(["generate", "--sft", str(tiny_paths["sft"]),
                  "--no-chat-template", "--reward", "sentiment", "--max-new-tokens", "4", "--prompt", "hi",
                  "--temperature", "1", "--trace", "--no-progress", *extra]) == 0
     out, err = capsys.readouterr()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -135,7 +136,8 @@ def test_report_refuses_one_label_from_two_configurations(tmp_path, tiny_paths, 
     capsys.readouterr()
     assert main(["report", str(a / "out.jsonl"), str(b / "out.jsonl"), "--coherence", "none"]) == 2
     err = capsys.readouterr().err
-    assert "method 'sft' appears in both" in err and "from different configurations (`reward` differs)" in err
+    assert f"'{b / 'out.jsonl'}' and '{a / 'out.jsonl'}' differ in the target reward (`reward`)" in err
+    assert """'{"spec": "test_files:other_judge"}' vs '{"spec": "conftest:vowel_share"}'""" in err  # both values
 
 
 def test_eval_fingerprint_holds_each_judges_spec(tmp_path, tiny_paths, capsys):
@@ -197,3 +199,132 @@ def test_generate_replaces_only_its_own_output(tmp_path, tiny_paths, capsys, suf
         assert main([*argv, "--prompt", "third"]) == 2
         assert out.read_text() == content
         assert "exists and was not written by tqstar generate" in capsys.readouterr().err
+
+
+# ---- output files by identity (issue 20) ----------------------------------------------------------------------
+def _generate(tiny_paths, out: str, *flags: str) -> int:
+    return main(["generate", "--sft", str(tiny_paths["sft"]), "--no-chat-template", "--method", "sft",
+                 "--max-new-tokens", "2", "--prompt", "hi", "-o", out, "--no-progress", *flags])
+
+
+def test_generate_to_a_symlinked_fifo_streams_and_leaves_both_as_they_were(tmp_path, tiny_paths):
+    """`-o /dev/stdout` as a test that does not touch the real /dev: `stdout` is a symlink to a FIFO, as /dev/stdout
+    is to the pipe behind fd 1. The responses arrive through the FIFO; the link and the FIFO stay what they were."""
+    import threading
+
+    fifo, link = tmp_path / "fifo", tmp_path / "stdout"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))  # blocks until generate opens it
+    reader.start()
+    try:
+        assert _generate(tiny_paths, str(link)) == 0
+    finally:
+        if reader.is_alive():  # generate never opened the FIFO: unblock the reader
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert received and received[0].startswith(b"### [sft] hi\n")  # the text output, as on a terminal (no mark)
+    assert link.is_symlink() and os.readlink(link) == str(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "stdout"]  # no temporary file left beside them
+
+
+def test_generate_to_a_character_device_writes_to_it(tmp_path, tiny_paths):
+    link = tmp_path / "null"
+    link.symlink_to(os.devnull)
+    assert _generate(tiny_paths, str(link), "--format", "jsonl") == 0
+    assert link.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["null"]
+
+
+def test_generate_dash_is_stdout(tmp_path, tiny_paths, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _generate(tiny_paths, "-") == 0
+    assert capsys.readouterr().out.startswith("### [sft] hi\n")
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+
+
+def test_generate_marks_its_files_and_replaces_through_a_symlink(tmp_path, tiny_paths):
+    from tqstar._files import MARK
+
+    out, link = tmp_path / "out.jsonl", tmp_path / "link.jsonl"
+    assert _generate(tiny_paths, str(out)) == 0
+    assert json.loads(out.read_text())["written_by"] == f"tqstar generate {MARK}"
+    link.symlink_to(out)
+    assert _generate(tiny_paths, str(link), "--seed", "3") == 0  # the target is replaced, the link stays a link
+    assert link.is_symlink() and json.loads(out.read_text())["prompt"] == "hi"
+    text = tmp_path / "out.txt"
+    assert _generate(tiny_paths, str(text)) == 0
+    assert text.read_text().splitlines()[0] == f"<!-- tqstar generate {MARK}: -o replaces a file only when it begins" \
+                                               " with this line -->"
+    assert _generate(tiny_paths, str(text)) == 0
+
+
+@pytest.mark.parametrize("content", [
+    "### [notes] my Markdown notes start like a response block\n",  # generate's old output looked like this
+    json.dumps({"prompt": "p", "method": "sft", "token_ids": [1], "accounting": {}}) + "\n",  # an old JSONL output
+    "<!-- tqstar generate 0000000000000000: -o replaces ... -->\n### [sft] hi\n",  # another tag
+    json.dumps({"written_by": "tqstar generate 5e0c7d1a9b3f4826", "prompt": "p", "method": "sft", "text": "",
+                "token_ids": [], "finish_reason": "stop", "accounting": {}}) + "\nmy notes appended\n",  # edited
+])
+def test_generate_refuses_files_without_its_mark_or_shape(tmp_path, tiny_paths, capsys, content):
+    out = tmp_path / "out.txt"
+    out.write_text(content)
+    assert _generate(tiny_paths, str(out)) == 2
+    assert out.read_text() == content
+    assert "was not written by tqstar generate (its first line has no tqstar mark)" in capsys.readouterr().err
+
+
+def test_eval_output_must_be_a_regular_file(tmp_path, tiny_paths, capsys):
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    assert _eval(_config(tmp_path, tiny_paths), "--output", str(fifo)) == 2
+    assert "eval resumes from its output, so it must be a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_eval_header_carries_the_mark_and_older_files_still_resume(tmp_path, tiny_paths):
+    from tqstar._files import MARK
+
+    config = _config(tmp_path, tiny_paths)
+    assert _eval(config) == 0
+    path = tmp_path / "out.jsonl"
+    lines = path.read_text().splitlines()
+    head = json.loads(lines[0])
+    assert head["written_by"] == f"tqstar eval {MARK}"
+    del head["written_by"]  # as tqstar wrote it before the mark existed, one row short
+    path.write_text("\n".join([json.dumps(head), *lines[1:-1]]) + "\n")
+    assert _eval(config) == 0
+    assert len(read_rows(path)[1]) == 4
+
+
+def test_report_out_dir_replaces_only_files_its_manifest_proves(tmp_path, tiny_paths, capsys):
+    assert _eval(_config(tmp_path, tiny_paths)) == 0
+    results, out = str(tmp_path / "out.jsonl"), tmp_path / "report"
+    argv = ["report", results, "--coherence", "none", "--out-dir", str(out)]
+    assert main(argv) == 0 and main(argv) == 0  # the second run replaces the first one's files
+    manifest = json.loads((out / ".tqstar-manifest.json").read_text())
+    assert set(manifest["files"]) == {"table.md", "table.csv", "reward_by_method.png"}
+    (out / "table.md").write_text((out / "table.md").read_text() + "my own line\n")  # edited: the user's now
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already holds table.md, which tqstar did not write (or which was changed since)" in capsys.readouterr().err
+    assert (out / "table.md").read_text().endswith("my own line\n")
+
+
+def test_generate_to_a_descriptor_path_writes_through_the_descriptor(tmp_path, tiny_paths):
+    """`-o /dev/stdout >> log` appends to log: a path that names an open descriptor (/dev/fd/N, as /dev/stdout links
+    to /proc/self/fd/1) is written through that descriptor, keeping its append mode, not opened anew at offset 0."""
+    log = tmp_path / "log.txt"
+    log.write_text("my log line\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/dev/fd/{fd}")
+    try:
+        assert _generate(tiny_paths, str(link)) == 0
+    finally:
+        os.close(fd)
+    text = log.read_text()
+    assert text.startswith("my log line\n### [sft] hi\n") and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "stdout"]

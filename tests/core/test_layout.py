@@ -10,8 +10,8 @@ from pathlib import Path
 import tqstar
 
 PACKAGE = Path(tqstar.__file__).parent
-CORE = {"__init__", "_files", "_http", "_schema", "config", "decoder", "engine", "errors", "methods", "params",
-        "prompts", "randomness", "state", "tail", "text", "trajectory", "blocks"}
+CORE = {"__init__", "_checks", "_files", "_http", "_schema", "blocks", "config", "decoder", "engine", "errors", "methods",
+        "params", "prompts", "randomness", "state", "tail", "text", "trajectory"}
 
 
 def modules() -> dict[str, Path]:

@@ -19,16 +19,16 @@ BAD = [
     ({"k": -1}, "`k` must be an integer >= 1, got -1"),
     ({"k": 1.5}, "`k` must be an integer >= 1, got 1.5"),
     ({"k": True}, "`k` must be an integer >= 1, got True"),
-    ({"alpha": -0.1}, "`alpha` must be a finite number >= 0, got -0.1"),
-    ({"alpha": math.nan}, "`alpha` must be a finite number >= 0, got nan"),
-    ({"alpha": math.inf}, "`alpha` must be a finite number >= 0, got inf"),
-    ({"alpha": "1"}, "`alpha` must be a finite number >= 0, got '1'"),
+    ({"alpha": -0.1}, "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -0.1"),
+    ({"alpha": math.nan}, "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got nan"),
+    ({"alpha": math.inf}, "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got inf"),
+    ({"alpha": "1"}, "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got '1'"),
     ({"n_rollouts": 0}, "`n_rollouts` must be an integer >= 1, got 0"),
     ({"rollout_len": 0}, "`rollout_len` must be an integer >= 1, got 0"),
-    ({"rollout_temperature": -0.5}, "`rollout_temperature` must be a finite number >= 0, got -0.5"),
-    ({"beta": 0}, "`beta` must be a finite number > 0, got 0"),
-    ({"beta": -1}, "`beta` must be a finite number > 0, got -1"),
-    ({"temperature": -1}, "`temperature` must be a finite number >= 0, got -1"),
+    ({"rollout_temperature": -0.5}, "`rollout_temperature` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -0.5"),
+    ({"beta": 0}, "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 0"),
+    ({"beta": -1}, "`beta` must be a finite number > 0 (1e-06 to 1e+06), got -1"),
+    ({"temperature": -1}, "`temperature` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -1"),
     ({"max_new_tokens": 0}, "`max_new_tokens` must be an integer >= 1, got 0"),
     ({"bon_n": 0}, "`bon_n` must be an integer >= 1, got 0"),
     ({"stop": ("",)}, "`stop` must be a tuple of non-empty strings, got ('',)"),
@@ -41,7 +41,14 @@ BAD = [
     ({"method": "tq-indirect", "n_rollouts": 2},
      "`n_rollouts` = 2 with greedy rollouts gives 2 identical rollouts; set `rollout_temperature` > 0 or use"
      " n_rollouts = 1"),
-    ({"soft_beta": 0}, "`soft_beta` must be a finite number > 0 or None (= 1/alpha), got 0"),
+    ({"alpha": 1e-39}, "`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 1e-39"),  # 1/α overflows
+    ({"soft_beta": 1e39}, "`soft_beta` must be a finite number > 0 (1e-06 to 1e+06) or None (= 1/alpha), got 1e+39"),
+    ({"temperature": 1e-9}, "`temperature` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got 1e-09"),
+    ({"beta": 2e6}, "`beta` must be a finite number > 0 (1e-06 to 1e+06), got 2000000.0"),
+    ({"trace": 1}, "`trace` must be True or False, got 1"),
+    ({"prune_probe": -1}, "`prune_probe` must be an integer >= 0, got -1"),
+    ({"rollout_seed": 2.0}, "`rollout_seed` must be an integer or None (= --seed), got 2.0"),
+    ({"soft_beta": 0}, "`soft_beta` must be a finite number > 0 (1e-06 to 1e+06) or None (= 1/alpha), got 0"),
     ({"method": "tq-soft"},
      "`rollout_temperature` must be 1 for tq-soft (its estimator averages over samples of the rolling model itself),"
      " got 0.0; set rollout_temperature: 1"),
@@ -65,9 +72,10 @@ BAD = [
      "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
     ({"method": "soft-bon", "temperature": 0},
      "`temperature` must be > 0 for soft-bon (greedy samples are all identical), got 0; try temperature=1.0"),
-    ({"bon_beta": 0}, "`bon_beta` must be a finite number > 0, got 0"),
-    ({"block_len": 0}, "`block_len` must be an integer >= 1 or None (token-level decisions), got 0"),
-    ({"block_len": 2.5}, "`block_len` must be an integer >= 1 or None (token-level decisions), got 2.5"),
+    ({"bon_beta": 0}, "`bon_beta` must be a finite number > 0 (1e-06 to 1e+06), got 0"),
+    ({"bon_beta": 1e-39}, "`bon_beta` must be a finite number > 0 (1e-06 to 1e+06), got 1e-39"),  # r/β overflows
+    ({"block_len": 0}, "`block_len` must be an integer >= 1 or None (= one token, the SFT top-k), got 0"),
+    ({"block_len": 2.5}, "`block_len` must be an integer >= 1 or None (= one token, the SFT top-k), got 2.5"),
     ({"method": "eft", "block_len": 4},
      "`block_len` does not apply to eft: its value is the per-token likelihood ratio β·log(π_BL/π_sft), which a block"
      " of sampled tokens does not have; drop block_len or use one of tq-direct, tq-indirect, tq-soft, cd, soft-cd,"
@@ -216,3 +224,33 @@ def test_generate_flags_show_the_fields_defaults():
             default = DecodeParams.__dataclass_fields__[name].default
             assert shown[name] == f"{info.help} (default: {info.unset if default is None else default})"
     assert "--prune" not in generate._option_string_actions  # YAML and requests only, as before
+
+
+def test_a_default_reaches_only_the_methods_it_applies_to():
+    """An eval's or a server's ``defaults`` (from_dict's ``base``) give a field to every method it has an effect on;
+    the others leave it out (``block_len`` would be refused by eft, ``bon_beta`` means nothing to tq-direct), but a bad
+    value is refused all the same."""
+    base = {"block_len": 4, "bon_beta": 0.5, "k": 5}
+    assert DecodeParams.from_dict({"method": "tq-direct"}, base=base).block_len == 4
+    eft = DecodeParams.from_dict({"method": "eft"}, base=base)
+    assert eft.block_len is None and eft.bon_beta == DecodeParams().bon_beta and eft.k == 5
+    soft_bon = DecodeParams.from_dict({"method": "soft-bon", "temperature": 1.0}, base=base)
+    assert soft_bon.bon_beta == 0.5 and soft_bon.block_len is None and soft_bon.k == DecodeParams().k
+    with pytest.raises(ConfigError, match=r"`block_len` must be an integer >= 1 or None .*, got 0"):
+        DecodeParams.from_dict({"method": "eft"}, base={"block_len": 0})
+    with pytest.raises(ConfigError, match="`bon_policy` must be 'sft' or 'baseline', got 'dpo'"):
+        DecodeParams.from_dict({"method": "tq-direct"}, base={"bon_policy": "dpo"})
+    with pytest.raises(ConfigError, match="`block_len` does not apply to eft"):  # the method's own key: refused
+        DecodeParams.from_dict({"method": "eft", "block_len": 4})
+
+
+def test_runs_that_differ_only_where_nothing_acts_decode_the_same():
+    """:func:`in_effect` keeps what a method uses, so a resume compares only that."""
+    from dataclasses import asdict
+
+    from tqstar.params import in_effect
+
+    a, b = DecodeParams(method="sft"), DecodeParams(method="sft", k=3, bon_beta=2.0)
+    assert in_effect(asdict(a)) == in_effect(asdict(b)) and asdict(a) != asdict(b)
+    blocks = DecodeParams(block_len=2)
+    assert "prune" not in in_effect(asdict(blocks)) and "prune" in in_effect(asdict(DecodeParams()))

@@ -42,6 +42,19 @@ def test_expand_methods_sweeps_alpha():
         expand_methods([])
 
 
+def test_a_sweep_over_a_method_alpha_does_not_touch_runs_it_once_with_a_warning(caplog):
+    """α over sft: one run, not identical runs labelled α = 1 and α = 2; a sweep in the defaults reaches every
+    method, a scalar in the defaults is simply not used by sft, a scalar in sft's own entry is refused."""
+    runs = expand_methods([{"method": "sft", "alpha": [1, 2]}, {"method": "args", "alpha": [1, 2]}])
+    assert [r.label for r in runs] == ["sft", "args(α=1)", "args(α=2)"]
+    assert "`alpha` has no effect on method 'sft'" in caplog.text and "the sweep over [1, 2] runs it once" in caplog.text
+    runs = expand_methods([{"method": "sft"}, {"method": "cd"}], {"alpha": [0.5, 4], "rollout_len": 3})
+    assert [r.label for r in runs] == ["sft", "cd(α=0.5)", "cd(α=4)"] and runs[1].params.rollout_len == 3
+    assert [r.label for r in expand_methods([{"method": "sft"}], {"alpha": 3, "k": 2})] == ["sft"]
+    with pytest.raises(ConfigError, match="`alpha` has no effect on method 'sft'"):
+        expand_methods([{"method": "sft", "alpha": 3}])
+
+
 def test_eval_writes_every_row_and_reports(tmp_path, tiny_paths, capsys):
     config = _config(tmp_path, tiny_paths)
     out_dir = tmp_path / "report"
@@ -258,5 +271,5 @@ def test_report_merges_files_of_one_prompt_set(tmp_path, tiny_paths):
     c.mkdir()
     main(["eval", "--config", _config(c, tiny_paths, n_prompts=3, methods=[{"method": "sft"}]), "--no-progress",
           "--coherence", "none"])
-    with pytest.raises(ConfigError, match="was run on other prompts"):
+    with pytest.raises(ConfigError, match=r"differ in the prompt set \(`prompts`\): 3 prompts vs 6"):
         report([a / "out.jsonl", c / "out.jsonl"])

@@ -94,3 +94,33 @@ def test_local_hf_dataset(tmp_path):
     assert load_prompts(f"hf:{tmp_path}:train", column="question") == ["q0", "q1", "q2"]
     with pytest.raises(ConfigError, match="has no 'prompt' column"):
         load_prompts(f"hf:{tmp_path}:train")
+
+
+def test_each_prompt_keeps_its_place_in_the_file(tmp_path):
+    """Row numbers match the file: blank lines and a CSV header are counted, a quoted cell may span lines."""
+    cases = {
+        "p.txt": ("\nfirst\n\nsecond\n", ["line 2", "line 4"]),
+        "p.jsonl": ('{"prompt": "first"}\n\n{"prompt": "second"}\n', ["line 1", "line 3"]),
+        "p.json": ('["first", "second"]', ["item 0", "item 1"]),
+        "p.csv": ('id,prompt\n\n1,"first\nof two lines"\n2,second\n', ["line 3", "line 5"]),
+        "p.tsv": ("prompt\nfirst\n\nsecond\n", ["line 2", "line 4"]),
+    }
+    for name, (content, where) in cases.items():
+        (tmp_path / name).write_text(content)
+        prompts = read_prompt_file(tmp_path / name)
+        assert len(prompts) == 2 and prompts.where == where, name
+        assert load_prompts(str(tmp_path / name), limit=1).where == where[:1]
+
+
+def test_eval_rows_say_where_their_prompt_stands_in_the_file(tmp_path, tiny_paths):
+    from conftest import write_eval_config
+
+    from tqstar.cli import main
+    from tqstar.eval.results import read_rows
+
+    config = write_eval_config(tmp_path, tiny_paths, 2, methods=[{"method": "sft"}])
+    (tmp_path / "prompts.txt").write_text("\n\nfirst prompt\n\nsecond prompt\n")
+    assert main(["eval", "--config", config, "--no-progress", "--coherence", "none"]) == 0
+    _, rows = read_rows(tmp_path / "out.jsonl")
+    assert [(r["prompt_index"], r["prompt_at"], r["prompt"]) for r in rows] == [
+        (0, "line 3", "first prompt"), (1, "line 5", "second prompt")]

@@ -14,12 +14,12 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("speed.py", ["--ablation-tokens", "0"], "--ablation-tokens must be an integer >= 1, got 0"),
-    ("speed.py", ["--naive-steps", "9", "--tokens", "8"], "--naive-steps must be an integer from 1 to 8 (--tokens), got 9"),
-    ("speed.py", ["--naive-tokens", "0"], "--naive-tokens must be an integer from 1 to 64 (--tokens), got 0"),
+    ("speed.py", ["--naive-steps", "9", "--tokens", "8"], "--naive-steps must be an integer from 1 to --tokens (8), got 9"),
+    ("speed.py", ["--naive-tokens", "0"], "--naive-tokens must be an integer from 1 to --tokens (64), got 0"),
     ("speed.py", ["--greedy-reps", "0"], "--greedy-reps must be an integer >= 1, got 0"),
     ("speed.py", ["--batch-sizes", "4", "-1"], "--batch-sizes must be an integer >= 1, got -1"),
     ("speed.py", ["--prompts", "9"], "--prompts must be an integer from 1 to 8, got 9"),
-    ("speed.py", ["--rm-scales", "nan"], "--rm-scales must be a finite number > 0, got nan"),
+    ("speed.py", ["--rm-scales", "nan"], "--rm-scales must be finite numbers > 0 (1e-06 to 1e+06), got nan"),
     ("speed.py", ["--k", "0"], "`k` must be an integer >= 1, got 0"),  # DecodeParams' own check, as the CLI's
     ("speed.py", ["--tokens", "x"], "argument --tokens: invalid int value: 'x'; see speed.py --help"),
     ("speed.py", ["--json", "docs"], "--json file 'docs' is a directory; give a file path"),

@@ -164,7 +164,7 @@ def test_weighted_reward_range_unknown_when_a_part_has_none():
 
 
 def test_weighted_reward_needs_parts():
-    with pytest.raises(ConfigError, match="at least one"):
+    with pytest.raises(ConfigError, match=r"must be a non-empty list of \(weight, reward\) pairs"):
         WeightedReward([])
 
 
@@ -254,7 +254,8 @@ def test_spec_malformed_weighted_term(spec, message):
 def test_spec_bad_range(bad_range):
     with pytest.raises(ConfigError) as info:
         RewardSpec("sentiment", range=bad_range)
-    assert str(info.value) == f"reward `range` must be (R_min, R_max) with R_min < R_max, got {bad_range!r}"
+    assert str(info.value) == ("reward `range` must be (R_min, R_max): two numbers with R_min < R_max, each within"
+                               f" ±1e+12, got {bad_range!r}")
 
 
 @pytest.mark.parametrize("spec", ["", "   "])

@@ -91,7 +91,7 @@ def test_default_presets_follow_the_models_given():
 def test_presets_start_from_decode_and_are_checked_by_name():
     config = ServeConfig.from_dict({"decode": {"k": 6, "alpha": 3}, "presets": {"a": {"method": "cd", "alpha": 1}}})
     assert dict(config.presets)["a"].k == 6 and dict(config.presets)["a"].alpha == 1
-    with pytest.raises(ConfigError, match=r"preset 'bad': `alpha` must be a finite number >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"preset 'bad': `alpha` must be a finite number >= 0 \(0, or 1e-06 to 1e\+06\), got -1"):
         ServeConfig.from_dict({"presets": {"bad": {"alpha": -1}}})
     with pytest.raises(ConfigError, match=r"preset 'big': `k` must be <= 50 on this server, got 60"):
         ServeConfig.from_dict({"presets": {"big": {"k": 60}}})
@@ -105,7 +105,7 @@ def test_presets_start_from_decode_and_are_checked_by_name():
     ({"limits": {"max_queue": 2.5}}, r"`limits.max_queue` must be an integer, got 2.5"),
     ({"bogus": 1}, "unknown key `bogus` in config; valid keys are .*presets"),
     ({"limits": {"max_bogus": 1}}, "unknown key `max_bogus` in limits"),
-    ({"port": 70000}, r"`port` must be an integer in 0..65535, got 70000"),
+    ({"port": 70000}, r"`port` must be an integer from 0 to 65535, got 70000"),
     ({"presets": {"t": {"trace": True}}}, "preset 't' sets `trace`"),
 ])
 def test_bad_serve_configs_fail_before_loading(data, message):
@@ -141,7 +141,7 @@ def test_json_safe_drops_non_finite_numbers():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["serve", "--port", "70000"], "`port` must be an integer in 0..65535, got 70000"),
+    (["serve", "--port", "70000"], "`port` must be an integer from 0 to 65535, got 70000"),
     (["serve", "--max-batch", "0"], "`limits.max_batch` must be a number > 0, got 0"),
     (["serve", "--sft", "/no/such/model"], "/no/such/model"),
 ])
@@ -281,3 +281,26 @@ def test_nesting_is_capped_without_recursion():
     with pytest.raises(APIError, match=f"more than {MAX_DEPTH} levels"):
         check_text({"user": deep})
     check_text({"user": [[[["fine"]]]]})
+
+
+@pytest.mark.parametrize(("values", "used", "unused"), [
+    ({"method": "tq-direct"}, {"k", "alpha", "block_len", "prune", "rollout_len", "trace", "tail"},
+     {"bon_n", "soft_beta"}),
+    ({"method": "tq-direct", "block_len": 4}, {"k", "alpha", "block_len", "rollout_len", "trace"},
+     {"prune", "prune_probe", "tail"}),  # pruning and the tail act on top-k decisions only
+    ({"method": "eft"}, {"k", "alpha", "beta"}, {"block_len", "rollout_len"}),
+    ({"method": "bon", "temperature": 1.0}, {"bon_n", "bon_policy", "temperature", "trace"}, {"bon_beta", "k", "alpha"}),
+    ({"method": "soft-bon", "temperature": 1.0}, {"bon_n", "bon_beta", "trace"}, {"block_len", "k"}),
+    ({"method": "sft"}, {"temperature", "max_new_tokens", "seed"}, {"alpha", "trace", "block_len", "tail"}),
+])
+def test_what_a_preset_uses_is_what_a_key_may_be_given_for(values, used, unused):
+    """/v1/models' ``uses`` (the playground's enabled controls) and the refusal of a key without an effect read the same
+    declarations: every listed field may be given, every other one is refused."""
+    from tqstar.params import FIELDS
+    from tqstar.serving.app import used_params
+
+    params = DecodeParams(**values)
+    uses = set(used_params(params))
+    assert used <= uses and not unused & uses
+    for name in set(FIELDS) - {"method"}:
+        assert (params.unused([name]) is None) == (name in uses), name

@@ -63,15 +63,18 @@ def run_eval(args: argparse.Namespace) -> int:
         path = evaluation.run()
     finally:
         print_server_stats(evaluation.engine)
-    print(f"results: {path}", file=sys.stderr)
+    print(f"tqstar: results: {path}", file=sys.stderr)
     args.file = [str(path)]
     return run_report(args)
 
 
 def check_report_flags(args: argparse.Namespace) -> None:
     """The report's flags, checked before an evaluation spends time on models."""
+    from .._checks import check_reals
     from .._files import check_output
 
+    if getattr(args, "kls", None) is not None:
+        check_reals(args.kls, "--kls")
     if args.out_dir:
         from ..eval.report import check_out_dir
 
@@ -130,5 +133,5 @@ def run_report(args: argparse.Namespace) -> int:
                           title=args.title, llm_judge=llm_judge, kls=getattr(args, "kls", None))
     print(text)
     if args.out_dir:
-        print(f"table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
+        print(f"tqstar: table.md, table.csv and plots written to {args.out_dir}", file=sys.stderr)
     return 0

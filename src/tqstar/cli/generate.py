@@ -1,4 +1,9 @@
-"""``tqstar generate``: decode prompts with a method; text or JSONL out (``-o FILE`` is written, then renamed)."""
+"""``tqstar generate``: decode prompts with a method; text or JSONL out.
+
+``-o FILE`` is written, then renamed over FILE (:mod:`tqstar._files`), and only when FILE does not exist, is empty or
+was written by tqstar generate: its first row carries tqstar's mark (:func:`is_generate_output`). ``-o -``, a FIFO,
+a terminal or ``/dev/stdout`` are written to as streams, as the responses finish.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 import typing
 from typing import Any
 
+from .._files import WRITTEN_BY, written_by
 from ..errors import TQStarError
 from ..methods import METHODS, help_table
 from ..params import FIELDS, DecodeParams
@@ -25,7 +31,9 @@ def add_command(sub) -> None:
     io.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     io.add_argument("--prompts-file", help="text file (one prompt per line), JSONL/JSON/CSV with a 'prompt' field")
     io.add_argument("--column", help="the prompt field of a JSONL/JSON/CSV --prompts-file (prompt)")
-    io.add_argument("--output", "-o", help="write here instead of stdout (JSONL when it ends in .jsonl)")
+    io.add_argument("--output", "-o", help="write here instead of stdout (JSONL when it ends in .jsonl; - is stdout;"
+                                           " a FIFO or device is written to, a file replaced only if generate wrote"
+                                           " it)")
     io.add_argument("--format", choices=["text", "jsonl"], help="output format (text)")
     io.add_argument("--batch-size", type=int, help="prompts decoded together (8)")
     io.add_argument("--concurrency", type=int, help="batches decoded at once, to keep model servers busy (1; needs"
@@ -54,31 +62,38 @@ def add_decoding_flags(group) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Decode the prompts; with ``-o FILE``, write-then-rename (FILE is replaced only when every prompt is done)."""
-    from .._files import ReplaceOnSuccess, check_not_input, check_output, replaceable_output
+    from .._files import check_not_input, check_output, open_output
     from .._schema import load_yaml
-    from ..config import RunConfig, merge_flags
-    from ..eval.results import is_results_file
+    from ..config import RunConfig, decode_given, flag_roles, merge_flags
 
-    if args.output:
-        check_output(args.output, "output file")
+    output = None if args.output in (None, "-") else args.output
+    if output:
+        check_output(output, "output file")
     data = merge_flags(load_yaml(args.config) if args.config else {}, args)
-    if args.output:
-        check_not_input(args.output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
-        if is_results_file(args.output):
-            raise TQStarError(f"output file {args.output!r} holds tqstar eval results, which generate would replace;"
-                              " give another -o")
-        if not replaceable_output(args.output):
-            raise TQStarError(f"output file {args.output!r} exists and was not written by tqstar generate, which would"
-                              " replace it; give another -o, or move that file away first")
-    config = RunConfig.from_dict(data)
+    if output:
+        check_not_input(output, [("--config", args.config), ("prompts file", data.get("prompts_file"))])
+    config = RunConfig.from_dict(data, decode_given=decode_given(args))
+    config.check_used([config.decode], flags=flag_roles(args) if args.config else None)
     if not config.prompts:
         raise TQStarError("no prompts given; pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    fmt = args.format or ("jsonl" if output and output.endswith(".jsonl") else "text")
+    out = open_output(output, lambda path: is_generate_output(path), _refusal)  # checked before any model loads
+    try:
+        _generate(args, config, out, fmt)
+    except BaseException:
+        kept = out.abort()
+        if kept is not None:
+            print(f"tqstar: {output} is unchanged; the responses finished before the error are in {kept}",
+                  file=sys.stderr)
+        raise
+    out.commit()
+    return 0
+
+
+def _generate(args: argparse.Namespace, config, out, fmt: str) -> None:
     if config.sft is None:
         print("tqstar: no --sft given: using the built-in tiny random models and the sentiment reward"
               " (they show the machinery, not alignment)", file=sys.stderr)
-    if config.decode.trace and not (config.decode.is_token_level or config.decode.is_blockwise):
-        print(f"tqstar: --trace shows the candidates of each decision; method {config.decode.method!r} decodes"
-              " without them, so no table is printed", file=sys.stderr)
     engine = config.build()
     if config.decode.trace:  # the trace shows which candidates were skipped: say when none can be, and why
         from ..decoder import pruning_off_reason
@@ -90,12 +105,12 @@ def run_generate(args: argparse.Namespace) -> int:
         note = describe_tail(config.decode, engine.decoder(config.decode).value_range)
         if note is not None:
             print(f"tqstar: {note}", file=sys.stderr)
-    out = ReplaceOnSuccess(args.output) if args.output else sys.stdout
-    fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
+    if fmt == "text" and not out.stream:
+        out.write(TEXT_MARK + "\n")
 
     def emit(response) -> None:
         if fmt == "jsonl":
-            out.write(json.dumps(response.to_dict()) + "\n")
+            out.write(json.dumps(response_row(response)) + "\n")
         else:
             out.write(format_response(response))
             if response.trace:
@@ -106,19 +121,46 @@ def run_generate(args: argparse.Namespace) -> int:
         engine.generate(list(config.prompts), config.decode, batch_size=config.batch_size,
                         concurrency=config.concurrency, truncate_prompt=config.truncate_prompt,
                         progress=progress(args), on_response=emit)
-    except BaseException:
-        if isinstance(out, ReplaceOnSuccess):
-            kept = out.abort()
-            if kept is not None:
-                print(f"tqstar: {args.output} is unchanged; the responses finished before the error are in {kept}",
-                      file=sys.stderr)
-        raise
-    else:
-        if isinstance(out, ReplaceOnSuccess):
-            out.commit()
     finally:
         print_server_stats(engine)
-    return 0
+
+
+#: The first line of generate's text output in a file (an HTML comment: Markdown shows nothing).
+TEXT_MARK = f"<!-- {written_by('generate')}: -o replaces a file only when it begins with this line -->"
+#: The fields every JSONL row of generate holds (besides :data:`~tqstar._files.WRITTEN_BY`).
+ROW_FIELDS = frozenset({"prompt", "method", "text", "token_ids", "finish_reason", "accounting"})
+
+
+def response_row(response) -> dict[str, Any]:
+    """A JSONL row of generate: the response's fields and tqstar's mark."""
+    return {WRITTEN_BY: written_by("generate"), **response.to_dict()}
+
+
+def is_generate_output(path) -> bool:
+    """Whether the regular file ``path`` is an output of tqstar generate, by its mark and its shape: text whose
+    first line is :data:`TEXT_MARK`, followed by response blocks (``### [method] prompt``), or JSONL whose every
+    row is a response row carrying the mark. An output of an older tqstar (before the mark) is not recognised:
+    it looked like a user's Markdown or JSON, which is what the mark is for."""
+    from .._files import first_line, json_rows
+
+    head = first_line(path)
+    if head.rstrip(b"\r\n") == TEXT_MARK.encode():
+        with open(path, "rb") as fh:
+            fh.readline()
+            second = fh.readline()
+        return second == b"" or second.startswith(b"### [")
+    rows = json_rows(path)
+    return bool(rows) and all(isinstance(row, dict) and row.get(WRITTEN_BY) == written_by("generate")
+                              and ROW_FIELDS <= set(row) for row in rows)
+
+
+def _refusal(path: str) -> str:
+    from ..eval.results import is_results_file
+
+    if is_results_file(path):
+        return f"output file {path!r} holds tqstar eval results, which generate would replace; give another -o"
+    return (f"output file {path!r} exists and was not written by tqstar generate (its first line has no tqstar mark),"
+            " which would replace it; give another -o, or move that file away first")
 
 
 def format_response(response) -> str:

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .._checks import check_int
 from .._files import check_output
 from .._schema import typed
 from ..config import RunConfig
@@ -36,9 +37,9 @@ def prompt_source(value: Any) -> tuple[str, str | None, int | None]:
         raise ConfigError(f"unknown key `{unknown[0]}` in prompts; valid keys are column, limit, source")
     source = typed(value["source"], str, "prompts.source", fix)
     column = typed(value.get("column"), str, "prompts.column", "a column name")
-    limit = typed(value.get("limit"), int, "prompts.limit", "an integer >= 1")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"`prompts.limit` must be an integer >= 1, got {limit}", param="prompts.limit")
+    limit = value.get("limit")
+    if limit is not None:
+        check_int(limit, "prompts.limit")
     return source, column, limit
 
 
@@ -86,11 +87,14 @@ class EvalConfig:
         defaults = typed(data.pop("defaults", None), dict, "defaults", "a mapping of decoding parameters") or {}
         judges = typed(data.pop("judges", None), dict, "judges", "a mapping of names to reward specs") or {}
         output = typed(data.pop("output", None), str, "output", "a file path") or "eval.jsonl"
-        check_output(output, "output file")
+        check_output(output, "output file", stream=False)
         source, column, limit = prompt_source(data.pop("prompts", None))
+        run = RunConfig.from_dict(data, extra_keys=EVAL_KEYS)
+        runs = tuple(expand_methods(methods or [], defaults))
+        run.check_used([m.params for m in runs], warn=True)
         return cls(
-            run=RunConfig.from_dict(data, extra_keys=EVAL_KEYS),
-            methods=tuple(expand_methods(methods or [], defaults)),
+            run=run,
+            methods=runs,
             judges=tuple((str(name), judge_spec(spec, f"judges.{name}")) for name, spec in judges.items()),
             prompt_source=source,
             prompt_column=column,

@@ -6,8 +6,8 @@ the ``normalise_to`` method (the aligned baseline by default: 1), i.e. the share
 method recovers,
 win / tie rates against the reference under each judge, diversity, coherence, KL to the SFT model (sum of the
 per-step KLs), what that KL is (``kl_is``: ``exact`` per-step KLs, or a selection ``estimate`` for blockwise
-decisions and best-of-N; :data:`tqstar.state.KL_KINDS`) and the summed bound beside it, response length, and compute per generated token
-(forward tokens, rollouts, reward calls, wall seconds).
+decisions and best-of-N; :data:`tqstar.state.KL_KINDS`) and the summed bound beside it, response length, and compute
+per generated token (forward tokens, rollouts, reward calls, wall seconds).
 
 Plots (PNG): reward vs KL across α for each token-level method family, and a bar chart of mean reward per
 method with standard-error bars.
@@ -18,13 +18,19 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .._files import read_bytes
-from ..errors import ConfigError
+from .._checks import check_reals
+from .._files import OutDir, read_bytes
+from ..errors import ConfigError, preview
+from ..methods import BY_NAME, NEEDS
+from ..params import DecodeParams
+from ..state import KL_KINDS
 from .frontier import (
     against_bon,
     auto_kls,
@@ -40,8 +46,35 @@ from .results import RESULTS_FIX, canonical, first_difference, read_rows
 log = logging.getLogger("tqstar")
 
 ROW_FIELDS = ("prompt", "text", "token_ids", "accounting")  # what a table needs of every row
-COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_is", "kl_bound",
-           "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
+ACCOUNTING = ("sft_forward_tokens", "baseline_forward_tokens", "rollouts", "reward_calls", "wall_time_s")
+
+
+def _number(value: Any, none: bool = True) -> bool:
+    return (value is None and none) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                         and math.isfinite(value))
+
+
+#: what each field a table reads must hold: (check, what the message says it must be)
+ROW_TYPES: dict[str, tuple[Any, str]] = {
+    "prompt": (lambda v: isinstance(v, str), "a string"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "token_ids": (lambda v: isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v),
+                  "a list of token ids"),
+    "accounting": (lambda v: isinstance(v, dict) and all(_number(v.get(k), none=False) for k in ACCOUNTING)
+                   and _number(v.get("batch_size", 1), none=False) and v.get("batch_size", 1) > 0,
+                   "a mapping of " + ", ".join(ACCOUNTING) + " to numbers"),
+    "reward": (_number, "a finite number or null"),
+    "kl": (_number, "a finite number or null"),
+    "kl_bound": (_number, "a finite number or null"),
+    "kl_kind": (lambda v: v is None or v in KL_KINDS, "one of " + ", ".join(KL_KINDS) + " or null"),
+    "alpha": (_number, "a finite number or null"),
+    "scores": (lambda v: v is None or (isinstance(v, dict) and all(_number(x, none=False) for x in v.values())),
+               "a mapping of judge names to numbers"),
+    "params": (lambda v: v is None or isinstance(v, dict), "a mapping of decoding parameters"),
+    "family": (lambda v: v is None or isinstance(v, str), "a method name"),
+}
+COLUMNS = ["method", "n", "reward", "reward_se", "normalised", "diversity", "coherence", "kl", "kl_se", "kl_is",
+           "kl_bound", "length", "fwd_tok_per_tok", "rollouts_per_tok", "reward_calls_per_tok", "s_per_tok"]
 
 
 def summarise(rows: Sequence[dict[str, Any]], reference: str, coherence=None, llm_judge=None,
@@ -176,20 +209,16 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
     return paths
 
 
-#: What tqstar writes into ``--out-dir`` and how each of its files begins (or, for a plot, what it contains).
-OUTPUTS = {"table.md": b"| method |", "table.csv": b"method,", "reward_vs_kl.png": b"Matplotlib",
-           "reward_by_method.png": b"Matplotlib", "matched_kl.md": b"| method |", "frontier.png": b"Matplotlib",
-           "vs_bon.md": b"| method |"}
+#: What the report writes into ``--out-dir``; it replaces a file of these names only when its manifest proves
+#: tqstar wrote it (:class:`tqstar._files.OutDir`).
+OUTPUTS = ("table.md", "table.csv", "reward_vs_kl.png", "reward_by_method.png", "matched_kl.md", "frontier.png",
+           "vs_bon.md")
 
 
 def check_out_dir(out_dir: str | Path) -> None:
     """Raise :class:`ConfigError` if ``out_dir`` holds a file under one of the names the report writes that tqstar
-    did not write (recognised by how tqstar's own files begin), so a user's own ``table.md`` is never replaced."""
-    for name, mark in OUTPUTS.items():
-        path = Path(out_dir) / name
-        if path.is_dir() or (path.exists() and mark not in read_bytes(path, "report file", "move it")[:4096]):
-            raise ConfigError(f"--out-dir {str(out_dir)!r} already holds {name}, which tqstar did not write;"
-                              " give another --out-dir, or move that file away")
+    did not write (or that was changed since), so a user's own ``table.md`` is never replaced."""
+    OutDir(out_dir, "report").check(OUTPUTS)
 
 
 def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", out_dir: str | Path | None = None,
@@ -210,6 +239,8 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
                 coherence=None, title: str = "", llm_judge=None,
                 kls: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """:func:`report` of rows already read (see :func:`merge_files`)."""
+    if kls is not None:
+        check_reals(kls, "kls")
     table = summarise(rows, reference, coherence, llm_judge)
     text = format_table(table)
     kls = list(kls) if kls else auto_kls(rows)
@@ -223,34 +254,59 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
                  " interpolated; Δ: the method's reward minus BoN's, paired per prompt, ± s.e.):\n"
                  + format_against_bon(versus, markdown=False))
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        check_out_dir(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "table.md").write_text(format_table(table, markdown=True) + "\n")
-        write_csv(table, out_dir / "table.csv")
-        plot(table, out_dir, title)
-        if matched:
-            (out_dir / "matched_kl.md").write_text(format_matched(matched) + "\n")
-        if versus:
-            (out_dir / "vs_bon.md").write_text(format_against_bon(versus) + "\n")
-        if matched or versus:
-            plot_frontier(table, out_dir / "frontier.png", title)
+        write_outputs(out_dir, table, matched, title, versus)
     return table, text
+
+
+def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched, title: str, versus=()) -> None:
+    """Write table.md, table.csv, the plots (and the matched-KL table, the best-of-N comparison and the frontier)
+    into ``out_dir``: made in a
+    temporary folder there, then put in place by :class:`~tqstar._files.OutDir` (checked, hashed, recorded)."""
+    out = OutDir(out_dir, "report")
+    out.check(OUTPUTS)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tqstar-report.") as tmp:
+        made = Path(tmp)
+        (made / "table.md").write_text(format_table(table, markdown=True) + "\n")
+        write_csv(table, made / "table.csv")
+        plot(table, made, title)
+        if matched:
+            (made / "matched_kl.md").write_text(format_matched(matched) + "\n")
+        if versus:
+            (made / "vs_bon.md").write_text(format_against_bon(versus) + "\n")
+        if matched or versus:
+            plot_frontier(table, made / "frontier.png", title)
+        out.install({name: made / name for name in OUTPUTS if (made / name).exists()})
+
+
+#: What the rows of every merged file must share, besides their prompts: ``config`` key -> how a message names it.
+#: ``baseline`` and ``baseline_reward`` count only between files whose methods use them (a file of peers that run
+#: no baseline merges with one that does).
+SHARED = {"sft": "SFT model", "reward": "target reward", "judges": "judges",
+          "baseline": "baseline", "baseline_reward": "baseline reward"}
+#: The decoding settings every compared response must share across files: the budget and the stop strings it was
+#: cut at (a method's other parameters are its own, and a label from two configurations is refused as such).
+DECODING = {"max_new_tokens": "response budget", "stop": "stop strings"}
 
 
 def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The rows of evaluation files over one prompt set, each (method, prompt) once.
 
-    Refused: a file given twice, files over other prompts, and a method label in two files that came from
-    different configurations (other models, rewards, judges or parameters: its rows are not one method's).
-    Rows repeated within or across files of one configuration (e.g. two runs that appended at once, before
-    runs were locked) are counted once, with a note on stderr.
+    Refused, naming both values and both files: files over other prompts, scored by another target reward, decoded
+    from another SFT model (or, between files whose methods use one, another baseline or baseline reward), judged by
+    other judges, or whose responses had another budget or stop strings; a file given twice; and a method label in
+    two files that came from different configurations. There is no ``--report-anyway``: such a table mixes numbers
+    that do not compare (every ``normalised`` value changes with the reward) and nothing in it would say so; report
+    each file alone, or, knowing what you do, assemble the rows yourself and call :func:`report_rows`. Rows repeated
+    within or across files of one configuration (e.g. two runs that appended at once, before runs were locked) are
+    counted once, with a note on stderr.
     """
     seen_paths: dict[Path, str | Path] = {}
     rows: list[dict[str, Any]] = []
     keys: set[tuple[str, int]] = set()
     origin: dict[str, tuple[str | Path, dict[str, Any]]] = {}  # label -> (file, its configuration)
-    prompts = None
+    first: dict[str, tuple[str | Path, Any]] = {}  # a shared setting -> (the first file that fixed it, its value)
+    defaults = asdict(DecodeParams())
     for path in paths:
         resolved = Path(path).resolve()
         if resolved in seen_paths:
@@ -261,26 +317,27 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not part or header is None:
             raise ConfigError(f"{str(path)!r} has no result rows; run tqstar eval first")
         config = header["config"]
-        if prompts is not None and config.get("prompts") != prompts:
-            raise ConfigError(f"{str(path)!r} was run on other prompts than {str(paths[0])!r}; report files of one"
-                              " prompt set together")
-        prompts = config.get("prompts")
+        _check_shape(path, config, part)
+        uses = set().union(*(_needs(row, config) for row in part))
+        settings = {"prompts": config.get("prompts"), **{key: config.get(key) for key in SHARED
+                                                          if key not in ("baseline", "baseline_reward") or key in uses}}
+        for row in part:
+            params = {**defaults, **(row.get("params") or config.get("methods", {}).get(row["method"]) or {})}
+            settings.update({key: params.get(key) for key in DECODING})
+            _same(first, path, settings)
         shared = {k: v for k, v in config.items() if k not in ("methods", "prompts")}
         duplicates = 0
         for row in part:
             label = row["method"]
             mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
-            first_file, first = origin.setdefault(label, (path, mine))
-            if canonical(first) != canonical(mine):
+            first_file, first_config = origin.setdefault(label, (path, mine))
+            if canonical(first_config) != canonical(mine):
                 where = "twice in " + repr(str(path)) if first_file == path else (
                     f"in both {str(first_file)!r} and {str(path)!r}")
                 raise ConfigError(f"method {label!r} appears {where} from different configurations"
-                                  f" ({first_difference(first, mine)}); report them separately, or give one run"
+                                  f" ({first_difference(first_config, mine)}); report them separately, or give one run"
                                   " another `label`")
-            missing = next((k for k in ROW_FIELDS if k not in row), None)
-            if missing is not None:
-                raise ConfigError(f"the row of method {label!r}, prompt {row['prompt_index']} in {str(path)!r} has no"
-                                  f" `{missing}`; the file was edited or damaged: rerun tqstar eval on a fresh --output")
+
             key = (label, row["prompt_index"])
             if key in keys:
                 duplicates += 1
@@ -290,6 +347,64 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if duplicates:
             log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once")
     return rows
+
+
+def _check_shape(path: str | Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Raise :class:`ConfigError` unless the header's ``prompts`` and ``methods`` and every row's fields have the
+    shapes a table reads (a file tqstar wrote always does; an edited or damaged one may not)."""
+    fix = "the file was edited or damaged: rerun tqstar eval on a fresh --output"
+    if not isinstance(config.get("prompts"), list) or not isinstance(config.get("methods", {}), dict):
+        raise ConfigError(f"the header of {str(path)!r} has no list of `prompts` or no mapping of `methods`; {fix}")
+    for row in rows:
+        where = f"the row of method {row['method']!r}, prompt {row['prompt_index']} in {str(path)!r}"
+        missing = next((k for k in ROW_FIELDS if k not in row), None)
+        if missing is not None:
+            raise ConfigError(f"{where} has no `{missing}`; {fix}")
+        wrong = next((k for k, (ok, _) in ROW_TYPES.items() if k in row and not ok(row[k])), None)
+        if wrong is not None:
+            raise ConfigError(f"{where} has `{wrong}` = {preview(canonical(row[wrong]), 40)}, not"
+                              f" {ROW_TYPES[wrong][1]}; {fix}")
+
+
+def _needs(row: dict[str, Any], config: dict[str, Any]) -> set[str]:
+    """What the row's method needs besides the SFT model (every need, for a method this version does not know)."""
+    params = row.get("params") or config.get("methods", {}).get(row["method"]) or {}
+    name = params.get("method", row.get("family"))
+    if name not in BY_NAME:
+        return set(NEEDS)
+    sampled = {"baseline"} if BY_NAME[name].kind == "best-of-n" and params.get("bon_policy") == "baseline" else set()
+    return set(BY_NAME[name].needs) | sampled
+
+
+def _same(first: dict[str, tuple[str | Path, Any]], path: str | Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` of the file ``path``; raise :class:`ConfigError` naming both values and both files when
+    an earlier file fixed one of them otherwise."""
+    for key, value in settings.items():
+        other, before = first.setdefault(key, (path, value))
+        if other != path and canonical(before) != canonical(value):
+            what = {"prompts": "prompt set", **SHARED, **DECODING}[key]
+            mine, theirs = _shown(key, value, before)
+            raise ConfigError(f"{str(path)!r} and {str(other)!r} differ in the {what} (`{key}`): {mine} vs {theirs};"
+                              f" report files of one {what} together (each file alone otherwise)", param=key)
+
+
+def _shown(key: str, value: Any, other: Any) -> tuple[str, str]:
+    """The two values of ``key`` as a message shows them: a prompt list by its size or first differing prompt, two
+    specs by the fields that differ (JSON, cut to one line)."""
+    if key == "prompts" and isinstance(value, list) and isinstance(other, list):
+        if len(value) != len(other):
+            return f"{len(value)} prompts", f"{len(other)}"
+        i = next(i for i, (a, b) in enumerate(zip(value, other)) if canonical(a) != canonical(b))
+        return f"prompt {i} is {preview(str(value[i]))}", preview(str(other[i]))
+    if isinstance(value, dict) and isinstance(other, dict):  # a spec: only the fields that differ
+        differ = [k for k in sorted(set(value) | set(other)) if canonical(value.get(k)) != canonical(other.get(k))]
+        value, other = {k: value.get(k) for k in differ}, {k: other.get(k) for k in differ}
+
+    def one(v: Any) -> str:
+        return preview(v, 80) if isinstance(v, str) else preview(canonical(v), 80) if isinstance(v, (dict, list)) \
+            else repr(v)
+
+    return one(value), one(other)
 
 
 def _cell(value: Any) -> str:

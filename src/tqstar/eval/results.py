@@ -1,10 +1,16 @@
 """The evaluation results file, ``tqstar-eval/1``: what ``tqstar eval`` writes and ``tqstar report`` reads.
 
-JSON Lines: a header row ``{"format": "tqstar-eval/1", "config": FINGERPRINT}`` (models, rewards, judges, prompts and
-each method's parameters), then one row per (prompt, method) with the response, its reward, KL, accounting, judge
+JSON Lines: a header row ``{"format": "tqstar-eval/1", "written_by": "tqstar eval <MARK>", "config": FINGERPRINT}``
+(tqstar's mark, :mod:`tqstar._files`; models, rewards, judges, prompts and each method's parameters), then one row per (prompt, method) with the response, its reward, KL, accounting, judge
 scores and the method's parameters. This module reads and checks such files — a file that does not begin with the
 header is never tqstar's; a last line cut off mid-write is an interrupted run; a corrupt line elsewhere is damage —
-and decides whether a run may append to one (:func:`check_resumable`). It needs neither the engine nor torch: a
+and decides whether a run may append to one (:func:`check_resumable`).
+
+A header without ``written_by`` was written before the mark existed; such a file is still read and resumed. That is
+safe because its header was an identity already, unlike generate's old outputs: a JSON object naming the versioned
+format ``tqstar-eval/1`` with the run's configuration mapping, which a user's file carries only by copying one, and
+every later line must still be a result row (:func:`scan`); resuming only appends rows. A header that carries
+``written_by`` must carry tqstar's mark. It needs neither the engine nor torch: a
 report reads results with this module and :mod:`tqstar.params` alone.
 """
 
@@ -17,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._files import read_bytes
+from .._files import WRITTEN_BY, first_line, output_kind, read_bytes, written_by
 from ..errors import ConfigError
-from ..params import BEFORE, DecodeParams
+from ..params import BEFORE, DecodeParams, in_effect
 
 if TYPE_CHECKING:
     from ..reward import Reward
@@ -72,9 +78,9 @@ def scan(path: str | Path, fix: str) -> ResultsFile:
         except (json.JSONDecodeError, UnicodeDecodeError):
             row = _CORRUPT
         if number == 1:
-            if isinstance(row, dict) and row.get("format") == FORMAT and isinstance(row.get("config"), dict):
+            if is_header(row):
                 result.header = row
-            elif not (row is _CORRUPT and len(lines) == 1 and line.startswith(b'{"format": "%s"' % FORMAT.encode())):
+            elif not (row is _CORRUPT and len(lines) == 1 and line.startswith(_HEADER_START)):
                 raise ConfigError(f"{str(path)!r} is not a tqstar evaluation file (its first line is not a"
                                   f" {FORMAT} header); {fix}")
         elif row is _CORRUPT and number == len(lines):
@@ -94,13 +100,30 @@ def scan(path: str | Path, fix: str) -> ResultsFile:
 _CORRUPT = object()
 
 
+def header(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The first row of a results file: its format, tqstar's mark and the run's fingerprint."""
+    return {"format": FORMAT, WRITTEN_BY: written_by("eval"), "config": fingerprint}
+
+
+#: How a header tqstar began writing starts (the mark included): a lone cut-off first line is an interrupted run
+#: only when it starts so.
+_HEADER_START = json.dumps(header({}))[:-len(', "config": {}}')].encode()
+
+
+def is_header(row: Any) -> bool:
+    """Whether ``row`` is a results file's header (one written before the mark existed has no ``written_by``)."""
+    return (isinstance(row, dict) and row.get("format") == FORMAT and isinstance(row.get("config"), dict)
+            and row.get(WRITTEN_BY, written_by("eval")) == written_by("eval"))
+
+
 def is_results_file(path: str | Path) -> bool:
     """Whether ``path`` is an existing file that begins with a tqstar evaluation header."""
-    path = Path(path)
-    if not path.is_file():
+    if output_kind(path) != "file":
         return False
-    with path.open("rb") as fh:
-        return fh.read(64).startswith(b'{"format": "%s"' % FORMAT.encode())
+    try:
+        return is_header(json.loads(first_line(path)))
+    except ValueError:
+        return False
 
 
 def _is_row(row: Any) -> bool:
@@ -152,10 +175,10 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
         label = row["method"]
         old = row.get("params") or header["config"].get("methods", {}).get(label)
         old = None if old is None else {**defaults, **old}
-        if label in mine and canonical(old) != canonical(mine[label]):
+        if label in mine and canonical(None if old is None else in_effect(old)) != canonical(in_effect(mine[label])):
             raise ConfigError(f"method {label!r} in {str(output)!r} was run with other parameters"
-                              f" ({first_difference(old or {}, mine[label])}); give it another `label` or another"
-                              " --output")
+                              f" ({first_difference(in_effect(old or {}), in_effect(mine[label]))}); give it another"
+                              " `label` or another --output")
 
 
 def canonical(value: Any) -> str:

@@ -11,7 +11,7 @@ the reason. A run holds an exclusive ``flock`` on the file while it appends: a s
 same time is refused.
 
 Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value); ``defaults`` apply
-to every method they mean something for (``tail`` to the token-level ones, :data:`tqstar.params.APPLIES`)::
+to every method they mean something for (each field's declared scope, :meth:`tqstar.params.DecodeParams.applies`)::
 
     methods:
       - {method: sft}
@@ -22,6 +22,7 @@ to every method they mean something for (``tail`` to the token-level ones, :data
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -30,40 +31,59 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from .._files import lock_exclusive
-from ..engine import Engine, TokenProgress
+from ..engine import Engine, TokenProgress, check_concurrency
 from ..errors import ConfigError, require_type
-from ..params import DecodeParams, applies
+from ..params import DecodeParams, unused_message
 from ..reward import Reward
 from .results import (
-    FORMAT,
     OUTPUT_FIX,
     MethodRun,
     ResultsFile,
     check_resumable,
     cut_off_notice,
     fingerprint_of,
+    header,
     scan,
 )
 
+log = logging.getLogger("tqstar")
+
 
 def expand_methods(entries: Sequence[dict[str, Any]], defaults: dict[str, Any] | None = None) -> list[MethodRun]:
-    """Method mappings → :class:`MethodRun` list; a list-valued ``alpha`` expands into one run per value."""
+    """Method mappings → :class:`MethodRun` list; a list-valued ``alpha`` expands into one run per value.
+
+    ``defaults`` are the parameters every method starts from: one a method does not use is simply not used. A key
+    a method's own entry gives that has no effect on it is refused (:meth:`DecodeParams.check_given`), except an α
+    sweep over a method α does not apply to (``sft``, ``none``, ...): that is one run, with a warning, not identical
+    runs labelled by α.
+    """
     if not entries:
         raise ConfigError("no methods given; list at least one, e.g. {method: tq-direct}")
     runs: list[MethodRun] = []
+    base = dict(defaults or {})
+    base_alpha = base.pop("alpha", None)
     for entry in entries:
         if not isinstance(entry, dict) or "method" not in entry:
             raise ConfigError(f"each method must be a mapping with a `method` key, got {entry!r}")
-        given = {**(defaults or {}), **entry}  # what the field applies to: the method and the settings beside it
-        shared = {k: v for k, v in (defaults or {}).items() if applies(k, given)}  # tail: token-level, no block_len
-        entry = {**shared, **entry}
-        label = entry.pop("label", None)
-        alphas = entry.pop("alpha", None)
+        own = dict(entry)
+        label = own.pop("label", None)
+        alphas = own.pop("alpha", None)
+        alphas = base_alpha if alphas is None else alphas
         sweep = alphas if isinstance(alphas, list) else [alphas]
+        if not sweep:
+            raise ConfigError(f"`alpha` of method {entry['method']!r} is an empty list; give at least one value")
+        first = DecodeParams.from_dict(own, base=base)
+        if alphas is not None and first.unused(["alpha"]):
+            if not isinstance(alphas, list) and "alpha" in entry:
+                first.check_given(["alpha"])  # refused: the entry itself gives α to a method that has no use for it
+            if isinstance(alphas, list):
+                log.warning(f"{unused_message('alpha', first).split(';')[0]}; the sweep over {alphas} runs it"
+                            " once")
+            sweep = [None]
         for alpha in sweep:
-            values = dict(entry) if alpha is None else {**entry, "alpha": alpha}
-            params = DecodeParams.from_dict(values)
+            params = first if alpha is None else DecodeParams.from_dict({**own, "alpha": alpha}, base=base)
             name = label or params.method + (f"[m={params.block_len}]" if params.block_len is not None else "")
             if len(sweep) > 1 or (alpha is not None and params.is_token_level and not label):
                 name = f"{name}(α={params.alpha:g})"
@@ -84,6 +104,10 @@ class Evaluation:
         judges: extra rewards scored on every response and stored under ``scores`` (e.g. a judge reward for
             win rates, ideally not the target).
         truncate_prompt: keep the last tokens of a prompt too long for a model's context (else it is refused).
+
+    Each row holds ``prompt_index`` (the prompt's place in ``prompts``) and, when ``prompts`` came from a file or a
+    dataset (:class:`~tqstar.prompts.PromptList`), ``prompt_at``: where it stands there (``"line 7"``), which is
+    what a reader of the file counts (blank lines and a header are not prompts).
     """
 
     def __init__(self, engine: Engine, prompts: Sequence[str], methods: Sequence[MethodRun], output: str | Path,
@@ -96,7 +120,10 @@ class Evaluation:
             require_type(method, MethodRun, "methods[...]", "a MethodRun", "build them with expand_methods([{...}])")
         for name, judge in (judges or {}).items():
             require_type(judge, Reward, f"judges[{name!r}]", "a Reward", "load one with load_reward(SPEC)")
+        check_int(batch_size, "batch_size")
+        check_concurrency(concurrency, [])  # the models' thread-safety is checked with each method below
         self.engine, self.prompts, self.methods = engine, list(prompts), list(methods)
+        self.where = list(getattr(prompts, "where", None) or [None] * len(self.prompts))
         self.output, self.judges = Path(output), dict(judges or {})
         self.batch_size, self.concurrency, self.progress = batch_size, concurrency, progress
         self.truncate_prompt = truncate_prompt
@@ -131,7 +158,7 @@ class Evaluation:
             elif results.needs_newline:
                 fh.write(b"\n")
             if results.header is None:
-                self._append(fh, {"format": FORMAT, "config": self.fingerprint})
+                self._append(fh, header(self.fingerprint))
             self._decode(todo, fh, on_row)
         return self.output
 
@@ -157,6 +184,7 @@ class Evaluation:
         data = response.to_dict()
         data.pop("trace", None)
         return {**data, "method": method.label, "family": method.params.method, "prompt_index": index,
+                **({"prompt_at": self.where[index]} if self.where[index] else {}),
                 "alpha": method.params.alpha if method.params.is_token_level else None, "scores": scores,
                 "params": asdict(method.params)}
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_int, check_real, check_reals
 from ..decoder import decision_logprobs, score
 from ..errors import ConfigError
 from ..lm.base import tail_sums
@@ -502,24 +503,17 @@ def check_settings(*, instances: int, vocab_size: int, horizon: int, beta_baseli
                    tail_k: int | None = None) -> None:
     """Every setting of a testbed run against its range, before any enumeration starts; a :class:`ConfigError` names
     the setting as its ``tqstar testbed`` flag."""
-    checks = [("--instances", instances, instances >= 1, "an integer >= 1"),
-              ("--vocab-size", vocab_size, vocab_size >= 2, "an integer >= 2"),
-              ("--horizon", horizon, horizon >= 1, "an integer >= 1"),
-              ("--beta-baseline", beta_baseline, math.isfinite(beta_baseline) and beta_baseline > 0,
-               "a finite number > 0"),
-              ("--temperature", temperature, math.isfinite(temperature) and temperature > 0,
-               "a finite number > 0"),
-              ("--k", k, k is None or 1 <= k <= vocab_size,
-               f"an integer from 1 to --vocab-size ({vocab_size})"),
-              ("--tail-k", tail_k, tail_k is None or 0 <= tail_k < vocab_size,
-               f"an integer from 0 (no section) to --vocab-size - 1 ({vocab_size - 1})")]
-    checks += [("--alphas", alpha, math.isfinite(alpha) and alpha > 0, "finite numbers > 0") for alpha in alphas]
-    checks += [("--kls", kl, math.isfinite(kl) and kl > 0, "finite numbers > 0") for kl in kls]
-    checks.append(("--draws", draws, draws >= 1, "an integer >= 1"))
-    for flag, value, ok, constraint in checks:
-        if not ok:
-            raise ConfigError(f"{flag} must be {constraint}, got {value:g}", param=flag[2:].replace("-", "_"),
-                              value=value)
+    for flag, value, low in (("--instances", instances, 1), ("--vocab-size", vocab_size, 2), ("--horizon", horizon, 1),
+                             ("--draws", draws, 1)):
+        check_int(value, flag, low=low)
+    check_real(beta_baseline, "--beta-baseline")  # the one validator of every real flag and parameter
+    check_real(temperature, "--temperature")
+    if k is not None:
+        check_int(k, "--k", high=vocab_size, high_is="--vocab-size")
+    if tail_k is not None:  # 0: no no-truncation section
+        check_int(tail_k, "--tail-k", low=0, high=vocab_size - 1, high_is="--vocab-size - 1")
+    check_reals(alphas, "--alphas")
+    check_reals(kls, "--kls")
     sequences = vocab_size ** horizon
     if sequences > MAX_TESTBED_SEQUENCES:
         raise ConfigError(f"--vocab-size {vocab_size} with --horizon {horizon} enumerates {sequences:.3g}"

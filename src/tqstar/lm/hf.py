@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._schema import check_arguments
 from ..errors import ConfigError, ModelLoadError
 from ..randomness import sample_tokens
 from ..text import local_decoding
@@ -136,6 +137,12 @@ class TransformersLM(FullVocabLM, PrefixKV):
         """
         from transformers import AutoModelForCausalLM
 
+        check_arguments(TransformersLM.from_pretrained.__func__, {
+            "path": path, "dtype": dtype, "device": device, "chat_template": chat_template,
+            "system_prompt": system_prompt, "trust_remote_code": trust_remote_code, "name": name, "adapter": adapter,
+            "allow_download": allow_download, "parse_special_tokens": parse_special_tokens})
+        if not str(path).strip():
+            raise ConfigError("`path` must be a model directory or hub id, got ''", param="path", value=path)
         if dtype not in DTYPES:
             raise ConfigError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}", param="dtype")
         path = str(path)

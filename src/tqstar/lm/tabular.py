@@ -11,11 +11,14 @@ Sequences are response tokens only (the prompt is empty: one context). Token 0 i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import product
 
 import torch
 
+from .._checks import check_int, check_real, is_real
+from .._schema import check_arguments
 from ..errors import ConfigError
 from ..text import LocalDecoding
 from .base import FullVocabLM, StepOutput, TokenIds
@@ -42,8 +45,18 @@ class TabularLM(FullVocabLM):
     def random(cls, vocab_size: int = 4, horizon: int = 3, *, seed: int = 0, concentration: float = 0.5,
                eos_weight: float = 0.3, name: str = "tabular") -> TabularLM:
         """Random tables: π(· | s) ~ Dirichlet(concentration) at every non-terminal prefix s."""
-        if vocab_size < 2 or horizon < 1:
-            raise ConfigError(f"a tabular model needs vocab_size >= 2 and horizon >= 1, got {vocab_size}, {horizon}")
+        check_int(vocab_size, "vocab_size", low=2)
+        check_int(horizon, "horizon", low=1)
+        check_int(seed, "seed", low=None)
+        check_real(concentration, "concentration")
+        if not is_real(eos_weight) or not math.isfinite(eos_weight) or eos_weight < 0:  # a weight, not decoding math
+            raise ConfigError(f"`eos_weight` must be a finite number >= 0, got {eos_weight!r}", param="eos_weight",
+                              value=eos_weight)
+        check_arguments(TabularLM.random.__func__, {"name": name})
+        if vocab_size ** horizon > 10**7:
+            raise ConfigError(f"a tabular model of vocab_size {vocab_size} and horizon {horizon} has"
+                              f" {vocab_size ** horizon:.3g} sequences; keep vocab_size ** horizon <= 10,000,000",
+                              param="vocab_size", value=vocab_size)
         g = torch.Generator().manual_seed(seed)
         gamma = torch.distributions.Gamma(torch.full((vocab_size,), float(concentration)), torch.tensor(1.0))
         table = {}

@@ -16,7 +16,8 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
-from ..errors import ConfigError, RewardError, preview
+from .._checks import REAL_RANGE, REWARD_LIMIT, check_reward_value, is_real
+from ..errors import ConfigError, RewardError, describe, preview
 
 Range = tuple[float, float]
 # Rewards are scored one call at a time, whichever thread asks (batches decoding concurrently against remote
@@ -104,6 +105,11 @@ class Reward(ABC):
                     f"reward {self.name} returned {value!r} for the response {preview(text)}; make the reward"
                     " return finite numbers for every text"
                 )
+            if not check_reward_value(number):
+                raise RewardError(
+                    f"reward {self.name} returned {number!r} for the response {preview(text)}, beyond ±{REWARD_LIMIT:g},"
+                    " the largest reward decoding keeps finite (tqstar._checks); scale the reward down"
+                )
             if self.range is not None and not _inside(number, self.range):
                 raise RewardError(
                     f"reward {self.name} returned {number!r} for the response {preview(text)}, outside its declared"
@@ -121,6 +127,19 @@ def _inside(value: float, bounds: Range) -> bool:
     return bounds[0] - slack <= value <= bounds[1] + slack
 
 
+def checked_range(value: object, what: str) -> Range | None:
+    """``value`` as a reward range ``(R_min, R_max)`` (``None`` stays ``None``): two finite numbers within
+    ±:data:`~tqstar._checks.REWARD_LIMIT` with R_min < R_max; else :class:`ConfigError` naming ``what``."""
+    if value is None:
+        return None
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2 and all(is_real(v) for v in value)
+          and all(check_reward_value(float(v)) for v in value) and value[0] < value[1])
+    if not ok:
+        raise ConfigError(f"{what} must be (R_min, R_max): two numbers with R_min < R_max, each within"
+                          f" ±{REWARD_LIMIT:g}, got {describe(value)}", param="range", value=value)
+    return (float(value[0]), float(value[1]))
+
+
 class CallableReward(Reward):
     """A Python function ``fn(prompts, responses) -> list[float]`` as a reward.
 
@@ -130,10 +149,20 @@ class CallableReward(Reward):
 
     def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], *, name: str | None = None,
                  range: Range | None = None, check_range: bool = True) -> None:
+        if not callable(fn):
+            raise ConfigError(f"`fn` must be a function (prompts, responses) -> floats, got {describe(fn)}", param="fn",
+                              value=fn)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigError(f"`name` must be a non-empty string or None, got {describe(name)}", param="name",
+                              value=name)
+        if not isinstance(check_range, bool):
+            raise ConfigError(f"`check_range` must be True or False, got {describe(check_range)}",
+                              param="check_range", value=check_range)
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "callable")
-        declared = range if range is not None else getattr(fn, "reward_range", None)
-        self.range = tuple(declared) if declared is not None and check_range else None
+        declared = checked_range(range, "`range`") if range is not None else checked_range(
+            getattr(fn, "reward_range", None), f"the `reward_range` of {describe(fn)}")
+        self.range = declared if check_range else None
 
     def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
         return self.fn(prompts, responses)
@@ -143,14 +172,26 @@ class WeightedReward(Reward):
     """Σ_i w_i · r_i: a multi-objective target. Its range is derived when every part declares one."""
 
     def __init__(self, parts: Sequence[tuple[float, Reward]]) -> None:
-        if not parts:
-            raise ConfigError("a weighted reward needs at least one (weight, reward) part")
-        self.parts = list(parts)
+        if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence) or not parts:
+            raise ConfigError(f"`parts` must be a non-empty list of (weight, reward) pairs, got {describe(parts)}",
+                              param="parts", value=parts)
+        for i, part in enumerate(parts):
+            if not (isinstance(part, (tuple, list)) and len(part) == 2):
+                raise ConfigError(f"`parts[{i}]` must be a (weight, reward) pair, got {describe(part)}",
+                                  param="parts", value=part)
+            weight, reward = part
+            if not is_real(weight) or not math.isfinite(weight) or abs(weight) > REAL_RANGE[1]:
+                raise ConfigError(f"the weight of `parts[{i}]` must be a finite number from {-REAL_RANGE[1]:g} to"
+                                  f" {REAL_RANGE[1]:g}, got {describe(weight)}", param="parts", value=weight)
+            if not isinstance(reward, Reward):
+                raise ConfigError(f"the reward of `parts[{i}]` must be a Reward, got {describe(reward)}; wrap a"
+                                  " function with CallableReward(fn)", param="parts", value=reward)
+        self.parts = [(float(w), r) for w, r in parts]
         self.name = " + ".join(f"{w:g}*{r.name}" for w, r in self.parts)
         if all(r.range is not None for _, r in self.parts):
             lo = sum(min(w * r.range[0], w * r.range[1]) for w, r in self.parts)  # type: ignore[index]
             hi = sum(max(w * r.range[0], w * r.range[1]) for w, r in self.parts)  # type: ignore[index]
-            self.range = (lo, hi)
+            self.range = (lo, hi) if lo < hi else None  # all-zero weights: no range to trust
 
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
         total = [0.0] * len(responses)

@@ -7,18 +7,20 @@ A spec is a built-in name (:mod:`tqstar.reward.builtin`), ``module:function``, a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import re
 import string
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._schema import string_or_mapping
-from ..errors import ConfigError
-from .base import CallableReward, Range, Reward, WeightedReward
+from .._schema import accepts, phrase, string_or_mapping
+from ..errors import ConfigError, describe
+from .base import CallableReward, Range, Reward, WeightedReward, checked_range
 from .builtin import BUILTIN_REWARDS
 from .hf import TransformersReward
 
@@ -46,10 +48,27 @@ class RewardSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec.strip():
             raise ConfigError(f"reward spec must be a non-empty string, got {self.spec!r}")
-        if self.range is not None and not (len(self.range) == 2 and self.range[0] < self.range[1]):
-            raise ConfigError(f"reward `range` must be (R_min, R_max) with R_min < R_max, got {self.range!r}")
-        for term in self.terms():
-            _check_term(term[1])
+        for f in dataclasses.fields(self):  # every field's type, as a YAML mapping's keys are checked
+            if f.name != "range" and not accepts(HINTS[f.name], getattr(self, f.name)):
+                raise ConfigError(f"reward `{f.name}` must be {phrase(HINTS[f.name])}, got"
+                                  f" {describe(getattr(self, f.name))}", param=f.name, value=getattr(self, f.name))
+        checked_range(self.range, "reward `range`")
+        kinds = {_check_term(term) for _, term in self.terms()}
+        self._check_options(kinds)
+
+    def _check_options(self, kinds: set[str]) -> None:
+        """Refuse an option that none of the terms uses (it would be silently ignored): the reward-model options
+        need a reward-model directory, ``range`` a term that is not a built-in (those declare their own)."""
+        given = [f.name for f in dataclasses.fields(self)
+                 if f.name in MODEL_OPTIONS and getattr(self, f.name) != f.default]
+        if given and "directory" not in kinds:
+            name = given[0]
+            raise ConfigError(f"`{name}` (--reward-{name}) applies to a reward-model directory, but reward"
+                              f" {self.spec!r} is {_kinds_phrase(kinds)}; drop it", param=name, value=getattr(self, name))
+        if self.range is not None and kinds == {"builtin"}:
+            raise ConfigError(f"`range` has no effect on reward {self.spec!r}: a built-in reward declares its own"
+                              " range; drop it (or check_range: false to drop the built-in one)", param="range",
+                              value=self.range)
 
     def terms(self) -> list[tuple[float, str]]:
         """``[(weight, spec), ...]``; a single spec is ``[(1.0, spec)]``."""
@@ -107,22 +126,48 @@ class RewardSpec:
         return cls(**values)
 
 
+HINTS = typing.get_type_hints(RewardSpec)
+
+
 def load_reward(spec: str | RewardSpec | Reward | None, **options: object) -> Reward | None:
     """Build a :class:`Reward` from a spec string, a :class:`RewardSpec` or an existing reward."""
     if spec is None or isinstance(spec, Reward):
         return spec
+    if not isinstance(spec, (str, RewardSpec)):
+        raise ConfigError(f"`spec` must be a reward spec string, a RewardSpec or a Reward, got {describe(spec)}; wrap a"
+                          " function with CallableReward(fn)", param="spec", value=spec)
+    if options and not isinstance(spec, str):
+        raise ConfigError(f"options {', '.join(options)} apply to a spec string; a RewardSpec holds its own",
+                          param="spec", value=spec)
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RewardSpec)} - {"spec"})
+    if unknown or "spec" in options:
+        raise ConfigError(f"unknown reward option `{(unknown or ['spec'])[0]}`; the options are"
+                          f" {', '.join(f.name for f in dataclasses.fields(RewardSpec) if f.name != 'spec')}",
+                          param=(unknown or ["spec"])[0])
     if isinstance(spec, str):
         spec = RewardSpec(spec, **options)  # type: ignore[arg-type]
     return spec.load()
 
 
-def _check_term(spec: str) -> None:
-    """Fail early (before any model loads) on a spec that cannot resolve."""
-    if spec in BUILTIN_REWARDS or Path(spec).expanduser().is_dir():
-        return
+#: The options of a reward-model directory (:class:`~tqstar.reward.hf.TransformersReward`).
+MODEL_OPTIONS = ("format", "truncate", "sigmoid", "label", "device", "dtype")
+
+
+def _kinds_phrase(kinds: set[str]) -> str:
+    names = {"builtin": "a built-in reward", "callable": "a module:function"}
+    return " and ".join(names[k] for k in sorted(kinds))
+
+
+def _check_term(spec: str) -> str:
+    """Fail early (before any model loads) on a spec that cannot resolve; else what it is: ``builtin``,
+    ``directory`` (a reward model) or ``callable``."""
+    if spec in BUILTIN_REWARDS:
+        return "builtin"
+    if Path(spec).expanduser().is_dir():
+        return "directory"
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
         _import_callable(spec)
-        return
+        return "callable"
     raise ConfigError(
         f"reward spec {spec!r} does not resolve; give a built-in ({', '.join(BUILTIN_REWARDS)}), module:function,"
         " an existing reward-model directory, or a weighted sum like 0.7*sentiment+0.3*harmless"

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Engine
-from ..params import DecodeParams
+from ..params import FIELDS, DecodeParams
 from .completions import Completions, public_params
 from .config import ServeConfig
 from .metrics import ServerMetrics
@@ -155,29 +155,10 @@ CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "OpenAI-Organization"
 
 
 def used_params(params: DecodeParams) -> tuple[str, ...]:
-    """The decoding parameters a preset's method reads (a page disables the controls of the others), from its row
-    in :mod:`tqstar.methods`."""
-    row = params.method_row
-    names: list[str] = []
-    if row.kind == "token":
-        names += ["k", "alpha"]
-        if row.value != "log-ratio":  # every token-level method decides over sampled blocks but eft
-            names.append("block_len")
-        if params.applies("tail"):  # a top k to keep the rest of: not with block_len
-            names.append("tail")
-        if row.rolls:
-            names += ["n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts"]
-        if row.in_reward_range and row.value != "zero":  # reward-bound pruning
-            names += ["prune", "prune_probe"]
-        if row.value in ("importance", "log-ratio"):  # tq-indirect's weights, eft's mixing weight λ = αβ
-            names.append("beta")
-        if row.value == "soft":
-            names.append("soft_beta")
-    elif row.kind == "best-of-n":
-        names += ["bon_n", "bon_policy"]
-        if row.name == "soft-bon":
-            names.append("bon_beta")
-    return (*names, "temperature", "max_new_tokens", "stop", "seed")
+    """The decoding parameters a preset's method reads (a page disables the controls of the others): every field
+    that applies to it (:meth:`DecodeParams.applies`: the field's declared scope, :data:`tqstar.methods.SCOPES`) --
+    the one place that also refuses a flag or key without an effect."""
+    return tuple(name for name in FIELDS if name != "method" and params.applies(name))
 
 
 class _CountRequests:

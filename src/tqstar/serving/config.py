@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_int
 from .._schema import known_keys
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..lm.spec import ModelSpec
 from ..params import DecodeParams
 from .budget import step_rows
@@ -91,12 +92,13 @@ class Limits:
                 raise ConfigError(f"`limits.{f.name}` must be an integer >= 1, got {value!r}")
 
     def check(self, params: DecodeParams) -> tuple[str, str] | None:
-        """``(field, message)`` for the first parameter of ``params`` over a cap, else ``None``."""
+        """``(field, message)`` for the first parameter of ``params`` over a cap, else ``None`` (a parameter without
+        an effect on the method, as ``k`` on ``sft``, costs nothing)."""
         for name, cap in (("k", self.max_k), ("n_rollouts", self.max_n_rollouts),
                           ("rollout_len", self.max_rollout_len), ("bon_n", self.max_bon_n),
                           ("alpha", self.max_alpha)):
             value = getattr(params, name)
-            if value > cap:
+            if value > cap and params.applies(name):
                 return name, f"`{name}` must be <= {cap} on this server, got {value!r}; lower it"
         return None
 
@@ -116,8 +118,7 @@ class ServeConfig:
     preset_baselines: tuple[tuple[str, str], ...] = ()  # preset -> the named baseline it decodes with
 
     def __post_init__(self) -> None:
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"`port` must be an integer in 0..65535, got {self.port!r}", param="port")
+        check_int(self.port, "port", low=0, high=65535)
         if not self.presets:
             raise ConfigError("no presets configured; add a `presets:` mapping of model id to decoding parameters")
         for name, params in self.presets:
@@ -147,7 +148,7 @@ class ServeConfig:
             if key in data:
                 raise ConfigError(f"`{key}` is a `tqstar generate` setting; a server takes prompts from requests,"
                                   " remove it from the serve config", param=key)
-        run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS)  # an unknown key's message lists ours too
+        run = RunConfig.from_dict(data, extra_keys=SERVE_KEYS, decode_defaults=True)  # an unknown key's message lists ours too
         defaults = dict(data.get("decode") or {})
         presets = own.get("presets")
         if presets is None:
@@ -168,14 +169,23 @@ class ServeConfig:
             values = dict(values)
             baseline = values.pop("baseline", None)
             if baseline is not None:
+                if not isinstance(baseline, str):
+                    raise ConfigError(f"preset {name!r}: `baseline` must name one of `baselines`"
+                                      f" ({', '.join(map(str, baselines)) or 'none defined'}), got {describe(baseline)}",
+                                      param="baseline", value=baseline)
                 if baseline not in baselines:
                     raise ConfigError(f"preset {name!r} names baseline {baseline!r}, which `baselines` does not define;"
                                       f" add it there (defined: {', '.join(baselines) or 'none'})")
                 preset_baselines.append((name, baseline))
             try:
-                built.append((name, DecodeParams.from_dict({**defaults, **values})))
+                params = DecodeParams.from_dict(values, base=defaults)
             except ConfigError as exc:
-                raise ConfigError(f"preset {name!r}: {exc}") from exc
+                raise ConfigError(f"preset {name!r}: {exc}", param=exc.param, value=exc.value) from exc
+            if baseline is not None and not params.uses_baseline:
+                raise ConfigError(f"preset {name!r} names baseline {baseline!r}, but method {params.method!r} runs no"
+                                  " baseline; drop `baseline` from the preset", param="baseline", value=baseline)
+            built.append((name, params))
+        run.check_used([params for _, params in built])
         limits = own.get("limits") or {}
         if not isinstance(limits, dict):
             raise ConfigError(f"`limits` must be a mapping, got {limits!r}", param="limits")

@@ -32,9 +32,16 @@ from .base import Blocks, Pair, RolloutEstimator, Rollouts, score_texts
 
 
 def soft_value(r: torch.Tensor, log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
-    """β·log mean_i exp(r_i/β + log_ratio_i) over the last axis: ``r`` and ``log_ratio`` ``(..., N)`` → ``(...)``."""
+    """β·log mean_i exp(r_i/β + log_ratio_i) over the last axis: ``r`` and ``log_ratio`` ``(..., N)`` → ``(...)``.
+
+    Computed as M + β·log mean_i exp((u_i − M)/β) with u_i = r_i + β·log_ratio_i and M = max_i u_i (the same
+    number: β·log Σ exp(u_i/β) = M + β·log Σ exp((u_i − M)/β)). Every exponent is ≤ 0 and the result lies in
+    [M − β·log N, M], so it is finite for any finite inputs: r/β is never formed, which overflowed for a small β
+    (``--alpha`` near 0 makes β = 1/α large, ``--soft-beta`` small), and β·(…) never multiplies a large logsumexp."""
     n = r.shape[-1]
-    return beta * (torch.logsumexp(r.double() / beta + log_ratio.double(), dim=-1) - math.log(n))
+    u = r.double() + beta * log_ratio.double()  # (..., N)
+    top = u.max(dim=-1, keepdim=True).values  # (..., 1)
+    return top.squeeze(-1) + beta * (torch.logsumexp((u - top) / beta, dim=-1) - math.log(n))
 
 
 class SoftValue(RolloutEstimator):
