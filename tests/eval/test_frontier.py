@@ -152,3 +152,25 @@ def report_rows_summary(rows):
     from tqstar.eval.report import summarise
 
     return summarise([{**r, "prompt": "p", "text": "t"} for r in rows], "sft")
+
+
+def test_files_merge_when_a_method_differs_only_in_what_has_no_effect_on_it(tmp_path):
+    """An sft row written before `tail` existed (so: tail off) and one written after (tail mean): the tail has no
+    effect on plain decoding, so the two files are one configuration of sft; a field that acts (k on cd) is not."""
+    from tqstar.eval.report import merge_files
+
+    def write(name, *rows):
+        header = {"format": "tqstar-eval/1", "config": {"prompts": ["a", "b"], "sft": "built-in tiny"}}
+        base = {"prompt": "a", "text": "t", "reward": 0.5, "token_ids": [1], "kl": 0.0, "kl_bound": None, "scores": {},
+                "accounting": {"sft_forward_tokens": 1, "baseline_forward_tokens": 0, "rollouts": 0,
+                               "reward_calls": 0, "wall_time_s": 0.1}}
+        (tmp_path / name).write_text("\n".join(json.dumps(x) for x in [header, *[{**base, **r} for r in rows]]) + "\n")
+        return tmp_path / name
+
+    old = write("old.jsonl", {"method": "sft", "prompt_index": 0, "params": {"method": "sft", "k": 5}})
+    new = write("new.jsonl", {"method": "sft", "prompt_index": 1, "params": {"method": "sft", "k": 5, "tail": "mean"}},
+                {"method": "cd", "prompt_index": 1, "params": {"method": "cd", "k": 5}})
+    assert {(r["method"], r["prompt_index"]) for r in merge_files([old, new])} == {("sft", 0), ("sft", 1), ("cd", 1)}
+    other = write("other.jsonl", {"method": "cd", "prompt_index": 0, "params": {"method": "cd", "k": 3}})
+    with pytest.raises(Exception, match="from different configurations"):
+        merge_files([new, other])

@@ -41,7 +41,7 @@ from .frontier import (
     plot_frontier,
 )
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
-from .results import RESULTS_FIX, canonical, first_difference, read_rows
+from .results import RESULTS_FIX, acting, canonical, first_difference, read_rows
 
 log = logging.getLogger("tqstar")
 
@@ -329,7 +329,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         duplicates = 0
         for row in part:
             label = row["method"]
-            mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
+            mine = {**shared, "params": acting(row.get("params") or config.get("methods", {}).get(label))}
             first_file, first_config = origin.setdefault(label, (path, mine))
             if canonical(first_config) != canonical(mine):
                 where = "twice in " + repr(str(path)) if first_file == path else (
