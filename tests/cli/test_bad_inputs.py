@@ -485,8 +485,9 @@ CASES = [
            "line 3 of '@TMP/r.jsonl' is corrupt"),
     report("twice", {"r.jsonl": results(row())}, ["@TMP/r.jsonl", "@TMP/./r.jsonl"],
            "results file '@TMP/./r.jsonl' is given twice", "give each file once"),
-    report("same-label-two-configs", {"a.jsonl": results(row(params={"k": 3})),
-                                      "b.jsonl": results(row(params={"k": 5}))}, ["@TMP/a.jsonl", "@TMP/b.jsonl"],
+    report("same-label-two-configs", {"a.jsonl": results(row(params={"method": "sft", "temperature": 0.5})),
+                                      "b.jsonl": results(row(params={"method": "sft", "temperature": 1.0}))},
+           ["@TMP/a.jsonl", "@TMP/b.jsonl"],
            "method 'sft' appears in both '@TMP/a.jsonl' and '@TMP/b.jsonl' from different configurations",
            "`params` differs", "another `label`"),
     report("other-prompts", {"a.jsonl": results(row()), "b.jsonl": results(

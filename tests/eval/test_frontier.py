@@ -81,7 +81,7 @@ def test_sampled_eval_gives_every_method_a_kl_and_a_frontier(tmp_path, tiny_path
     assert "reward @ KL 0.5" in text and all(e["kl_se"] is not None for e in summary)
 
 
-def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baseline):
+def test_demo_shows_reward_kl_compute_and_coherence_and_says_what_they_show(sft, baseline):
     import io
 
     from conftest import vowel_share
@@ -92,14 +92,85 @@ def test_demo_shows_reward_kl_and_coherence_and_says_what_they_show(sft, baselin
 
     out = io.StringIO()
     engine = Engine(sft, baseline, CallableReward(vowel_share))
-    results = run_demo(max_new_tokens=3, k=3, rollout_len=2, prompts=["the cat sat", "tell me a story"], out=out,
-                       engine=engine, coherence=lambda p, r: [0.5] * len(p))
+    results = run_demo(max_new_tokens=4, k=3, block_len=2, rollout_len=2, bon_n=3,
+                       prompts=["the cat sat", "tell me a story"], out=out, engine=engine,
+                       coherence=lambda p, r: [0.5] * len(p))
     text = out.getvalue()
-    assert len(results) == 5 and all(r.kl is not None for rs in results.values() for r in rs)
-    assert text.count("| KL ") == 10 and "coherence 0.50" in text and "per nat of KL" in text.splitlines()[-1]
-    means = {"SFT": (0.1, 0.0, 0.5), "baseline": (0.4, 2.0, 0.5), "TQ* direct (α=2)": (0.5, 4.0, 0.5),
-             "TQ* soft (α=2, N=2)": (0.45, 5.0, 0.5), "EFT": (0.2, 1.0, 0.5)}
+    assert list(results) == ["SFT", "baseline (DPO)", "best-of-3", "CD blockwise (k=3, m=2)", "TQ* blockwise (k=3, m=2)"]
+    assert all(r.kl is not None for rs in results.values() for r in rs)
+    answers = [line for line in text.splitlines() if line.startswith("  [")]
+    assert len(answers) == 10 and all("| KL " in a and "| fwd " in a for a in answers) and "coherence 0.50" in text
+    assert "| method | mean reward | mean KL | fwd tok/tok |" in text and "forward tokens per token" in text.splitlines()[-1]
+    # the blocks' compute is what they ran: more forward tokens per token than plain SFT sampling
+    row = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+    assert float(row["CD blockwise (k=3, m=2)"][4]) > float(row["SFT"][4])
+    means = {"SFT": (0.1, 0.0, 2.6, 0.5), "baseline (DPO)": (0.4, 2.0, 3.6, 0.5), "best-of-40": (0.88, 2.7, 40, 0.5),
+             "CD blockwise (k=24, m=12)": (0.89, 3.1, 36, 0.5), "TQ* blockwise (k=24, m=12)": (0.80, 2.9, 80, 0.5)}
     sentence = verdict(means)
-    assert sentence.startswith("TQ* direct (α=2) reaches the highest mean reward (+0.500)")
-    assert "baseline gains the most reward over SFT per nat of KL (+0.150/nat)" in sentence
-    assert "does not beat TQ* direct (α=2): less reward at more KL" in sentence
+    assert sentence.startswith("CD blockwise (k=24, m=12) streams its answer and reaches +0.890 at KL 3.1 with 36")
+    assert "as much reward as best-of-40 or more, within a nat of its KL, for no more compute" in sentence
+    means["CD blockwise (k=24, m=12)"] = (0.70, 3.1, 36, 0.5)
+    assert "less reward than best-of-40 (+0.880)" in verdict(means)
+    means["CD blockwise (k=24, m=12)"] = (0.95, 5.0, 36, 0.5)
+    assert "but at more KL or compute" in verdict(means)
+
+
+def _scored(method, family, prompt, kl, reward, fwd, **params):
+    """A result row with what the best-of-N comparison reads: 10 tokens, ``fwd`` forward tokens per token."""
+    return {**_row(method, family, prompt, kl, reward), "token_ids": list(range(10)), "params": params,
+            "accounting": {"sft_forward_tokens": int(fwd * 10), "baseline_forward_tokens": 0, "rollouts": 0,
+                           "reward_calls": 0, "wall_time_s": 0.0}}
+
+
+def test_every_method_is_set_beside_best_of_n_at_its_kl_and_at_its_compute():
+    from tqstar.eval.frontier import against_bon, format_against_bon
+
+    rows = [  # SFT (N = 1), bon-4 and bon-16 over two prompts, and one blockwise method
+        _scored("sft", "sft", 0, 0.0, 0.0, 1, temperature=1.0), _scored("sft", "sft", 1, 0.0, 0.2, 1, temperature=1.0),
+        _scored("bon-4", "bon", 0, 1.0, 0.4, 4, bon_n=4), _scored("bon-4", "bon", 1, 0.6, 0.6, 4, bon_n=4),
+        _scored("bon-16", "bon", 0, 2.0, 0.8, 16, bon_n=16), _scored("bon-16", "bon", 1, 1.6, 0.6, 16, bon_n=16),
+        _scored("blk", "tq-direct", 0, 1.2, 0.9, 10), _scored("blk", "tq-direct", 1, 1.4, 0.7, 10),
+        _scored("far", "cd", 0, 9.0, 1.0, 40), _scored("far", "cd", 1, 9.0, 1.0, 40),
+    ]
+    summary = report_rows_summary(rows)
+    (blk, far) = against_bon(rows, summary)
+    # mean BoN KL: N=1 → 0, N=4 → 0.8, N=16 → 1.8; blk's mean KL 1.3 lies halfway from N=4 to N=16 (N = 10)
+    assert blk["kl_n"] == pytest.approx(10.0)
+    # per prompt, BoN halfway: prompt 0 (0.4 + 0.8)/2 = 0.6, prompt 1 0.6 → Δ = (0.3, 0.1): 0.2 ± 0.1
+    assert blk["kl_bon"] == pytest.approx(0.6) and blk["kl_diff"] == pytest.approx(0.2)
+    assert blk["kl_diff_se"] == pytest.approx(0.1)
+    # compute: 10 forward tokens per token is half-way from N=4 (4) to N=16 (16) → N = 10, the same rewards
+    assert blk["fwd_n"] == pytest.approx(10.0) and blk["fwd_diff"] == pytest.approx(0.2)
+    # beyond the largest N run: nothing to compare with, never extrapolated
+    assert far["kl_n"] is None and far["fwd_n"] is None
+    text = format_against_bon([blk, far])
+    assert "+0.200 ± 0.100 (2)" in text and "not in the BoN range run" in text
+    assert against_bon([r for r in rows if r["family"] != "bon"], summary) == []  # one N is no curve
+
+
+def report_rows_summary(rows):
+    from tqstar.eval.report import summarise
+
+    return summarise([{**r, "prompt": "p", "text": "t"} for r in rows], "sft")
+
+
+def test_files_merge_when_a_method_differs_only_in_what_has_no_effect_on_it(tmp_path):
+    """An sft row written before `tail` existed (so: tail off) and one written after (tail mean): the tail has no
+    effect on plain decoding, so the two files are one configuration of sft; a field that acts (k on cd) is not."""
+    from tqstar.eval.report import merge_files
+
+    def write(name, *rows):
+        header = {"format": "tqstar-eval/1", "config": {"prompts": ["a", "b"], "sft": "built-in tiny"}}
+        base = {"prompt": "a", "text": "t", "reward": 0.5, "token_ids": [1], "kl": 0.0, "kl_bound": None, "scores": {},
+                "accounting": {"sft_forward_tokens": 1, "baseline_forward_tokens": 0, "rollouts": 0,
+                               "reward_calls": 0, "wall_time_s": 0.1}}
+        (tmp_path / name).write_text("\n".join(json.dumps(x) for x in [header, *[{**base, **r} for r in rows]]) + "\n")
+        return tmp_path / name
+
+    old = write("old.jsonl", {"method": "sft", "prompt_index": 0, "params": {"method": "sft", "k": 5}})
+    new = write("new.jsonl", {"method": "sft", "prompt_index": 1, "params": {"method": "sft", "k": 5, "tail": "mean"}},
+                {"method": "cd", "prompt_index": 1, "params": {"method": "cd", "k": 5}})
+    assert {(r["method"], r["prompt_index"]) for r in merge_files([old, new])} == {("sft", 0), ("sft", 1), ("cd", 1)}
+    other = write("other.jsonl", {"method": "cd", "prompt_index": 0, "params": {"method": "cd", "k": 3}})
+    with pytest.raises(Exception, match="from different configurations"):
+        merge_files([new, other])

@@ -43,16 +43,18 @@ def test_cached_rollouts_match_fresh_encoding_on_smollm2(smol):
     assert cached == fresh
 
 
-def test_demo_prints_three_methods_side_by_side(smol):
+def test_demo_prints_five_methods_side_by_side(smol):
     import io
 
     from tqstar.cli.demo import run_demo
 
     out = io.StringIO()
-    results = run_demo(max_new_tokens=4, k=3, rollout_len=4, prompts=["How do I make a cup of tea?"], out=out)
+    results = run_demo(max_new_tokens=4, k=3, block_len=2, rollout_len=4, bon_n=3, prompts=["How do I make a cup of tea?"],
+                       out=out)
     assert len(results) == 5 and all(len(v) == 1 for v in results.values())
     text = out.getvalue()
-    for label in ("[SFT]", "[baseline (DPO)]", "TQ* direct", "TQ* soft", "EFT", "| KL ", "coherence", "per nat of KL"):
+    for label in ("[SFT]", "[baseline (DPO)]", "[best-of-3]", "CD blockwise", "TQ* blockwise", "| KL ", "| fwd ",
+                  "coherence", "streams its answer"):
         assert label in text
 
 

@@ -140,6 +140,7 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # twenty methods before a colour repeats
     families: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in summary:
         if e.get("kl") is not None:
@@ -154,7 +155,19 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
                     yerr=[e["reward_se"] for e in items], marker="o", ms=4, capsize=2, label=family)
         for e in items[1 if sft else 0:]:
             ax.annotate(f"{e['alpha']:g}", (e["kl"], e["reward"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    bons = sorted((e for e in singles if e.get("family") == "bon"), key=lambda e: e["kl"])
+    if len(bons) > 1:  # best-of-N over N: one line from SFT (N = 1)
+        line = [e for e in singles if e.get("family") == "sft"][:1] + bons
+        ax.errorbar([e["kl"] for e in line], [e["reward"] for e in line], xerr=[e.get("kl_se") or 0 for e in line],
+                    yerr=[e["reward_se"] for e in line], marker="D", ms=4, capsize=2, color="black", linestyle="--",
+                    label="best-of-N (KL estimate)")
+        for e in bons:
+            ax.annotate(e["method"], (e["kl"], e["reward"]), fontsize=6, xytext=(2, -8), textcoords="offset points")
     for e in singles:
+        if e.get("family") == "bon" and len(bons) > 1:
+            if e.get("kl_bound") is not None:
+                ax.plot([e["kl_bound"]], [e["reward"]], marker="|", ms=12, color="gray")
+            continue
         if e is sft or e.get("family") in ("sft", "none"):
             ax.errorbar([e["kl"]], [e["reward"]], xerr=[e.get("kl_se") or 0], yerr=[e["reward_se"]], marker="s",
                         color="black" if e.get("family") == "sft" else "gray", capsize=2, label=f"{e['method']} (α = 0)")
@@ -171,3 +184,102 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+# ---- every method against best-of-N of the same KL and of the same compute ----------------------------------------
+def bon_curve(rows: Sequence[dict[str, Any]]) -> dict[int, dict[int, dict[str, Any]]]:
+    """{N: {prompt index: row}} of the run's best-of-N rows (``bon`` family), with the SFT model's sampled rows as
+    N = 1 where SFT ran at temperature 1 (one SFT sample *is* best-of-1: KL 0); empty unless at least two N."""
+    curve: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        params = row.get("params") or {}
+        if row.get("reward") is None:
+            continue
+        if row.get("family") == "bon" and params.get("bon_n"):
+            curve[int(params["bon_n"])][row["prompt_index"]] = row
+        elif row.get("family") == "sft" and params.get("temperature") == 1.0:
+            curve[1][row["prompt_index"]] = row
+    return dict(sorted(curve.items())) if len(curve) > 1 else {}
+
+
+def fwd_per_token(row: dict[str, Any]) -> float:
+    """Forward tokens (both models) per generated token of one result row."""
+    acct = row["accounting"]
+    return (acct["sft_forward_tokens"] + acct["baseline_forward_tokens"]) / max(len(row["token_ids"]), 1)
+
+
+def against_bon(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every method with a KL against best-of-N of the same run at the same mean KL and at the same mean forward
+    tokens per token.
+
+    The best-of-N curve is the run's BoN rows over N (with SFT as N = 1, :func:`bon_curve`). For a method whose mean
+    KL is κ, N_κ is where the curve of BoN's *mean* KL over N reaches κ (linear between the N that were run); each
+    prompt's BoN reward at N_κ is interpolated between its own rows at those two N, and the method's advantage is
+    the mean over prompts of (method's reward − BoN's reward at N_κ), with its standard error over the prompts —
+    a paired difference, so prompt-to-prompt spread cancels. The same at matched forward tokens per token. A
+    method beyond the largest N run is compared with nothing there (``None``), never extrapolated.
+    Returns [{"method", "reward", "reward_se", "kl", "fwd", "prompts", "kl_n", "kl_bon", "kl_diff", "kl_diff_se",
+    "fwd_n", "fwd_bon", "fwd_diff", "fwd_diff_se"}] (the ``kl_*``/``fwd_*`` entries ``None`` where not reached)."""
+    curve = bon_curve(rows)
+    if not curve:
+        return []
+    ns = list(curve)
+    prompts = set.intersection(*(set(by_prompt) for by_prompt in curve.values()))
+    means = {"kl": [sum(curve[n][i]["kl"] for i in prompts) / len(prompts) for n in ns],
+             "fwd": [sum(fwd_per_token(curve[n][i]) for i in prompts) / len(prompts) for n in ns]}
+    by_method: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        by_method[row["method"]][row["prompt_index"]] = row
+    on_curve = {row["method"] for by_prompt in curve.values() for row in by_prompt.values()}
+    table = []
+    for entry in summary:
+        if entry.get("kl") is None or entry["method"] in on_curve:
+            continue
+        mine = {i: r for i, r in by_method[entry["method"]].items() if i in prompts and r.get("reward") is not None}
+        out = {"method": entry["method"], "reward": entry["reward"], "reward_se": entry["reward_se"],
+               "kl": entry["kl"], "fwd": entry["fwd_tok_per_tok"], "prompts": len(mine)}
+        for axis, target in (("kl", entry["kl"]), ("fwd", entry["fwd_tok_per_tok"])):
+            out.update({f"{axis}_n": None, f"{axis}_bon": None, f"{axis}_diff": None, f"{axis}_diff_se": None})
+            at = _bracket(means[axis], target)
+            if at is None or not mine:
+                continue
+            j, w = at  # target = (1 − w)·means[j] + w·means[j + 1]
+            bon = {i: (1 - w) * curve[ns[j]][i]["reward"] + w * curve[ns[min(j + 1, len(ns) - 1)]][i]["reward"]
+                   for i in mine}
+            diff, diff_se = mean_and_stderr([mine[i]["reward"] - bon[i] for i in mine])
+            out.update({f"{axis}_n": ns[j] + w * (ns[min(j + 1, len(ns) - 1)] - ns[j]),
+                        f"{axis}_bon": sum(bon.values()) / len(bon), f"{axis}_diff": diff, f"{axis}_diff_se": diff_se})
+        table.append(out)
+    return table
+
+
+def _bracket(values: Sequence[float], target: float) -> tuple[int, float] | None:
+    """(j, w) with target = (1 − w)·values[j] + w·values[j + 1] at the first segment that holds it (values rising in
+    N); ``None`` beyond the last value or below the first."""
+    for j, (lo, hi) in enumerate(zip(values, values[1:])):
+        if lo <= target <= hi:
+            return j, (target - lo) / (hi - lo) if hi > lo else 0.0
+    if values and target == values[-1]:
+        return len(values) - 1, 0.0
+    return None
+
+
+def format_against_bon(table: Sequence[dict[str, Any]], markdown: bool = True) -> str:
+    """One row per method: its reward, KL and compute, then best-of-N at its KL and at its compute (the N, BoN's
+    reward, and the method's paired advantage ± s.e.; "beyond N = …" where the method lies past the largest N)."""
+    head = ["method", "reward ± s.e.", "KL", "fwd tok/tok", "BoN @ same KL (N)", "Δ reward @ same KL",
+            "BoN @ same fwd (N)", "Δ reward @ same fwd"]
+
+    def side(e: dict[str, Any], axis: str) -> list[str]:
+        if e[f"{axis}_n"] is None:
+            return ["not in the BoN range run", "–"]
+        return [f"{e[f'{axis}_bon']:.3f} ({e[f'{axis}_n']:.1f})",
+                f"{e[f'{axis}_diff']:+.3f} ± {e[f'{axis}_diff_se']:.3f} ({e['prompts']})"]
+
+    body = [[e["method"], f"{e['reward']:.3f} ± {e['reward_se']:.3f}", f"{e['kl']:.2f}", f"{e['fwd']:.1f}"]
+            + side(e, "kl") + side(e, "fwd") for e in table]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(r[c]) for r in [head] + body) for c in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in [head] + body)

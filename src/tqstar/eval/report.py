@@ -31,9 +31,17 @@ from ..errors import ConfigError, preview
 from ..methods import BY_NAME, NEEDS
 from ..params import DecodeParams
 from ..state import KL_KINDS
-from .frontier import auto_kls, family_label, format_matched, matched_kl, plot_frontier
+from .frontier import (
+    against_bon,
+    auto_kls,
+    family_label,
+    format_against_bon,
+    format_matched,
+    matched_kl,
+    plot_frontier,
+)
 from .metrics import diversity, mean_and_stderr, normalised_reward, win_tie
-from .results import RESULTS_FIX, canonical, first_difference, read_rows
+from .results import RESULTS_FIX, acting, canonical, first_difference, read_rows
 
 log = logging.getLogger("tqstar")
 
@@ -203,7 +211,8 @@ def plot(table: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "") 
 
 #: What the report writes into ``--out-dir``; it replaces a file of these names only when its manifest proves
 #: tqstar wrote it (:class:`tqstar._files.OutDir`).
-OUTPUTS = ("table.md", "table.csv", "reward_vs_kl.png", "reward_by_method.png", "matched_kl.md", "frontier.png")
+OUTPUTS = ("table.md", "table.csv", "reward_vs_kl.png", "reward_by_method.png", "matched_kl.md", "frontier.png",
+           "vs_bon.md")
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -218,7 +227,9 @@ def report(paths: str | Path | Sequence[str | Path], *, reference: str = "sft", 
     """Summarise one or more evaluation files (over the same prompts); with ``out_dir`` also write table.md,
     table.csv and the plots there. When methods were swept over α with a KL on every row, the text and
     ``matched_kl.md`` add the reward at matched KL (:mod:`tqstar.eval.frontier`; ``kls`` the targets, default
-    :func:`~tqstar.eval.frontier.auto_kls`) and ``frontier.png`` the reward–KL plot of every method with a KL."""
+    :func:`~tqstar.eval.frontier.auto_kls`); when best-of-N ran at two or more N (SFT sampled at temperature 1 counts as
+    N = 1), ``vs_bon.md`` sets every other method beside best-of-N at its KL and at its compute
+    (:func:`~tqstar.eval.frontier.against_bon`); ``frontier.png`` is the reward–KL plot of every method with a KL."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     return report_rows(merge_files(paths), reference=reference, out_dir=out_dir, coherence=coherence, title=title,
                        llm_judge=llm_judge, kls=kls)
@@ -237,13 +248,19 @@ def report_rows(rows: Sequence[dict[str, Any]], *, reference: str = "sft", out_d
     if matched:
         text += ("\n\nreward at matched KL (interpolated along each prompt's own α sweep, then averaged over the prompts"
                  " that reach it; ± s.e. over those prompts):\n" + format_matched(matched, markdown=False))
+    versus = against_bon(rows, table)
+    if versus:
+        text += ("\n\nagainst best-of-N of this run at the same mean KL and at the same forward tokens per token (N"
+                 " interpolated; Δ: the method's reward minus BoN's, paired per prompt, ± s.e.):\n"
+                 + format_against_bon(versus, markdown=False))
     if out_dir is not None:
-        write_outputs(out_dir, table, matched, title)
+        write_outputs(out_dir, table, matched, title, versus)
     return table, text
 
 
-def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched, title: str) -> None:
-    """Write table.md, table.csv, the plots (and the matched-KL table and frontier) into ``out_dir``: made in a
+def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched, title: str, versus=()) -> None:
+    """Write table.md, table.csv, the plots (and the matched-KL table, the best-of-N comparison and the frontier)
+    into ``out_dir``: made in a
     temporary folder there, then put in place by :class:`~tqstar._files.OutDir` (checked, hashed, recorded)."""
     out = OutDir(out_dir, "report")
     out.check(OUTPUTS)
@@ -255,6 +272,9 @@ def write_outputs(out_dir: str | Path, table: Sequence[dict[str, Any]], matched,
         plot(table, made, title)
         if matched:
             (made / "matched_kl.md").write_text(format_matched(matched) + "\n")
+        if versus:
+            (made / "vs_bon.md").write_text(format_against_bon(versus) + "\n")
+        if matched or versus:
             plot_frontier(table, made / "frontier.png", title)
         out.install({name: made / name for name in OUTPUTS if (made / name).exists()})
 
@@ -309,7 +329,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         duplicates = 0
         for row in part:
             label = row["method"]
-            mine = {**shared, "params": row.get("params") or config.get("methods", {}).get(label)}
+            mine = {**shared, "params": acting(row.get("params") or config.get("methods", {}).get(label))}
             first_file, first_config = origin.setdefault(label, (path, mine))
             if canonical(first_config) != canonical(mine):
                 where = "twice in " + repr(str(path)) if first_file == path else (

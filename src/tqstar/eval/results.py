@@ -170,15 +170,20 @@ def check_resumable(results: ResultsFile, fingerprint: dict[str, Any], output: s
                           f" ({first_difference(shared_old, shared_new)}); refusing to append to it: give another"
                           " --output or restore the original settings")
     mine = fingerprint["methods"]
-    defaults = {**asdict(DecodeParams()), **BEFORE}  # a field added since the file was written: what it was then
     for row in results.rows:
         label = row["method"]
-        old = row.get("params") or header["config"].get("methods", {}).get(label)
-        old = None if old is None else {**defaults, **old}
-        if label in mine and canonical(None if old is None else in_effect(old)) != canonical(in_effect(mine[label])):
+        old = acting(row.get("params") or header["config"].get("methods", {}).get(label))
+        if label in mine and canonical(old) != canonical(acting(mine[label])):
             raise ConfigError(f"method {label!r} in {str(output)!r} was run with other parameters"
-                              f" ({first_difference(in_effect(old or {}), in_effect(mine[label]))}); give it another"
+                              f" ({first_difference(old or {}, acting(mine[label]))}); give it another"
                               " `label` or another --output")
+
+
+def acting(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A row's recorded parameters as they acted: a field added since the file was written at what it was then
+    (:data:`~tqstar.params.BEFORE`), then only the fields that have an effect on its method
+    (:func:`~tqstar.params.in_effect`) — so resuming, and merging files, compare what decodes, not what was written."""
+    return None if params is None else in_effect({**asdict(DecodeParams()), **BEFORE, **params})
 
 
 def canonical(value: Any) -> str:
