@@ -205,7 +205,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         """Float32 logits after each sequence ``(B, V)`` on the device; the sequences become the stored rows."""
         if any(len(s) == 0 for s in seqs):
             raise ConfigError("next_logprobs needs non-empty sequences; every prompt must encode to >= 1 token")
-        rows, cost = self._encode([tuple(s) for s in seqs])
+        rows, cost = self._encode_shared([tuple(s) for s in seqs], min_saved=len(seqs))
         self._rows = rows
         assert rows.last_logits is not None
         return rows.last_logits.float(), cost
@@ -225,7 +225,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
             raise ConfigError("rollout needs non-empty prefixes; every prompt must encode to >= 1 token")
         draws = rollout_uniforms(seeds, len(prefixes), max(budgets), temperature, self.device)  # (P, L) | None
         stems = list(dict.fromkeys(p[:-1] for p in prefixes))
-        stem_rows, stem_cost = self._encode(stems)
+        stem_rows, stem_cost = self._encode_shared(stems, min_saved=len(stems))
         self._rows = stem_rows
         stem_index = {s: i for i, s in enumerate(stems)}
         rows = stem_rows.select([stem_index[p[:-1]] for p in prefixes])
