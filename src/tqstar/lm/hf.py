@@ -8,7 +8,9 @@ Caching, the way vLLM's automatic prefix caching does it but for one process:
 * The backend remembers the KV cache of the *last batch of sequences it encoded* (``Rows``: tokens, per-layer
   keys/values ``(R, H, T, D)``, an attention mask ``(R, T)`` and the logits after each row's last token).
 * A new call looks up, for every sequence, the stored row that is its longest prefix, gathers those rows
-  (expanding one row to many when several sequences share it) and runs only the new suffix tokens.
+  (expanding one row to many when several sequences share it) and runs only the new suffix tokens. A prefix that
+  several sequences of the call share past the stored rows runs once first (a first blockwise decision's k block
+  stems share a prompt the baseline never saw: once, not k times; :meth:`~tqstar.lm.kvcache.PrefixKV._encode_shared`).
   Suffixes of unequal length are left-padded *inside* the block; padding positions are masked out and position
   ids count real tokens only, so every row sees exactly its own tokens.
 * :meth:`next_logprobs` stores the sequences it was asked about (the committed prefixes, one token longer each
