@@ -115,7 +115,7 @@ class PrefixKV:
         rows cover (:func:`new_stems`; none unless together they spare more than ``min_saved`` tokens). Without it
         k sequences that share a prompt the stored rows lack (a first decision's k sampled blocks, each its own
         stem) would each run the whole prompt. Returns the rows of ``seqs`` only (the stems are not kept) and the
-        tokens run per sequence, a stem's charged to the first sequence that extends it."""
+        tokens run per sequence, a stem's charged to a sequence that starts from it (each pays at most its length)."""
         stored = self._rows
         if len(seqs) < 2 or not self.prefix_cache or (stored is not None and stored.tokens == seqs):
             return self._encode(seqs)
