@@ -172,6 +172,15 @@ class Engine:
                            rollout_seed=row_params.rollout_seed, max_new_tokens=row_params.max_new_tokens,
                            stop=row_params.stop, trace=[] if row_params.trace else None)
 
+    def reset_caches(self) -> None:
+        """Forget what the models and rewards keep between calls (prefix caches, cached reward values), so what
+        runs next is charged its whole cost: the counts of an evaluation's method do not depend on the methods run
+        before it (the same keyed blocks are drawn by every method with the same seed). Results are unaffected."""
+        m = self.models
+        for part in (m.sft, m.baseline, m.reward, m.baseline_reward):
+            if part is not None:
+                part.reset_cache()
+
     def decoder(self, params: DecodeParams) -> Decoder:
         """A :class:`Decoder` for rows made with ``params`` (checked against the models and rewards first): the one
         way a decoder is built, by :meth:`stream`, a server's scheduler and anyone stepping rows themselves."""

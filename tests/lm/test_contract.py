@@ -40,11 +40,11 @@ PROMPTS = [
 # ---- backends -----------------------------------------------------------------------------------------------
 class ProtocolDefaultLM(FullVocabLM):
     """A backend without a cache that implements only the abstract methods (delegating to a transformers
-    backend whose cache it clears before every call), so the base class's default :meth:`LanguageModel.rollout`
-    is what runs, and every call costs the naive token count."""
+    backend with its prefix cache off: no stored rows, no stem shared within a call), so the base class's default
+    :meth:`LanguageModel.rollout` is what runs, and every call costs the naive token count."""
 
     def __init__(self, inner: TransformersLM) -> None:
-        self.inner = inner
+        self.inner = inner.with_prompt_format(prefix_cache=False)
         self.name = f"default-rollout({inner.name})"
         self.vocab_size = inner.vocab_size
         self.eos_token_ids = inner.eos_token_ids
@@ -57,7 +57,6 @@ class ProtocolDefaultLM(FullVocabLM):
         return self.inner.decode(ids)
 
     def next_logprobs(self, seqs) -> StepOutput:
-        self.inner.reset_cache()
         return self.inner.next_logprobs(seqs)
 
 

@@ -27,7 +27,9 @@ EOS_ID = 2  # the tiny models' EOS
 
 # ---- transformers: the prefix KV cache ----------------------------------------------------------------------
 def _fresh(lm: TransformersLM) -> TransformersLM:
-    return TransformersLM(lm.model, lm.tokenizer)
+    """The same weights without a prefix cache: every sequence encoded whole (nothing shared, within a call or
+    across calls)."""
+    return TransformersLM(lm.model, lm.tokenizer, prefix_cache=False)
 
 
 def test_cache_extension_matches_fresh_backend(sft):
@@ -116,6 +118,26 @@ def test_cache_encodes_unrelated_sequences_in_full(sft):
     step = sft.next_logprobs(other)
     assert step.forward_tokens == [4, 1]
     torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(other).logprobs, atol=ATOL, rtol=0)
+
+
+def test_a_prefix_several_sequences_share_past_the_cache_is_run_once(sft):
+    """A first blockwise decision's rollout stems (prompt + block[:-1], k distinct sequences) on a cold cache: the
+    prompt runs once, charged to one of them, then each its own tokens (was k copies of the prompt); each
+    sequence is charged at most its length, and the numbers and rollouts are a fresh backend's."""
+    prompt = sft.encode_prompt(PROMPTS[3])
+    seqs = [prompt + [10 + i, 20 + i] for i in range(6)]
+    step = sft.next_logprobs(seqs)
+    assert sum(step.forward_tokens) == len(prompt) + 2 * len(seqs)
+    assert all(n <= len(s) for n, s in zip(step.forward_tokens, seqs))
+    torch.testing.assert_close(step.logprobs, _fresh(sft).next_logprobs(seqs).logprobs, atol=ATOL, rtol=0)
+    sft.reset_cache()
+    blocks = [s + [30] for s in seqs]
+    out = sft.rollout(blocks, ROLLOUT_LEN)
+    assert sum(out.forward_tokens) == len(prompt) + 2 * len(seqs) + sum(len(t) for t in out.tokens)
+    assert out.tokens == _fresh(sft).rollout(blocks, ROLLOUT_LEN).tokens
+    unshared = [prompt + [10, 20], [9, 10, 11, 12, 13]]  # a shared token or two is not worth a pass of its own
+    sft.reset_cache()
+    assert sft.next_logprobs(unshared + [[9, 10, 40]]).forward_tokens == [len(prompt) + 2, 5, 3]
 
 
 def test_reset_cache_does_not_change_results(sft):

@@ -8,7 +8,8 @@ extended later appends. A last line cut off mid-write is reported and dropped (t
 corrupt line anywhere else, a file that does not start with a tqstar header (never touched), a file whose
 fingerprint differs from this run's, or a method label already in the file with other parameters is refused with
 the reason. A run holds an exclusive ``flock`` on the file while it appends: a second run on the same file at the
-same time is refused.
+same time is refused. Each method starts from empty model and reward caches, so its compute counts are its own, not
+less for following a method that drew the same keyed blocks.
 
 Methods are given as a list of mappings; a list-valued ``alpha`` is a sweep (one method per value); ``defaults`` apply
 to every method they mean something for (each field's declared scope, :meth:`tqstar.params.DecodeParams.applies`)::
@@ -166,6 +167,7 @@ class Evaluation:
         total = sum(len(idx) * method.params.max_new_tokens for method, idx in todo)
         bar = tqdm(total=total, desc="eval", unit="tok", disable=not self.progress)  # moves per generated token
         for method, indices in todo:
+            self.engine.reset_caches()  # each method charged its own work, whatever ran before it
             batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
             for b, responses in self.engine.stream([[self.prompts[i] for i in batch] for batch in batches],
                                                    method.params, concurrency=self.concurrency,

@@ -255,6 +255,11 @@ class LanguageModel(ABC):
         Every local backend can."""
         return None
 
+    def reset_cache(self) -> None:
+        """Forget what the backend keeps between calls (results are unaffected, only the work a call does);
+        default: nothing is kept."""
+        return None
+
     # ---- checks -----------------------------------------------------------------------------------------
     def check_fits(self, prompt_ids: TokenIds, budget: int, prompt: str) -> None:
         """Raise :class:`PromptTooLongError` if ``prompt_ids`` plus ``budget`` new tokens exceed the context."""

@@ -8,7 +8,9 @@ Caching, the way vLLM's automatic prefix caching does it but for one process:
 * The backend remembers the KV cache of the *last batch of sequences it encoded* (``Rows``: tokens, per-layer
   keys/values ``(R, H, T, D)``, an attention mask ``(R, T)`` and the logits after each row's last token).
 * A new call looks up, for every sequence, the stored row that is its longest prefix, gathers those rows
-  (expanding one row to many when several sequences share it) and runs only the new suffix tokens.
+  (expanding one row to many when several sequences share it) and runs only the new suffix tokens. A prefix that
+  several sequences of the call share past the stored rows runs once first (a first blockwise decision's k block
+  stems share a prompt the baseline never saw: once, not k times; :meth:`~tqstar.lm.kvcache.PrefixKV._encode_shared`).
   Suffixes of unequal length are left-padded *inside* the block; padding positions are masked out and position
   ids count real tokens only, so every row sees exactly its own tokens.
 * :meth:`next_logprobs` stores the sequences it was asked about (the committed prefixes, one token longer each
@@ -212,7 +214,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
         """Float32 logits after each sequence ``(B, V)`` on the device; the sequences become the stored rows."""
         if any(len(s) == 0 for s in seqs):
             raise ConfigError("next_logprobs needs non-empty sequences; every prompt must encode to >= 1 token")
-        rows, cost = self._encode([tuple(s) for s in seqs])
+        rows, cost = self._encode_shared([tuple(s) for s in seqs], min_saved=len(seqs))
         self._rows = rows
         assert rows.last_logits is not None
         return rows.last_logits.float(), cost
@@ -232,7 +234,7 @@ class TransformersLM(FullVocabLM, PrefixKV):
             raise ConfigError("rollout needs non-empty prefixes; every prompt must encode to >= 1 token")
         draws = rollout_uniforms(seeds, len(prefixes), max(budgets), temperature, self.device)  # (P, L) | None
         stems = list(dict.fromkeys(p[:-1] for p in prefixes))
-        stem_rows, stem_cost = self._encode(stems)
+        stem_rows, stem_cost = self._encode_shared(stems, min_saved=len(stems))
         self._rows = stem_rows
         stem_index = {s: i for i, s in enumerate(stems)}
         rows = stem_rows.select([stem_index[p[:-1]] for p in prefixes])

@@ -7,11 +7,14 @@ LM backend uses it, and :mod:`tqstar.reward.prefix_cache` for the reward side):
   the model's output after each row's last token (``last_logits``: LM logits, or a reward head's output);
 * :class:`PrefixKV` — ``_encode(seqs)``: each sequence starts from the stored row (``self._rows``) sharing its
   longest common prefix and only the rest is run, left-padded inside the block, padding masked out, position
-  ids counting real tokens only. A user supplies ``_forward`` (the model call) and the attributes below;
+  ids counting real tokens only; ``_encode_shared(seqs)``: the same, after encoding once each prefix that
+  several of the sequences share past the stored rows (:func:`new_stems`). A user supplies ``_forward`` (the
+  model call) and the attributes below;
 * :func:`longest_common_prefixes` — per sequence, the stored row to start from and how much of it to keep;
   :func:`make_cache` — a ``transformers`` cache over stored KV, without copying;
-* :func:`concat_rows` and :func:`shared_prefix_lengths` — a pool of rows from several calls, and the stem a
-  sequence shares with its batch mates (used by the reward scorer to encode a common stem once).
+* :func:`concat_rows`, :func:`shared_prefix_lengths` and :func:`new_stems` — a pool of rows from several calls,
+  the stem a sequence shares with its batch mates, and the stems worth encoding once (the LM backend's calls and
+  the reward scorer's).
 """
 
 from __future__ import annotations
@@ -81,18 +84,20 @@ class PrefixKV:
     def _forward(self, kv, past_mask: torch.Tensor, ids: torch.Tensor, block_mask: torch.Tensor):
         raise NotImplementedError
 
-    def _encode(self, seqs: list[tuple[int, ...]]) -> tuple[Rows, list[int]]:
+    def _encode(self, seqs: list[tuple[int, ...]],
+                match: tuple[list[int], list[int]] | None = None) -> tuple[Rows, list[int]]:
         """Encode ``seqs`` reusing the stored rows; returns the rows and per-sequence tokens run.
 
         Each sequence starts from the stored row sharing its longest common prefix (the row's tail beyond it is
-        masked out), and only the rest of the sequence is run.
+        masked out), and only the rest of the sequence is run. ``match``: that row and prefix length per sequence
+        (:func:`longest_common_prefixes`), when the caller has them.
         """
         stored = self._rows
         if stored is None or not self.prefix_cache:
             return self._prefill(seqs)
         if stored.tokens == seqs:  # the stored rows themselves (plain decoding's stem, every step)
             return Rows(list(seqs), stored.kv, stored.mask, stored.last_logits), [0] * len(seqs)
-        rows, kept = longest_common_prefixes(stored, seqs)
+        rows, kept = match or longest_common_prefixes(stored, seqs)
         base = stored.select(rows).keep_first(kept)
         suffixes = [s[n:] for s, n in zip(seqs, kept)]
         width = max(len(s) for s in suffixes)
@@ -104,6 +109,28 @@ class PrefixKV:
         last = logits if base.last_logits is None else torch.where(has_new, logits, base.last_logits)
         mask = torch.cat([base.mask, block_mask], dim=1)
         return Rows(list(seqs), kv, mask, last), [len(s) for s in suffixes]
+
+    def _encode_shared(self, seqs: list[tuple[int, ...]], min_saved: int = 0) -> tuple[Rows, list[int]]:
+        """:meth:`_encode`, after first encoding once each prefix that several of ``seqs`` share past what the stored
+        rows cover (:func:`new_stems`; none unless together they spare more than ``min_saved`` tokens). Without it
+        k sequences that share a prompt the stored rows lack (a first decision's k sampled blocks, each its own
+        stem) would each run the whole prompt. Returns the rows of ``seqs`` only (the stems are not kept) and the
+        tokens run per sequence, a stem's charged to a sequence that starts from it (each pays at most its length)."""
+        stored = self._rows
+        if len(seqs) < 2 or not self.prefix_cache or (stored is not None and stored.tokens == seqs):
+            return self._encode(seqs)
+        match, stems = new_stems(stored, seqs, min_saved)
+        if not stems:
+            return self._encode(seqs, match)
+        stem_rows, stem_cost = self._encode_shared(stems, min_saved)  # on top of the stored rows
+        kept_rows = [] if stored is None else sorted(set(match[0]))
+        self._rows = pool = concat_rows([None if stored is None else stored.select(kept_rows), stem_rows])
+        match = longest_common_prefixes(pool, seqs)
+        rows, cost = self._encode(seqs, match)
+        for j, (stem, n) in enumerate(zip(stems, stem_cost)):  # to a sequence that starts from it: each pays <= its length
+            starts = [i for i, r in enumerate(match[0]) if r == len(kept_rows) + j]
+            cost[starts[0] if starts else next(i for i, s in enumerate(seqs) if s[:len(stem)] == stem)] += n
+        return rows, cost
 
     def _prefill(self, seqs: list[tuple[int, ...]]) -> tuple[Rows, list[int]]:
         width = max(len(s) for s in seqs)
@@ -140,9 +167,11 @@ def longest_common_prefixes(stored: Rows, seqs: list[tuple[int, ...]]) -> tuple[
     """Per sequence, the stored row with the longest common prefix and how many of its tokens to keep.
 
     A kept prefix never covers a whole sequence unless the row *is* that sequence (then its stored last logits
-    are valid); otherwise the sequence's last token is re-run so its logits exist.
+    are valid); otherwise the sequence's last token is re-run so its logits exist. Among rows sharing as long a
+    prefix, one that is wholly that prefix is preferred (the sequence itself, when it is stored).
     """
     table = stored.token_array()  # (R, T) right-padded with -1
+    lengths = np.array([len(t) for t in stored.tokens])  # (R,)
     rows, kept = [], []
     for start in range(0, len(seqs), 64):  # bounded (B, R, T) comparisons
         chunk = seqs[start:start + 64]
@@ -152,7 +181,7 @@ def longest_common_prefixes(stored: Rows, seqs: list[tuple[int, ...]]) -> tuple[
             query[i, :min(len(s), width)] = s[:width]
         same = query[:, None, :] == table[None, :, :width]  # (b, R, width)
         lcp = np.cumprod(same, axis=2).sum(axis=2)  # (b, R)
-        best = lcp.argmax(axis=1)
+        best = (2 * lcp + (lcp == lengths[None, :])).argmax(axis=1)  # the longest; on a tie, a whole row
         for i, s in enumerate(chunk):
             row, n = int(best[i]), int(lcp[i, best[i]])
             if n == len(s) and len(stored.tokens[row]) != n:
@@ -179,6 +208,21 @@ def concat_rows(parts: Sequence[Rows | None]) -> Rows | None:
     mask = torch.cat([pad(p.mask, 1) for p in parts])  # (R, T)
     last = torch.cat([p.last_logits for p in parts])  # (R, X)
     return Rows([t for p in parts for t in p.tokens], kv, mask, last)
+
+
+def new_stems(stored: Rows | None, seqs: Sequence[tuple[int, ...]], min_saved: int = 0
+              ) -> tuple[tuple[list[int], list[int]] | None, list[tuple[int, ...]]]:
+    """The distinct prefixes shared by several of ``seqs`` that reach past what ``stored`` already covers, and the
+    stored row each sequence starts from with the length it keeps (:func:`longest_common_prefixes`; ``None`` when
+    nothing is stored). Encoding a stem once spares its new tokens for every other sequence that shares it; no
+    stems are returned unless together they spare more than ``min_saved`` tokens (an extra forward pass for a
+    token or two shared by chance costs more than it saves)."""
+    shared = shared_prefix_lengths(seqs)
+    match = None if stored is None else longest_common_prefixes(stored, list(seqs))
+    covered = [0] * len(seqs) if match is None else match[1]
+    start = {s[:n]: c for s, n, c in zip(seqs, shared, covered) if n > c}  # stem → what its first sharer has
+    saved = sum(n - c for n, c in zip(shared, covered) if n > c) - sum(len(stem) - c for stem, c in start.items())
+    return match, (list(start) if start and saved > min_saved else [])
 
 
 def shared_prefix_lengths(seqs: Sequence[tuple[int, ...]]) -> list[int]:

@@ -193,6 +193,11 @@ class WeightedReward(Reward):
             hi = sum(max(w * r.range[0], w * r.range[1]) for w, r in self.parts)  # type: ignore[index]
             self.range = (lo, hi) if lo < hi else None  # all-zero weights: no range to trust
 
+    def reset_cache(self) -> None:
+        super().reset_cache()
+        for _, reward in self.parts:
+            reward.reset_cache()
+
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
         total = [0.0] * len(responses)
         for weight, reward in self.parts:

@@ -11,7 +11,7 @@ the score of a token sequence ``x_1..x_n`` is
 pools). ``h_p`` depends on ``x_1..x_p`` only, so it can be computed on top of a KV cache of any prefix:
 
 * each token sequence is cut after ``p`` (trailing pad tokens change nothing);
-* the stem a sequence shares with its batch mates (:func:`~tqstar.lm.kvcache.shared_prefix_lengths`) is
+* the stem a sequence shares with its batch mates (:func:`~tqstar.lm.kvcache.new_stems`) is
   encoded once, on top of the stored rows (:class:`~tqstar.lm.kvcache.PrefixKV`, the LM backend's machinery);
 * each sequence then runs only its tokens past the longest stored or stem prefix, and the head is applied to
   the hidden state after its last token.
@@ -37,9 +37,8 @@ from ..lm.kvcache import (
     PrefixKV,
     Rows,
     concat_rows,
-    longest_common_prefixes,
     make_cache,
-    shared_prefix_lengths,
+    new_stems,
 )
 
 Seq = tuple[int, ...]
@@ -105,7 +104,7 @@ class PrefixScorer(PrefixKV):
         assert all(seqs), "reward-model inputs must be non-empty"
         unique = list(dict.fromkeys(seqs))
         stored = concat_rows(self._calls)
-        stems = self._new_stems(stored, unique)
+        stems = new_stems(stored, unique)[1]
         cost = 0
         if stems:  # 1. the stems shared by several sequences, once each
             stem_rows, stem_cost = self._encode_chunks(stored, stems, batch_size)
@@ -120,13 +119,6 @@ class PrefixScorer(PrefixKV):
     def reset(self) -> None:
         """Forget the stored rows (frees their memory; scores are unaffected)."""
         self._calls = []
-
-    @staticmethod
-    def _new_stems(stored: Rows | None, seqs: list[Seq]) -> list[Seq]:
-        """Distinct prefixes shared by several of ``seqs`` that reach past what ``stored`` already covers."""
-        shared = shared_prefix_lengths(seqs)
-        covered = [0] * len(seqs) if stored is None else longest_common_prefixes(stored, seqs)[1]
-        return list(dict.fromkeys(s[:n] for s, n, c in zip(seqs, shared, covered) if n > c))
 
     def _encode_chunks(self, stored: Rows | None, seqs: list[Seq], batch_size: int) -> tuple[Rows, list[int]]:
         parts, costs = [], []
