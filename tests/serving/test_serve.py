@@ -219,6 +219,20 @@ def test_overrides_change_the_answer_like_the_cli(client, engine, config):
     assert got.model_extra["tqstar"]["params"]["k"] == 2
 
 
+def test_an_override_the_method_ignores_is_a_400_naming_the_field(client):
+    """No flag without an effect, over HTTP too: k sent to a plain-decoding preset, or soft-bon's β to a TQ* one,
+    would change nothing."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-sft", prompt="hello", max_tokens=2, extra_body={"tqstar": {"k": 3}})
+    assert "`tqstar.k` has no effect on method 'sft'" in str(err.value) and "drop it" in str(err.value)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny-tq", prompt="hello", max_tokens=2,
+                                  extra_body={"tqstar": {"bon_beta": 0.5}})
+    assert "`tqstar.bon_beta` has no effect" in str(err.value)
+
+
 def test_stop_strings_never_leak(client, engine, config):
     prompt = PROMPTS[13]
     full = _expected(engine, config, "tiny-sft", [prompt], 16)[0].text

@@ -168,6 +168,7 @@ class Completions:
             changes["temperature"] = req.temperature
         try:
             params = preset.replace(**changes) if changes else preset
+            params.check_given(req.tqstar.overrides())  # an override the method ignores is refused, not dropped
             engine.check(params)  # once per parameter group (remembered by the engine)
         except TQStarError as exc:
             raise self.api_error(exc) from None
