@@ -146,6 +146,9 @@ def test_every_method_is_set_beside_best_of_n_at_its_kl_and_at_its_compute():
     text = format_against_bon([blk, far])
     assert "+0.200 ± 0.100 (2)" in text and "not in the BoN range run" in text
     assert against_bon([r for r in rows if r["family"] != "bon"], summary) == []  # one N is no curve
+    # best-of-N whose KL is not tracked (another policy or temperature) is no curve either, and no error
+    untracked = [{**r, "kl": None} if r["family"] == "bon" else r for r in rows]
+    assert against_bon(untracked, report_rows_summary(untracked)) == []
 
 
 def report_rows_summary(rows):

@@ -11,7 +11,7 @@ import {
 
 // Presets as GET /v1/models describes them: the method's kind and the parameters it uses come from the server.
 const TQ_USES = ["k", "alpha", "n_rollouts", "rollout_len", "rollout_temperature", "reuse_rollouts", "prune",
-  "prune_probe", "temperature", "max_new_tokens", "stop", "seed"];
+  "prune_probe", "temperature", "max_new_tokens", "stop", "seed", "trace"];
 const PLAIN_USES = ["temperature", "max_new_tokens", "stop", "seed"];
 const model = (id, method, kind, uses, params = {}) => ({ id, tqstar: { params: { method, ...params },
   method: { name: method, kind, uses } } });
@@ -124,7 +124,7 @@ test("requestBody sends each control only to the presets whose method uses it, t
   const controls = { alpha: "99", k: "4", rollout_len: "8", temperature: "0.5", max_tokens: "12" };
   const messages = [{ role: "user", content: "hi" }];
   const [tqPreset, argsPreset, sftPreset] = presetsFrom({ data: [model("tq", "tq-direct", "token", TQ_USES),
-    model("a", "args", "token", ["k", "alpha", "prune", "temperature", "max_new_tokens", "seed"]),
+    model("a", "args", "token", ["k", "alpha", "prune", "temperature", "max_new_tokens", "seed", "trace"]),
     model("s", "sft", "plain", PLAIN_USES)] });
   const tq = requestBody(tqPreset, { messages, seed: "7", controls });
   assert.deepEqual(tq, {
@@ -135,7 +135,7 @@ test("requestBody sends each control only to the presets whose method uses it, t
   assert.deepEqual(args.tqstar, { trace: true, alpha: 99, k: 4 });
   assert.equal("seed" in args, false);  // empty: the server draws one
   const sft = requestBody(sftPreset, { messages, seed: "3", controls: { ...controls, temperature: "0" }, stream: false });
-  assert.deepEqual(sft, { model: "s", messages, stream: false, temperature: 0, max_tokens: 12, tqstar: { trace: true } });
+  assert.deepEqual(sft, { model: "s", messages, stream: false, temperature: 0, max_tokens: 12, tqstar: {} });  // no trace: plain decoding has none
   const blank = requestBody(tqPreset,
     { messages, seed: "0", controls: { alpha: "", k: "", rollout_len: "", temperature: "", max_tokens: "" } });
   assert.deepEqual(blank.tqstar, { trace: true });

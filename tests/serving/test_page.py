@@ -222,7 +222,7 @@ def test_streamed_answers_and_steps_match_the_api(driver, server):
     fill(driver, prompt=PROMPT, alpha="1", k="8", rollout_len="2", max_tokens="7")
     requests = generate(driver)
     assert requests[1]["tqstar"] == {"trace": True, "alpha": 1, "k": 8, "rollout_len": 2}
-    assert requests[0]["tqstar"] == {"trace": True}  # the SFT preset takes no α, k or rollout length
+    assert requests[0]["tqstar"] == {}  # the SFT preset takes no α, k, rollout length or trace
     assert [r["max_tokens"] for r in requests] == [7, 7] and [r["temperature"] for r in requests] == [0, 0]
     assert all("seed" not in r for r in requests)
     assert requests[0]["messages"] == [{"role": "user", "content": PROMPT}]

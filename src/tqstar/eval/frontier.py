@@ -193,7 +193,7 @@ def bon_curve(rows: Sequence[dict[str, Any]]) -> dict[int, dict[int, dict[str, A
     curve: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         params = row.get("params") or {}
-        if row.get("reward") is None:
+        if row.get("reward") is None or row.get("kl") is None:  # best-of-N of another policy or temperature: no KL
             continue
         if row.get("family") == "bon" and params.get("bon_n"):
             curve[int(params["bon_n"])][row["prompt_index"]] = row

@@ -121,12 +121,12 @@ export function chatMessages(system, user) {
 
 /**
  * The body of `POST /v1/chat/completions` for one preset. A control goes only to a preset whose method reads it
- * (as `GET /v1/models` says), the seed only to a preset that samples; values are sent as typed (the server checks
+ * (as `GET /v1/models` says; so does the step trace), the seed only to a preset that samples; values are sent as typed (the server checks
  * them and answers 400 naming the field), an empty field is left to the preset (an empty seed: the server draws
  * one and reports it).
  */
 export function requestBody(preset, { messages, seed, controls, stream = true }) {
-  const ext = { trace: true };
+  const ext = uses(preset, "trace") ? { trace: true } : {};  // the server refuses a field its method ignores
   const body = { model: preset.id, messages, stream };
   const given = (value) => value !== "" && value !== null && value !== undefined;
   for (const name of CONTROLS) {
