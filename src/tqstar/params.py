@@ -361,6 +361,10 @@ def check_value(name: str, value: object) -> None:
     its ``choices``)."""
     info, kind = FIELDS[name], KINDS[name]
     if info.choices is not None and value not in info.choices:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+            raise ConfigError(f"`{name}` must be one of {', '.join(info.choices)}, got the boolean {value!r} (YAML"
+                              f" reads a bare off, on, no or yes as one); quote it, e.g. {name}: \"{info.choices[0]}\"",
+                              param=name, value=value)
         _fail(name, " or ".join(map(repr, info.choices)) if len(info.choices) == 2 else
               "one of " + ", ".join(info.choices), value)
     elif kind is int:

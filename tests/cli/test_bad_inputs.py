@@ -192,6 +192,8 @@ CASES = [
     gen("tail-unknown", ["--tail", "none"], "argument --tail: invalid choice: 'none'"),
     gen_yaml("tail-unknown-yaml", "decode: {tail: none}\n", "`tail` must be one of off, mean, rollout, rolling, got"
              " 'none'"),
+    gen_yaml("tail-off-unquoted-yaml", "decode: {tail: off}\n", "`tail` must be one of off, mean, rollout, rolling, got"
+             " the boolean False (YAML reads a bare off, on, no or yes as one); quote it, e.g. tail: \"off\""),
     evaluation("block-len-entry-for-eft", {"methods": [{"method": "eft", "block_len": 2}]},
                "`block_len` does not apply to eft"),
     evaluation("defaults-bad-block-len", {"defaults": {"block_len": 0}}, "`block_len` must be an integer >= 1"),
