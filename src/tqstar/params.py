@@ -231,8 +231,9 @@ class DecodeParams:
                               f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
                               f" leave `tail` out for {self.method}", param="tail", value=self.tail)
         if self.tail == "rolling" and row.rolls is None:
-            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and {self.method}"
-                              " rolls out none; use tail: mean or tail: rollout", param="tail", value=self.tail)
+            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and method"
+                              f" {self.method!r} rolls nothing out; use tail: mean or tail: rollout", param="tail",
+                              value=self.tail)
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
