@@ -176,6 +176,30 @@ def test_files_merge_when_a_method_differs_only_in_what_has_no_effect_on_it(tmp_
         merge_files([new, other])
 
 
+
+def test_a_repeated_row_that_is_another_sample_is_said_to_be_one(tmp_path, caplog):
+    """Two runs of one configuration can differ in a row (the 12-prompt SFT rows of frontier-direct-tail and
+    frontier-direct-blocks differ in one prompt): the merge counts the first, and says the other was another sample,
+    not a repeat."""
+    from tqstar.eval.report import merge_files
+
+    def write(name, reward):
+        header = {"format": "tqstar-eval/1", "config": {"prompts": ["a"], "sft": "built-in tiny"}}
+        row = {"prompt": "a", "text": "t", "reward": reward, "token_ids": [1], "kl": 0.0, "scores": {}, "method": "sft",
+               "prompt_index": 0, "params": {"method": "sft"},
+               "accounting": {"sft_forward_tokens": 1, "baseline_forward_tokens": 0, "rollouts": 0,
+                              "reward_calls": 0, "wall_time_s": 0.1}}
+        (tmp_path / name).write_text(json.dumps(header) + "\n" + json.dumps(row) + "\n")
+        return tmp_path / name
+
+    caplog.clear()
+    assert [r["reward"] for r in merge_files([write("a.jsonl", 0.5), write("b.jsonl", 0.5)])] == [0.5]
+    assert "counting each once" in caplog.text and "another sample" not in caplog.text
+    caplog.clear()
+    assert [r["reward"] for r in merge_files([write("a.jsonl", 0.5), write("c.jsonl", 0.9)])] == [0.5]
+    assert "(the first read; 1 of them are another sample: another text, reward or KL)" in caplog.text
+
+
 def test_best_of_n_rows_the_curve_cannot_use_are_left_out_not_a_crash_or_a_method():
     """Odd files a user may report (review of 2026-12-05): a BoN row with no KL, BoN N that ran on no common prompt,
     and a BoN whose rewards are all null — the curve keeps what it can use, BoN itself is never set beside BoN, and
