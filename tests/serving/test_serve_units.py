@@ -320,3 +320,15 @@ def test_true_or_false_is_no_number(body):
     assert validation_error(err.value).message.startswith(f"`{field}`: input should be a number, not true or false")
     assert ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
                        tqstar={"trace": True}).stream  # a boolean field still takes one
+
+
+def test_an_explicit_null_is_an_override():
+    """"block_len": null asks a blockwise preset for token-level decisions; it was dropped as if unset, so the
+    preset's blocks ran and the answer said nothing."""
+    chat = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], tqstar={"block_len": None, "alpha": 2})
+    assert chat.tqstar.overrides() == {"block_len": None, "alpha": 2}
+    preset = DecodeParams(method="cd", k=3, block_len=4, temperature=1.0)
+    assert preset.replace(**chat.tqstar.overrides()).block_len is None
+    with pytest.raises(ConfigError, match="`k` must be an integer >= 1, got None"):
+        preset.replace(**ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                     tqstar={"k": None}).tqstar.overrides())

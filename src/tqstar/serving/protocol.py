@@ -76,7 +76,9 @@ class _Options(BaseModel):
     _no_booleans = field_validator("*", mode="before")(classmethod(_no_boolean_numbers))
 
     def overrides(self) -> dict[str, Any]:
-        return {name: value for name in OVERRIDABLE if (value := getattr(self, name)) is not None}
+        """The fields the request set, an explicit ``null`` included (``"block_len": null`` asks a blockwise preset
+        for token-level decisions; a field that takes no ``null`` then answers 400)."""
+        return {name: getattr(self, name) for name in OVERRIDABLE if name in self.model_fields_set}
 
 
 def _options_model() -> type[_Options]:
