@@ -183,9 +183,9 @@ def test_a_repeated_row_that_is_another_sample_is_said_to_be_one(tmp_path, caplo
     not a repeat."""
     from tqstar.eval.report import merge_files
 
-    def write(name, reward):
+    def write(name, token, kl=0.0):
         header = {"format": "tqstar-eval/1", "config": {"prompts": ["a"], "sft": "built-in tiny"}}
-        row = {"prompt": "a", "text": "t", "reward": reward, "token_ids": [1], "kl": 0.0, "scores": {}, "method": "sft",
+        row = {"prompt": "a", "text": "t", "reward": 0.5, "token_ids": [token], "kl": kl, "scores": {}, "method": "sft",
                "prompt_index": 0, "params": {"method": "sft"},
                "accounting": {"sft_forward_tokens": 1, "baseline_forward_tokens": 0, "rollouts": 0,
                               "reward_calls": 0, "wall_time_s": 0.1}}
@@ -193,11 +193,11 @@ def test_a_repeated_row_that_is_another_sample_is_said_to_be_one(tmp_path, caplo
         return tmp_path / name
 
     caplog.clear()
-    assert [r["reward"] for r in merge_files([write("a.jsonl", 0.5), write("b.jsonl", 0.5)])] == [0.5]
-    assert "counting each once" in caplog.text and "another sample" not in caplog.text
+    assert [r["token_ids"] for r in merge_files([write("a.jsonl", 1), write("b.jsonl", 1, kl=1e-9)])] == [[1]]
+    assert "counting each once" in caplog.text and "another sample" not in caplog.text  # a KL's float noise
     caplog.clear()
-    assert [r["reward"] for r in merge_files([write("a.jsonl", 0.5), write("c.jsonl", 0.9)])] == [0.5]
-    assert "(the first read; 1 of them are another sample: another text, reward or KL)" in caplog.text
+    assert [r["token_ids"] for r in merge_files([write("a.jsonl", 1), write("c.jsonl", 2)])] == [[1]]
+    assert "(the first read; 1 of them are another sample, with other tokens)" in caplog.text
 
 
 def test_best_of_n_rows_the_curve_cannot_use_are_left_out_not_a_crash_or_a_method():

@@ -341,13 +341,13 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             key = (label, row["prompt_index"])
             if key in kept:
                 duplicates += 1
-                differ += any(canonical(kept[key].get(k)) != canonical(row.get(k)) for k in ("text", "reward", "kl"))
+                differ += kept[key].get("token_ids") != row.get("token_ids")  # (a KL may differ in float noise alone)
                 continue
             kept[key] = row
             rows.append(row)
         if duplicates:
             log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once"
-                        + (f" (the first read; {differ} of them are another sample: another text, reward or KL)"
+                        + (f" (the first read; {differ} of them are another sample, with other tokens)"
                            if differ else ""))
     return rows
 
