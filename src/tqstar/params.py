@@ -231,8 +231,9 @@ class DecodeParams:
                               f" {'decodes its full vocabulary' if row.kind == 'plain' else 'samples whole responses'};"
                               f" leave `tail` out for {self.method}", param="tail", value=self.tail)
         if self.tail == "rolling" and row.rolls is None:
-            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and {self.method}"
-                              " rolls out none; use tail: mean or tail: rollout", param="tail", value=self.tail)
+            raise ConfigError(f"`tail` 'rolling' draws the tail token from the model that rolls out, and method"
+                              f" {self.method!r} rolls nothing out; use tail: mean or tail: rollout", param="tail",
+                              value=self.tail)
 
     def group_key(self) -> tuple:
         """What rows stepped together by one :class:`~tqstar.decoder.Decoder` must agree on: the ``group`` fields
@@ -361,6 +362,10 @@ def check_value(name: str, value: object) -> None:
     its ``choices``)."""
     info, kind = FIELDS[name], KINDS[name]
     if info.choices is not None and value not in info.choices:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+            raise ConfigError(f"`{name}` must be one of {', '.join(info.choices)}, got the boolean {value!r} (YAML"
+                              f" reads a bare off, on, no or yes as one); quote it, e.g. {name}: \"{info.choices[0]}\"",
+                              param=name, value=value)
         _fail(name, " or ".join(map(repr, info.choices)) if len(info.choices) == 2 else
               "one of " + ", ".join(info.choices), value)
     elif kind is int:

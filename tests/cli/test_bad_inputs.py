@@ -192,6 +192,8 @@ CASES = [
     gen("tail-unknown", ["--tail", "none"], "argument --tail: invalid choice: 'none'"),
     gen_yaml("tail-unknown-yaml", "decode: {tail: none}\n", "`tail` must be one of off, mean, rollout, rolling, got"
              " 'none'"),
+    gen_yaml("tail-off-unquoted-yaml", "decode: {tail: off}\n", "`tail` must be one of off, mean, rollout, rolling, got"
+             " the boolean False (YAML reads a bare off, on, no or yes as one); quote it, e.g. tail: \"off\""),
     evaluation("block-len-entry-for-eft", {"methods": [{"method": "eft", "block_len": 2}]},
                "`block_len` does not apply to eft"),
     evaluation("defaults-bad-block-len", {"defaults": {"block_len": 0}}, "`block_len` must be an integer >= 1"),
@@ -548,6 +550,8 @@ CASES = [
     Case("testbed-int", ["testbed", "--instances", "many"], ("argument --instances: invalid int value: 'many'",)),
     # ---- demo (flags are checked before SmolLM2 loads) ----------------------------------------------------
     Case("demo-k", ["demo", "--k", "0"], ("`k` must be an integer >= 1, got 0",)),
+    Case("demo-block-len-whole-answer", ["demo", "--block-len", "1000"], (
+        "--block-len 1000 covers the whole 24-token answer", "give --block-len below --max-new-tokens (e.g. 12)")),
     Case("demo-alpha", ["demo", "--alpha", "-2"], ("`alpha` must be a finite number >= 0 (0, or 1e-06 to 1e+06), got -2.0",)),
     Case("demo-max-new-tokens", ["demo", "--max-new-tokens", "0"], ("`max_new_tokens` must be an integer >= 1",)),
     Case("demo-rollout-len", ["demo", "--rollout-len", "0"], ("`rollout_len` must be an integer >= 1, got 0",)),

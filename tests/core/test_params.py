@@ -66,8 +66,11 @@ BAD = [
      "`tail` applies to token-level decisions over the SFT top k, not to blockwise ones (block_len 4), whose k"
      " candidates are sampled blocks with nothing truncated; leave `tail` out or drop block_len"),
     ({"method": "args", "tail": "rolling"},
-     "`tail` 'rolling' draws the tail token from the model that rolls out, and args rolls out none; use tail: mean or"
-     " tail: rollout"),
+     "`tail` 'rolling' draws the tail token from the model that rolls out, and method 'args' rolls nothing out; use"
+     " tail: mean or tail: rollout"),
+    ({"method": "none", "tail": "rolling"},  # not "and none rolls out none"
+     "`tail` 'rolling' draws the tail token from the model that rolls out, and method 'none' rolls nothing out; use"
+     " tail: mean or tail: rollout"),
     ({"method": "bon", "temperature": 0},
      "`temperature` must be > 0 for bon (greedy samples are all identical), got 0; try temperature=1.0"),
     ({"method": "soft-bon", "temperature": 0},

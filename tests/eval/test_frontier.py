@@ -177,3 +177,49 @@ def test_files_merge_when_a_method_differs_only_in_what_has_no_effect_on_it(tmp_
     other = write("other.jsonl", {"method": "cd", "prompt_index": 0, "params": {"method": "cd", "k": 3}})
     with pytest.raises(Exception, match="from different configurations"):
         merge_files([new, other])
+
+
+
+def test_a_repeated_row_that_is_another_sample_is_said_to_be_one(tmp_path, caplog):
+    """Two runs of one configuration can differ in a row (the 12-prompt SFT rows of frontier-direct-tail and
+    frontier-direct-blocks differ in one prompt): the merge counts the first, and says the other was another sample,
+    not a repeat."""
+    from tqstar.eval.report import merge_files
+
+    def write(name, token, kl=0.0):
+        header = {"format": "tqstar-eval/1", "config": {"prompts": ["a"], "sft": "built-in tiny"}}
+        row = {"prompt": "a", "text": "t", "reward": 0.5, "token_ids": [token], "kl": kl, "scores": {}, "method": "sft",
+               "prompt_index": 0, "params": {"method": "sft"},
+               "accounting": {"sft_forward_tokens": 1, "baseline_forward_tokens": 0, "rollouts": 0,
+                              "reward_calls": 0, "wall_time_s": 0.1}}
+        (tmp_path / name).write_text(json.dumps(header) + "\n" + json.dumps(row) + "\n")
+        return tmp_path / name
+
+    caplog.clear()
+    assert [r["token_ids"] for r in merge_files([write("a.jsonl", 1), write("b.jsonl", 1, kl=1e-9)])] == [[1]]
+    assert "counting each once" in caplog.text and "another sample" not in caplog.text  # a KL's float noise
+    caplog.clear()
+    assert [r["token_ids"] for r in merge_files([write("a.jsonl", 1), write("c.jsonl", 2)])] == [[1]]
+    assert "(the first read; 1 of them are another sample, with other tokens)" in caplog.text
+
+
+def test_best_of_n_rows_the_curve_cannot_use_are_left_out_not_a_crash_or_a_method():
+    """Odd files a user may report (review of 2026-12-05): a BoN row with no KL, BoN N that ran on no common prompt,
+    and a BoN whose rewards are all null — the curve keeps what it can use, BoN itself is never set beside BoN, and
+    best-of-N of the baseline's samples (another curve) is compared as a method."""
+    from tqstar.eval.frontier import against_bon
+
+    sft = [_scored("sft", "sft", i, 0.0, 0.1 * i, 1, temperature=1.0) for i in (0, 1)]
+    bon4 = [_scored("bon-4", "bon", i, 0.8, 0.5, 4, bon_n=4, temperature=1.0) for i in (0, 1)]
+    bon16 = [_scored("bon-16", "bon", i, 1.8, 0.7, 16, bon_n=16, temperature=1.0) for i in (0, 1)]
+    blk = [_scored("blk", "cd", i, 1.3, 0.9, 10) for i in (0, 1)]
+    summary = report_rows_summary(sft + bon4 + bon16 + blk)
+    no_kl = [{**r, "kl": None} for r in bon4]
+    assert [e["method"] for e in against_bon(sft + no_kl + bon16 + blk, summary)] == ["blk"]
+    assert against_bon(sft[:1] + bon16[1:] + blk, summary) == []  # N = 1 and N = 16 share no prompt
+    no_reward = [{**r, "reward": None} for r in bon16]
+    assert [e["method"] for e in against_bon(sft + bon4 + no_reward + blk, summary)] == ["blk"]
+    of_baseline = [{**r, "method": "bon-16-bl", "params": {**r["params"], "bon_policy": "baseline"}} for r in bon16]
+    table = against_bon(sft + bon4 + bon16 + of_baseline + blk, report_rows_summary(sft + bon4 + bon16 + of_baseline
+                                                                                     + blk))
+    assert [e["method"] for e in table] == ["bon-16-bl", "blk"] and table[1]["kl_n"] == pytest.approx(10.0)

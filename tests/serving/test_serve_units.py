@@ -304,3 +304,31 @@ def test_what_a_preset_uses_is_what_a_key_may_be_given_for(values, used, unused)
     assert used <= uses and not unused & uses
     for name in set(FIELDS) - {"method"}:
         assert (params.unused([name]) is None) == (name in uses), name
+
+
+@pytest.mark.parametrize("body", [{"tqstar": {"k": True}}, {"tqstar": {"block_len": True}}, {"max_tokens": True},
+                                  {"temperature": False}, {"seed": True}, {"tqstar": {"alpha": True}}])
+def test_true_or_false_is_no_number(body):
+    """Pydantic's lax mode reads true as 1: "tqstar": {"block_len": true} decoded blocks of one token, silently."""
+    from pydantic import ValidationError
+
+    from tqstar.serving.completions import validation_error
+
+    with pytest.raises(ValidationError) as err:
+        ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], **body)
+    field = next(iter(body)) if "tqstar" not in body else "tqstar." + next(iter(body["tqstar"]))
+    assert validation_error(err.value).message.startswith(f"`{field}`: input should be a number, not true or false")
+    assert ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+                       tqstar={"trace": True}).stream  # a boolean field still takes one
+
+
+def test_an_explicit_null_is_an_override():
+    """"block_len": null asks a blockwise preset for token-level decisions; it was dropped as if unset, so the
+    preset's blocks ran and the answer said nothing."""
+    chat = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], tqstar={"block_len": None, "alpha": 2})
+    assert chat.tqstar.overrides() == {"block_len": None, "alpha": 2}
+    preset = DecodeParams(method="cd", k=3, block_len=4, temperature=1.0)
+    assert preset.replace(**chat.tqstar.overrides()).block_len is None
+    with pytest.raises(ConfigError, match="`k` must be an integer >= 1, got None"):
+        preset.replace(**ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                     tqstar={"k": None}).tqstar.overrides())

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..engine import Engine
+from ..errors import ConfigError
 from ..params import DecodeParams
 
 DEMO_PROMPTS = [
@@ -35,6 +36,12 @@ def demo_runs(*, max_new_tokens: int, k: int, block_len: int, alpha: float, roll
     """The demo's methods, all sampled at temperature 1 with one seed: SFT, the baseline, best-of-``bon_n``, and
     blockwise CD and TQ* (``k`` blocks of ``block_len`` tokens, soft selection at ``alpha``)."""
     shared = dict(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    if isinstance(block_len, int) and isinstance(max_new_tokens, int) and 1 <= max_new_tokens <= block_len:
+        fix = (f"give --block-len below --max-new-tokens (e.g. {max_new_tokens // 2})" if max_new_tokens > 1
+               else "raise --max-new-tokens above --block-len")
+        raise ConfigError(f"--block-len {block_len} covers the whole {max_new_tokens}-token answer: each block would be"
+                          " a whole response (best-of-k) and nothing would stream, though the demo's sentence says it"
+                          f" does; {fix}", param="block_len", value=block_len)
     blocks = dict(k=k, block_len=block_len, alpha=alpha, rollout_len=rollout_len, **shared)
     return {
         "SFT": DecodeParams(method="sft", **shared),

@@ -187,18 +187,24 @@ def plot_frontier(summary: Sequence[dict[str, Any]], path, title: str = "") -> N
 
 
 # ---- every method against best-of-N of the same KL and of the same compute ----------------------------------------
+def curve_n(row: dict[str, Any]) -> int | None:
+    """The N of a row that belongs on the best-of-N curve: best-of-N of SFT samples at temperature 1 (``bon`` family,
+    ``bon_policy: sft``), or an SFT sample at temperature 1 (one SFT sample *is* best-of-1: KL 0); else ``None``
+    (best-of-N of the baseline's samples is another curve, compared as a method)."""
+    params = row.get("params") or {}
+    if row.get("family") == "bon" and params.get("bon_n") and params.get("bon_policy", "sft") == "sft":
+        return int(params["bon_n"]) if params.get("temperature", 1.0) == 1.0 else None  # bon never runs greedy
+    return 1 if row.get("family") == "sft" and params.get("temperature") == 1.0 else None
+
+
 def bon_curve(rows: Sequence[dict[str, Any]]) -> dict[int, dict[int, dict[str, Any]]]:
-    """{N: {prompt index: row}} of the run's best-of-N rows (``bon`` family), with the SFT model's sampled rows as
-    N = 1 where SFT ran at temperature 1 (one SFT sample *is* best-of-1: KL 0); empty unless at least two N."""
+    """{N: {prompt index: row}} of the run's best-of-N rows with a reward and a KL (:func:`curve_n`, SFT's
+    sampled rows as N = 1); empty unless at least two N."""
     curve: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        params = row.get("params") or {}
-        if row.get("reward") is None or row.get("kl") is None:  # best-of-N of another policy or temperature: no KL
-            continue
-        if row.get("family") == "bon" and params.get("bon_n"):
-            curve[int(params["bon_n"])][row["prompt_index"]] = row
-        elif row.get("family") == "sft" and params.get("temperature") == 1.0:
-            curve[1][row["prompt_index"]] = row
+        n = curve_n(row)
+        if n is not None and row.get("reward") is not None and row.get("kl") is not None:
+            curve[n][row["prompt_index"]] = row
     return dict(sorted(curve.items())) if len(curve) > 1 else {}
 
 
@@ -221,16 +227,16 @@ def against_bon(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]
     Returns [{"method", "reward", "reward_se", "kl", "fwd", "prompts", "kl_n", "kl_bon", "kl_diff", "kl_diff_se",
     "fwd_n", "fwd_bon", "fwd_diff", "fwd_diff_se"}] (the ``kl_*``/``fwd_*`` entries ``None`` where not reached)."""
     curve = bon_curve(rows)
-    if not curve:
+    prompts = set.intersection(*(set(by_prompt) for by_prompt in curve.values())) if curve else set()
+    if not prompts:  # no curve, or no prompt that every N (with a reward and a KL) ran on
         return []
     ns = list(curve)
-    prompts = set.intersection(*(set(by_prompt) for by_prompt in curve.values()))
     means = {"kl": [sum(curve[n][i]["kl"] for i in prompts) / len(prompts) for n in ns],
              "fwd": [sum(fwd_per_token(curve[n][i]) for i in prompts) / len(prompts) for n in ns]}
     by_method: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         by_method[row["method"]][row["prompt_index"]] = row
-    on_curve = {row["method"] for by_prompt in curve.values() for row in by_prompt.values()}
+    on_curve = {row["method"] for row in rows if curve_n(row) is not None}  # BoN itself, with or without rewards
     table = []
     for entry in summary:
         if entry.get("kl") is None or entry["method"] in on_curve:

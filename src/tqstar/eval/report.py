@@ -303,7 +303,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """
     seen_paths: dict[Path, str | Path] = {}
     rows: list[dict[str, Any]] = []
-    keys: set[tuple[str, int]] = set()
+    kept: dict[tuple[str, int], dict[str, Any]] = {}  # (method, prompt) -> the row counted
     origin: dict[str, tuple[str | Path, dict[str, Any]]] = {}  # label -> (file, its configuration)
     first: dict[str, tuple[str | Path, Any]] = {}  # a shared setting -> (the first file that fixed it, its value)
     defaults = asdict(DecodeParams())
@@ -326,7 +326,7 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             settings.update({key: params.get(key) for key in DECODING})
             _same(first, path, settings)
         shared = {k: v for k, v in config.items() if k not in ("methods", "prompts")}
-        duplicates = 0
+        duplicates = differ = 0
         for row in part:
             label = row["method"]
             mine = {**shared, "params": acting(row.get("params") or config.get("methods", {}).get(label))}
@@ -339,13 +339,16 @@ def merge_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                                   " another `label`")
 
             key = (label, row["prompt_index"])
-            if key in keys:
+            if key in kept:
                 duplicates += 1
+                differ += kept[key].get("token_ids") != row.get("token_ids")  # (a KL may differ in float noise alone)
                 continue
-            keys.add(key)
+            kept[key] = row
             rows.append(row)
         if duplicates:
-            log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once")
+            log.warning(f"{path} repeats {duplicates} (method, prompt) rows already read; counting each once"
+                        + (f" (the first read; {differ} of them are another sample, with other tokens)"
+                           if differ else ""))
     return rows
 
 

@@ -21,7 +21,8 @@ import typing
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..params import FIELDS, DecodeParams
 
@@ -52,6 +53,16 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def _no_boolean_numbers(cls: type[BaseModel], value: Any, info) -> Any:
+    """Refuse ``true``/``false`` for a number: pydantic's lax mode reads them as 1 and 0, so ``"k": true`` would
+    silently decode with k = 1."""
+    if isinstance(value, bool):
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation is not bool and bool not in typing.get_args(annotation):
+            raise PydanticCustomError("bool_number", "input should be a number, not true or false")
+    return value
+
+
 class _Options(BaseModel):
     """The request's ``tqstar`` extension: per-request overrides of the preset's TQ* parameters, and the trace.
 
@@ -62,9 +73,12 @@ class _Options(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    _no_booleans = field_validator("*", mode="before")(classmethod(_no_boolean_numbers))
 
     def overrides(self) -> dict[str, Any]:
-        return {name: value for name in OVERRIDABLE if (value := getattr(self, name)) is not None}
+        """The fields the request set, an explicit ``null`` included (``"block_len": null`` asks a blockwise preset
+        for token-level decisions; a field that takes no ``null`` then answers 400)."""
+        return {name: getattr(self, name) for name in OVERRIDABLE if name in self.model_fields_set}
 
 
 def _options_model() -> type[_Options]:
@@ -95,6 +109,7 @@ class _Request(BaseModel):
     """Fields common to both endpoints. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
     model_config = ConfigDict(extra="allow")
+    _no_booleans = field_validator("*", mode="before")(classmethod(_no_boolean_numbers))
 
     model: str
     max_tokens: int | None = None
